@@ -1,0 +1,1 @@
+//! Applies a graph: one worker per resource, events, convergence, live reload.

@@ -1,0 +1,1 @@
+//! Dependency checks over a graph's edges: cycles and topological order.

@@ -1,0 +1,28 @@
+//! mgmt: bootstrap and configure fleets of machines over nothing but SSH.
+//!
+//! One static binary plays every role: the initiator on an operator's laptop,
+//! a gateway inside a datacentre, and the leaf that applies a resource graph
+//! on a host. This crate is the library behind that binary; `main.rs` only
+//! parses flags and turns the result of [`run::run`] into an exit code.
+//!
+//! # Layout
+//!
+//! - [`cli`]: clap structs that mirror the flags, no I/O.
+//! - [`config`]: the validated configuration built from the flags.
+//! - [`run`]: top-level orchestration: store, engine, remotes; stop in order.
+//! - [`graph`]: the YAML graph format: parsing with positions, validation, DAG.
+//! - [`resources`]: one file per resource kind behind the [`resources::Resource`] trait.
+//! - [`engine`]: applies a graph, reacts to events, detects convergence, live reload.
+//! - [`store`]: the embedded etcd v3 compatible coordination store.
+//! - [`world`]: exported and collected resources and converged keys, on top of an etcd client.
+//! - [`shutdown`]: signals and the root cancellation token.
+
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod graph;
+pub mod resources;
+pub mod run;
+pub mod shutdown;
+pub mod store;
+pub mod world;

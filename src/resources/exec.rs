@@ -1,0 +1,271 @@
+//! `exec`: runs a shell command, on the first apply, on a refresh, and on
+//! every line its `watchcmd` prints; `ifcmd` gates it on every check.
+//!
+//! The command runs in its own process group so that stopping it (engine
+//! stop, `timeout`, resource removed) stops everything it started. Its output
+//! goes to the log, line by line, under the resource's id.
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_yaml_ng::{Mapping, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use super::{
+    int_field, str_field, Checked, Ctx, EventTx, FieldError, FieldSpec, FieldType, KindSpec,
+    Resource, ResourceError,
+};
+
+pub static SPEC: KindSpec = KindSpec {
+    kind: "exec",
+    fields: &[
+        FieldSpec {
+            name: "cmd",
+            ty: FieldType::Str,
+            required: true,
+            doc: "the command, run with the shell",
+        },
+        FieldSpec {
+            name: "shell",
+            ty: FieldType::Str,
+            required: false,
+            doc: "the shell that runs cmd, ifcmd and watchcmd (default /bin/sh)",
+        },
+        FieldSpec {
+            name: "ifcmd",
+            ty: FieldType::Str,
+            required: false,
+            doc: "run cmd only when this exits 0 (checked every time)",
+        },
+        FieldSpec {
+            name: "timeout",
+            ty: FieldType::Int,
+            required: false,
+            doc: "seconds before cmd is killed and the resource fails",
+        },
+        FieldSpec {
+            name: "watchcmd",
+            ty: FieldType::Str,
+            required: false,
+            doc: "long-running command; every line it prints triggers a new run",
+        },
+    ],
+    sends: &[],
+    build,
+};
+
+struct Exec {
+    cmd: String,
+    shell: String,
+    ifcmd: Option<String>,
+    timeout: Option<Duration>,
+    watchcmd: Option<String>,
+    /// Set by the watchcmd watcher for every line: run again.
+    pending: Arc<AtomicBool>,
+    /// `cmd` ran successfully since the last trigger.
+    done: bool,
+}
+
+fn build(_name: &str, params: &Mapping) -> Result<Box<dyn Resource>, FieldError> {
+    let cmd = str_field(params, "cmd").unwrap_or_default();
+    if cmd.trim().is_empty() {
+        return Err(FieldError::new("cmd", "cmd must not be empty"));
+    }
+    let timeout = match int_field(params, "timeout") {
+        None => None,
+        Some(t) if t > 0 => Some(Duration::from_secs(t as u64)),
+        Some(t) => {
+            return Err(FieldError::new(
+                "timeout",
+                format!("timeout must be a positive number of seconds, not {t}"),
+            ))
+        }
+    };
+    Ok(Box::new(Exec {
+        cmd,
+        shell: str_field(params, "shell").unwrap_or_else(|| "/bin/sh".into()),
+        ifcmd: str_field(params, "ifcmd"),
+        timeout,
+        watchcmd: str_field(params, "watchcmd"),
+        pending: Arc::new(AtomicBool::new(false)),
+        done: false,
+    }))
+}
+
+/// Kills the whole process group of a command when dropped before it ended.
+struct GroupGuard(Option<i32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+fn shell_command(shell: &str, cmd: &str) -> Command {
+    let mut c = Command::new(shell);
+    c.arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    c
+}
+
+/// Runs `cmd`, logging its output under `id`; Ok(exit code).
+async fn run_logged(
+    shell: &str,
+    cmd: &str,
+    id: &str,
+    timeout: Option<Duration>,
+) -> Result<i32, ResourceError> {
+    let mut child = shell_command(shell, cmd)
+        .spawn()
+        .map_err(|e| ResourceError::io(format!("cannot start {shell}"), e))?;
+    let mut guard = GroupGuard(child.id().map(|p| p as i32));
+    let out = child
+        .stdout
+        .take()
+        .map(|s| log_lines(BufReader::new(s), id.to_owned(), false));
+    let err = child
+        .stderr
+        .take()
+        .map(|s| log_lines(BufReader::new(s), id.to_owned(), true));
+    let wait = async {
+        let (_, _, status) = tokio::join!(opt(out), opt(err), child.wait());
+        status
+    };
+    let status = match timeout {
+        Some(t) => tokio::time::timeout(t, wait).await.map_err(|_| {
+            ResourceError::Failed(format!("command timed out after {}s: {cmd}", t.as_secs()))
+        })?,
+        None => wait.await,
+    }
+    .map_err(|e| ResourceError::io("cannot wait for the command", e))?;
+    guard.0 = None;
+    Ok(status.code().unwrap_or(-1))
+}
+
+async fn opt<F: std::future::Future<Output = ()>>(f: Option<F>) {
+    if let Some(f) = f {
+        f.await
+    }
+}
+
+async fn log_lines<R: tokio::io::AsyncBufRead + Unpin>(r: R, id: String, stderr: bool) {
+    let mut lines = r.lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if stderr {
+            tracing::warn!("{id}: {line}");
+        } else {
+            tracing::info!("{id}: {line}");
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Resource for Exec {
+    async fn check_apply(&mut self, ctx: &Ctx) -> Result<Checked, ResourceError> {
+        let triggered = self.pending.swap(false, Ordering::SeqCst);
+        if self.done && !ctx.refresh && !triggered {
+            return Ok(Checked::Ok);
+        }
+        if let Some(ifcmd) = &self.ifcmd {
+            let code = run_logged(&self.shell, ifcmd, &ctx.id, self.timeout).await?;
+            if code != 0 {
+                tracing::debug!("{}: ifcmd exited {code}, not running cmd", ctx.id);
+                return Ok(Checked::Ok);
+            }
+        }
+        if ctx.noop {
+            tracing::info!("{}: would run: {}", ctx.id, self.cmd);
+            return Ok(Checked::Changed);
+        }
+        tracing::info!("{}: running: {}", ctx.id, self.cmd);
+        let code = run_logged(&self.shell, &self.cmd, &ctx.id, self.timeout).await?;
+        if code != 0 {
+            return Err(ResourceError::Failed(format!(
+                "command exited with code {code}: {}",
+                self.cmd
+            )));
+        }
+        // Without ifcmd, a success settles it until the next trigger; with
+        // ifcmd, the gate decides on every check.
+        self.done = self.ifcmd.is_none();
+        Ok(Checked::Changed)
+    }
+
+    fn watcher(
+        &self,
+        _root: &std::path::Path,
+        events: EventTx,
+    ) -> Option<futures::future::BoxFuture<'static, Result<(), ResourceError>>> {
+        let watchcmd = self.watchcmd.clone()?;
+        let shell = self.shell.clone();
+        let pending = self.pending.clone();
+        Some(Box::pin(async move {
+            let mut child = shell_command(&shell, &watchcmd)
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| ResourceError::io(format!("cannot start watchcmd {watchcmd:?}"), e))?;
+            let _guard = GroupGuard(child.id().map(|p| p as i32));
+            let stdout = child
+                .stdout
+                .take()
+                .ok_or_else(|| ResourceError::Failed("watchcmd has no stdout".into()))?;
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(_line) = lines
+                .next_line()
+                .await
+                .map_err(|e| ResourceError::io("cannot read watchcmd output", e))?
+            {
+                pending.store(true, Ordering::SeqCst);
+                let _ = events.try_send(());
+            }
+            let status = child
+                .wait()
+                .await
+                .map_err(|e| ResourceError::io("cannot wait for watchcmd", e))?;
+            Err(ResourceError::Failed(format!(
+                "watchcmd ended ({status}): {watchcmd}"
+            )))
+        }))
+    }
+
+    fn get_field(&self, field: &str) -> Option<Value> {
+        let s = |v: &Option<String>| v.clone().map(Value::String);
+        match field {
+            "cmd" => Some(Value::String(self.cmd.clone())),
+            "shell" => Some(Value::String(self.shell.clone())),
+            "ifcmd" => s(&self.ifcmd),
+            "watchcmd" => s(&self.watchcmd),
+            "timeout" => self.timeout.map(|t| Value::from(t.as_secs())),
+            _ => None,
+        }
+    }
+
+    fn set_field(&mut self, field: &str, value: Value) -> Result<(), FieldError> {
+        match (field, value) {
+            ("cmd", Value::String(v)) => self.cmd = v,
+            ("ifcmd", Value::String(v)) => self.ifcmd = Some(v),
+            ("shell", Value::String(v)) => self.shell = v,
+            _ => {
+                return Err(FieldError {
+                    field: None,
+                    message: format!("exec cannot receive {field}"),
+                })
+            }
+        }
+        self.done = false;
+        Ok(())
+    }
+}

@@ -1,0 +1,202 @@
+//! Resource kinds and the one trait the engine drives them through.
+//!
+//! Each kind lives in its own file and exposes a [`KindSpec`]: its name, its
+//! fields (with types, for validation and Send/Recv checks) and a constructor.
+//! [`KINDS`] is the only list of kinds; the graph parser and the engine only
+//! ever go through it, so adding a kind touches this table and the new file,
+//! nothing else. What a kind does not handle: ordering, retries, events
+//! routing and convergence, which belong to the engine.
+
+mod exec;
+mod file;
+mod msg;
+mod noop;
+mod password;
+mod timer;
+
+use std::path::PathBuf;
+
+use futures::future::BoxFuture;
+use serde_yaml_ng::{Mapping, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// The type of a field, for validation and for Send/Recv compatibility.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldType {
+    Str,
+    Int,
+    Bool,
+}
+
+impl FieldType {
+    pub fn describe(self) -> &'static str {
+        match self {
+            FieldType::Str => "a string",
+            FieldType::Int => "an integer",
+            FieldType::Bool => "a boolean (true or false)",
+        }
+    }
+}
+
+/// One field a kind accepts in the graph file.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldSpec {
+    pub name: &'static str,
+    pub ty: FieldType,
+    pub required: bool,
+    /// One line for the README and error hints.
+    pub doc: &'static str,
+}
+
+/// A problem with one resource's fields, found by its constructor.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct FieldError {
+    /// The field at fault, so the parser can point at its position.
+    pub field: Option<&'static str>,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        FieldError {
+            field: Some(field),
+            message: message.into(),
+        }
+    }
+}
+
+/// Everything the graph layer and the engine need to know about a kind.
+pub struct KindSpec {
+    /// Canonical lowercase name, as written in `resources:`.
+    pub kind: &'static str,
+    /// The fields it accepts besides `name` and `meta`.
+    pub fields: &'static [FieldSpec],
+    /// Extra fields it can send along an edge (Send/Recv) besides `fields`.
+    pub sends: &'static [FieldSpec],
+    /// Builds the resource from type-checked fields; checks their values.
+    pub build: fn(name: &str, params: &Mapping) -> Result<Box<dyn Resource>, FieldError>,
+}
+
+impl KindSpec {
+    /// The field `name` as a sender sees it (own fields and extra sends).
+    pub fn send_field(&self, name: &str) -> Option<&'static FieldSpec> {
+        self.fields
+            .iter()
+            .chain(self.sends)
+            .find(|f| f.name == name)
+    }
+
+    /// The field `name` as a receiver sees it.
+    pub fn recv_field(&self, name: &str) -> Option<&'static FieldSpec> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+}
+
+/// Every kind this build knows, in the order `--help` and errors list them.
+pub static KINDS: &[&KindSpec] = &[
+    &file::SPEC,
+    &exec::SPEC,
+    &noop::SPEC,
+    &msg::SPEC,
+    &timer::SPEC,
+    &password::SPEC,
+];
+
+/// Looks a kind up by name, case-insensitively.
+pub fn lookup(kind: &str) -> Option<&'static KindSpec> {
+    KINDS
+        .iter()
+        .copied()
+        .find(|k| k.kind.eq_ignore_ascii_case(kind))
+}
+
+/// The known kind names, for error messages.
+pub fn kind_names() -> Vec<&'static str> {
+    KINDS.iter().map(|k| k.kind).collect()
+}
+
+/// What a resource gets for one check/apply.
+pub struct Ctx {
+    /// `kind[name]`, for logs.
+    pub id: String,
+    /// Check only: report what would change, change nothing.
+    pub noop: bool,
+    /// A refresh notification arrived along a `notify: true` edge.
+    pub refresh: bool,
+    /// Cancelled when the engine stops or the resource is removed.
+    pub cancel: CancellationToken,
+    /// Prefix for every filesystem path the resource touches (`/` normally;
+    /// a per-host root when many hosts share one process).
+    pub root: PathBuf,
+}
+
+/// Outcome of a check/apply that did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    /// Already in the desired state; nothing was (or would be) done.
+    Ok,
+    /// Something was changed (or, in noop mode, would have been).
+    Changed,
+}
+
+/// A check/apply or watch failure, reported with the resource's id.
+#[derive(Debug, thiserror::Error)]
+pub enum ResourceError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ResourceError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        ResourceError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Sends an event to the engine: "something changed outside, check me".
+/// The channel has capacity one, so a burst of events collapses into one
+/// pending check; senders use `try_send` and ignore `Full`.
+pub type EventTx = mpsc::Sender<()>;
+
+/// A resource the engine can check, apply and watch.
+#[async_trait::async_trait]
+pub trait Resource: Send + Sync + 'static {
+    /// Checks the state; unless `ctx.noop`, makes it so.
+    async fn check_apply(&mut self, ctx: &Ctx) -> Result<Checked, ResourceError>;
+
+    /// A future that watches for outside changes and sends an event for each,
+    /// until it is dropped. `None` when the kind has nothing to watch.
+    fn watcher(
+        &self,
+        _root: &std::path::Path,
+        _events: EventTx,
+    ) -> Option<BoxFuture<'static, Result<(), ResourceError>>> {
+        None
+    }
+
+    /// The current value of a field, for Send/Recv.
+    fn get_field(&self, field: &str) -> Option<Value>;
+
+    /// Sets a field received along an edge; the engine checked the type.
+    fn set_field(&mut self, field: &str, value: Value) -> Result<(), FieldError>;
+}
+
+/// Reads an optional string field from type-checked params.
+pub(crate) fn str_field(params: &Mapping, name: &str) -> Option<String> {
+    params.get(name).and_then(Value::as_str).map(str::to_owned)
+}
+
+/// Reads an optional integer field from type-checked params.
+pub(crate) fn int_field(params: &Mapping, name: &str) -> Option<i64> {
+    params.get(name).and_then(Value::as_i64)
+}

@@ -1,0 +1,1 @@
+//! The embedded etcd v3 compatible store (see issue 3).

@@ -1,0 +1,1 @@
+//! Exported and collected resources and converged keys on top of an etcd client.
