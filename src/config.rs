@@ -1,1 +1,125 @@
-//! The validated configuration.
+//! The validated configuration of a run, built from [`crate::cli::RunArgs`].
+//!
+//! This is where files are read and combinations of flags are checked, so
+//! that every input error is found before anything starts (exit code 2).
+//! Nothing below [`crate::run`] sees the raw flags.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cli::RunArgs;
+use crate::graph::{self, Graph, GraphErrors};
+
+/// An input error: nothing was started.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Graph(#[from] GraphErrors),
+    #[error("{flag}: {message}")]
+    Flag { flag: &'static str, message: String },
+}
+
+impl ConfigError {
+    fn flag(flag: &'static str, message: impl Into<String>) -> Self {
+        ConfigError::Flag {
+            flag,
+            message: message.into(),
+        }
+    }
+}
+
+/// Where the coordination store is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreMode {
+    /// Embedded in this process, listening on this address.
+    Embedded { listen: String },
+    /// An external etcd v3 store (ours in another process, or a real etcd).
+    External { seeds: Vec<String> },
+}
+
+/// Everything `mgmt run` needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The graph file to apply here, as given, and its parsed content.
+    pub file: Option<(PathBuf, Graph)>,
+    pub hostname: String,
+    pub converged_timeout: Option<Duration>,
+    pub noop: bool,
+    pub watch: bool,
+    pub max_runtime: Option<Duration>,
+    pub store: StoreMode,
+    pub depth: u32,
+}
+
+impl Config {
+    pub fn from_args(args: &RunArgs) -> Result<Config, ConfigError> {
+        let file = match &args.file {
+            Some(path) => Some((path.clone(), graph::parse_file(path)?)),
+            None => None,
+        };
+        if file.is_none() {
+            return Err(ConfigError::flag(
+                "--file",
+                "nothing to run: give a graph with --file GRAPH.yaml",
+            ));
+        }
+        let converged_timeout = match args.converged_timeout {
+            -1 => None,
+            t if t >= 0 => Some(Duration::from_secs(t as u64)),
+            t => {
+                return Err(ConfigError::flag(
+                    "--converged-timeout",
+                    format!("{t} is not a number of seconds (use -1 to never exit on convergence)"),
+                ))
+            }
+        };
+        let store = match (args.no_server, args.seeds.is_empty()) {
+            (false, true) => StoreMode::Embedded {
+                listen: args.client_urls.clone(),
+            },
+            (true, false) => StoreMode::External {
+                seeds: args.seeds.clone(),
+            },
+            (true, true) => {
+                return Err(ConfigError::flag(
+                    "--no-server",
+                    "needs --seeds URL to reach a store",
+                ))
+            }
+            (false, false) => {
+                return Err(ConfigError::flag(
+                    "--seeds",
+                    "needs --no-server (this process would otherwise embed its own store)",
+                ))
+            }
+        };
+        let hostname = args
+            .hostname
+            .clone()
+            .or_else(|| file.as_ref().and_then(|(_, g)| g.hostname.clone()))
+            .unwrap_or_else(os_hostname);
+        if hostname.is_empty() || hostname.contains('/') {
+            return Err(ConfigError::flag(
+                "--hostname",
+                format!("{hostname:?} is not a usable host name (non-empty, no /)"),
+            ));
+        }
+        Ok(Config {
+            file,
+            hostname,
+            converged_timeout,
+            noop: args.noop,
+            watch: !args.no_watch,
+            max_runtime: (args.max_runtime > 0).then(|| Duration::from_secs(args.max_runtime)),
+            store,
+            depth: args.depth,
+        })
+    }
+}
+
+fn os_hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}

@@ -20,6 +20,7 @@
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod fswatch;
 pub mod graph;
 pub mod resources;
 pub mod run;

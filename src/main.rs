@@ -1,1 +1,80 @@
-fn main() {}
+//! The `mgmt` binary: parse flags, set up logs, run, turn the result into an
+//! exit code (0 success, 1 something failed, 2 bad input). Everything else
+//! lives in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use mgmt::cli::{Cli, Command};
+use mgmt::config::{Config, ConfigError};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.verbose);
+    let Command::Run(args) = cli.command;
+    let cfg = match Config::from_args(&args) {
+        Ok(cfg) => cfg,
+        Err(ConfigError::Graph(errors)) => {
+            for e in &errors.0 {
+                eprintln!("mgmt: {e}");
+            }
+            eprintln!(
+                "mgmt: {} error(s) in the graph; nothing was applied",
+                errors.0.len()
+            );
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("mgmt: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mgmt: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = rt.block_on(async {
+        let root = CancellationToken::new();
+        let signals = tokio::spawn(mgmt::shutdown::on_signals(root.clone()));
+        let result = mgmt::run::run(cfg, root).await;
+        signals.abort();
+        match result {
+            Ok(outcome) => {
+                for f in &outcome.status.failed {
+                    eprintln!("mgmt: failed: {f}");
+                }
+                outcome.exit_code()
+            }
+            Err(e) => {
+                eprintln!("mgmt: {e:#}");
+                1
+            }
+        }
+    });
+    // Don't wait for blocking threads (e.g. a stuck inotify read) at exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    ExitCode::from(code)
+}
+
+fn init_logs(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "mgmt=debug,info",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+}

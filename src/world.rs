@@ -1,1 +1,398 @@
-//! Exported and collected resources and converged keys on top of an etcd client.
+//! The world: what hosts share through the store, on top of an etcd v3
+//! client (the embedded store or a real etcd, it makes no difference here).
+//!
+//! Key layout (mgmt's):
+//! - `/_mgmt/exported/<host>/resources/<kind>/<name>`: a resource that host
+//!   exported (`@@name` in its graph). The value is a YAML mapping of the
+//!   resource's fields as written in the graph, plus `meta`; the name and
+//!   kind are in the key. A host rewrites only the keys whose value changed
+//!   and deletes the ones it no longer exports, in one transaction, so an
+//!   unchanged graph causes no watch event anywhere.
+//! - `/_mgmt/converged/<host>`: `true` or `false`, attached to a lease the
+//!   process keeps alive, so a host that dies stops counting.
+//!
+//! This module does not decide when to export or what converged means; the
+//! run loop does. Reading or watching these keys never touches the engine,
+//! so it never counts as activity.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
+};
+use serde_yaml_ng::{Mapping, Value};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::graph::{Collect, Meta, Pos, ResourceDecl};
+use crate::resources;
+
+pub const EXPORTED: &str = "/_mgmt/exported/";
+pub const CONVERGED: &str = "/_mgmt/converged/";
+
+/// How long a host's converged key outlives a silent host.
+const LEASE_TTL_SECS: i64 = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorldError {
+    #[error("cannot reach the store at {seeds}: {source}")]
+    Connect {
+        seeds: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("store request failed: {0}")]
+    Store(#[from] etcd_client::Error),
+}
+
+/// A host's view of the shared world.
+#[derive(Clone)]
+pub struct World {
+    client: Client,
+    hostname: String,
+}
+
+impl World {
+    /// Connects to the store at `seeds` (URLs like `http://127.0.0.1:2379`).
+    pub async fn connect(seeds: &[String], hostname: &str) -> Result<World, WorldError> {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(10))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        let client =
+            Client::connect(seeds, Some(opts))
+                .await
+                .map_err(|source| WorldError::Connect {
+                    seeds: seeds.join(","),
+                    source,
+                })?;
+        Ok(World::from_client(client, hostname))
+    }
+
+    pub fn from_client(client: Client, hostname: &str) -> World {
+        World {
+            client,
+            hostname: hostname.to_owned(),
+        }
+    }
+
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    fn my_prefix(&self) -> String {
+        format!("{EXPORTED}{}/resources/", self.hostname)
+    }
+
+    /// Makes the store hold exactly `resources` as this host's exports;
+    /// returns how many keys were written or deleted.
+    pub async fn export(&mut self, resources: &[&ResourceDecl]) -> Result<usize, WorldError> {
+        let prefix = self.my_prefix();
+        let have = self
+            .client
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let mut old: BTreeMap<String, Vec<u8>> = have
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    kv.value().to_vec(),
+                )
+            })
+            .collect();
+        let mut ops = Vec::new();
+        for r in resources {
+            let key = format!("{prefix}{}/{}", r.kind, r.name);
+            let value = encode(r);
+            if old.remove(&key).as_deref() != Some(value.as_bytes()) {
+                ops.push(TxnOp::put(key, value, None));
+            }
+        }
+        ops.extend(old.into_keys().map(|k| TxnOp::delete(k, None)));
+        let n = ops.len();
+        if n > 0 {
+            self.client.txn(Txn::new().and_then(ops)).await?;
+            tracing::debug!("exported: {n} key(s) changed under {prefix}");
+        }
+        Ok(n)
+    }
+
+    /// Every exported resource matching a `collect` entry, from every host
+    /// (this one included), with the entry's pattern applied.
+    pub async fn collect(&mut self, collect: &[Collect]) -> Result<Vec<ResourceDecl>, WorldError> {
+        if collect.is_empty() {
+            return Ok(Vec::new());
+        }
+        let resp = self
+            .client
+            .get(EXPORTED, Some(GetOptions::new().with_prefix()))
+            .await?;
+        let mut out: BTreeMap<(&'static str, String), (String, ResourceDecl)> = BTreeMap::new();
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            let Some((host, kind, name)) = split_key(&key) else {
+                continue;
+            };
+            for c in collect.iter().filter(|c| c.kind.eq_ignore_ascii_case(kind)) {
+                if c.hostname.as_deref().is_some_and(|g| !glob_match(g, host)) {
+                    continue;
+                }
+                match decode(kind, name, kv.value(), c.pattern.as_deref()) {
+                    Ok(decl) => {
+                        let slot = (decl.kind, decl.name.clone());
+                        match out.get(&slot) {
+                            Some((other, prev)) if prev.params != decl.params => {
+                                tracing::warn!("{}: exported by both {other} and {host} with different fields; using {other}'s", decl.id());
+                            }
+                            Some(_) => {}
+                            None => {
+                                out.insert(slot, (host.to_owned(), decl));
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!("{key}: cannot collect: {e}"),
+                }
+            }
+        }
+        Ok(out.into_values().map(|(_, d)| d).collect())
+    }
+
+    /// A stream with an event for every change under `/_mgmt/exported/`.
+    pub async fn watch_exported(&mut self) -> Result<WatchStream, WorldError> {
+        Ok(self
+            .client
+            .watch(EXPORTED, Some(WatchOptions::new().with_prefix()))
+            .await?)
+    }
+
+    /// A stream with an event for every change under `/_mgmt/converged/`.
+    pub async fn watch_converged(&mut self) -> Result<WatchStream, WorldError> {
+        Ok(self
+            .client
+            .watch(CONVERGED, Some(WatchOptions::new().with_prefix()))
+            .await?)
+    }
+
+    /// Every host's published converged state.
+    pub async fn converged_map(&mut self) -> Result<BTreeMap<String, bool>, WorldError> {
+        let resp = self
+            .client
+            .get(CONVERGED, Some(GetOptions::new().with_prefix()))
+            .await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let host = String::from_utf8_lossy(kv.key())
+                    .strip_prefix(CONVERGED)?
+                    .to_owned();
+                Some((host, kv.value() == b"true"))
+            })
+            .collect())
+    }
+
+    /// Publishes this host's converged state on every change of `status`
+    /// (`true`/`false` under a lease kept alive here) until `cancel`; then
+    /// revokes the lease, which deletes the key.
+    pub async fn publish_converged(
+        mut self,
+        mut converged: watch::Receiver<crate::engine::Status>,
+        cancel: CancellationToken,
+    ) -> Result<(), WorldError> {
+        let lease = self.client.lease_grant(LEASE_TTL_SECS, None).await?.id();
+        let (mut keeper, mut acks) = self.client.lease_keep_alive(lease).await?;
+        let key = format!("{CONVERGED}{}", self.hostname);
+        let mut tick =
+            tokio::time::interval(Duration::from_secs((LEASE_TTL_SECS / 3).max(1) as u64));
+        let mut last: Option<bool> = None;
+        let result = loop {
+            let now = converged.borrow_and_update().converged;
+            if last != Some(now) {
+                if let Err(e) = self
+                    .client
+                    .put(
+                        key.as_str(),
+                        if now { "true" } else { "false" },
+                        Some(PutOptions::new().with_lease(lease)),
+                    )
+                    .await
+                {
+                    break Err(e.into());
+                }
+                last = Some(now);
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break Ok(()),
+                r = converged.changed() => if r.is_err() { break Ok(()) },
+                _ = tick.tick() => {
+                    if let Err(e) = keeper.keep_alive().await {
+                        break Err(e.into());
+                    }
+                }
+                ack = acks.message() => if let Err(e) = ack {
+                    break Err(e.into());
+                }
+            }
+        };
+        let _ = self.client.lease_revoke(lease).await;
+        result
+    }
+}
+
+/// `<host>/resources/<kind>/<name>` after the prefix.
+fn split_key(key: &str) -> Option<(&str, &str, &str)> {
+    let rest = key.strip_prefix(EXPORTED)?;
+    let mut parts = rest.splitn(4, '/');
+    let host = parts.next()?;
+    (parts.next()? == "resources").then_some(())?;
+    let kind = parts.next()?;
+    let name = parts.next()?;
+    Some((host, kind, name))
+}
+
+fn encode(r: &ResourceDecl) -> String {
+    let mut m = r.params.clone();
+    let mut meta = Mapping::new();
+    meta.insert("noop".into(), r.meta.noop.into());
+    meta.insert("retry".into(), r.meta.retry.into());
+    meta.insert("delay".into(), r.meta.delay_ms.into());
+    m.insert("meta".into(), Value::Mapping(meta));
+    serde_yaml_ng::to_string(&m).unwrap_or_default()
+}
+
+/// Decodes an exported value back into a declaration, checking it against
+/// the kind as the graph parser would, and applies a collect pattern.
+fn decode(
+    kind: &str,
+    name: &str,
+    value: &[u8],
+    pattern: Option<&str>,
+) -> Result<ResourceDecl, String> {
+    let spec = resources::lookup(kind).ok_or_else(|| format!("unknown kind {kind:?}"))?;
+    let mut params: Mapping =
+        serde_yaml_ng::from_slice(value).map_err(|e| format!("not a YAML mapping: {e}"))?;
+    let meta = match params.remove("meta") {
+        Some(Value::Mapping(m)) => Meta {
+            noop: m.get("noop").and_then(Value::as_bool).unwrap_or(false),
+            retry: m.get("retry").and_then(Value::as_i64).unwrap_or(0),
+            delay_ms: m.get("delay").and_then(Value::as_u64).unwrap_or(0),
+        },
+        _ => Meta::default(),
+    };
+    for (k, v) in &params {
+        let key = k.as_str().unwrap_or_default();
+        let f = spec
+            .fields
+            .iter()
+            .find(|f| f.name == key)
+            .ok_or_else(|| format!("unknown field {key:?}"))?;
+        let ok = match f.ty {
+            resources::FieldType::Str => v.is_string(),
+            resources::FieldType::Int => v.is_i64() || v.is_u64(),
+            resources::FieldType::Bool => v.is_bool(),
+        };
+        if !ok {
+            return Err(format!("field {key:?} should be {}", f.ty.describe()));
+        }
+    }
+    if let (Some(dir), "file") = (pattern, spec.kind) {
+        // mgmt's file pattern: the directory the collected file lands in.
+        let path = params
+            .get("path")
+            .and_then(Value::as_str)
+            .unwrap_or(name)
+            .to_owned();
+        let base = path
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or(name);
+        let slash = if path.ends_with('/') { "/" } else { "" };
+        params.insert(
+            "path".into(),
+            format!("{}/{base}{slash}", dir.trim_end_matches('/')).into(),
+        );
+    }
+    (spec.build)(name, &params).map_err(|e| e.to_string())?;
+    Ok(ResourceDecl {
+        kind: spec.kind,
+        name: name.to_owned(),
+        exported: false,
+        params,
+        meta,
+        pos: Pos::default(),
+    })
+}
+
+/// Shell-style glob: `*` any run of characters, `?` any one character.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            pi += 1;
+            mark = ti;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("web*", "web12"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("h?st-*-a", "host-12-a"));
+        assert!(!glob_match("web?", "web12"));
+        assert!(!glob_match("db*", "web1"));
+    }
+
+    #[test]
+    fn keys_split_into_host_kind_name() {
+        assert_eq!(
+            split_key("/_mgmt/exported/h1/resources/file/a/b"),
+            Some(("h1", "file", "a/b"))
+        );
+        assert_eq!(split_key("/_mgmt/exported/h1/other/file/a"), None);
+    }
+
+    #[test]
+    fn file_pattern_sets_the_directory() {
+        let mut params = Mapping::new();
+        params.insert("path".into(), "/tmp/x/file2a".into());
+        params.insert("content".into(), "hi\n".into());
+        let decl = ResourceDecl {
+            kind: "file",
+            name: "file2a".into(),
+            exported: true,
+            params,
+            meta: Meta::default(),
+            pos: Pos::default(),
+        };
+        let back = decode("file", "file2a", encode(&decl).as_bytes(), Some("/srv/")).unwrap();
+        assert_eq!(
+            back.params.get("path").and_then(Value::as_str),
+            Some("/srv/file2a")
+        );
+        assert_eq!(
+            back.params.get("content").and_then(Value::as_str),
+            Some("hi\n")
+        );
+        assert!(!back.exported);
+    }
+}

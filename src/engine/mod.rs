@@ -1,1 +1,488 @@
-//! Applies a graph: one worker per resource, events, convergence, live reload.
+//! The engine: applies a graph of resources, reacts to change, and tells when
+//! it has converged.
+//!
+//! One loop owns all scheduling state; each resource runs in its own
+//! [`worker`] task. The loop checks a resource once every resource it depends
+//! on has applied successfully, and after a resource changed something it
+//! pokes its dependents (with a refresh along `notify` edges and the values of
+//! Send/Recv edges). A failure holds back the failed resource's dependents;
+//! independent branches go on. Events come from watchers (inotify, timers,
+//! `watchcmd`), never from polling.
+//!
+//! A new [`Desired`] graph (live reload, or a change of collected resources)
+//! is swapped in place: resources whose declaration is unchanged keep running
+//! and are not re-applied, new ones start, removed ones stop.
+//!
+//! Converged: nothing ran, no event arrived and nothing is waiting to run for
+//! `converged_timeout`; the loop then sleeps on its channels and uses no CPU.
+//! What to do when converged (exit, publish to the store) is the caller's.
+
+mod worker;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_yaml_ng::Value;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::graph::{Edge, Graph, ResourceDecl, VertexRef};
+use crate::resources::{self, Checked};
+use worker::{Check, Report, Worker};
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Global noop: check only, change nothing.
+    pub noop: bool,
+    /// Idle time after which the engine reports itself converged; `None`
+    /// never does.
+    pub converged_timeout: Option<Duration>,
+    /// Prefix for every filesystem path resources touch (`/` normally).
+    pub root: PathBuf,
+}
+
+/// The resources to run locally and the edges between them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Desired {
+    pub resources: Vec<ResourceDecl>,
+    pub edges: Vec<Edge>,
+}
+
+impl Desired {
+    /// The local part of a graph: every resource that is not exported.
+    pub fn from_graph(g: &Graph) -> Desired {
+        Desired {
+            resources: g
+                .resources
+                .iter()
+                .filter(|r| !r.exported)
+                .cloned()
+                .collect(),
+            edges: g.edges.clone(),
+        }
+    }
+}
+
+/// What the engine reports, continuously, through a `watch` channel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// Idle for the converged timeout.
+    pub converged: bool,
+    /// How many resources the current graph runs.
+    pub resources: usize,
+    /// `kind[name]: reason` of each failed resource.
+    pub failed: Vec<String>,
+    /// Check/applies that changed something (or would have, in noop).
+    pub changes: u64,
+    /// Check/applies run in all.
+    pub checks: u64,
+}
+
+/// Scheduling state of one resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// Not applied yet (or its dependencies are not).
+    Pending,
+    /// Last check/apply succeeded.
+    Ok,
+    /// Last check/apply failed (after retries).
+    Failed(String),
+}
+
+struct Vertex {
+    decl: ResourceDecl,
+    /// Worker instance id; reports from older instances are ignored.
+    id: u64,
+    /// Where checks go; `None` when the resource could not be built.
+    checks: Option<mpsc::Sender<Check>>,
+    cancel: CancellationToken,
+    state: State,
+    running: bool,
+    /// Needs a check (event, poke, new).
+    dirty: bool,
+    /// A refresh is due with the next check.
+    refresh: bool,
+    /// Received values not yet handed to the worker.
+    recv: Vec<(String, Value)>,
+    /// Last value delivered per received field, to send only changes.
+    last_recv: BTreeMap<String, Value>,
+}
+
+struct Engine {
+    cfg: Config,
+    vertices: HashMap<VertexRef, Vertex>,
+    ids: HashMap<u64, VertexRef>,
+    edges: Vec<Edge>,
+    /// Edge indexes by source and by destination.
+    outgoing: HashMap<VertexRef, Vec<usize>>,
+    incoming: HashMap<VertexRef, Vec<usize>>,
+    reports_tx: mpsc::Sender<Report>,
+    tasks: JoinSet<()>,
+    cancel: CancellationToken,
+    next_id: u64,
+    /// Resources that may have become runnable.
+    worklist: Vec<VertexRef>,
+    last_activity: Instant,
+    status: Status,
+    status_tx: watch::Sender<Status>,
+}
+
+/// Runs the engine until `cancel` fires; returns the final status.
+pub async fn run(
+    cfg: Config,
+    initial: Desired,
+    mut updates: mpsc::Receiver<Desired>,
+    status_tx: watch::Sender<Status>,
+    cancel: CancellationToken,
+) -> Status {
+    // Bounded: workers block when the loop is behind, which is the
+    // back-pressure we want; the loop never sends to a worker blockingly.
+    let (reports_tx, mut reports) = mpsc::channel(1024);
+    let mut e = Engine {
+        cfg,
+        vertices: HashMap::new(),
+        ids: HashMap::new(),
+        edges: Vec::new(),
+        outgoing: HashMap::new(),
+        incoming: HashMap::new(),
+        reports_tx,
+        tasks: JoinSet::new(),
+        cancel: cancel.child_token(),
+        next_id: 0,
+        worklist: Vec::new(),
+        last_activity: Instant::now(),
+        status: Status::default(),
+        status_tx,
+    };
+    e.swap(initial);
+    let mut updates_open = true;
+    loop {
+        e.schedule();
+        let idle_deadline = e.idle_deadline();
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(report) = reports.recv() => e.handle(report),
+            desired = updates.recv(), if updates_open => match desired {
+                Some(d) => e.swap(d),
+                None => updates_open = false,
+            },
+            Some(_) = e.tasks.join_next(), if !e.tasks.is_empty() => continue,
+            _ = sleep_until_opt(idle_deadline) => {
+                e.set_converged(true);
+                continue;
+            }
+        }
+        e.activity();
+    }
+    e.stop().await
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Engine {
+    fn busy(&self) -> bool {
+        self.vertices.values().any(|v| v.running)
+    }
+
+    /// When the engine will count as converged if nothing happens.
+    fn idle_deadline(&self) -> Option<Instant> {
+        let t = self.cfg.converged_timeout?;
+        (!self.status.converged && !self.busy()).then(|| self.last_activity + t)
+    }
+
+    fn activity(&mut self) {
+        self.last_activity = Instant::now();
+        self.set_converged(false);
+    }
+
+    fn set_converged(&mut self, converged: bool) {
+        if self.status.converged == converged {
+            return;
+        }
+        self.status.converged = converged;
+        if converged {
+            tracing::info!(
+                "converged: {} resources, {} changed, {} failed",
+                self.status.resources,
+                self.status.changes,
+                self.status.failed.len()
+            );
+        }
+        self.publish();
+    }
+
+    fn publish(&mut self) {
+        self.status.resources = self.vertices.len();
+        let mut failed: Vec<String> = self
+            .vertices
+            .values()
+            .filter_map(|v| match &v.state {
+                State::Failed(why) => Some(format!("{}: {why}", v.decl.id())),
+                _ => None,
+            })
+            .collect();
+        failed.sort();
+        self.status.failed = failed;
+        self.status_tx.send_replace(self.status.clone());
+    }
+
+    /// Starts a worker for `decl`; a resource that cannot be built is failed.
+    fn spawn(&mut self, decl: ResourceDecl) -> Vertex {
+        self.next_id += 1;
+        let id = self.next_id;
+        let cancel = self.cancel.child_token();
+        let name = decl.id();
+        let (state, checks) =
+            match resources::lookup(decl.kind).map(|k| (k.build)(&decl.name, &decl.params)) {
+                Some(Ok(resource)) => {
+                    let (tx, rx) = mpsc::channel(1);
+                    let w = Worker {
+                        id,
+                        name,
+                        resource,
+                        meta: decl.meta,
+                        noop: self.cfg.noop,
+                        root: self.cfg.root.clone(),
+                        checks: rx,
+                        reports: self.reports_tx.clone(),
+                        cancel: cancel.clone(),
+                    };
+                    self.tasks.spawn(w.run());
+                    (State::Pending, Some(tx))
+                }
+                Some(Err(e)) => {
+                    tracing::error!("{name}: {e}");
+                    (State::Failed(e.to_string()), None)
+                }
+                None => {
+                    tracing::error!("{name}: unknown kind");
+                    (State::Failed("unknown kind".into()), None)
+                }
+            };
+        Vertex {
+            decl,
+            id,
+            checks,
+            cancel,
+            state,
+            running: false,
+            dirty: true,
+            refresh: false,
+            recv: Vec::new(),
+            last_recv: BTreeMap::new(),
+        }
+    }
+
+    /// Swaps in a new graph: unchanged resources keep running untouched.
+    fn swap(&mut self, desired: Desired) {
+        let mut old = std::mem::take(&mut self.vertices);
+        let old_incoming = std::mem::take(&mut self.incoming);
+        let old_edges = std::mem::take(&mut self.edges);
+        let (mut kept, mut started) = (0, 0);
+        for decl in desired.resources {
+            let key = VertexRef {
+                kind: decl.kind,
+                name: decl.name.clone(),
+            };
+            let v = match old.remove(&key) {
+                Some(v) if v.decl == decl => {
+                    kept += 1;
+                    v
+                }
+                prev => {
+                    if let Some(prev) = prev {
+                        tracing::info!("{}: changed, restarting it", prev.decl.id());
+                        prev.cancel.cancel();
+                        self.ids.remove(&prev.id);
+                    }
+                    started += 1;
+                    self.spawn(decl)
+                }
+            };
+            self.ids.insert(v.id, key.clone());
+            self.vertices.insert(key, v);
+        }
+        for (key, v) in old {
+            tracing::info!("{key}: removed from the graph, stopping it (its effects stay)");
+            v.cancel.cancel();
+            self.ids.remove(&v.id);
+        }
+        self.edges = desired.edges;
+        for (i, e) in self.edges.iter().enumerate() {
+            self.outgoing.entry(e.from.clone()).or_default().push(i);
+            self.incoming.entry(e.to.clone()).or_default().push(i);
+        }
+        // A kept resource whose dependencies changed is checked again.
+        let describe = |edges: &[Edge], idx: Option<&Vec<usize>>| {
+            let mut v: Vec<_> = idx
+                .into_iter()
+                .flatten()
+                .map(|&i| {
+                    (
+                        edges[i].from.clone(),
+                        edges[i].notify,
+                        edges[i].send.clone(),
+                        edges[i].recv.clone(),
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        for (key, v) in self.vertices.iter_mut() {
+            if describe(&old_edges, old_incoming.get(key))
+                != describe(&self.edges, self.incoming.get(key))
+            {
+                v.dirty = true;
+            }
+        }
+        if kept > 0 || started > 0 {
+            tracing::debug!("graph swapped: {kept} kept, {started} started");
+        }
+        self.worklist = self.vertices.keys().cloned().collect();
+        self.publish();
+    }
+
+    fn ready(&self, key: &VertexRef) -> bool {
+        self.incoming.get(key).into_iter().flatten().all(|&i| {
+            let from = &self.edges[i].from;
+            self.vertices
+                .get(from)
+                .is_some_and(|p| p.state == State::Ok && !p.dirty && !p.running)
+        })
+    }
+
+    /// Sends a check to every resource on the worklist that may run now.
+    fn schedule(&mut self) {
+        let mut list = std::mem::take(&mut self.worklist);
+        list.sort();
+        list.dedup();
+        for key in list {
+            let runnable = self
+                .vertices
+                .get(&key)
+                .is_some_and(|v| v.dirty && !v.running && v.checks.is_some())
+                && self.ready(&key);
+            if !runnable {
+                continue;
+            }
+            let sends: Vec<String> = self
+                .outgoing
+                .get(&key)
+                .into_iter()
+                .flatten()
+                .filter_map(|&i| self.edges[i].send.clone())
+                .collect();
+            let Some(v) = self.vertices.get_mut(&key) else {
+                continue;
+            };
+            let check = Check {
+                refresh: v.refresh,
+                recv: std::mem::take(&mut v.recv),
+                sends,
+            };
+            if let Some(tx) = &v.checks {
+                if tx.try_send(check).is_ok() {
+                    v.running = true;
+                    v.dirty = false;
+                    v.refresh = false;
+                    self.status.checks += 1;
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, report: Report) {
+        match report {
+            Report::Event { id } => {
+                if let Some(v) = self.ids.get(&id).and_then(|k| self.vertices.get_mut(k)) {
+                    tracing::debug!("{}: event", v.decl.id());
+                    v.dirty = true;
+                    self.worklist.push(self.ids[&id].clone());
+                }
+            }
+            Report::WatchFailed { id, error } => {
+                if let Some(v) = self.ids.get(&id).and_then(|k| self.vertices.get_mut(k)) {
+                    tracing::error!("{}: watch failed: {error}", v.decl.id());
+                    v.state = State::Failed(format!("watch failed: {error}"));
+                    self.publish();
+                }
+            }
+            Report::Done { id, result, fields } => self.done(id, result, fields),
+        }
+    }
+
+    fn done(&mut self, id: u64, result: Result<Checked, String>, fields: BTreeMap<String, Value>) {
+        let Some(key) = self.ids.get(&id).cloned() else {
+            return;
+        };
+        let Some(v) = self.vertices.get_mut(&key) else {
+            return;
+        };
+        v.running = false;
+        self.worklist.push(key.clone());
+        let was_ok = v.state == State::Ok;
+        let changed = match result {
+            Ok(c) => {
+                v.state = State::Ok;
+                c == Checked::Changed
+            }
+            Err(why) => {
+                tracing::error!("{}: {why}", v.decl.id());
+                v.state = State::Failed(why);
+                self.publish();
+                return;
+            }
+        };
+        if changed {
+            self.status.changes += 1;
+        }
+        if !was_ok {
+            self.publish();
+        }
+        let poke = changed || !was_ok;
+        for i in self.outgoing.get(&key).cloned().unwrap_or_default() {
+            let e = &self.edges[i];
+            let Some(child) = self.vertices.get_mut(&e.to) else {
+                continue;
+            };
+            if let (Some(send), Some(recv)) = (&e.send, &e.recv) {
+                if let Some(val) = fields.get(send) {
+                    if child.last_recv.get(recv) != Some(val) {
+                        child.last_recv.insert(recv.clone(), val.clone());
+                        child.recv.push((recv.clone(), val.clone()));
+                        child.dirty = true;
+                    }
+                }
+            }
+            if poke {
+                child.dirty = true;
+            }
+            if e.notify && changed {
+                child.refresh = true;
+                child.dirty = true;
+            }
+            self.worklist.push(e.to.clone());
+        }
+    }
+
+    /// Stops every worker (running commands are killed) and waits for them.
+    async fn stop(mut self) -> Status {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        self.publish();
+        self.status
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -10,7 +10,6 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use notify::{EventKind, RecursiveMode, Watcher};
 use serde_yaml_ng::{Mapping, Value};
 
 use super::{
@@ -357,7 +356,11 @@ impl Resource for File {
         events: EventTx,
     ) -> Option<futures::future::BoxFuture<'static, Result<(), ResourceError>>> {
         let target = rooted(root, self.path.trim_end_matches('/'));
-        Some(Box::pin(watch_path(target, events)))
+        Some(Box::pin(async move {
+            crate::fswatch::watch_path(target, events)
+                .await
+                .map_err(|e| ResourceError::Failed(e.to_string()))
+        }))
     }
 
     fn get_field(&self, field: &str) -> Option<Value> {
@@ -400,42 +403,5 @@ impl Resource for File {
             }
         }
         Ok(())
-    }
-}
-
-/// Watches the directory holding `target` and sends an event whenever
-/// `target` (or the directory on the way to it) is created, written,
-/// changed or removed. While the parent does not exist, it watches the
-/// nearest existing ancestor and re-arms when that changes.
-async fn watch_path(target: PathBuf, events: EventTx) -> Result<(), ResourceError> {
-    loop {
-        let parent = target.parent().unwrap_or(Path::new("/")).to_path_buf();
-        let dir = parent
-            .ancestors()
-            .find(|a| a.is_dir())
-            .unwrap_or(Path::new("/"))
-            .to_path_buf();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-        let want = target.clone();
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            let Ok(ev) = res else { return };
-            if matches!(ev.kind, EventKind::Access(_)) {
-                return;
-            }
-            if ev.paths.iter().any(|p| want.starts_with(p) || p == &want) {
-                let _ = tx.try_send(());
-            }
-        })
-        .map_err(|e| ResourceError::Failed(format!("cannot watch {}: {e}", dir.display())))?;
-        watcher
-            .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(|e| ResourceError::Failed(format!("cannot watch {}: {e}", dir.display())))?;
-        let rearm = dir != parent;
-        while rx.recv().await.is_some() {
-            let _ = events.try_send(());
-            if rearm {
-                break;
-            }
-        }
     }
 }

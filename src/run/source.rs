@@ -1,0 +1,184 @@
+//! The graph source: turns the graph file and the world into the engine's
+//! [`Desired`] graph, and keeps doing so as either changes.
+//!
+//! On an edit of the file (live reload), the new graph is validated first:
+//! an invalid edit is reported and the running graph stays. A valid one
+//! re-exports this host's `@@` resources and re-collects. On a change under
+//! `/_mgmt/exported/`, collected resources are read again. The engine gets a
+//! new graph only when the result differs from what it runs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::Desired;
+use crate::graph::{self, Graph, ResourceDecl};
+use crate::world::{World, WorldError};
+
+pub(super) struct Source {
+    path: PathBuf,
+    local: Graph,
+    collected: Vec<ResourceDecl>,
+    world: World,
+    /// `--noop`: nothing is exported (as mgmt does).
+    noop: bool,
+    last: Desired,
+    updates: mpsc::Sender<Desired>,
+}
+
+impl Source {
+    pub fn new(
+        path: PathBuf,
+        local: Graph,
+        world: World,
+        noop: bool,
+        updates: mpsc::Sender<Desired>,
+    ) -> Source {
+        Source {
+            path,
+            local,
+            collected: Vec::new(),
+            world,
+            noop,
+            last: Desired::default(),
+            updates,
+        }
+    }
+
+    /// Exports, collects, and returns the first graph to run.
+    pub async fn initial(&mut self) -> Result<Desired, WorldError> {
+        self.export().await?;
+        self.collected = self.world.collect(&self.local.collect).await?;
+        self.last = self.desired();
+        Ok(self.last.clone())
+    }
+
+    fn desired(&self) -> Desired {
+        let mut d = Desired::from_graph(&self.local);
+        for c in &self.collected {
+            if d.resources
+                .iter()
+                .any(|r| r.kind == c.kind && r.name == c.name)
+            {
+                tracing::debug!(
+                    "{}: collected, but a local resource has that name; using the local one",
+                    c.id()
+                );
+            } else {
+                d.resources.push(c.clone());
+            }
+        }
+        d
+    }
+
+    async fn export(&mut self) -> Result<(), WorldError> {
+        if self.noop {
+            return Ok(());
+        }
+        let exported: Vec<&ResourceDecl> =
+            self.local.resources.iter().filter(|r| r.exported).collect();
+        self.world.export(&exported).await.map(|_| ())
+    }
+
+    async fn push(&mut self) -> bool {
+        let d = self.desired();
+        if d == self.last {
+            return true;
+        }
+        self.last = d.clone();
+        self.updates.send(d).await.is_ok()
+    }
+
+    /// Follows file edits (when `watch`) and exported resources until cancelled.
+    pub async fn run(mut self, watch: bool, cancel: CancellationToken) {
+        let (file_tx, mut file_rx) = mpsc::channel(1);
+        let file_watch = crate::fswatch::watch_path(self.path.clone(), file_tx);
+        tokio::pin!(file_watch);
+        let mut exported = match self.world.watch_exported().await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!("cannot watch exported resources: {e}");
+                None
+            }
+        };
+        let mut last_src = std::fs::read_to_string(&self.path).ok();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = &mut file_watch, if watch => {
+                    if let Err(e) = r {
+                        tracing::error!("{e}; live reload is off");
+                    }
+                    return;
+                }
+                Some(()) = file_rx.recv() => {
+                    // Let an editor finish writing; a burst collapses into one read.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    while file_rx.try_recv().is_ok() {}
+                    let src = std::fs::read_to_string(&self.path).ok();
+                    if src.is_none() || src == last_src {
+                        continue;
+                    }
+                    last_src = src.clone();
+                    if !self.reload(src.unwrap_or_default()).await {
+                        return;
+                    }
+                }
+                msg = next(&mut exported) => {
+                    if let Err(e) = msg {
+                        tracing::warn!("watching exported resources stopped: {e}");
+                        exported = None;
+                        continue;
+                    }
+                    match self.world.collect(&self.local.collect).await {
+                        Ok(c) => self.collected = c,
+                        Err(e) => tracing::warn!("cannot collect exported resources: {e}"),
+                    }
+                    if !self.push().await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Validates and applies an edit; false when the engine is gone.
+    async fn reload(&mut self, src: String) -> bool {
+        let label = self.path.display().to_string();
+        match graph::parse_str(&src, &label) {
+            Ok(g) => {
+                tracing::info!("{label}: graph changed; applying it");
+                self.local = g;
+                if let Err(e) = self.export().await {
+                    tracing::warn!("cannot export resources: {e}");
+                }
+                match self.world.collect(&self.local.collect).await {
+                    Ok(c) => self.collected = c,
+                    Err(e) => tracing::warn!("cannot collect exported resources: {e}"),
+                }
+                self.push().await
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    tracing::error!("{e}");
+                }
+                tracing::error!("{label}: invalid edit ignored; the running graph stays");
+                true
+            }
+        }
+    }
+}
+
+async fn next(w: &mut Option<etcd_client::WatchStream>) -> Result<(), etcd_client::Error> {
+    match w {
+        Some(w) => match w.message().await? {
+            Some(_) => Ok(()),
+            None => Err(etcd_client::Error::WatchError(
+                "the store closed the watch".into(),
+            )),
+        },
+        None => std::future::pending().await,
+    }
+}

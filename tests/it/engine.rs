@@ -1,0 +1,354 @@
+//! Black-box tests of `mgmt run --file`: the local engine (issue #2).
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::util::{mgmt, run, Dir, Proc};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn files_graph(d: &Dir) -> String {
+    format!(
+        r#"graph: files
+resources:
+  noop:
+  - name: start
+  file:
+  - name: a
+    path: {a}
+    content: "alpha\n"
+    mode: "0640"
+  - name: b
+    path: {b}
+    content: "beta\n"
+  - name: dir
+    path: {dir}/
+edges:
+- name: e1
+  from: {{kind: noop, name: start}}
+  to: {{kind: file, name: a}}
+- name: e2
+  from: {{kind: file, name: a}}
+  to: {{kind: file, name: b}}
+"#,
+        a = d.p("a"),
+        b = d.p("b"),
+        dir = d.p("sub")
+    )
+}
+
+// See: #2 (apply, idempotence)
+#[test]
+fn applies_then_second_run_changes_nothing() {
+    let d = Dir::new();
+    let g = d.write("g.yaml", &files_graph(&d));
+    let first = run(
+        mgmt()
+            .args(["run", "--converged-timeout", "1", "--file"])
+            .arg(&g),
+        LIMIT,
+    );
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(d.read("a").as_deref(), Some("alpha\n"));
+    assert_eq!(d.read("b").as_deref(), Some("beta\n"));
+    assert!(d.path().join("sub").is_dir());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(d.path().join("a"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o640
+    );
+    assert!(
+        first
+            .stderr
+            .contains("converged: 4 resources, 3 changed, 0 failed"),
+        "{}",
+        first.stderr
+    );
+
+    let second = run(
+        mgmt()
+            .args(["run", "--converged-timeout", "1", "--file"])
+            .arg(&g),
+        LIMIT,
+    );
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert!(
+        second
+            .stderr
+            .contains("converged: 4 resources, 0 changed, 0 failed"),
+        "{}",
+        second.stderr
+    );
+    assert!(!second.stderr.contains("wrote"), "{}", second.stderr);
+}
+
+// See: #2 (outside edit and delete corrected)
+#[test]
+fn outside_edit_and_delete_are_corrected() {
+    let d = Dir::new();
+    let g = d.write("g.yaml", &files_graph(&d));
+    let mut p = Proc::spawn(
+        mgmt()
+            .args(["run", "--converged-timeout", "30", "--file"])
+            .arg(&g),
+    );
+    p.wait_line(&format!("wrote 5 bytes to {}", d.p("b")), LIMIT);
+    std::fs::write(d.path().join("a"), "tampered").unwrap();
+    p.wait_line(&format!("wrote 6 bytes to {}", d.p("a")), LIMIT);
+    assert_eq!(d.read("a").as_deref(), Some("alpha\n"));
+    std::fs::remove_file(d.path().join("b")).unwrap();
+    p.wait_line(&format!("wrote 5 bytes to {}", d.p("b")), LIMIT);
+    assert_eq!(d.read("b").as_deref(), Some("beta\n"));
+    p.signal(Signal::SIGINT);
+    assert_eq!(p.wait(LIMIT), 0);
+}
+
+// See: #2 (notify → exec refresh, exactly once per change)
+#[test]
+fn notify_reruns_exec_once_per_change() {
+    let d = Dir::new();
+    let g = d.write(
+        "g.yaml",
+        &format!(
+            r#"graph: notify
+resources:
+  file:
+  - name: conf
+    path: {conf}
+    content: "v1\n"
+  exec:
+  - name: reload
+    cmd: "echo reload >> {log}"
+    ifcmd: "test -f {conf}"
+edges:
+- name: e
+  from: {{kind: file, name: conf}}
+  to: {{kind: exec, name: reload}}
+  notify: true
+"#,
+            conf = d.p("conf"),
+            log = d.p("log")
+        ),
+    );
+    let mut p = Proc::spawn(
+        mgmt()
+            .args(["run", "--converged-timeout", "30", "--file"])
+            .arg(&g),
+    );
+    p.wait_line("converged:", LIMIT);
+    let runs = || d.read("log").unwrap_or_default().lines().count();
+    let before = runs();
+    for round in 1..=2 {
+        std::fs::write(d.path().join("conf"), format!("edit {round}")).unwrap();
+        p.wait_line("exec[reload]: running", LIMIT);
+        p.wait_line("converged:", LIMIT);
+        assert_eq!(runs(), before + round, "one run per change");
+    }
+    p.signal(Signal::SIGINT);
+    assert_eq!(p.wait(LIMIT), 0);
+}
+
+// See: #2 (Send/Recv)
+#[test]
+fn password_is_sent_into_a_file() {
+    let d = Dir::new();
+    let g = d.write(
+        "g.yaml",
+        &format!(
+            r#"graph: pw
+resources:
+  password:
+  - name: pw
+    length: 24
+  file:
+  - name: secret
+    path: {s}
+    mode: "0600"
+edges:
+- name: e
+  from: {{kind: password, name: pw}}
+  to: {{kind: file, name: secret}}
+  send: password
+  recv: content
+"#,
+            s = d.p("secret")
+        ),
+    );
+    let out = run(mgmt().args(["run", "-t", "1", "--file"]).arg(&g), LIMIT);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let secret = d.read("secret").unwrap();
+    assert_eq!(secret.len(), 24);
+    assert!(
+        !out.stderr.contains(&secret),
+        "the secret must not be logged"
+    );
+}
+
+// See: #2 (--noop)
+#[test]
+fn noop_changes_nothing_and_says_what_it_would_do() {
+    let d = Dir::new();
+    let g = d.write("g.yaml", &files_graph(&d));
+    let out = run(
+        mgmt().args(["run", "--noop", "-t", "1", "--file"]).arg(&g),
+        LIMIT,
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!d.path().join("a").exists());
+    assert!(!d.path().join("sub").exists());
+    assert!(
+        out.stderr
+            .contains(&format!("would write 6 bytes to {}", d.p("a"))),
+        "{}",
+        out.stderr
+    );
+}
+
+// See: #2 (failure holds back dependents, not independent branches; retry)
+#[test]
+fn failure_holds_back_dependents_and_exits_1() {
+    let d = Dir::new();
+    let g = d.write(
+        "g.yaml",
+        &format!(
+            r#"graph: fail
+resources:
+  exec:
+  - name: bad
+    cmd: "echo attempt >> {count}; exit 7"
+    meta: {{retry: 2, delay: 10}}
+  file:
+  - name: after
+    path: {after}
+    content: x
+  - name: other
+    path: {other}
+    content: y
+edges:
+- name: e
+  from: {{kind: exec, name: bad}}
+  to: {{kind: file, name: after}}
+"#,
+            count = d.p("count"),
+            after = d.p("after"),
+            other = d.p("other")
+        ),
+    );
+    let out = run(mgmt().args(["run", "-t", "1", "--file"]).arg(&g), LIMIT);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert_eq!(
+        d.read("count").unwrap().lines().count(),
+        3,
+        "one try and two retries"
+    );
+    assert!(!d.path().join("after").exists());
+    assert_eq!(d.read("other").as_deref(), Some("y"));
+    assert!(
+        out.stderr.contains("exec[bad]: command exited with code 7"),
+        "{}",
+        out.stderr
+    );
+}
+
+// See: #2 (converged exit: not before the timeout, promptly after)
+#[test]
+fn exits_when_converged_for_the_timeout() {
+    let d = Dir::new();
+    let g = d.write("g.yaml", &files_graph(&d));
+    let start = Instant::now();
+    let out = run(mgmt().args(["run", "-t", "2", "--file"]).arg(&g), LIMIT);
+    let took = start.elapsed();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        took >= Duration::from_secs(2),
+        "exited after {took:?}, before the timeout"
+    );
+    // A generous bound: this only catches "never exits" or "waits twice".
+    assert!(took < Duration::from_secs(12), "took {took:?}");
+}
+
+// See: #2 (live reload: one edited, one added, one removed; invalid edit kept out)
+#[test]
+fn live_reload_swaps_the_graph() {
+    let d = Dir::new();
+    let graph = |a: &str, third: &str| {
+        format!(
+            "graph: live\nresources:\n  file:\n  - name: a\n    path: {}\n    content: \"{a}\"\n  - name: keep\n    path: {}\n    content: k\n{third}",
+            d.p("a"),
+            d.p("keep")
+        )
+    };
+    let g = d.write(
+        "g.yaml",
+        &graph(
+            "one",
+            &format!(
+                "  - name: gone\n    path: {}\n    content: g\n",
+                d.p("gone")
+            ),
+        ),
+    );
+    let mut p = Proc::spawn(mgmt().args(["run", "-t", "30", "--file"]).arg(&g));
+    p.wait_line("converged:", LIMIT);
+    // An invalid edit is reported and ignored.
+    std::fs::write(&g, "graph: live\nresources:\n  nosuchkind: []\n").unwrap();
+    p.wait_line("invalid edit ignored", LIMIT);
+    let keep_mtime = std::fs::metadata(d.path().join("keep"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    std::fs::write(
+        &g,
+        graph(
+            "two",
+            &format!(
+                "  - name: added\n    path: {}\n    content: n\n",
+                d.p("added")
+            ),
+        ),
+    )
+    .unwrap();
+    p.wait_line("graph changed", LIMIT);
+    p.wait_line("converged:", LIMIT);
+    assert_eq!(d.read("a").as_deref(), Some("two"));
+    assert_eq!(d.read("added").as_deref(), Some("n"));
+    assert_eq!(
+        d.read("gone").as_deref(),
+        Some("g"),
+        "a removed resource's effects stay"
+    );
+    assert_eq!(
+        std::fs::metadata(d.path().join("keep"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        keep_mtime,
+        "unchanged resource not re-applied"
+    );
+    let log = p.lines_so_far().join("\n");
+    assert!(log.contains("file[gone]: removed from the graph"), "{log}");
+    p.signal(Signal::SIGINT);
+    assert_eq!(p.wait(LIMIT), 0);
+}
+
+// See: #2 (SIGINT mid-run stops running commands, exit 0)
+#[test]
+fn sigint_stops_a_running_command_cleanly() {
+    let d = Dir::new();
+    let g = d.write(
+        "g.yaml",
+        &format!("graph: long\nresources:\n  exec:\n  - name: long\n    cmd: \"echo started; echo $$ > {pid}; sleep 300\"\n", pid = d.p("pid")),
+    );
+    let mut p = Proc::spawn(mgmt().args(["run", "--file"]).arg(&g));
+    p.wait_line("exec[long]: started", LIMIT);
+    let pid: i32 = d.read("pid").unwrap().trim().parse().unwrap();
+    p.signal(Signal::SIGINT);
+    assert_eq!(p.wait(LIMIT), 0);
+    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    assert!(!alive, "the command's shell {pid} survived");
+}

@@ -1,0 +1,6 @@
+//! The one integration-test binary: black-box tests of the built `mgmt`
+//! binary and of the library against real servers (sshd, etcd).
+
+mod cli;
+mod engine;
+mod util;

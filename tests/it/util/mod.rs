@@ -1,0 +1,203 @@
+//! Test helpers: temp dirs, running the built binary, waiting on its output.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A temp dir for one test, removed at the end.
+pub struct Dir {
+    pub tmp: tempfile::TempDir,
+}
+
+impl Dir {
+    pub fn new() -> Dir {
+        Dir {
+            tmp: tempfile::Builder::new()
+                .prefix("mgmt-it-")
+                .tempdir()
+                .expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Absolute path of `name` inside the dir, as a string for YAML.
+    pub fn p(&self, name: &str) -> String {
+        self.tmp.path().join(name).display().to_string()
+    }
+
+    pub fn write(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.tmp.path().join(name);
+        std::fs::write(&p, content).expect("write test file");
+        p
+    }
+
+    pub fn read(&self, name: &str) -> Option<String> {
+        std::fs::read_to_string(self.tmp.path().join(name)).ok()
+    }
+}
+
+/// The built binary.
+pub fn mgmt() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mgmt"));
+    c.env_remove("RUST_LOG").stdin(Stdio::null());
+    c
+}
+
+/// Output of a finished run.
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs to completion, with a guard against hangs.
+pub fn run(cmd: &mut Command, limit: Duration) -> Output {
+    let mut p = Proc::spawn(cmd);
+    let code = p.wait(limit);
+    Output {
+        code,
+        stdout: p.stdout_rest(),
+        stderr: p.lines_so_far().join("\n"),
+    }
+}
+
+/// A running `mgmt`, killed (by pid) when dropped; its stderr is read line
+/// by line so a test can wait for an event in the log, and its exit arrives
+/// as an event too (a waiter thread owns the child).
+pub struct Proc {
+    pid: i32,
+    lines: mpsc::Receiver<String>,
+    exit: mpsc::Receiver<i32>,
+    code: Option<i32>,
+    stdout: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command) -> Proc {
+        let mut child: Child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mgmt");
+        let pid = child.id() as i32;
+        let (tx, lines) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (out_tx, stdout) = mpsc::channel();
+        let mut out = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut out, &mut s);
+            let _ = out_tx.send(s);
+        });
+        let (exit_tx, exit) = mpsc::channel();
+        std::thread::spawn(move || {
+            let code = child.wait().map(|s| s.code().unwrap_or(-1)).unwrap_or(-1);
+            let _ = exit_tx.send(code);
+        });
+        Proc {
+            pid,
+            lines,
+            exit,
+            code: None,
+            stdout,
+            seen: Vec::new(),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Waits for a stderr line containing `needle`; panics after `limit`.
+    pub fn wait_line(&mut self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with {needle:?} within {limit:?}; got:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Every stderr line read so far (draining what is buffered).
+    pub fn lines_so_far(&mut self) -> Vec<String> {
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
+        self.seen.clone()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), sig).expect("signal");
+    }
+
+    /// Waits for exit (killing it after `limit`) and returns the exit code;
+    /// all of stderr has been read when it returns.
+    pub fn wait(&mut self, limit: Duration) -> i32 {
+        if let Some(c) = self.code {
+            return c;
+        }
+        let code = match self.exit.recv_timeout(limit) {
+            Ok(c) => c,
+            Err(_) => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(self.pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                let _ = self.exit.recv();
+                panic!(
+                    "mgmt did not exit within {limit:?}; log:\n{}",
+                    self.lines_so_far().join("\n")
+                );
+            }
+        };
+        self.code = Some(code);
+        // The reader ends at EOF, which follows the exit.
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(l);
+        }
+        code
+    }
+
+    pub fn stdout_rest(&mut self) -> String {
+        self.stdout
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.code.is_none() && self.exit.try_recv().is_err() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = self.exit.recv_timeout(Duration::from_secs(10));
+        }
+    }
+}
