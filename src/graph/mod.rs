@@ -8,13 +8,14 @@
 
 pub mod dag;
 pub mod parse;
+mod pos;
 
 use std::fmt;
 
 pub use parse::{parse_file, parse_str};
 
 /// A position in a YAML file, both numbers 1-based as editors show them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Pos {
     pub line: usize,
     pub col: usize,
