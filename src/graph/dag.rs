@@ -222,7 +222,7 @@ mod tests {
             vertices: vec![0, 1, 2],
             edges: vec![0, 1, 3],
         };
-        assert_eq!(dag.cycles(), [cycle.clone()]);
+        assert_eq!(dag.cycles(), std::slice::from_ref(&cycle));
         assert_eq!(dag.topo_order(), Err(cycle));
     }
 

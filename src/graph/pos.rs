@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use serde_yaml_ng::Value;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::Marker;
+use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 use super::Pos;
 
@@ -53,6 +53,46 @@ pub(crate) fn positions(src: &str) -> Option<PosNode> {
     let mut builder = Builder::default();
     Parser::new_from_str(src).load(&mut builder, false).ok()?;
     builder.root
+}
+
+/// Where a second document starts, for "one graph per file".
+pub(crate) fn second_document(src: &str) -> Option<Pos> {
+    #[derive(Default)]
+    struct Starts(Vec<Pos>);
+    impl MarkedEventReceiver for Starts {
+        fn on_event(&mut self, ev: Event, mark: Marker) {
+            if ev == Event::DocumentStart {
+                self.0.push(Pos {
+                    line: mark.line(),
+                    col: mark.col() + 1,
+                });
+            }
+        }
+    }
+    let mut starts = Starts::default();
+    // A later syntax error still leaves the starts seen before it.
+    let _ = Parser::new_from_str(src).load(&mut starts, true);
+    starts.0.get(1).copied()
+}
+
+/// The first key written twice in one mapping: `(key, second, first)`
+/// positions. serde_yaml_ng rejects such a file but points at the mapping.
+pub(crate) fn duplicate_key(node: &PosNode) -> Option<(&str, Pos, Pos)> {
+    match node {
+        PosNode::Scalar { .. } => None,
+        PosNode::Seq { items, .. } => items.iter().find_map(duplicate_key),
+        PosNode::Map { entries, .. } => {
+            let mut seen: HashMap<&str, Pos> = HashMap::new();
+            for (k, _) in entries {
+                if let PosNode::Scalar { raw, pos } = k {
+                    if let Some(first) = seen.insert(raw, *pos) {
+                        return Some((raw, *pos, first));
+                    }
+                }
+            }
+            entries.iter().find_map(|(_, v)| duplicate_key(v))
+        }
+    }
 }
 
 /// A collection being filled while its events arrive.
@@ -130,7 +170,19 @@ impl MarkedEventReceiver for Builder {
             col: mark.col() + 1,
         };
         match ev {
-            Event::Scalar(raw, _, anchor, _) => self.anchored(anchor, PosNode::Scalar { pos, raw }),
+            Event::Scalar(raw, style, anchor, _) => {
+                // An empty value (`graph:`) is marked where the next token
+                // starts, often the next line: point at its key instead.
+                let pos = match self.stack.last() {
+                    Some(Frame::Map { key: Some(k), .. })
+                        if raw.is_empty() && style == TScalarStyle::Plain =>
+                    {
+                        k.pos()
+                    }
+                    _ => pos,
+                };
+                self.anchored(anchor, PosNode::Scalar { pos, raw })
+            }
             Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq {
                 pos,
                 anchor,
