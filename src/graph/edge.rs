@@ -7,10 +7,12 @@
 //! type. Cycles are found by [`super::dag`] once every edge is read, and each
 //! is reported at the edge that closes it.
 
+use std::collections::HashMap;
+
 use super::dag::Dag;
 use super::parse::read_kind;
 use super::pos::Node;
-use super::report::{read_bool, read_list, read_map, read_name, unknown_key, Errors};
+use super::report::{read_bool, read_list, read_map, read_name, unknown_key, Errors, Key};
 use super::{Edge, Located, Pos, ResourceDecl, VertexRef};
 use crate::resources::lookup;
 
@@ -26,11 +28,36 @@ pub(super) fn read_edges(
 ) -> Vec<Edge> {
     let expected = "a list of edges (- name: e1, from: ..., to: ...)";
     let items = read_list(node, "edges", expected, errs).unwrap_or_default();
-    let edges: Vec<Edge> = items
-        .iter()
-        .enumerate()
-        .filter_map(|(i, item)| read_edge(*item, i, resources, errs))
-        .collect();
+    let mut edges = Vec::new();
+    // Which edge feeds each received field, and where its `recv:` is.
+    let mut receivers: HashMap<(VertexRef, String), (String, Option<Pos>)> = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        let Some(Read {
+            edge,
+            label,
+            recv_pos,
+        }) = read_edge(*item, i, resources, errs)
+        else {
+            continue;
+        };
+        if let (Some(_), Some(field)) = (&edge.send, &edge.recv) {
+            let slot = (edge.to.clone(), field.clone());
+            match receivers.get(&slot) {
+                Some((other, at)) => {
+                    let msg = format!(
+                        "{label}: recv: {}.{field} already receives from {other} at {}; a field can receive from one edge only",
+                        edge.to,
+                        errs.locate(*at)
+                    );
+                    errs.at(recv_pos, msg);
+                }
+                None => {
+                    receivers.insert(slot, (label, recv_pos));
+                }
+            }
+        }
+        edges.push(edge);
+    }
     report_cycles(resources, &edges, errs);
     edges
 }
@@ -45,13 +72,42 @@ struct Parts {
     recv: Option<Located<String>>,
 }
 
+impl Parts {
+    fn read(&mut self, key: &Key<'_>, label: &str, resources: &[ResourceDecl], errs: &mut Errors) {
+        let what = format!("{label}: {}", key.name);
+        let located = |v: Option<String>| {
+            v.map(|value| Located {
+                value,
+                pos: key.value.pos().unwrap_or_default(),
+            })
+        };
+        match key.name {
+            "name" => {}
+            "from" => self.from = read_end(key.value, &what, resources, errs),
+            "to" => self.to = read_end(key.value, &what, resources, errs),
+            "notify" => self.notify = read_bool(key.value, &what, errs).unwrap_or(false),
+            "send" => self.send = located(read_name(key.value, &what, "send: password", errs)),
+            "recv" => self.recv = located(read_name(key.value, &what, "recv: content", errs)),
+            _ => unknown_key(key, label, EDGE_KEYS, errs),
+        }
+    }
+}
+
+/// An edge as read, with what later checks need to report on it.
+struct Read {
+    edge: Edge,
+    /// `edge "NAME"`, or `edge #N` for an unnamed one.
+    label: String,
+    recv_pos: Option<Pos>,
+}
+
 /// One edge; `None` when its ends cannot be read (already reported).
 fn read_edge(
     item: Node<'_>,
     index: usize,
     resources: &[ResourceDecl],
     errs: &mut Errors,
-) -> Option<Edge> {
+) -> Option<Read> {
     let expected = "an edge like {name: e1, from: {...}, to: {...}}";
     let keys = read_map(item, "edges", expected, errs)?;
     let name_key = keys.iter().find(|k| k.name == "name");
@@ -62,28 +118,7 @@ fn read_edge(
     };
     let mut parts = Parts::default();
     for key in &keys {
-        let field = |side: &str| format!("{label}: {side}");
-        let located = |v: Option<String>| {
-            v.map(|value| Located {
-                value,
-                pos: key.value.pos().unwrap_or_default(),
-            })
-        };
-        match key.name {
-            "name" => {}
-            "from" => parts.from = read_end(key.value, &field("from"), resources, errs),
-            "to" => parts.to = read_end(key.value, &field("to"), resources, errs),
-            "notify" => {
-                parts.notify = read_bool(key.value, &field("notify"), errs).unwrap_or(false)
-            }
-            "send" => {
-                parts.send = located(read_name(key.value, &field("send"), "send: password", errs))
-            }
-            "recv" => {
-                parts.recv = located(read_name(key.value, &field("recv"), "recv: content", errs))
-            }
-            _ => unknown_key(key, &label, EDGE_KEYS, errs),
-        }
+        parts.read(key, &label, resources, errs);
     }
     for side in ["from", "to"] {
         if !keys.iter().any(|k| k.name == side) {
@@ -96,7 +131,8 @@ fn read_edge(
     if let (Some(send), Some(recv)) = (&parts.send, &parts.recv) {
         check_send_recv(&from, &to, send, recv, &label, errs);
     }
-    Some(Edge {
+    let recv_pos = parts.recv.as_ref().and_then(|r| known(r.pos));
+    let edge = Edge {
         name: name.unwrap_or_else(|| format!("{from} -> {to}")),
         from,
         to,
@@ -104,6 +140,11 @@ fn read_edge(
         send: parts.send.map(|s| s.value),
         recv: parts.recv.map(|r| r.value),
         pos: item.pos().unwrap_or_default(),
+    };
+    Some(Read {
+        edge,
+        label,
+        recv_pos,
     })
 }
 

@@ -468,6 +468,25 @@ fn send_recv_fields_must_exist_and_match() {
 }
 
 #[test]
+fn a_field_receives_from_one_edge_only() {
+    let errs = errors(&y(&[
+        "graph: g",
+        "resources:",
+        "  password: [{name: p}, {name: q}]",
+        "  file: [{name: /f}]",
+        "edges:",
+        "- {name: a, from: {kind: password, name: p}, to: {kind: file, name: /f}, send: password, recv: content}",
+        "- {name: b, from: {kind: password, name: q}, to: {kind: file, name: /f}, send: password, recv: content}",
+    ]));
+    assert_eq!(
+        errs,
+        [
+            "g.yaml:7:96: edge \"b\": recv: file[/f].content already receives from edge \"a\" at g.yaml:6:96; a field can receive from one edge only",
+        ]
+    );
+}
+
+#[test]
 fn dependency_cycle_names_its_resources_in_order() {
     let errs = errors(&y(&[
         "graph: g",
