@@ -346,6 +346,13 @@ fn wrong_types_say_what_was_expected() {
 }
 
 #[test]
+fn a_plain_leading_zero_mode_is_a_string() {
+    let g = ok("graph: g\nresources:\n  file: [{name: /a, mode: 0644}]\n");
+    let mode = g.resources[0].params.get("mode").and_then(|v| v.as_str());
+    assert_eq!(mode, Some("0644"));
+}
+
+#[test]
 fn value_errors_from_the_kind_point_at_the_field() {
     let errs = errors(&y(&[
         "graph: g",
