@@ -7,14 +7,20 @@
 //! anything and knows nothing of SSH or the store.
 
 pub mod dag;
+mod edge;
 pub mod parse;
+mod pos;
+mod report;
+mod resource;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 
 pub use parse::{parse_file, parse_str};
 
 /// A position in a YAML file, both numbers 1-based as editors show them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Pos {
     pub line: usize,
     pub col: usize,
@@ -68,8 +74,8 @@ impl ResourceDecl {
     }
 }
 
-/// Meta parameters every resource accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Meta parameters every resource accepts (defaults: all zero/false).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Meta {
     /// Check only, never change anything.
     pub noop: bool,
@@ -77,16 +83,6 @@ pub struct Meta {
     pub retry: i64,
     /// Milliseconds between retries.
     pub delay_ms: u64,
-}
-
-impl Default for Meta {
-    fn default() -> Self {
-        Meta {
-            noop: false,
-            retry: 0,
-            delay_ms: 0,
-        }
-    }
 }
 
 /// A `collect:` entry.
