@@ -117,11 +117,11 @@ fn build(name: &str, params: &Mapping) -> Result<Box<dyn Resource>, FieldError> 
             "a directory (path ending in /) cannot have content",
         ));
     }
-    if let Some(o) = &file.owner {
-        resolve_user(o).map_err(|e| FieldError::new("owner", e))?;
-    }
-    if let Some(g) = &file.group {
-        resolve_group(g).map_err(|e| FieldError::new("group", e))?;
+    // Names are resolved on the host that applies the file (at check time):
+    // the machine that validates the graph may not know them.
+    if file.owner.as_deref() == Some("") || file.group.as_deref() == Some("") {
+        let field = if file.owner.as_deref() == Some("") { "owner" } else { "group" };
+        return Err(FieldError::new(field, format!("{field} must not be empty")));
     }
     Ok(Box::new(file))
 }

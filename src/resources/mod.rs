@@ -67,6 +67,9 @@ impl FieldError {
     }
 }
 
+/// Builds a resource from its type-checked fields, checking their values.
+pub type BuildFn = fn(name: &str, params: &Mapping) -> Result<Box<dyn Resource>, FieldError>;
+
 /// Everything the graph layer and the engine need to know about a kind.
 pub struct KindSpec {
     /// Canonical lowercase name, as written in `resources:`.
@@ -76,7 +79,7 @@ pub struct KindSpec {
     /// Extra fields it can send along an edge (Send/Recv) besides `fields`.
     pub sends: &'static [FieldSpec],
     /// Builds the resource from type-checked fields; checks their values.
-    pub build: fn(name: &str, params: &Mapping) -> Result<Box<dyn Resource>, FieldError>,
+    pub build: BuildFn,
 }
 
 impl KindSpec {
