@@ -1,14 +1,21 @@
-//! Watching one path for changes with inotify (the `notify` crate).
+//! Watching paths for changes with inotify (the `notify` crate).
 //!
 //! Used by the `file` resource (correct outside edits) and by `run` (reload a
-//! graph file on edit). It watches the directory that holds the path, not the
-//! path itself, so that an editor's write-and-rename and a delete followed by
-//! a re-create are both seen; while that directory does not exist it watches
-//! the nearest existing ancestor and re-arms when it changes.
+//! graph file on edit). A path is followed by watching the directory that
+//! holds it, so that an editor's write-and-rename and a delete followed by a
+//! re-create are both seen; while that directory does not exist, the nearest
+//! existing ancestor is watched and the watch re-armed when it changes.
+//!
+//! One inotify instance serves the whole process (the kernel allows only 128
+//! per user by default, and a graph may hold thousands of files): a hub keeps
+//! one watch per directory and routes each event to the subscribers of the
+//! path it names.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use notify::{EventKind, RecursiveMode, Watcher};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 /// Why a watch could not be set up.
@@ -20,38 +27,116 @@ pub struct WatchError {
     pub source: notify::Error,
 }
 
+struct Sub {
+    id: u64,
+    target: PathBuf,
+    tx: mpsc::Sender<()>,
+}
+
+#[derive(Default)]
+struct Routes {
+    next_id: u64,
+    /// Watched directory → subscribers to paths inside it.
+    by_dir: HashMap<PathBuf, Vec<Sub>>,
+}
+
+struct Hub {
+    watcher: Mutex<Option<RecommendedWatcher>>,
+    routes: Arc<Mutex<Routes>>,
+}
+
+fn hub() -> &'static Hub {
+    static HUB: OnceLock<Hub> = OnceLock::new();
+    HUB.get_or_init(|| Hub { watcher: Mutex::new(None), routes: Arc::new(Mutex::new(Routes::default())) })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Routes one inotify event to every subscriber whose target it may concern:
+/// the path itself, or a directory on the way to it.
+fn route(routes: &Mutex<Routes>, ev: notify::Event) {
+    if matches!(ev.kind, EventKind::Access(_)) {
+        return;
+    }
+    let routes = lock(routes);
+    for p in &ev.paths {
+        for dir in [p.parent(), Some(p.as_path())].into_iter().flatten() {
+            for sub in routes.by_dir.get(dir).into_iter().flatten() {
+                if sub.target.starts_with(p) {
+                    let _ = sub.tx.try_send(());
+                }
+            }
+        }
+    }
+}
+
+/// Removes its subscription (and the directory watch, if last) when dropped.
+struct Subscription {
+    dir: PathBuf,
+    id: u64,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        // Lock order everywhere: watcher, then routes, and routes is never
+        // held while calling into the watcher (its event thread takes routes).
+        let h = hub();
+        let mut watcher = lock(&h.watcher);
+        let last = {
+            let mut routes = lock(&h.routes);
+            let Some(subs) = routes.by_dir.get_mut(&self.dir) else { return };
+            subs.retain(|s| s.id != self.id);
+            let last = subs.is_empty();
+            if last {
+                routes.by_dir.remove(&self.dir);
+            }
+            last
+        };
+        if let (true, Some(w)) = (last, watcher.as_mut()) {
+            let _ = w.unwatch(&self.dir);
+        }
+    }
+}
+
+fn subscribe(dir: &Path, target: &Path, tx: mpsc::Sender<()>) -> Result<Subscription, WatchError> {
+    let h = hub();
+    let err = |source| WatchError { path: dir.to_path_buf(), source };
+    let mut watcher = lock(&h.watcher);
+    if watcher.is_none() {
+        let routes = h.routes.clone();
+        *watcher = Some(
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if let Ok(ev) = res {
+                    route(&routes, ev);
+                }
+            })
+            .map_err(err)?,
+        );
+    }
+    let watched = lock(&h.routes).by_dir.contains_key(dir);
+    if !watched {
+        if let Some(w) = watcher.as_mut() {
+            w.watch(dir, RecursiveMode::NonRecursive).map_err(err)?;
+        }
+    }
+    let mut routes = lock(&h.routes);
+    routes.next_id += 1;
+    let id = routes.next_id;
+    routes.by_dir.entry(dir.to_path_buf()).or_default().push(Sub { id, target: target.to_path_buf(), tx });
+    Ok(Subscription { dir: dir.to_path_buf(), id })
+}
+
 /// Sends `()` on `events` (with `try_send`, so bursts collapse when the
 /// channel is full) whenever `target` may have changed. Runs until dropped
 /// or until `events` is closed.
 pub async fn watch_path(target: PathBuf, events: mpsc::Sender<()>) -> Result<(), WatchError> {
     loop {
         let parent = target.parent().unwrap_or(Path::new("/")).to_path_buf();
-        let dir = parent
-            .ancestors()
-            .find(|a| a.is_dir())
-            .unwrap_or(Path::new("/"))
-            .to_path_buf();
+        let dir = parent.ancestors().find(|a| a.is_dir()).unwrap_or(Path::new("/")).to_path_buf();
         let (tx, mut rx) = mpsc::channel::<()>(1);
-        let want = target.clone();
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            let Ok(ev) = res else { return };
-            if matches!(ev.kind, EventKind::Access(_)) {
-                return;
-            }
-            if ev.paths.iter().any(|p| want.starts_with(p)) {
-                let _ = tx.try_send(());
-            }
-        })
-        .map_err(|source| WatchError {
-            path: dir.clone(),
-            source,
-        })?;
-        watcher
-            .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(|source| WatchError {
-                path: dir.clone(),
-                source,
-            })?;
+        let _sub = subscribe(&dir, &target, tx)?;
         let rearm = dir != parent;
         while rx.recv().await.is_some() {
             if events.is_closed() {

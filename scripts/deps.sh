@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what building and testing mgmt needs on Debian, when missing:
+# protoc (etcd-client's build), musl-tools and the musl target (the static
+# binary shipped to hosts), OpenSSH server and client and etcd (real peers
+# for the tests). Runs non-interactively; safe to run again.
+set -euo pipefail
+
+need=()
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+command -v musl-gcc >/dev/null || need+=(musl-tools)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null || need+=(openssh-client)
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v file >/dev/null || need+=(file)
+command -v python3 >/dev/null || need+=(python3)
+
+if [ "${#need[@]}" -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "deps: missing ${need[*]}; run as root (or: sudo apt-get install ${need[*]})" >&2
+    exit 1
+  fi
+  echo "deps: installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq </dev/null
+  apt-get install -y -qq --no-install-recommends "${need[@]}" </dev/null >/dev/null
+fi
+
+if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
+  echo "deps: adding the x86_64-unknown-linux-musl target" >&2
+  rustup target add x86_64-unknown-linux-musl >&2
+fi

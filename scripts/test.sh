@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, as the README gives it and CI runs it: installs what
+# is missing, checks formatting and lints, builds the static binary, and runs
+# every test (unit, integration against real etcd and OpenSSH sshd).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/deps.sh
+
+echo "== fmt"
+cargo fmt --all -- --check
+echo "== clippy"
+cargo clippy --locked --all-targets -- -D warnings
+echo "== static build (x86_64-unknown-linux-musl)"
+cargo build --locked --release --target x86_64-unknown-linux-musl
+bin=target/x86_64-unknown-linux-musl/release/mgmt
+file "$bin" | tee /dev/stderr | grep -q 'statically linked\|static-pie linked'
+echo "== tests"
+cargo test --locked --all-targets
