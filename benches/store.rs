@@ -38,7 +38,11 @@ fn main() {
         return;
     }
     // `cargo bench` passes `--bench`; any other first argument filters nothing.
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("store bench: cannot start a runtime: {e}");
@@ -47,7 +51,11 @@ fn main() {
     };
     rt.block_on(async {
         let ours = OursChild::start();
-        eprintln!("embedded store on {} (pid {})", ours.endpoint, ours.child.id());
+        eprintln!(
+            "embedded store on {} (pid {})",
+            ours.endpoint,
+            ours.child.id()
+        );
         let a = run_workload(&ours.endpoint, ours.child.id()).await;
         drop(ours);
         let e = etcd::Etcd::start().await;
@@ -77,8 +85,14 @@ impl OursChild {
             .expect("spawn the store child");
         let out = child.stdout.take().expect("child stdout");
         let mut line = String::new();
-        BufReader::new(out).read_line(&mut line).expect("read the child's address");
-        let addr = line.trim().strip_prefix("listening ").expect("`listening ADDR` from the child").to_string();
+        BufReader::new(out)
+            .read_line(&mut line)
+            .expect("read the child's address");
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .expect("`listening ADDR` from the child")
+            .to_string();
         OursChild {
             child,
             endpoint: format!("http://{addr}"),
@@ -97,9 +111,14 @@ impl Drop for OursChild {
 
 /// The child: serve until stdin closes.
 fn child_main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         println!("listening {}", l.local_addr().expect("addr"));
         let store = Store::new(Config::default());
         let cancel = CancellationToken::new();
@@ -121,7 +140,9 @@ fn etcd_pid(e: &etcd::Etcd) -> u32 {
     let needle = format!("--listen-client-urls\0{}", e.endpoint);
     for entry in std::fs::read_dir("/proc").expect("/proc") {
         let Ok(entry) = entry else { continue };
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
             if String::from_utf8_lossy(&cmd).contains(&needle) {
                 return pid;
@@ -191,30 +212,49 @@ async fn run_workload(ep: &str, pid: u32) -> Figures {
     let mut f = Figures::default();
     let value = vec![b'v'; VALUE_LEN];
     let mut c = connect(ep).await;
-    c.put("warmup", value.clone(), None).await.expect("warm-up put");
+    c.put("warmup", value.clone(), None)
+        .await
+        .expect("warm-up put");
     f.rss_idle_mb = rss_mb(pid);
 
     f.puts_1 = throughput(vec![c.clone()], PUTS_1, |mut c, _, i| async move {
-        c.put(format!("p1/{i}"), vec![b'v'; VALUE_LEN], None).await.expect("put");
+        c.put(format!("p1/{i}"), vec![b'v'; VALUE_LEN], None)
+            .await
+            .expect("put");
     })
     .await;
     f.puts_16 = throughput(clients(ep, 16).await, PUTS_16, |mut c, ci, i| async move {
-        c.put(format!("p16/{ci}/{i}"), vec![b'v'; VALUE_LEN], None).await.expect("put");
+        c.put(format!("p16/{ci}/{i}"), vec![b'v'; VALUE_LEN], None)
+            .await
+            .expect("put");
     })
     .await;
     f.ranges_1 = throughput(vec![c.clone()], RANGES_1, |mut c, _, i| async move {
-        let g = c.get(format!("p1/{}", i % PUTS_1), None).await.expect("get");
+        let g = c
+            .get(format!("p1/{}", i % PUTS_1), None)
+            .await
+            .expect("get");
         assert_eq!(g.kvs().len(), 1);
     })
     .await;
-    f.ranges_16 = throughput(clients(ep, 16).await, RANGES_16, |mut c, ci, i| async move {
-        let g = c.get(format!("p16/{ci}/{}", i % PUTS_16), None).await.expect("get");
-        assert_eq!(g.kvs().len(), 1);
-    })
+    f.ranges_16 = throughput(
+        clients(ep, 16).await,
+        RANGES_16,
+        |mut c, ci, i| async move {
+            let g = c
+                .get(format!("p16/{ci}/{}", i % PUTS_16), None)
+                .await
+                .expect("get");
+            assert_eq!(g.kvs().len(), 1);
+        },
+    )
     .await;
 
     // Watch latency: one put at a time, timed until its event arrives.
-    let mut ws = c.watch("lat/", Some(WatchOptions::new().with_prefix())).await.expect("watch");
+    let mut ws = c
+        .watch("lat/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .expect("watch");
     let created = ws.message().await.expect("watch ok").expect("open");
     assert!(created.created());
     let mut lat = Vec::with_capacity(WATCH_ROUNDS);
@@ -248,13 +288,26 @@ async fn run_workload(ep: &str, pid: u32) -> Figures {
             return;
         }
         let ops: Vec<TxnOp> = (0..100)
-            .map(|k| TxnOp::put(format!("rss/{:07}", batch * 100 + k), vec![b'r'; VALUE_LEN], None::<PutOptions>))
+            .map(|k| {
+                TxnOp::put(
+                    format!("rss/{:07}", batch * 100 + k),
+                    vec![b'r'; VALUE_LEN],
+                    None::<PutOptions>,
+                )
+            })
             .collect();
         c.txn(Txn::new().and_then(ops)).await.expect("txn");
     })
     .await;
     let n = c
-        .get("rss/", Some(etcd_client::GetOptions::new().with_prefix().with_count_only()))
+        .get(
+            "rss/",
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_count_only(),
+            ),
+        )
         .await
         .expect("count")
         .count();
@@ -267,7 +320,10 @@ async fn run_workload(ep: &str, pid: u32) -> Figures {
 
 fn print_table(a: &Figures, b: &Figures) {
     println!();
-    println!("{:<34} {:>14} {:>14} {:>10}", "metric", "embedded", "etcd 3.4", "emb/etcd");
+    println!(
+        "{:<34} {:>14} {:>14} {:>10}",
+        "metric", "embedded", "etcd 3.4", "emb/etcd"
+    );
     let row = |name: &str, x: f64, y: f64| {
         println!("{name:<34} {x:>14.0} {y:>14.0} {:>9.2}x", x / y);
     };
@@ -281,7 +337,11 @@ fn print_table(a: &Figures, b: &Figures) {
     row("watch latency p50 (us)", a.watch_p50_us, b.watch_p50_us);
     row("watch latency p99 (us)", a.watch_p99_us, b.watch_p99_us);
     rowf("RSS idle (MB)", a.rss_idle_mb, b.rss_idle_mb);
-    rowf("RSS, 100,000 x 100 B keys (MB)", a.rss_100k_mb, b.rss_100k_mb);
+    rowf(
+        "RSS, 100,000 x 100 B keys (MB)",
+        a.rss_100k_mb,
+        b.rss_100k_mb,
+    );
     println!();
     println!("embedded keeps no disk log; etcd fsyncs its WAL on every commit.");
 }

@@ -15,6 +15,11 @@
 //! trait is not exported by `etcd-client`; the tunnel is authenticated at
 //! the transport instead, see DESIGN.md "Security"). See `docs/store.md`.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 mod apply;
 mod error;
 mod expiry;

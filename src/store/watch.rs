@@ -84,6 +84,7 @@ impl WatchStream {
     pub async fn run(mut self, mut reqs: Streaming<PbWatchRequest>) {
         let mut rev_rx = self.shared.rev_tx.subscribe();
         let mut progress = tokio::time::interval(self.shared.cfg.watch_progress_interval);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         progress.tick().await; // the first tick is immediate
         loop {
             if !self.catch_up().await {

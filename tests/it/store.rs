@@ -35,7 +35,9 @@ struct Ours {
 
 impl Ours {
     async fn start(cfg: Config) -> Ours {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("bound address");
         let store = Store::new(cfg);
         let cancel = CancellationToken::new();
@@ -152,7 +154,8 @@ async fn events(ws: &mut WatchStream, n: usize) -> Vec<(EventType, String, i64, 
                 e.event_type(),
                 kv.key_str().expect("utf8").to_string(),
                 kv.mod_revision(),
-                e.prev_kv().map(|p| p.value_str().expect("utf8").to_string()),
+                e.prev_kv()
+                    .map(|p| p.value_str().expect("utf8").to_string()),
             ));
         }
     }
@@ -161,11 +164,15 @@ async fn events(ws: &mut WatchStream, n: usize) -> Vec<(EventType, String, i64, 
 }
 
 fn keys(kvs: &[etcd_client::KeyValue]) -> Vec<String> {
-    kvs.iter().map(|kv| kv.key_str().expect("utf8").to_string()).collect()
+    kvs.iter()
+        .map(|kv| kv.key_str().expect("utf8").to_string())
+        .collect()
 }
 
 fn values(kvs: &[etcd_client::KeyValue]) -> Vec<String> {
-    kvs.iter().map(|kv| kv.value_str().expect("utf8").to_string()).collect()
+    kvs.iter()
+        .map(|kv| kv.value_str().expect("utf8").to_string())
+        .collect()
 }
 
 async fn kv_revisions_and_prev_kv(ep: String) {
@@ -174,56 +181,113 @@ async fn kv_revisions_and_prev_kv(ep: String) {
     let r = c.put("a", "1", None).await.expect("put");
     assert_eq!(rev_of(r.header()), 2);
     assert!(r.prev_key().is_none());
-    let r = c.put("a", "2", Some(PutOptions::new().with_prev_key())).await.expect("put");
+    let r = c
+        .put("a", "2", Some(PutOptions::new().with_prev_key()))
+        .await
+        .expect("put");
     assert_eq!(rev_of(r.header()), 3);
     let p = r.prev_key().expect("prev kv");
-    assert_eq!((p.value(), p.create_revision(), p.mod_revision(), p.version()), (&b"1"[..], 2, 2, 1));
+    assert_eq!(
+        (
+            p.value(),
+            p.create_revision(),
+            p.mod_revision(),
+            p.version()
+        ),
+        (&b"1"[..], 2, 2, 1)
+    );
     let g = c.get("a", None).await.expect("get");
     let kv = &g.kvs()[0];
-    assert_eq!((kv.value(), kv.create_revision(), kv.mod_revision(), kv.version()), (&b"2"[..], 2, 3, 2));
+    assert_eq!(
+        (
+            kv.value(),
+            kv.create_revision(),
+            kv.mod_revision(),
+            kv.version()
+        ),
+        (&b"2"[..], 2, 3, 2)
+    );
     assert_eq!((g.count(), g.more(), rev_of(g.header())), (1, false, 3));
-    let old = c.get("a", Some(GetOptions::new().with_revision(2))).await.expect("get at rev 2");
+    let old = c
+        .get("a", Some(GetOptions::new().with_revision(2)))
+        .await
+        .expect("get at rev 2");
     assert_eq!(values(old.kvs()), ["1"]);
     assert_eq!(rev_of(old.header()), 3);
-    let d = c.delete("a", Some(DeleteOptions::new().with_prev_key())).await.expect("delete");
+    let d = c
+        .delete("a", Some(DeleteOptions::new().with_prev_key()))
+        .await
+        .expect("delete");
     assert_eq!((d.deleted(), rev_of(d.header())), (1, 4));
     assert_eq!(values(d.prev_kvs()), ["2"]);
     let d = c.delete("a", None).await.expect("delete again");
-    assert_eq!((d.deleted(), rev_of(d.header())), (0, 4), "a no-op delete spends no revision");
+    assert_eq!(
+        (d.deleted(), rev_of(d.header())),
+        (0, 4),
+        "a no-op delete spends no revision"
+    );
     let g = c.get("a", None).await.expect("get");
     assert_eq!((g.kvs().len(), g.count()), (0, 0));
     c.put("a", "3", None).await.expect("put");
     let kv = c.get("a", None).await.expect("get").kvs()[0].clone();
-    assert_eq!((kv.create_revision(), kv.mod_revision(), kv.version()), (5, 5, 1));
+    assert_eq!(
+        (kv.create_revision(), kv.mod_revision(), kv.version()),
+        (5, 5, 1)
+    );
     // ignore_value keeps the value and bumps the version.
-    let r = c.put("a", "", Some(PutOptions::new().with_ignore_value())).await.expect("put");
+    let r = c
+        .put("a", "", Some(PutOptions::new().with_ignore_value()))
+        .await
+        .expect("put");
     assert_eq!(rev_of(r.header()), 6);
     let kv = c.get("a", None).await.expect("get").kvs()[0].clone();
     assert_eq!((kv.value(), kv.version()), (&b"3"[..], 2));
     // Delete of a range: several keys in one revision.
     c.put("r/1", "x", None).await.expect("put");
     c.put("r/2", "x", None).await.expect("put");
-    let d = c.delete("r/", Some(DeleteOptions::new().with_prefix())).await.expect("delete prefix");
+    let d = c
+        .delete("r/", Some(DeleteOptions::new().with_prefix()))
+        .await
+        .expect("delete prefix");
     assert_eq!((d.deleted(), rev_of(d.header())), (2, 9));
 }
 
 async fn kv_bad_puts(ep: String) {
     let mut c = client(&ep).await;
-    assert_status(c.put("", "x", None).await, Code::InvalidArgument, "etcdserver: key is not provided");
-    assert_status(c.get("", None).await, Code::InvalidArgument, "etcdserver: key is not provided");
-    assert_status(c.delete("", None).await, Code::InvalidArgument, "etcdserver: key is not provided");
     assert_status(
-        c.put("missing", "", Some(PutOptions::new().with_ignore_value())).await,
+        c.put("", "x", None).await,
+        Code::InvalidArgument,
+        "etcdserver: key is not provided",
+    );
+    assert_status(
+        c.get("", None).await,
+        Code::InvalidArgument,
+        "etcdserver: key is not provided",
+    );
+    assert_status(
+        c.delete("", None).await,
+        Code::InvalidArgument,
+        "etcdserver: key is not provided",
+    );
+    assert_status(
+        c.put("missing", "", Some(PutOptions::new().with_ignore_value()))
+            .await,
         Code::InvalidArgument,
         "etcdserver: key not found",
     );
     assert_status(
-        c.put("k", "v", Some(PutOptions::new().with_ignore_value())).await,
+        c.put("k", "v", Some(PutOptions::new().with_ignore_value()))
+            .await,
         Code::InvalidArgument,
         "etcdserver: value is provided",
     );
     assert_status(
-        c.put("k", "v", Some(PutOptions::new().with_ignore_lease().with_lease(5))).await,
+        c.put(
+            "k",
+            "v",
+            Some(PutOptions::new().with_ignore_lease().with_lease(5)),
+        )
+        .await,
         Code::InvalidArgument,
         "etcdserver: lease is provided",
     );
@@ -233,12 +297,21 @@ async fn kv_bad_puts(ep: String) {
         "etcdserver: mvcc: required revision is a future revision",
     );
     // Nothing above changed the store.
-    assert_eq!(rev_of(c.put("k", "v", None).await.expect("put").header()), 2);
+    assert_eq!(
+        rev_of(c.put("k", "v", None).await.expect("put").header()),
+        2
+    );
 }
 
 async fn range_options(ep: String) {
     let mut c = client(&ep).await;
-    for (k, v) in [("k1", "e"), ("k2", "d"), ("k3", "c"), ("k4", "b"), ("k5", "a")] {
+    for (k, v) in [
+        ("k1", "e"),
+        ("k2", "d"),
+        ("k3", "c"),
+        ("k4", "b"),
+        ("k5", "a"),
+    ] {
         c.put(k, v, None).await.expect("put"); // revisions 2..=6
     }
     c.put("k3", "c", None).await.expect("put"); // k3: version 2, mod 7
@@ -250,46 +323,117 @@ async fn range_options(ep: String) {
     let g = c.get("k", Some(prefix().with_limit(2))).await.expect("get");
     assert_eq!(keys(g.kvs()), ["k1", "k2"]);
     assert_eq!((g.count(), g.more()), (5, true));
-    let g = c.get("k", Some(prefix().with_count_only())).await.expect("get");
+    let g = c
+        .get("k", Some(prefix().with_count_only()))
+        .await
+        .expect("get");
     assert_eq!((g.kvs().len(), g.count()), (0, 5));
-    let g = c.get("k", Some(prefix().with_keys_only())).await.expect("get");
+    let g = c
+        .get("k", Some(prefix().with_keys_only()))
+        .await
+        .expect("get");
     assert_eq!(keys(g.kvs()), ["k1", "k2", "k3", "k4", "k5"]);
     assert!(g.kvs().iter().all(|kv| kv.value().is_empty()));
-    let g = c.get("k", Some(prefix().with_sort(SortTarget::Value, SortOrder::Ascend))).await.expect("get");
+    let g = c
+        .get(
+            "k",
+            Some(prefix().with_sort(SortTarget::Value, SortOrder::Ascend)),
+        )
+        .await
+        .expect("get");
     assert_eq!(values(g.kvs()), ["a", "b", "c", "d", "e"]);
     let g = c
-        .get("k", Some(prefix().with_sort(SortTarget::Key, SortOrder::Descend).with_limit(2)))
+        .get(
+            "k",
+            Some(
+                prefix()
+                    .with_sort(SortTarget::Key, SortOrder::Descend)
+                    .with_limit(2),
+            ),
+        )
         .await
         .expect("get");
     assert_eq!(keys(g.kvs()), ["k5", "k4"]);
     assert_eq!((g.count(), g.more()), (5, true));
-    let g = c.get("k", Some(prefix().with_sort(SortTarget::Mod, SortOrder::Descend))).await.expect("get");
+    let g = c
+        .get(
+            "k",
+            Some(prefix().with_sort(SortTarget::Mod, SortOrder::Descend)),
+        )
+        .await
+        .expect("get");
     assert_eq!(keys(g.kvs()), ["k3", "k5", "k4", "k2", "k1"]);
-    let g = c.get("k", Some(prefix().with_sort(SortTarget::Version, SortOrder::Descend).with_limit(1))).await.expect("get");
+    let g = c
+        .get(
+            "k",
+            Some(
+                prefix()
+                    .with_sort(SortTarget::Version, SortOrder::Descend)
+                    .with_limit(1),
+            ),
+        )
+        .await
+        .expect("get");
     assert_eq!(keys(g.kvs()), ["k3"]);
-    let g = c.get("k", Some(prefix().with_sort(SortTarget::Create, SortOrder::Ascend))).await.expect("get");
+    let g = c
+        .get(
+            "k",
+            Some(prefix().with_sort(SortTarget::Create, SortOrder::Ascend)),
+        )
+        .await
+        .expect("get");
     assert_eq!(keys(g.kvs()), ["k1", "k2", "k3", "k4", "k5"]);
-    let g = c.get("k", Some(prefix().with_min_mod_revision(5))).await.expect("get");
+    let g = c
+        .get("k", Some(prefix().with_min_mod_revision(5)))
+        .await
+        .expect("get");
     assert_eq!(keys(g.kvs()), ["k3", "k4", "k5"]);
     assert_eq!(g.count(), 5, "count is over the range, before filters");
-    let g = c.get("k", Some(prefix().with_max_mod_revision(4))).await.expect("get");
+    let g = c
+        .get("k", Some(prefix().with_max_mod_revision(4)))
+        .await
+        .expect("get");
     assert_eq!(keys(g.kvs()), ["k1", "k2"]);
-    let g = c.get("k", Some(prefix().with_max_create_revision(3))).await.expect("get");
+    let g = c
+        .get("k", Some(prefix().with_max_create_revision(3)))
+        .await
+        .expect("get");
     assert_eq!(keys(g.kvs()), ["k1", "k2"]);
-    let g = c.get("k", Some(prefix().with_min_create_revision(6))).await.expect("get");
+    let g = c
+        .get("k", Some(prefix().with_min_create_revision(6)))
+        .await
+        .expect("get");
     assert_eq!(keys(g.kvs()), ["k5"]);
-    let g = c.get("k", Some(prefix().with_min_mod_revision(3).with_limit(2))).await.expect("get");
+    let g = c
+        .get("k", Some(prefix().with_min_mod_revision(3).with_limit(2)))
+        .await
+        .expect("get");
     assert_eq!(keys(g.kvs()), ["k2", "k3"]);
     assert_eq!((g.count(), g.more()), (5, true));
-    let g = c.get("k2", Some(GetOptions::new().with_range("k4"))).await.expect("get");
+    let g = c
+        .get("k2", Some(GetOptions::new().with_range("k4")))
+        .await
+        .expect("get");
     assert_eq!(keys(g.kvs()), ["k2", "k3"]);
-    let g = c.get("k4", Some(GetOptions::new().with_range("k2"))).await.expect("get");
+    let g = c
+        .get("k4", Some(GetOptions::new().with_range("k2")))
+        .await
+        .expect("get");
     assert_eq!(g.kvs().len(), 0, "an empty interval");
-    let g = c.get("k3", Some(GetOptions::new().with_from_key())).await.expect("get");
+    let g = c
+        .get("k3", Some(GetOptions::new().with_from_key()))
+        .await
+        .expect("get");
     assert_eq!(keys(g.kvs()), ["k3", "k4", "k5", "l"]);
-    let g = c.get("", Some(GetOptions::new().with_all_keys())).await.expect("get");
+    let g = c
+        .get("", Some(GetOptions::new().with_all_keys()))
+        .await
+        .expect("get");
     assert_eq!(g.count(), 6);
-    let g = c.get("k", Some(prefix().with_revision(4))).await.expect("get");
+    let g = c
+        .get("k", Some(prefix().with_revision(4)))
+        .await
+        .expect("get");
     assert_eq!(keys(g.kvs()), ["k1", "k2", "k3"]);
     assert_eq!(rev_of(g.header()), 8);
 }
@@ -333,7 +477,10 @@ async fn txn_branches_and_compares(ep: String) {
         other => panic!("expected get, got {other:?}"),
     }
     let g = c.get("u", None).await.expect("get");
-    assert_eq!((g.kvs()[0].create_revision(), g.kvs()[0].mod_revision()), (3, 3));
+    assert_eq!(
+        (g.kvs()[0].create_revision(), g.kvs()[0].mod_revision()),
+        (3, 3)
+    );
     let r = c
         .txn(
             Txn::new()
@@ -350,32 +497,57 @@ async fn txn_branches_and_compares(ep: String) {
         other => panic!("expected delete, got {other:?}"),
     }
     // A read-only txn spends no revision.
-    let r = c.txn(Txn::new().and_then([TxnOp::get("t", None)])).await.expect("txn");
+    let r = c
+        .txn(Txn::new().and_then([TxnOp::get("t", None)]))
+        .await
+        .expect("txn");
     assert_eq!(rev_of(r.header()), 4);
     // Compares on a missing key: a value compare fails, the others see zero.
     let ok = |r: Result<etcd_client::TxnResponse, Error>| r.expect("txn").succeeded();
-    assert!(!ok(c.txn(Txn::new().when([Compare::value("missing", CompareOp::Equal, "")])).await));
-    assert!(ok(c.txn(Txn::new().when([Compare::version("missing", CompareOp::Equal, 0)])).await));
-    assert!(ok(c.txn(Txn::new().when([Compare::create_revision("missing", CompareOp::Equal, 0)])).await));
-    assert!(ok(c.txn(Txn::new().when([Compare::mod_revision("t", CompareOp::Greater, 2)])).await));
-    assert!(ok(c.txn(Txn::new().when([Compare::version("t", CompareOp::Less, 10)])).await));
-    assert!(ok(c.txn(Txn::new().when([Compare::value("t", CompareOp::NotEqual, "v1")])).await));
-    assert!(ok(c.txn(Txn::new().when([Compare::value("t", CompareOp::Greater, "v1")])).await));
-    assert!(!ok(c.txn(Txn::new().when([Compare::value("t", CompareOp::Less, "v1")])).await));
+    assert!(!ok(c
+        .txn(Txn::new().when([Compare::value("missing", CompareOp::Equal, "")]))
+        .await));
+    assert!(ok(c
+        .txn(Txn::new().when([Compare::version("missing", CompareOp::Equal, 0)]))
+        .await));
+    assert!(ok(c
+        .txn(Txn::new().when([Compare::create_revision("missing", CompareOp::Equal, 0)]))
+        .await));
+    assert!(ok(c
+        .txn(Txn::new().when([Compare::mod_revision("t", CompareOp::Greater, 2)]))
+        .await));
+    assert!(ok(c
+        .txn(Txn::new().when([Compare::version("t", CompareOp::Less, 10)]))
+        .await));
+    assert!(ok(c
+        .txn(Txn::new().when([Compare::value("t", CompareOp::NotEqual, "v1")]))
+        .await));
+    assert!(ok(c
+        .txn(Txn::new().when([Compare::value("t", CompareOp::Greater, "v1")]))
+        .await));
+    assert!(!ok(c
+        .txn(Txn::new().when([Compare::value("t", CompareOp::Less, "v1")]))
+        .await));
     // A compare over a range: every key must satisfy it.
     c.put("p/1", "a", None).await.expect("put"); // 5
     c.put("p/2", "a", None).await.expect("put"); // 6
-    assert!(ok(c.txn(Txn::new().when([Compare::value("p/", CompareOp::Equal, "a").with_prefix()])).await));
+    assert!(ok(c
+        .txn(Txn::new().when([Compare::value("p/", CompareOp::Equal, "a").with_prefix()]))
+        .await));
     c.put("p/2", "b", None).await.expect("put"); // 7
-    assert!(!ok(c.txn(Txn::new().when([Compare::value("p/", CompareOp::Equal, "a").with_prefix()])).await));
+    assert!(!ok(c
+        .txn(Txn::new().when([Compare::value("p/", CompareOp::Equal, "a").with_prefix()]))
+        .await));
     // Nested txn.
     let r = c
-        .txn(Txn::new().and_then([TxnOp::txn(
-            Txn::new()
-                .when([Compare::version("t", CompareOp::Greater, 0)])
-                .and_then([txn_put("n", "1")])
-                .or_else([txn_put("n", "2")]),
-        )]))
+        .txn(
+            Txn::new().and_then([TxnOp::txn(
+                Txn::new()
+                    .when([Compare::version("t", CompareOp::Greater, 0)])
+                    .and_then([txn_put("n", "1")])
+                    .or_else([txn_put("n", "2")]),
+            )]),
+        )
         .await
         .expect("nested txn");
     assert_eq!(rev_of(r.header()), 8);
@@ -396,7 +568,8 @@ async fn txn_invalid(ep: String) {
     let mut c = client(&ep).await;
     let dup = "etcdserver: duplicate key given in txn request";
     assert_status(
-        c.txn(Txn::new().and_then([txn_put("d", "1"), txn_put("d", "2")])).await,
+        c.txn(Txn::new().and_then([txn_put("d", "1"), txn_put("d", "2")]))
+            .await,
         Code::InvalidArgument,
         dup,
     );
@@ -419,9 +592,13 @@ async fn txn_invalid(ep: String) {
         dup,
     );
     // The two branches of a nested txn are exclusive: the same key is fine.
-    c.txn(Txn::new().and_then([TxnOp::txn(
-        Txn::new().and_then([txn_put("e", "1")]).or_else([txn_put("e", "2")]),
-    )]))
+    c.txn(
+        Txn::new().and_then([TxnOp::txn(
+            Txn::new()
+                .and_then([txn_put("e", "1")])
+                .or_else([txn_put("e", "2")]),
+        )]),
+    )
     .await
     .expect("same key in exclusive branches");
     let many: Vec<TxnOp> = (0..129).map(|i| txn_put(&format!("m{i}"), "x")).collect();
@@ -436,8 +613,12 @@ async fn txn_invalid(ep: String) {
         "etcdserver: key is not provided",
     );
     assert_status(
-        c.txn(Txn::new().and_then([TxnOp::put("l", "x", Some(PutOptions::new().with_lease(4242)))]))
-            .await,
+        c.txn(Txn::new().and_then([TxnOp::put(
+            "l",
+            "x",
+            Some(PutOptions::new().with_lease(4242)),
+        )]))
+        .await,
         Code::NotFound,
         "etcdserver: requested lease not found",
     );
@@ -453,7 +634,15 @@ async fn watch_replay_prefix_prev_kv_cancel(ep: String) {
     c.put("w/a", "2", None).await.expect("put"); // 5
     c.delete("w/b", None).await.expect("delete"); // 6
     let mut ws = c
-        .watch("w/", Some(WatchOptions::new().with_prefix().with_start_revision(2).with_prev_key()))
+        .watch(
+            "w/",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(2)
+                    .with_prev_key(),
+            ),
+        )
         .await
         .expect("watch");
     let created = next_msg(&mut ws).await;
@@ -498,19 +687,34 @@ async fn watch_replay_prefix_prev_kv_cancel(ep: String) {
 async fn watch_filters_ids_progress(ep: String) {
     let mut c = client(&ep).await;
     let mut ws = c
-        .watch("f", Some(WatchOptions::new().with_watch_id(7).with_filters([WatchFilterType::NoPut])))
+        .watch(
+            "f",
+            Some(
+                WatchOptions::new()
+                    .with_watch_id(7)
+                    .with_filters([WatchFilterType::NoPut]),
+            ),
+        )
         .await
         .expect("watch");
     let m = next_msg(&mut ws).await;
     assert!(m.created());
     assert_eq!(m.watch_id(), 7);
-    ws.watch("g", Some(WatchOptions::new().with_watch_id(7))).await.expect("send");
-    let m = next_msg(&mut ws).await;
-    assert!(m.canceled(), "duplicate id refused: {m:?}");
-    assert_eq!(m.cancel_reason(), "mvcc: duplicate watch ID provided on the WatchStream");
-    ws.watch("g", Some(WatchOptions::new().with_filters([WatchFilterType::NoDelete])))
+    ws.watch("g", Some(WatchOptions::new().with_watch_id(7)))
         .await
         .expect("send");
+    let m = next_msg(&mut ws).await;
+    assert!(m.canceled(), "duplicate id refused: {m:?}");
+    assert_eq!(
+        m.cancel_reason(),
+        "mvcc: duplicate watch ID provided on the WatchStream"
+    );
+    ws.watch(
+        "g",
+        Some(WatchOptions::new().with_filters([WatchFilterType::NoDelete])),
+    )
+    .await
+    .expect("send");
     let m = next_msg(&mut ws).await;
     assert!(m.created());
     assert_eq!(m.watch_id(), 0);
@@ -522,11 +726,18 @@ async fn watch_filters_ids_progress(ep: String) {
     while seen.len() < 2 {
         let m = next_msg(&mut ws).await;
         for e in m.events() {
-            seen.push((m.watch_id(), e.event_type(), e.kv().expect("kv").mod_revision()));
+            seen.push((
+                m.watch_id(),
+                e.event_type(),
+                e.kv().expect("kv").mod_revision(),
+            ));
         }
     }
     seen.sort_by_key(|s| s.2);
-    assert_eq!(seen, vec![(0, EventType::Put, 3), (7, EventType::Delete, 5)]);
+    assert_eq!(
+        seen,
+        vec![(0, EventType::Put, 3), (7, EventType::Delete, 5)]
+    );
     ws.request_progress().await.expect("progress request");
     let m = next_msg(&mut ws).await;
     assert!(m.events().is_empty() && !m.created() && !m.canceled());
@@ -542,8 +753,15 @@ async fn compaction_errors(ep: String) {
     let r = c.compact(4, None).await.expect("compact");
     assert_eq!(rev_of(r.header()), 6);
     let compacted = "etcdserver: mvcc: required revision has been compacted";
-    assert_status(c.get("c", Some(GetOptions::new().with_revision(3))).await, Code::OutOfRange, compacted);
-    let g = c.get("c", Some(GetOptions::new().with_revision(4))).await.expect("read at compaction point");
+    assert_status(
+        c.get("c", Some(GetOptions::new().with_revision(3))).await,
+        Code::OutOfRange,
+        compacted,
+    );
+    let g = c
+        .get("c", Some(GetOptions::new().with_revision(4)))
+        .await
+        .expect("read at compaction point");
     assert_eq!(values(g.kvs()), ["3"]);
     assert_status(c.compact(4, None).await, Code::OutOfRange, compacted);
     assert_status(c.compact(3, None).await, Code::OutOfRange, compacted);
@@ -552,13 +770,26 @@ async fn compaction_errors(ep: String) {
         Code::OutOfRange,
         "etcdserver: mvcc: required revision is a future revision",
     );
-    let mut ws = c.watch("c", Some(WatchOptions::new().with_start_revision(2))).await.expect("watch");
+    let mut ws = c
+        .watch("c", Some(WatchOptions::new().with_start_revision(2)))
+        .await
+        .expect("watch");
     let m = next_msg(&mut ws).await;
     assert!(m.created());
-    let m = if m.canceled() { m } else { next_msg(&mut ws).await };
-    assert!(m.canceled(), "a watch from a compacted revision is canceled: {m:?}");
+    let m = if m.canceled() {
+        m
+    } else {
+        next_msg(&mut ws).await
+    };
+    assert!(
+        m.canceled(),
+        "a watch from a compacted revision is canceled: {m:?}"
+    );
     assert_eq!(m.compact_revision(), 4);
-    let mut ws = c.watch("c", Some(WatchOptions::new().with_start_revision(4))).await.expect("watch");
+    let mut ws = c
+        .watch("c", Some(WatchOptions::new().with_start_revision(4)))
+        .await
+        .expect("watch");
     assert!(next_msg(&mut ws).await.created());
     let got: Vec<i64> = events(&mut ws, 3).await.into_iter().map(|e| e.2).collect();
     assert_eq!(got, [4, 5, 6]);
@@ -568,12 +799,22 @@ async fn lease_expiry_deletes_keys_with_events(ep: String) {
     let mut c = client(&ep).await;
     let l = c.lease_grant(1, None).await.expect("grant");
     assert_eq!(l.ttl(), 2, "TTLs are raised to the 2 s minimum");
-    c.put("x/1", "a", Some(PutOptions::new().with_lease(l.id()))).await.expect("put"); // 2
-    c.put("x/2", "b", Some(PutOptions::new().with_lease(l.id()))).await.expect("put"); // 3
+    c.put("x/1", "a", Some(PutOptions::new().with_lease(l.id())))
+        .await
+        .expect("put"); // 2
+    c.put("x/2", "b", Some(PutOptions::new().with_lease(l.id())))
+        .await
+        .expect("put"); // 3
     c.put("x/3", "c", None).await.expect("put"); // 4
     let g = c.get("x/1", None).await.expect("get");
     assert_eq!(g.kvs()[0].lease(), l.id());
-    let mut ws = c.watch("x/", Some(WatchOptions::new().with_prefix().with_prev_key())).await.expect("watch");
+    let mut ws = c
+        .watch(
+            "x/",
+            Some(WatchOptions::new().with_prefix().with_prev_key()),
+        )
+        .await
+        .expect("watch");
     assert!(next_msg(&mut ws).await.created());
     let mut got = events(&mut ws, 2).await;
     got.sort();
@@ -585,7 +826,10 @@ async fn lease_expiry_deletes_keys_with_events(ep: String) {
         ],
         "both keys deleted in one revision"
     );
-    let g = c.get("x/", Some(GetOptions::new().with_prefix())).await.expect("get");
+    let g = c
+        .get("x/", Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("get");
     assert_eq!(keys(g.kvs()), ["x/3"]);
     let t = c.lease_time_to_live(l.id(), None).await.expect("ttl");
     assert_eq!(t.ttl(), -1);
@@ -598,28 +842,58 @@ async fn lease_keep_alive_time_to_live_revoke(ep: String) {
     let a = c.lease_grant(3, None).await.expect("grant a");
     let b = c.lease_grant(3, None).await.expect("grant b");
     assert_eq!((a.ttl(), b.ttl()), (3, 3));
-    c.put("a1", "x", Some(PutOptions::new().with_lease(a.id()))).await.expect("put");
-    c.put("a2", "x", Some(PutOptions::new().with_lease(a.id()))).await.expect("put");
-    c.put("b1", "x", Some(PutOptions::new().with_lease(b.id()))).await.expect("put"); // 4
-    let t = c.lease_time_to_live(a.id(), Some(LeaseTimeToLiveOptions::new().with_keys())).await.expect("ttl");
+    c.put("a1", "x", Some(PutOptions::new().with_lease(a.id())))
+        .await
+        .expect("put");
+    c.put("a2", "x", Some(PutOptions::new().with_lease(a.id())))
+        .await
+        .expect("put");
+    c.put("b1", "x", Some(PutOptions::new().with_lease(b.id())))
+        .await
+        .expect("put"); // 4
+    let t = c
+        .lease_time_to_live(a.id(), Some(LeaseTimeToLiveOptions::new().with_keys()))
+        .await
+        .expect("ttl");
     assert_eq!(t.granted_ttl(), 3);
     assert!((1..=3).contains(&t.ttl()), "ttl {}", t.ttl());
     let mut ks: Vec<&[u8]> = t.keys().iter().map(Vec::as_slice).collect();
     ks.sort();
     assert_eq!(ks, [&b"a1"[..], &b"a2"[..]]);
-    let ids: Vec<i64> = c.leases().await.expect("leases").leases().iter().map(|s| s.id()).collect();
+    let ids: Vec<i64> = c
+        .leases()
+        .await
+        .expect("leases")
+        .leases()
+        .iter()
+        .map(|s| s.id())
+        .collect();
     assert!(ids.contains(&a.id()) && ids.contains(&b.id()));
     // Moving a key to another lease detaches it from the first.
-    c.put("a2", "y", Some(PutOptions::new().with_lease(b.id()))).await.expect("put"); // 5
-    c.put("a2", "z", Some(PutOptions::new().with_ignore_lease())).await.expect("put"); // 6
-    assert_eq!(c.get("a2", None).await.expect("get").kvs()[0].lease(), b.id());
-    let t = c.lease_time_to_live(a.id(), Some(LeaseTimeToLiveOptions::new().with_keys())).await.expect("ttl");
+    c.put("a2", "y", Some(PutOptions::new().with_lease(b.id())))
+        .await
+        .expect("put"); // 5
+    c.put("a2", "z", Some(PutOptions::new().with_ignore_lease()))
+        .await
+        .expect("put"); // 6
+    assert_eq!(
+        c.get("a2", None).await.expect("get").kvs()[0].lease(),
+        b.id()
+    );
+    let t = c
+        .lease_time_to_live(a.id(), Some(LeaseTimeToLiveOptions::new().with_keys()))
+        .await
+        .expect("ttl");
     assert_eq!(t.keys(), [b"a1".to_vec()]);
 
     // Keep a alive while b runs out: the event of b's expiry is the clock.
     let (mut keeper, mut stream) = c.lease_keep_alive(a.id()).await.expect("keep alive");
     keeper.keep_alive().await.expect("send keep-alive");
-    let r = tokio::time::timeout(MSG_TIMEOUT, stream.message()).await.expect("in time").expect("ok").expect("open");
+    let r = tokio::time::timeout(MSG_TIMEOUT, stream.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("open");
     assert_eq!((r.id(), r.ttl()), (a.id(), 3));
     let mut ws = c.watch("b1", None).await.expect("watch");
     assert!(next_msg(&mut ws).await.created());
@@ -641,47 +915,90 @@ async fn lease_keep_alive_time_to_live_revoke(ep: String) {
     }
     let g = c.get("a1", None).await.expect("get");
     assert_eq!(g.kvs().len(), 1, "the kept-alive lease still holds its key");
-    assert_eq!(c.get("a2", None).await.expect("get").kvs().len(), 0, "a2 went with lease b");
+    assert_eq!(
+        c.get("a2", None).await.expect("get").kvs().len(),
+        0,
+        "a2 went with lease b"
+    );
     let before = rev_of(g.header());
     let r = c.lease_revoke(a.id()).await.expect("revoke");
     assert_eq!(rev_of(r.header()), before + 1);
     assert_eq!(c.get("a1", None).await.expect("get").kvs().len(), 0);
-    assert_status(c.lease_revoke(a.id()).await, Code::NotFound, "etcdserver: requested lease not found");
+    assert_status(
+        c.lease_revoke(a.id()).await,
+        Code::NotFound,
+        "etcdserver: requested lease not found",
+    );
     keeper.keep_alive().await.expect("send keep-alive");
-    let r = tokio::time::timeout(MSG_TIMEOUT, stream.message()).await.expect("in time").expect("ok").expect("open");
+    let r = tokio::time::timeout(MSG_TIMEOUT, stream.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("open");
     assert_eq!(r.ttl(), 0, "keep-alive of a revoked lease answers TTL 0");
 }
 
 async fn unknown_lease_ids(ep: String) {
     let mut c = client(&ep).await;
     let nf = "etcdserver: requested lease not found";
-    assert_status(c.put("k", "v", Some(PutOptions::new().with_lease(12345))).await, Code::NotFound, nf);
+    assert_status(
+        c.put("k", "v", Some(PutOptions::new().with_lease(12345)))
+            .await,
+        Code::NotFound,
+        nf,
+    );
     assert_status(c.lease_revoke(12345).await, Code::NotFound, nf);
-    let t = c.lease_time_to_live(12345, None).await.expect("ttl of unknown lease");
+    let t = c
+        .lease_time_to_live(12345, None)
+        .await
+        .expect("ttl of unknown lease");
     assert_eq!((t.id(), t.ttl()), (12345, -1));
     // The server answers TTL 0, which etcd-client turns into this error.
     match c.lease_keep_alive(12345).await {
         Err(Error::LeaseKeepAliveError(m)) => assert_eq!(m, "lease not found"),
         other => panic!("keep-alive of an unknown lease: {other:?}"),
     }
-    let l = c.lease_grant(10, Some(LeaseGrantOptions::new().with_id(777))).await.expect("grant with id");
+    let l = c
+        .lease_grant(10, Some(LeaseGrantOptions::new().with_id(777)))
+        .await
+        .expect("grant with id");
     assert_eq!((l.id(), l.ttl()), (777, 10));
     assert_status(
-        c.lease_grant(10, Some(LeaseGrantOptions::new().with_id(777))).await,
+        c.lease_grant(10, Some(LeaseGrantOptions::new().with_id(777)))
+            .await,
         Code::FailedPrecondition,
         "etcdserver: lease already exists",
     );
-    assert_status(c.lease_grant(9_000_000_001, None).await, Code::OutOfRange, "etcdserver: too large lease TTL");
-    assert_eq!(rev_of(c.put("k", "v", None).await.expect("put").header()), 2);
+    assert_status(
+        c.lease_grant(9_000_000_001, None).await,
+        Code::OutOfRange,
+        "etcdserver: too large lease TTL",
+    );
+    assert_eq!(
+        rev_of(c.put("k", "v", None).await.expect("put").header()),
+        2
+    );
 }
 
 async fn oversized_request(ep: String) {
     let mut c = client(&ep).await;
     let big = vec![b'x'; 1536 * 1024 + 100 * 1024];
-    assert_status(c.put("big", big, None).await, Code::InvalidArgument, "etcdserver: request is too large");
+    assert_status(
+        c.put("big", big, None).await,
+        Code::InvalidArgument,
+        "etcdserver: request is too large",
+    );
     let ok = vec![b'y'; 1024 * 1024];
-    assert_eq!(rev_of(c.put("big", ok, None).await.expect("1 MiB put").header()), 2);
-    assert_eq!(c.get("big", None).await.expect("get").kvs()[0].value().len(), 1024 * 1024);
+    assert_eq!(
+        rev_of(c.put("big", ok, None).await.expect("1 MiB put").header()),
+        2
+    );
+    assert_eq!(
+        c.get("big", None).await.expect("get").kvs()[0]
+            .value()
+            .len(),
+        1024 * 1024
+    );
 }
 
 async fn status_and_members(ep: String) {
@@ -693,7 +1010,11 @@ async fn status_and_members(ep: String) {
     assert!(s.raft_index() > 0 && s.leader() != 0);
     let m = c.member_list().await.expect("member list");
     assert_eq!(m.members().len(), 1);
-    assert!(m.members()[0].client_urls().iter().any(|u| u == &ep), "{:?}", m.members()[0].client_urls());
+    assert!(
+        m.members()[0].client_urls().iter().any(|u| u == &ep),
+        "{:?}",
+        m.members()[0].client_urls()
+    );
 }
 
 /// 10,000 watches on one stream: all created with consecutive ids, and a
@@ -712,7 +1033,11 @@ async fn many_watches_on_one_stream(ep: String) {
     let recv = async {
         let mut created = 0;
         while created < N {
-            let m = tokio::time::timeout(MSG_TIMEOUT, rx.message()).await.expect("in time").expect("ok").expect("open");
+            let m = tokio::time::timeout(MSG_TIMEOUT, rx.message())
+                .await
+                .expect("in time")
+                .expect("ok")
+                .expect("open");
             assert!(m.created() && !m.canceled(), "{m:?}");
             assert_eq!(m.watch_id(), created);
             created += 1;
@@ -721,9 +1046,17 @@ async fn many_watches_on_one_stream(ep: String) {
     let (_tx, ()) = tokio::join!(send, recv);
     c.put("m/5000", "x", None).await.expect("put");
     c.put("m/9999", "x", None).await.expect("put");
-    let m = tokio::time::timeout(MSG_TIMEOUT, rx.message()).await.expect("in time").expect("ok").expect("open");
+    let m = tokio::time::timeout(MSG_TIMEOUT, rx.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("open");
     assert_eq!((m.watch_id(), m.events().len()), (5000, 1));
-    let m = tokio::time::timeout(MSG_TIMEOUT, rx.message()).await.expect("in time").expect("ok").expect("open");
+    let m = tokio::time::timeout(MSG_TIMEOUT, rx.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("open");
     assert_eq!((m.watch_id(), m.events().len()), (9999, 1));
     // Another client is served meanwhile.
     let mut other = client(&ep).await;
@@ -736,12 +1069,16 @@ async fn garbage_connection_does_not_hurt_others(ep: String) {
     let mut c = client(&ep).await;
     c.put("g", "1", None).await.expect("put");
     let addr = ep.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("raw connect");
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("raw connect");
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nthis is not http2 at all\r\n")
         .await
         .expect("write garbage");
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(MSG_TIMEOUT, s.read_to_end(&mut buf)).await.expect("server closes the connection");
+    let _ = tokio::time::timeout(MSG_TIMEOUT, s.read_to_end(&mut buf))
+        .await
+        .expect("server closes the connection");
     assert_eq!(values(c.get("g", None).await.expect("get").kvs()), ["1"]);
 }
 
@@ -771,7 +1108,11 @@ async fn ours_watch_limit_per_stream() {
         ws.watch("w/100", None).await.expect("send");
         let m = next_msg(&mut ws).await;
         assert!(m.created() && m.canceled());
-        assert!(m.cancel_reason().contains("too many watches"), "{}", m.cancel_reason());
+        assert!(
+            m.cancel_reason().contains("too many watches"),
+            "{}",
+            m.cancel_reason()
+        );
         c.put("w/42", "x", None).await.expect("put");
         let m = next_msg(&mut ws).await;
         assert_eq!((m.watch_id(), m.events().len()), (42, 1));
@@ -791,15 +1132,24 @@ async fn ours_stalled_watcher_loses_nothing() {
     let s = ours_with(Config::default()).await;
     guard(async {
         let mut c = client(&s.endpoint).await;
-        let mut stalled = client(&s.endpoint).await.watch("s/", Some(WatchOptions::new().with_prefix())).await.expect("watch");
+        let mut stalled = client(&s.endpoint)
+            .await
+            .watch("s/", Some(WatchOptions::new().with_prefix()))
+            .await
+            .expect("watch");
         assert!(next_msg(&mut stalled).await.created());
-        let mut live = c.watch("s/", Some(WatchOptions::new().with_prefix())).await.expect("watch");
+        let mut live = c
+            .watch("s/", Some(WatchOptions::new().with_prefix()))
+            .await
+            .expect("watch");
         assert!(next_msg(&mut live).await.created());
         let value = vec![b'v'; 8 * 1024]; // 3000 x 8 KiB = 24 MiB, far above the buffers
         let writer = async {
             let mut w = client(&s.endpoint).await;
             for i in 0..N {
-                w.put(format!("s/{i:05}"), value.clone(), None).await.expect("put");
+                w.put(format!("s/{i:05}"), value.clone(), None)
+                    .await
+                    .expect("put");
             }
         };
         let reader = async {
@@ -832,14 +1182,23 @@ async fn ours_stalled_watcher_behind_compaction_is_canceled() {
     .await;
     guard(async {
         let mut c = client(&s.endpoint).await;
-        let mut stalled = client(&s.endpoint).await.watch("s/", Some(WatchOptions::new().with_prefix())).await.expect("watch");
+        let mut stalled = client(&s.endpoint)
+            .await
+            .watch("s/", Some(WatchOptions::new().with_prefix()))
+            .await
+            .expect("watch");
         assert!(next_msg(&mut stalled).await.created());
         let value = vec![b'v'; 64 * 1024]; // enough to fill the stream's buffers
         for i in 0..2000 {
-            c.put(format!("s/{}", i % 10), value.clone(), None).await.expect("put");
+            c.put(format!("s/{}", i % 10), value.clone(), None)
+                .await
+                .expect("put");
         }
         let st = s.store.stats();
-        assert!(st.compact_revision > 1800, "history is compacted automatically: {st:?}");
+        assert!(
+            st.compact_revision > 1800,
+            "history is compacted automatically: {st:?}"
+        );
         let mut last = 1;
         loop {
             let m = next_msg(&mut stalled).await;
@@ -854,7 +1213,16 @@ async fn ours_stalled_watcher_behind_compaction_is_canceled() {
             }
         }
         // The store serves everyone else as before.
-        assert_eq!(c.get("s/", Some(GetOptions::new().with_prefix().with_count_only())).await.expect("get").count(), 10);
+        assert_eq!(
+            c.get(
+                "s/",
+                Some(GetOptions::new().with_prefix().with_count_only())
+            )
+            .await
+            .expect("get")
+            .count(),
+            10
+        );
     })
     .await;
     s.stop().await;
@@ -883,6 +1251,38 @@ async fn ours_two_listeners_share_data() {
     })
     .await;
     cancel.cancel();
-    task.await.expect("join").expect("second serve ends cleanly");
+    task.await
+        .expect("join")
+        .expect("second serve ends cleanly");
     a.stop().await;
+}
+
+/// Watches created with `progress_notify` get empty responses carrying the
+/// current revision when nothing happens on their keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ours_progress_notify() {
+    let s = ours_with(Config {
+        watch_progress_interval: Duration::from_millis(100),
+        ..Config::default()
+    })
+    .await;
+    guard(async {
+        let mut c = client(&s.endpoint).await;
+        let mut ws = c
+            .watch("p", Some(WatchOptions::new().with_progress_notify()))
+            .await
+            .expect("watch");
+        assert!(next_msg(&mut ws).await.created());
+        c.put("q", "1", None).await.expect("put"); // 2, another key
+        loop {
+            let m = next_msg(&mut ws).await;
+            assert!(m.events().is_empty() && !m.canceled());
+            assert_eq!(m.watch_id(), 0);
+            if rev_of(m.header()) == 2 {
+                break;
+            }
+        }
+    })
+    .await;
+    s.stop().await;
 }

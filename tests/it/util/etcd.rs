@@ -106,7 +106,10 @@ impl Etcd {
             // The sender was dropped: etcd exited (e.g. the address was taken).
             Ok(Err(_)) => {
                 let status = etcd.child.wait().map_err(|e| e.to_string())?;
-                Err(format!("etcd on {} exited before it was ready: {status}", etcd.endpoint))
+                Err(format!(
+                    "etcd on {} exited before it was ready: {status}",
+                    etcd.endpoint
+                ))
             }
             Err(_) => Err(format!(
                 "etcd on {} not ready after {READY_TIMEOUT:?}",
