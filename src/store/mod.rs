@@ -1,1 +1,269 @@
-//! The embedded etcd v3 compatible store (see issue 3).
+//! The embedded etcd v3 compatible store (issue 3): an in-memory,
+//! multi-version key-value store with watches and leases, served over gRPC
+//! with the server traits `etcd-client` generates, so that the remote copies
+//! of mgmt (and any etcd v3 client) talk to it as they would to etcd 3.4.
+//!
+//! This module is the public face: [`Config`], [`Store`] and its `serve`
+//! calls, [`Stats`] and [`StoreError`]. The rest is private:
+//! `kv.rs` (revisions, versions, event log, compaction), `apply.rs` (request
+//! semantics, txn, lease attachment), `lease.rs` (lease table), `expiry.rs`
+//! (lease timer), `watch.rs` (watch streams and back-pressure) and
+//! `service.rs` (the gRPC trait impls and error mapping).
+//!
+//! Not here: persistence (the store lives as long as the initiating process;
+//! nothing is written to disk), clustering, and etcd's Auth API (its server
+//! trait is not exported by `etcd-client`; the tunnel is authenticated at
+//! the transport instead, see DESIGN.md "Security"). See `docs/store.md`.
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+mod apply;
+mod error;
+mod expiry;
+mod kv;
+mod lease;
+mod service;
+mod watch;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use etcd_client::proto::{
+    PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbResponseHeader,
+    PbWatchServer,
+};
+use futures::{Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{watch as tokio_watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use error::StoreError;
+
+use apply::State;
+use service::Service;
+
+/// etcd adds this much to `max_request_bytes` for the gRPC receive limit, so
+/// a request a little over the limit gets etcd's "request is too large"
+/// rather than a transport error.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// How a store behaves; [`Config::default`] matches etcd 3.4's defaults
+/// where etcd has one.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Largest request accepted (etcd's `--max-request-bytes`, 1.5 MiB).
+    pub max_request_bytes: usize,
+    /// Compaction policy: history of at least this many revisions is kept;
+    /// once twice as many have accumulated, everything older than the last
+    /// `retain_revisions` is compacted. Watchers further behind than that
+    /// are cancelled with `compact_revision`, as etcd does.
+    pub retain_revisions: i64,
+    /// Watches one Watch stream may hold; the next create is refused with a
+    /// `canceled` response and a reason (etcd has no limit).
+    pub max_watches_per_stream: usize,
+    /// How often watchers created with `progress_notify` get an empty
+    /// response (etcd: 10 minutes).
+    pub watch_progress_interval: Duration,
+    /// Smallest TTL granted to a lease; etcd derives 2 s from its default
+    /// election timeout and raises shorter TTLs to it.
+    pub min_lease_ttl: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_request_bytes: 1536 * 1024,
+            retain_revisions: 10_000,
+            max_watches_per_stream: 65_536,
+            watch_progress_interval: Duration::from_secs(600),
+            min_lease_ttl: 2,
+        }
+    }
+}
+
+/// A snapshot of the store's counters (see [`Store::stats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub puts: u64,
+    pub ranges: u64,
+    pub txns: u64,
+    pub deletes: u64,
+    /// Events delivered to watchers (one event to two watchers counts two).
+    pub watch_events_sent: u64,
+    pub watches_open: u64,
+    pub leases: u64,
+    /// Live keys at the current revision.
+    pub keys: u64,
+    pub revision: i64,
+    pub compact_revision: i64,
+    /// Approximate bytes held by keys, values and history.
+    pub approx_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub puts: AtomicU64,
+    pub ranges: AtomicU64,
+    pub txns: AtomicU64,
+    pub deletes: AtomicU64,
+    pub watch_events: AtomicU64,
+    pub watches_open: AtomicU64,
+}
+
+/// State shared by every serve call and every task of one store.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub cfg: Config,
+    /// All data. A std mutex: no critical section awaits.
+    state: Mutex<State>,
+    /// The last committed revision. Sent under the state lock after each
+    /// commit; every watch stream task holds a receiver and wakes on change.
+    pub rev_tx: tokio_watch::Sender<i64>,
+    /// Wakes the lease timers when a grant may bring the next deadline forward.
+    pub lease_changed: Notify,
+    pub counters: Counters,
+    pub cluster_id: u64,
+    pub member_id: u64,
+    /// Client URLs of the listeners served, for MemberList.
+    pub client_urls: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    /// Locks the state. A poisoned lock (a panic mid-request) is taken over:
+    /// every request leaves the state consistent before it can panic.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs a write and publishes the new revision to watchers, in order.
+    pub fn write<R>(&self, f: impl FnOnce(&mut State) -> R) -> (R, i64) {
+        let mut st = self.lock();
+        let before = st.kv.rev();
+        let r = f(&mut st);
+        let rev = st.kv.rev();
+        if rev != before {
+            self.rev_tx.send_replace(rev);
+        }
+        (r, rev)
+    }
+
+    pub fn rev(&self) -> i64 {
+        *self.rev_tx.borrow()
+    }
+
+    pub fn header(&self, rev: i64) -> Option<PbResponseHeader> {
+        Some(PbResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision: rev,
+            raft_term: 2,
+        })
+    }
+}
+
+/// The embedded store. Cheap to clone; clones share the data, and several
+/// serve calls (a TCP listener, SSH tunnel channels) may run at once.
+#[derive(Debug, Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+}
+
+impl Store {
+    pub fn new(cfg: Config) -> Store {
+        let state = State::new(cfg.retain_revisions, cfg.min_lease_ttl);
+        let (rev_tx, _) = tokio_watch::channel(state.kv.rev());
+        Store {
+            shared: Arc::new(Shared {
+                cfg,
+                state: Mutex::new(state),
+                rev_tx,
+                lease_changed: Notify::new(),
+                counters: Counters::default(),
+                cluster_id: rand::random::<u64>() >> 1,
+                member_id: rand::random::<u64>() >> 1,
+                client_urls: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Serves on an already-bound listener until `cancel` fires, then waits
+    /// for the connections and the store's tasks of this call to finish.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        cancel: CancellationToken,
+    ) -> Result<(), StoreError> {
+        if let Ok(addr) = listener.local_addr() {
+            let mut urls = self
+                .shared
+                .client_urls
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            urls.push(format!("http://{addr}"));
+        }
+        // Watch latency depends on it: without TCP_NODELAY small responses
+        // wait for the peer's delayed ACK.
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|r| {
+            r.and_then(|s| {
+                s.set_nodelay(true)?;
+                Ok(s)
+            })
+        });
+        self.serve_incoming(incoming, cancel).await
+    }
+
+    /// Serves connections from any stream of byte streams (for example SSH
+    /// tunnel channels) until `cancel` fires.
+    pub async fn serve_incoming<S, IO>(
+        &self,
+        incoming: S,
+        cancel: CancellationToken,
+    ) -> Result<(), StoreError>
+    where
+        S: Stream<Item = std::io::Result<IO>> + Send + 'static,
+        IO: AsyncRead + AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+    {
+        // Our tasks stop when the caller cancels, or when the server fails.
+        let tasks_cancel = cancel.child_token();
+        let tracker = TaskTracker::new();
+        let svc = Service::new(self.shared.clone(), tracker.clone(), tasks_cancel.clone());
+        tracker.spawn(expiry::run(self.shared.clone(), tasks_cancel.clone()));
+        let limit = self.shared.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
+        let result = tonic::transport::Server::builder()
+            .add_service(PbKvServer::new(svc.clone()).max_decoding_message_size(limit))
+            .add_service(PbWatchServer::new(svc.clone()).max_decoding_message_size(limit))
+            .add_service(PbLeaseServer::new(svc.clone()).max_decoding_message_size(limit))
+            .add_service(PbMaintenanceServer::new(svc.clone()).max_decoding_message_size(limit))
+            .add_service(PbClusterServer::new(svc).max_decoding_message_size(limit))
+            .serve_with_incoming_shutdown(Box::pin(incoming), cancel.cancelled_owned())
+            .await;
+        tasks_cancel.cancel();
+        tracker.close();
+        tracker.wait().await;
+        result.map_err(StoreError::from)
+    }
+
+    /// Counters and sizes, for logs and benchmarks.
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.counters;
+        let st = self.shared.lock();
+        Stats {
+            puts: c.puts.load(Ordering::Relaxed),
+            ranges: c.ranges.load(Ordering::Relaxed),
+            txns: c.txns.load(Ordering::Relaxed),
+            deletes: c.deletes.load(Ordering::Relaxed),
+            watch_events_sent: c.watch_events.load(Ordering::Relaxed),
+            watches_open: c.watches_open.load(Ordering::Relaxed),
+            leases: st.leases.len() as u64,
+            keys: st.kv.live_keys() as u64,
+            revision: st.kv.rev(),
+            compact_revision: st.kv.compact_rev(),
+            approx_bytes: st.kv.approx_bytes() as u64,
+        }
+    }
+}

@@ -3,4 +3,5 @@
 
 mod cli;
 mod engine;
+mod store;
 mod util;

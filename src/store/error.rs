@@ -1,0 +1,74 @@
+//! Errors of the embedded store: [`StoreError`] for the caller of
+//! [`crate::store::Store::serve`], and the private [`EtcdError`] that a request
+//! handler turns into a gRPC status carrying etcd's own code and message, so
+//! that a client (and `etcd-client`'s error matching) cannot tell us apart
+//! from etcd 3.4. The messages are etcd's, byte for byte; do not reword them.
+
+use tonic::{Code, Status};
+
+/// Why [`crate::store::Store::serve`] or `serve_incoming` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The gRPC server failed (accepting or driving connections).
+    #[error("store: grpc server failed")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A request the store refuses, in etcd's vocabulary (`etcdserver/api/v3rpc/rpctypes`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum EtcdError {
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRev,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExist,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    /// An RPC of the etcd API this store deliberately does not implement.
+    #[error("etcdserver: {0} is not supported by the embedded mgmt store")]
+    Unsupported(&'static str),
+}
+
+impl EtcdError {
+    /// The gRPC code etcd 3.4 uses for this error.
+    fn code(&self) -> Code {
+        match self {
+            EtcdError::EmptyKey
+            | EtcdError::KeyNotFound
+            | EtcdError::ValueProvided
+            | EtcdError::LeaseProvided
+            | EtcdError::TooManyOps
+            | EtcdError::DuplicateKey
+            | EtcdError::RequestTooLarge => Code::InvalidArgument,
+            EtcdError::Compacted | EtcdError::FutureRev | EtcdError::LeaseTtlTooLarge => {
+                Code::OutOfRange
+            }
+            EtcdError::LeaseNotFound => Code::NotFound,
+            EtcdError::LeaseExist => Code::FailedPrecondition,
+            EtcdError::Unsupported(_) => Code::Unimplemented,
+        }
+    }
+}
+
+impl From<EtcdError> for Status {
+    fn from(e: EtcdError) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}

@@ -1,0 +1,362 @@
+//! The gRPC face of the store: implementations of the KV, Watch, Lease,
+//! Maintenance and Cluster server traits that `etcd-client` exports. Each
+//! handler checks the request size, runs the request against the shared
+//! state under its lock, stamps the response header, and maps
+//! [`EtcdError`] to etcd's status code and message. Streaming RPCs get a
+//! task on the serve call's `TaskTracker`, stopped by its cancel token.
+//!
+//! RPCs an embedded single-member store has no use for (member changes,
+//! snapshot, defragment, move-leader, downgrade, RangeStream, which etcd 3.4
+//! does not have either) answer `Unimplemented`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use etcd_client::proto::*;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::error::EtcdError;
+use super::watch::{WatchStream, STREAM_BUFFER};
+use super::Shared;
+
+/// What the server reports as its version in Status: the etcd API level it
+/// implements, marked as ours.
+const VERSION: &str = "3.4.0";
+
+/// One serve call's view of the store.
+#[derive(Clone)]
+pub(crate) struct Service {
+    shared: Arc<Shared>,
+    /// Streaming tasks of this serve call; waited for when it ends.
+    tracker: TaskTracker,
+    /// Fired when this serve call stops: streaming tasks end on it.
+    cancel: CancellationToken,
+}
+
+impl Service {
+    pub fn new(shared: Arc<Shared>, tracker: TaskTracker, cancel: CancellationToken) -> Service {
+        Service {
+            shared,
+            tracker,
+            cancel,
+        }
+    }
+
+    fn check_size<M: Message>(&self, m: &M) -> Result<(), Status> {
+        if m.encoded_len() > self.shared.cfg.max_request_bytes {
+            return Err(EtcdError::RequestTooLarge.into());
+        }
+        Ok(())
+    }
+
+    fn count(&self, c: &std::sync::atomic::AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+type Res<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl PbKvService for Service {
+    async fn range(&self, req: Request<PbRangeRequest>) -> Res<PbRangeResponse> {
+        let r = req.into_inner();
+        self.check_size(&r)?;
+        self.count(&self.shared.counters.ranges);
+        let st = self.shared.lock();
+        let mut resp = st.range(&r)?;
+        resp.header = self.shared.header(st.kv.rev());
+        Ok(Response::new(resp))
+    }
+
+    type RangeStreamStream = futures::stream::Empty<Result<PbRangeStreamResponse, Status>>;
+
+    async fn range_stream(&self, _req: Request<PbRangeRequest>) -> Res<Self::RangeStreamStream> {
+        Err(Status::unimplemented(
+            "unknown method RangeStream for service etcdserverpb.KV",
+        ))
+    }
+
+    async fn put(&self, req: Request<PbPutRequest>) -> Res<PbPutResponse> {
+        let r = req.into_inner();
+        self.check_size(&r)?;
+        self.count(&self.shared.counters.puts);
+        let now = Instant::now();
+        let (resp, rev) = self.shared.write(|st| st.put(&r, now));
+        let mut resp = resp?;
+        resp.header = self.shared.header(rev);
+        Ok(Response::new(resp))
+    }
+
+    async fn delete_range(&self, req: Request<PbDeleteRequest>) -> Res<PbDeleteResponse> {
+        let r = req.into_inner();
+        self.check_size(&r)?;
+        self.count(&self.shared.counters.deletes);
+        let (resp, rev) = self.shared.write(|st| st.delete(&r));
+        let mut resp = resp?;
+        resp.header = self.shared.header(rev);
+        Ok(Response::new(resp))
+    }
+
+    async fn txn(&self, req: Request<PbTxnRequest>) -> Res<PbTxnResponse> {
+        let r = req.into_inner();
+        self.check_size(&r)?;
+        self.count(&self.shared.counters.txns);
+        let now = Instant::now();
+        let (resp, rev) = self.shared.write(|st| st.txn(&r, now));
+        let mut resp = resp?;
+        resp.header = self.shared.header(rev);
+        Ok(Response::new(resp))
+    }
+
+    async fn compact(&self, req: Request<PbCompactionRequest>) -> Res<PbCompactionResponse> {
+        let r = req.into_inner();
+        let (res, rev) = self.shared.write(|st| st.compact(r.revision));
+        res?;
+        Ok(Response::new(PbCompactionResponse {
+            header: self.shared.header(rev),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl PbWatchService for Service {
+    type WatchStream = ReceiverStream<Result<PbWatchResponse, Status>>;
+
+    async fn watch(&self, req: Request<Streaming<PbWatchRequest>>) -> Res<Self::WatchStream> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let stream = WatchStream::new(self.shared.clone(), tx, self.cancel.clone());
+        self.tracker.spawn(stream.run(req.into_inner()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[tonic::async_trait]
+impl PbLeaseService for Service {
+    async fn lease_grant(&self, req: Request<PbLeaseGrantRequest>) -> Res<PbLeaseGrantResponse> {
+        let r = req.into_inner();
+        let now = Instant::now();
+        let (res, rev) = self.shared.write(|st| {
+            let min = st.min_lease_ttl;
+            st.leases.grant(r.id, r.ttl, min, now)
+        });
+        let (id, ttl) = res?;
+        self.shared.lease_changed.notify_waiters();
+        Ok(Response::new(PbLeaseGrantResponse {
+            header: self.shared.header(rev),
+            id,
+            ttl,
+            error: String::new(),
+        }))
+    }
+
+    async fn lease_revoke(&self, req: Request<PbLeaseRevokeRequest>) -> Res<PbLeaseRevokeResponse> {
+        let id = req.into_inner().id;
+        let now = Instant::now();
+        let (res, rev) = self.shared.write(|st| {
+            if st.leases.alive(id, now).is_none() {
+                return Err(EtcdError::LeaseNotFound);
+            }
+            st.revoke(id)
+        });
+        res?;
+        Ok(Response::new(PbLeaseRevokeResponse {
+            header: self.shared.header(rev),
+        }))
+    }
+
+    type LeaseKeepAliveStream = ReceiverStream<Result<PbLeaseKeepAliveResponse, Status>>;
+
+    async fn lease_keep_alive(
+        &self,
+        req: Request<Streaming<PbLeaseKeepAliveRequest>>,
+    ) -> Res<Self::LeaseKeepAliveStream> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let mut reqs = req.into_inner();
+        let shared = self.shared.clone();
+        let cancel = self.cancel.clone();
+        self.tracker.spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    m = reqs.message() => m,
+                };
+                let Ok(Some(r)) = msg else { return };
+                let now = Instant::now();
+                let (ttl, rev) = {
+                    let mut st = shared.lock();
+                    // etcd answers TTL 0 for a lease it does not know.
+                    (st.leases.renew(r.id, now).unwrap_or(0), st.kv.rev())
+                };
+                let resp = PbLeaseKeepAliveResponse {
+                    header: shared.header(rev),
+                    id: r.id,
+                    ttl,
+                };
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    sent = tx.send(Ok(resp)) => if sent.is_err() { return },
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<PbLeaseTimeToLiveRequest>,
+    ) -> Res<PbLeaseTimeToLiveResponse> {
+        let r = req.into_inner();
+        let now = Instant::now();
+        let st = self.shared.lock();
+        let rev = st.kv.rev();
+        // etcd 3.4 answers TTL -1 (not an error) for an unknown lease.
+        let resp = match st.leases.alive(r.id, now) {
+            Some(l) => PbLeaseTimeToLiveResponse {
+                header: self.shared.header(rev),
+                id: r.id,
+                ttl: l.deadline.saturating_duration_since(now).as_secs() as i64,
+                granted_ttl: l.granted_ttl,
+                keys: if r.keys {
+                    l.keys.iter().map(|k| k.to_vec()).collect()
+                } else {
+                    Vec::new()
+                },
+            },
+            None => PbLeaseTimeToLiveResponse {
+                header: self.shared.header(rev),
+                id: r.id,
+                ttl: -1,
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn lease_leases(
+        &self,
+        _req: Request<PbLeaseLeasesRequest>,
+    ) -> Res<PbLeaseLeasesResponse> {
+        let now = Instant::now();
+        let st = self.shared.lock();
+        let mut ids = st.leases.ids(now);
+        ids.sort_unstable();
+        Ok(Response::new(PbLeaseLeasesResponse {
+            header: self.shared.header(st.kv.rev()),
+            leases: ids.into_iter().map(|id| PbLeaseStatus { id }).collect(),
+        }))
+    }
+}
+
+fn unsupported<T>(what: &'static str) -> Res<T> {
+    Err(EtcdError::Unsupported(what).into())
+}
+
+#[tonic::async_trait]
+impl PbMaintenanceService for Service {
+    async fn alarm(&self, _req: Request<PbAlarmRequest>) -> Res<PbAlarmResponse> {
+        Ok(Response::new(PbAlarmResponse {
+            header: self.shared.header(self.shared.rev()),
+            alarms: Vec::new(),
+        }))
+    }
+
+    async fn status(&self, _req: Request<PbStatusRequest>) -> Res<PbStatusResponse> {
+        let (rev, size) = {
+            let st = self.shared.lock();
+            (st.kv.rev(), st.kv.approx_bytes() as i64)
+        };
+        Ok(Response::new(PbStatusResponse {
+            header: self.shared.header(rev),
+            version: VERSION.to_string(),
+            db_size: size,
+            leader: self.shared.member_id,
+            raft_index: rev as u64,
+            raft_term: 2,
+            raft_applied_index: rev as u64,
+            db_size_in_use: size,
+            ..Default::default()
+        }))
+    }
+
+    async fn defragment(&self, _req: Request<PbDefragmentRequest>) -> Res<PbDefragmentResponse> {
+        // Nothing to defragment in memory: succeed as a no-op.
+        Ok(Response::new(PbDefragmentResponse {
+            header: self.shared.header(self.shared.rev()),
+        }))
+    }
+
+    async fn hash(&self, _req: Request<PbHashRequest>) -> Res<PbHashResponse> {
+        unsupported("Hash")
+    }
+
+    async fn hash_kv(&self, _req: Request<PbHashKvRequest>) -> Res<PbHashKvResponse> {
+        unsupported("HashKV")
+    }
+
+    type SnapshotStream = futures::stream::Empty<Result<PbSnapshotResponse, Status>>;
+
+    async fn snapshot(&self, _req: Request<PbSnapshotRequest>) -> Res<Self::SnapshotStream> {
+        unsupported("Snapshot")
+    }
+
+    async fn move_leader(&self, _req: Request<PbMoveLeaderRequest>) -> Res<PbMoveLeaderResponse> {
+        unsupported("MoveLeader")
+    }
+
+    async fn downgrade(&self, _req: Request<PbDowngradeRequest>) -> Res<PbDowngradeResponse> {
+        unsupported("Downgrade")
+    }
+}
+
+#[tonic::async_trait]
+impl PbClusterService for Service {
+    async fn member_add(&self, _req: Request<PbMemberAddRequest>) -> Res<PbMemberAddResponse> {
+        unsupported("MemberAdd")
+    }
+
+    async fn member_remove(
+        &self,
+        _req: Request<PbMemberRemoveRequest>,
+    ) -> Res<PbMemberRemoveResponse> {
+        unsupported("MemberRemove")
+    }
+
+    async fn member_update(
+        &self,
+        _req: Request<PbMemberUpdateRequest>,
+    ) -> Res<PbMemberUpdateResponse> {
+        unsupported("MemberUpdate")
+    }
+
+    async fn member_list(&self, _req: Request<PbMemberListRequest>) -> Res<PbMemberListResponse> {
+        let urls = self
+            .shared
+            .client_urls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Ok(Response::new(PbMemberListResponse {
+            header: self.shared.header(self.shared.rev()),
+            members: vec![PbMember {
+                id: self.shared.member_id,
+                name: "mgmt".to_string(),
+                peer_ur_ls: Vec::new(),
+                client_ur_ls: urls,
+                is_learner: false,
+            }],
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        _req: Request<PbMemberPromoteRequest>,
+    ) -> Res<PbMemberPromoteResponse> {
+        unsupported("MemberPromote")
+    }
+}

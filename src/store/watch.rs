@@ -1,0 +1,333 @@
+//! One task per Watch RPC: it multiplexes the stream's watchers, answers
+//! create/cancel/progress requests, and feeds every watcher from the event
+//! log in revision order.
+//!
+//! Back-pressure (same idea as etcd's "unsynced watchers"): events are never
+//! queued per watcher. A watcher is a position (`next`) in the store's event
+//! log; the task copies events from the log only when it is about to send
+//! them, into one bounded channel of responses per stream. A client that
+//! stops reading fills that channel and the HTTP/2 window, the task then
+//! waits on the send, and writes carry on unaffected: the backlog is the log
+//! itself, which compaction bounds. A watcher that falls behind the
+//! compaction point gets etcd's answer: a response with `canceled` and
+//! `compact_revision` set, after which the client must re-read and re-watch.
+//! Nothing is lost or duplicated silently: a watcher's events are sent in
+//! revision order, each exactly once, and a revision is never split.
+//!
+//! Not handled here: fragmenting huge responses (`fragment`), which etcd
+//! 3.4 only does when the client asks; responses are bounded instead.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use etcd_client::proto::{PbEvent, PbWatchRequest, PbWatchRequestUnion, PbWatchResponse};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+
+use super::kv::{Event, KeyRange, LogRead};
+use super::Shared;
+
+/// Revisions per response when catching up, as etcd's `watchBatchMaxRevs`.
+const MAX_REVS_PER_RESPONSE: usize = 1000;
+/// Soft cap on the keys and values carried by one response.
+const MAX_BYTES_PER_RESPONSE: usize = 1 << 20;
+/// Responses buffered per stream before the task waits for the client.
+pub(crate) const STREAM_BUFFER: usize = 16;
+
+const FILTER_NOPUT: i32 = 0;
+const FILTER_NODELETE: i32 = 1;
+
+/// etcd 3.4's reasons, as a client sees them in `cancel_reason`.
+const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
+
+#[derive(Debug)]
+struct Watcher {
+    range: KeyRange,
+    /// The next revision this watcher has not seen yet.
+    next: i64,
+    prev_kv: bool,
+    no_put: bool,
+    no_delete: bool,
+    progress_notify: bool,
+}
+
+/// The state of one Watch RPC; owned by its task.
+pub(crate) struct WatchStream {
+    shared: Arc<Shared>,
+    /// Responses to the client; bounded, its receiver is the gRPC body.
+    tx: mpsc::Sender<Result<PbWatchResponse, Status>>,
+    cancel: CancellationToken,
+    watchers: BTreeMap<i64, Watcher>,
+    next_id: i64,
+}
+
+impl WatchStream {
+    pub fn new(
+        shared: Arc<Shared>,
+        tx: mpsc::Sender<Result<PbWatchResponse, Status>>,
+        cancel: CancellationToken,
+    ) -> WatchStream {
+        WatchStream {
+            shared,
+            tx,
+            cancel,
+            watchers: BTreeMap::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Runs until the client closes its side, stops reading for good (the
+    /// response receiver is dropped), or the server is cancelled.
+    pub async fn run(mut self, mut reqs: Streaming<PbWatchRequest>) {
+        let mut rev_rx = self.shared.rev_tx.subscribe();
+        let mut progress = tokio::time::interval(self.shared.cfg.watch_progress_interval);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        progress.tick().await; // the first tick is immediate
+        loop {
+            if !self.catch_up().await {
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break,
+                msg = reqs.message() => match msg {
+                    Ok(Some(req)) => {
+                        if !self.handle(req).await {
+                            break;
+                        }
+                    }
+                    Ok(None) | Err(_) => break,
+                },
+                changed = rev_rx.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                _ = progress.tick() => {
+                    if !self.progress_notify().await {
+                        break;
+                    }
+                }
+            }
+        }
+        let open = self.watchers.len() as u64;
+        self.shared
+            .counters
+            .watches_open
+            .fetch_sub(open, Ordering::Relaxed);
+    }
+
+    fn header(&self, rev: i64) -> Option<etcd_client::proto::PbResponseHeader> {
+        self.shared.header(rev)
+    }
+
+    /// Sends one response, giving up when the server stops or the client is gone.
+    async fn send(&self, resp: PbWatchResponse) -> bool {
+        tokio::select! {
+            r = self.tx.send(Ok(resp)) => r.is_ok(),
+            _ = self.cancel.cancelled() => false,
+        }
+    }
+
+    async fn handle(&mut self, req: PbWatchRequest) -> bool {
+        match req.request_union {
+            Some(PbWatchRequestUnion::CreateRequest(c)) => {
+                let rev = self.shared.rev();
+                let refuse = |reason: String| PbWatchResponse {
+                    header: self.header(rev),
+                    watch_id: -1,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: reason,
+                    ..Default::default()
+                };
+                let limit = self.shared.cfg.max_watches_per_stream;
+                if self.watchers.len() >= limit {
+                    let reason = format!("mgmt: too many watches on this stream (limit {limit}); cancel some or open another stream");
+                    return self.send(refuse(reason)).await;
+                }
+                let key = if c.key.is_empty() { vec![0] } else { c.key };
+                let range = KeyRange::new(&key, &c.range_end);
+                if !c.range_end.is_empty() && c.range_end != [0] && key >= c.range_end {
+                    return self.send(refuse(EMPTY_RANGE.to_string())).await;
+                }
+                let id = if c.watch_id != 0 {
+                    if self.watchers.contains_key(&c.watch_id) {
+                        return self.send(refuse(DUPLICATE_ID.to_string())).await;
+                    }
+                    c.watch_id
+                } else {
+                    while self.watchers.contains_key(&self.next_id) {
+                        self.next_id += 1;
+                    }
+                    self.next_id += 1;
+                    self.next_id - 1
+                };
+                let next = if c.start_revision > 0 {
+                    c.start_revision
+                } else {
+                    rev + 1
+                };
+                self.watchers.insert(
+                    id,
+                    Watcher {
+                        range,
+                        next,
+                        prev_kv: c.prev_kv,
+                        no_put: c.filters.contains(&FILTER_NOPUT),
+                        no_delete: c.filters.contains(&FILTER_NODELETE),
+                        progress_notify: c.progress_notify,
+                    },
+                );
+                self.shared
+                    .counters
+                    .watches_open
+                    .fetch_add(1, Ordering::Relaxed);
+                self.send(PbWatchResponse {
+                    header: self.header(rev),
+                    watch_id: id,
+                    created: true,
+                    ..Default::default()
+                })
+                .await
+            }
+            Some(PbWatchRequestUnion::CancelRequest(c)) => {
+                if self.watchers.remove(&c.watch_id).is_none() {
+                    return true; // etcd 3.4 is silent about unknown ids
+                }
+                self.shared
+                    .counters
+                    .watches_open
+                    .fetch_sub(1, Ordering::Relaxed);
+                let rev = self.shared.rev();
+                self.send(PbWatchResponse {
+                    header: self.header(rev),
+                    watch_id: c.watch_id,
+                    canceled: true,
+                    ..Default::default()
+                })
+                .await
+            }
+            Some(PbWatchRequestUnion::ProgressRequest(_)) => {
+                // Every watcher is caught up here (catch_up ran before this
+                // request was read), so the current revision is a valid bound.
+                let rev = self.shared.rev();
+                self.send(PbWatchResponse {
+                    header: self.header(rev),
+                    watch_id: -1,
+                    ..Default::default()
+                })
+                .await
+            }
+            None => true,
+        }
+    }
+
+    async fn progress_notify(&mut self) -> bool {
+        let rev = self.shared.rev();
+        let ids: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.progress_notify && w.next > rev)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let resp = PbWatchResponse {
+                header: self.header(rev),
+                watch_id: id,
+                ..Default::default()
+            };
+            if !self.send(resp).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Sends every watcher the events it has not seen, in rounds of at most
+    /// one bounded response per watcher, until all are at the head of the log.
+    async fn catch_up(&mut self) -> bool {
+        loop {
+            let head = self.shared.rev();
+            let mut out: Vec<(i64, Result<Vec<Event>, i64>)> = Vec::new();
+            let rev = {
+                let st = self.shared.lock();
+                for (id, w) in self.watchers.iter_mut().filter(|(_, w)| w.next <= head) {
+                    match st.kv.read_log(
+                        w.next,
+                        &w.range,
+                        MAX_REVS_PER_RESPONSE,
+                        MAX_BYTES_PER_RESPONSE,
+                    ) {
+                        LogRead::Compacted(c) => out.push((*id, Err(c))),
+                        LogRead::Events { mut events, next } => {
+                            w.next = next;
+                            events.retain(|e| {
+                                let put = e.cur.is_live();
+                                !(put && w.no_put || !put && w.no_delete)
+                            });
+                            if !events.is_empty() {
+                                out.push((*id, Ok(events)));
+                            }
+                        }
+                    }
+                }
+                st.kv.rev()
+            };
+            if out.is_empty() {
+                return true;
+            }
+            for (id, batch) in out {
+                let resp = match batch {
+                    Err(compact) => {
+                        if self.watchers.remove(&id).is_some() {
+                            self.shared
+                                .counters
+                                .watches_open
+                                .fetch_sub(1, Ordering::Relaxed);
+                        }
+                        PbWatchResponse {
+                            header: self.header(rev),
+                            watch_id: id,
+                            canceled: true,
+                            compact_revision: compact,
+                            ..Default::default()
+                        }
+                    }
+                    Ok(events) => {
+                        let prev_kv = self.watchers.get(&id).is_some_and(|w| w.prev_kv);
+                        self.shared
+                            .counters
+                            .watch_events
+                            .fetch_add(events.len() as u64, Ordering::Relaxed);
+                        PbWatchResponse {
+                            header: self.header(rev),
+                            watch_id: id,
+                            events: events.iter().map(|e| to_pb(e, prev_kv)).collect(),
+                            ..Default::default()
+                        }
+                    }
+                };
+                if !self.send(resp).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+fn to_pb(e: &Event, prev_kv: bool) -> PbEvent {
+    let put = e.cur.is_live();
+    PbEvent {
+        r#type: if put { 0 } else { 1 },
+        kv: Some(e.cur.to_pb(&e.key, false)),
+        prev_kv: if prev_kv {
+            e.prev.as_ref().map(|p| p.to_pb(&e.key, false))
+        } else {
+            None
+        },
+    }
+}
