@@ -47,7 +47,10 @@ struct Hub {
 
 fn hub() -> &'static Hub {
     static HUB: OnceLock<Hub> = OnceLock::new();
-    HUB.get_or_init(|| Hub { watcher: Mutex::new(None), routes: Arc::new(Mutex::new(Routes::default())) })
+    HUB.get_or_init(|| Hub {
+        watcher: Mutex::new(None),
+        routes: Arc::new(Mutex::new(Routes::default())),
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -86,7 +89,9 @@ impl Drop for Subscription {
         let mut watcher = lock(&h.watcher);
         let last = {
             let mut routes = lock(&h.routes);
-            let Some(subs) = routes.by_dir.get_mut(&self.dir) else { return };
+            let Some(subs) = routes.by_dir.get_mut(&self.dir) else {
+                return;
+            };
             subs.retain(|s| s.id != self.id);
             let last = subs.is_empty();
             if last {
@@ -102,7 +107,10 @@ impl Drop for Subscription {
 
 fn subscribe(dir: &Path, target: &Path, tx: mpsc::Sender<()>) -> Result<Subscription, WatchError> {
     let h = hub();
-    let err = |source| WatchError { path: dir.to_path_buf(), source };
+    let err = |source| WatchError {
+        path: dir.to_path_buf(),
+        source,
+    };
     let mut watcher = lock(&h.watcher);
     if watcher.is_none() {
         let routes = h.routes.clone();
@@ -124,28 +132,76 @@ fn subscribe(dir: &Path, target: &Path, tx: mpsc::Sender<()>) -> Result<Subscrip
     let mut routes = lock(&h.routes);
     routes.next_id += 1;
     let id = routes.next_id;
-    routes.by_dir.entry(dir.to_path_buf()).or_default().push(Sub { id, target: target.to_path_buf(), tx });
-    Ok(Subscription { dir: dir.to_path_buf(), id })
+    routes
+        .by_dir
+        .entry(dir.to_path_buf())
+        .or_default()
+        .push(Sub {
+            id,
+            target: target.to_path_buf(),
+            tx,
+        });
+    Ok(Subscription {
+        dir: dir.to_path_buf(),
+        id,
+    })
 }
 
-/// Sends `()` on `events` (with `try_send`, so bursts collapse when the
-/// channel is full) whenever `target` may have changed. Runs until dropped
-/// or until `events` is closed.
-pub async fn watch_path(target: PathBuf, events: mpsc::Sender<()>) -> Result<(), WatchError> {
-    loop {
+/// A watch on one path, armed as soon as it is created (so no change made
+/// after `new` returns can be missed).
+pub struct PathWatch {
+    target: PathBuf,
+    /// The directory holding `target`.
+    parent: PathBuf,
+    /// The directory actually watched: `parent`, or its nearest existing ancestor.
+    dir: PathBuf,
+    rx: mpsc::Receiver<()>,
+    _sub: Subscription,
+}
+
+impl PathWatch {
+    /// Starts watching `target` (made absolute against the current directory).
+    pub fn new(target: &Path) -> Result<PathWatch, WatchError> {
+        let target = std::path::absolute(target).unwrap_or_else(|_| target.to_path_buf());
         let parent = target.parent().unwrap_or(Path::new("/")).to_path_buf();
-        let dir = parent.ancestors().find(|a| a.is_dir()).unwrap_or(Path::new("/")).to_path_buf();
-        let (tx, mut rx) = mpsc::channel::<()>(1);
-        let _sub = subscribe(&dir, &target, tx)?;
-        let rearm = dir != parent;
-        while rx.recv().await.is_some() {
-            if events.is_closed() {
-                return Ok(());
+        let (dir, rx, sub) = arm(&parent, &target)?;
+        Ok(PathWatch {
+            target,
+            parent,
+            dir,
+            rx,
+            _sub: sub,
+        })
+    }
+
+    /// Waits until `target` may have changed; bursts collapse into one.
+    pub async fn changed(&mut self) -> Result<(), WatchError> {
+        loop {
+            if self.rx.recv().await.is_none() {
+                // The hub never drops a live subscription's sender.
+                std::future::pending::<()>().await;
             }
-            let _ = events.try_send(());
-            if rearm {
-                break;
+            if self.dir != self.parent {
+                // Watching an ancestor: the way to the target changed; re-arm
+                // closer to it, and report (the target may exist now).
+                let (dir, rx, sub) = arm(&self.parent, &self.target)?;
+                (self.dir, self.rx, self._sub) = (dir, rx, sub);
             }
+            return Ok(());
         }
     }
+}
+
+fn arm(
+    parent: &Path,
+    target: &Path,
+) -> Result<(PathBuf, mpsc::Receiver<()>, Subscription), WatchError> {
+    let dir = parent
+        .ancestors()
+        .find(|a| a.is_dir())
+        .unwrap_or(Path::new("/"))
+        .to_path_buf();
+    let (tx, rx) = mpsc::channel::<()>(1);
+    let sub = subscribe(&dir, target, tx)?;
+    Ok((dir, rx, sub))
 }

@@ -57,6 +57,11 @@ impl<T> Drop for Task<T> {
 /// Runs until converged (with a timeout), cancelled or out of time.
 pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<Outcome> {
     let (path, graph) = cfg.file.clone().context("no graph to run")?;
+    // Armed before anything is applied, so no edit can slip through.
+    let file_watch = match cfg.watch {
+        true => Some(crate::fswatch::PathWatch::new(&path)?),
+        false => None,
+    };
     let store_cancel = CancellationToken::new();
     let (seeds, store_task) = start_store(&cfg.store, &store_cancel).await?;
     let mut world = World::connect(&seeds, &cfg.hostname).await?;
@@ -85,7 +90,7 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<Outco
         engine_cancel.clone(),
     )));
     let source_cancel = CancellationToken::new();
-    let source_task = Task(tokio::spawn(source.run(cfg.watch, source_cancel.clone())));
+    let source_task = Task(tokio::spawn(source.run(file_watch, source_cancel.clone())));
 
     let publish_cancel = CancellationToken::new();
     let publisher = Task(tokio::spawn(
@@ -139,10 +144,20 @@ async fn start_store(
     match mode {
         StoreMode::External { seeds } => Ok((seeds.clone(), None)),
         StoreMode::Embedded { listen } => {
-            let _ = (listen, cancel);
-            anyhow::bail!(
-                "the embedded store is not available in this build; use --no-server --seeds URL"
-            )
+            let addr = listen.trim_start_matches("http://").trim_end_matches('/');
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--client-urls: cannot listen on {addr}"))?;
+            let local = listener.local_addr()?;
+            tracing::info!("store: listening on http://{local}");
+            let store = crate::store::Store::new(crate::store::Config::default());
+            let cancel = cancel.clone();
+            let task = tokio::spawn(async move {
+                if let Err(e) = store.serve(listener, cancel).await {
+                    tracing::error!("store: {e}");
+                }
+            });
+            Ok((vec![format!("http://{local}")], Some(Task(task))))
         }
     }
 }

@@ -285,8 +285,7 @@ async fn stop_kills_a_running_command() {
         &format!("{{cmd: 'sleep 300 & echo $! > {pidfile}; wait'}}"),
     );
     // Synchronise on the command writing its pid file (inotify event).
-    let (tx, mut events) = mpsc::channel(1);
-    let watch = tokio::spawn(crate::fswatch::watch_path(pidfile.clone().into(), tx));
+    let mut watch = crate::fswatch::PathWatch::new(std::path::Path::new(&pidfile)).unwrap();
     let r = start(
         Desired {
             resources: vec![e],
@@ -296,7 +295,7 @@ async fn stop_kills_a_running_command() {
     );
     let pid = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            events.recv().await.expect("watch alive");
+            watch.changed().await.expect("watch alive");
             if let Some(pid) = std::fs::read_to_string(&pidfile)
                 .ok()
                 .and_then(|s| s.trim().parse::<i32>().ok())
@@ -307,7 +306,6 @@ async fn stop_kills_a_running_command() {
     })
     .await
     .expect("command started");
-    watch.abort();
     r.stop().await;
     // The whole process group was killed: the background sleep is gone.
     let gone = (0..100).any(|_| {

@@ -120,7 +120,11 @@ fn build(name: &str, params: &Mapping) -> Result<Box<dyn Resource>, FieldError> 
     // Names are resolved on the host that applies the file (at check time):
     // the machine that validates the graph may not know them.
     if file.owner.as_deref() == Some("") || file.group.as_deref() == Some("") {
-        let field = if file.owner.as_deref() == Some("") { "owner" } else { "group" };
+        let field = if file.owner.as_deref() == Some("") {
+            "owner"
+        } else {
+            "group"
+        };
         return Err(FieldError::new(field, format!("{field} must not be empty")));
     }
     Ok(Box::new(file))
@@ -356,10 +360,17 @@ impl Resource for File {
         events: EventTx,
     ) -> Option<futures::future::BoxFuture<'static, Result<(), ResourceError>>> {
         let target = rooted(root, self.path.trim_end_matches('/'));
+        // Armed now, before the first check, so no outside change is missed.
+        let watch = crate::fswatch::PathWatch::new(&target);
         Some(Box::pin(async move {
-            crate::fswatch::watch_path(target, events)
-                .await
-                .map_err(|e| ResourceError::Failed(e.to_string()))
+            let mut watch = watch.map_err(|e| ResourceError::Failed(e.to_string()))?;
+            loop {
+                watch
+                    .changed()
+                    .await
+                    .map_err(|e| ResourceError::Failed(e.to_string()))?;
+                let _ = events.try_send(());
+            }
         }))
     }
 

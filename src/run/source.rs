@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Desired;
+use crate::fswatch::PathWatch;
 use crate::graph::{self, Graph, ResourceDecl};
 use crate::world::{World, WorldError};
 
@@ -91,11 +92,9 @@ impl Source {
         self.updates.send(d).await.is_ok()
     }
 
-    /// Follows file edits (when `watch`) and exported resources until cancelled.
-    pub async fn run(mut self, watch: bool, cancel: CancellationToken) {
-        let (file_tx, mut file_rx) = mpsc::channel(1);
-        let file_watch = crate::fswatch::watch_path(self.path.clone(), file_tx);
-        tokio::pin!(file_watch);
+    /// Follows file edits (through `file_watch`, armed by the caller before
+    /// the first graph was read) and exported resources until cancelled.
+    pub async fn run(mut self, mut file_watch: Option<PathWatch>, cancel: CancellationToken) {
         let mut exported = match self.world.watch_exported().await {
             Ok(w) => Some(w),
             Err(e) => {
@@ -107,16 +106,14 @@ impl Source {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = &mut file_watch, if watch => {
+                r = changed(&mut file_watch) => {
                     if let Err(e) = r {
                         tracing::error!("{e}; live reload is off");
+                        file_watch = None;
+                        continue;
                     }
-                    return;
-                }
-                Some(()) = file_rx.recv() => {
-                    // Let an editor finish writing; a burst collapses into one read.
+                    // Let an editor finish writing before reading it.
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    while file_rx.try_recv().is_ok() {}
                     let src = std::fs::read_to_string(&self.path).ok();
                     if src.is_none() || src == last_src {
                         continue;
@@ -168,6 +165,13 @@ impl Source {
                 true
             }
         }
+    }
+}
+
+async fn changed(w: &mut Option<PathWatch>) -> Result<(), crate::fswatch::WatchError> {
+    match w {
+        Some(w) => w.changed().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -3,5 +3,6 @@
 
 mod cli;
 mod engine;
+mod exchange;
 mod store;
 mod util;

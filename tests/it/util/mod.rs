@@ -80,6 +80,8 @@ pub struct Proc {
     code: Option<i32>,
     stdout: mpsc::Receiver<String>,
     seen: Vec<String>,
+    /// Lines before this index were matched by an earlier wait.
+    cursor: usize,
 }
 
 impl Proc {
@@ -118,6 +120,7 @@ impl Proc {
             code: None,
             stdout,
             seen: Vec::new(),
+            cursor: 0,
         }
     }
 
@@ -125,20 +128,36 @@ impl Proc {
         self.pid
     }
 
-    /// Waits for a stderr line containing `needle`; panics after `limit`.
+    /// Waits for a stderr line containing `needle`, among the lines after
+    /// the previous match; panics after `limit`.
     pub fn wait_line(&mut self, needle: &str, limit: Duration) -> String {
+        self.wait_all(&[needle], limit).remove(0)
+    }
+
+    /// Waits until every needle has appeared in a stderr line after the
+    /// previous match, in any order; returns the matching lines.
+    pub fn wait_all(&mut self, needles: &[&str], limit: Duration) -> Vec<String> {
         let deadline = Instant::now() + limit;
+        let mut found: Vec<Option<String>> = vec![None; needles.len()];
+        let mut i = self.cursor;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
+            while i < self.seen.len() {
+                for (n, f) in needles.iter().zip(found.iter_mut()) {
+                    if f.is_none() && self.seen[i].contains(n) {
+                        *f = Some(self.seen[i].clone());
                     }
                 }
+                i += 1;
+            }
+            if found.iter().all(Option::is_some) {
+                self.cursor = i;
+                return found.into_iter().flatten().collect();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
                 Err(_) => panic!(
-                    "no line with {needle:?} within {limit:?}; got:\n{}",
+                    "no lines with {needles:?} within {limit:?}; got:\n{}",
                     self.seen.join("\n")
                 ),
             }

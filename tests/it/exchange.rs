@@ -1,0 +1,116 @@
+//! Two processes exchanging data through the embedded store, no SSH
+//! (issue #3 point 4): host a embeds the store, host b is its client; both
+//! export a file and collect every exported file.
+
+use std::time::Duration;
+
+use crate::util::{mgmt, Dir, Proc};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// mgmt's remote2a/remote2b example with its paths moved into `d/<host>/`.
+fn example(d: &Dir, host: &str) -> std::path::PathBuf {
+    let src = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/remote2a.yaml"
+    ))
+    .unwrap();
+    let dir = d.p(host);
+    std::fs::create_dir_all(&dir).unwrap();
+    let g = src
+        .replace("/tmp/", &format!("{dir}/"))
+        .replace("file1a", &format!("file1{host}"))
+        .replace("file2a", &format!("file2{host}"))
+        .replace("host a", &format!("host {host}"));
+    d.write(&format!("remote2{host}.yaml"), &g)
+}
+
+// See: #3
+#[test]
+fn two_processes_exchange_exported_files() {
+    let d = Dir::new();
+    let (ga, gb) = (example(&d, "a"), example(&d, "b"));
+    let mut a = Proc::spawn(
+        mgmt()
+            .args([
+                "run",
+                "--hostname",
+                "a",
+                "--converged-timeout",
+                "2",
+                "--file",
+            ])
+            .arg(&ga),
+    );
+    let line = a.wait_line("store: listening on ", LIMIT);
+    let url = line.rsplit(' ').next().unwrap().to_owned();
+    let mut b = Proc::spawn(
+        mgmt()
+            .args([
+                "run",
+                "--hostname",
+                "b",
+                "--no-server",
+                "--seeds",
+                &url,
+                "--converged-timeout",
+                "2",
+                "--file",
+            ])
+            .arg(&gb),
+    );
+    assert_eq!(b.wait(LIMIT), 0, "b: {}", b.lines_so_far().join("\n"));
+    assert_eq!(a.wait(LIMIT), 0, "a: {}", a.lines_so_far().join("\n"));
+    for host in ["a", "b"] {
+        assert_eq!(
+            d.read(&format!("{host}/file1{host}")).as_deref(),
+            Some(format!("i am file1{host}\n").as_str())
+        );
+        for from in ["a", "b"] {
+            let got = d.read(&format!("{host}/file2{from}"));
+            assert_eq!(
+                got.as_deref(),
+                Some(format!("i am file2{from}, exported from host {from}\n").as_str()),
+                "{host} lacks file2{from}"
+            );
+        }
+    }
+}
+
+// See: #3 (the engine works against a real etcd as well)
+#[test]
+fn exchange_through_a_real_etcd() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let etcd = rt.block_on(crate::util::etcd::Etcd::start());
+    let d = Dir::new();
+    let (ga, gb) = (example(&d, "a"), example(&d, "b"));
+    let url = etcd.endpoint.clone();
+    let spawn = |host: &str, g: &std::path::Path| {
+        Proc::spawn(
+            mgmt()
+                .args([
+                    "run",
+                    "--hostname",
+                    host,
+                    "--no-server",
+                    "--seeds",
+                    &url,
+                    "--converged-timeout",
+                    "2",
+                    "--file",
+                ])
+                .arg(g),
+        )
+    };
+    let (mut a, mut b) = (spawn("a", &ga), spawn("b", &gb));
+    assert_eq!(a.wait(LIMIT), 0, "a: {}", a.lines_so_far().join("\n"));
+    assert_eq!(b.wait(LIMIT), 0, "b: {}", b.lines_so_far().join("\n"));
+    for host in ["a", "b"] {
+        for from in ["a", "b"] {
+            assert!(
+                d.read(&format!("{host}/file2{from}")).is_some(),
+                "{host} lacks file2{from}"
+            );
+        }
+    }
+}
