@@ -176,19 +176,17 @@ impl PathWatch {
 
     /// Waits until `target` may have changed; bursts collapse into one.
     pub async fn changed(&mut self) -> Result<(), WatchError> {
-        loop {
-            if self.rx.recv().await.is_none() {
-                // The hub never drops a live subscription's sender.
-                std::future::pending::<()>().await;
-            }
-            if self.dir != self.parent {
-                // Watching an ancestor: the way to the target changed; re-arm
-                // closer to it, and report (the target may exist now).
-                let (dir, rx, sub) = arm(&self.parent, &self.target)?;
-                (self.dir, self.rx, self._sub) = (dir, rx, sub);
-            }
-            return Ok(());
+        if self.rx.recv().await.is_none() {
+            // The hub never drops a live subscription's sender.
+            std::future::pending::<()>().await;
         }
+        if self.dir != self.parent {
+            // Watching an ancestor: the way to the target changed; re-arm
+            // closer to it, and report (the target may exist now).
+            let (dir, rx, sub) = arm(&self.parent, &self.target)?;
+            (self.dir, self.rx, self._sub) = (dir, rx, sub);
+        }
+        Ok(())
     }
 }
 
