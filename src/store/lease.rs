@@ -67,8 +67,9 @@ impl Leases {
         if self.map.contains_key(&id) {
             return Err(EtcdError::LeaseExist);
         }
-        let ttl = ttl.max(min_ttl);
-        let deadline = now + Duration::from_secs(ttl as u64);
+        // etcd raises short (and negative) TTLs to the minimum.
+        let ttl = ttl.max(min_ttl).max(1);
+        let deadline = deadline_after(now, ttl);
         self.map.insert(
             id,
             Lease {
@@ -85,7 +86,7 @@ impl Leases {
     pub fn renew(&mut self, id: i64, now: Instant) -> Option<i64> {
         let l = self.map.get_mut(&id).filter(|l| l.deadline > now)?;
         self.queue.remove(&(l.deadline, id));
-        l.deadline = now + Duration::from_secs(l.granted_ttl as u64);
+        l.deadline = deadline_after(now, l.granted_ttl);
         self.queue.insert((l.deadline, id));
         Some(l.granted_ttl)
     }
@@ -129,6 +130,13 @@ impl Leases {
             .map(|(id, _)| *id)
             .collect()
     }
+}
+
+/// `now + ttl` seconds; a TTL beyond what the clock can represent never expires.
+fn deadline_after(now: Instant, ttl: i64) -> Instant {
+    let secs = u64::try_from(ttl).unwrap_or(1);
+    now.checked_add(Duration::from_secs(secs))
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 #[cfg(test)]

@@ -116,7 +116,6 @@ pub(crate) struct Counters {
 }
 
 /// State shared by every serve call and every task of one store.
-#[derive(Debug)]
 pub(crate) struct Shared {
     pub cfg: Config,
     /// All data. A std mutex: no critical section awaits.
@@ -168,9 +167,22 @@ impl Shared {
 
 /// The embedded store. Cheap to clone; clones share the data, and several
 /// serve calls (a TCP listener, SSH tunnel channels) may run at once.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Store {
     shared: Arc<Shared>,
+}
+
+/// Shows counters only: the data may hold secrets and can be large.
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.stats();
+        f.debug_struct("Store")
+            .field("revision", &s.revision)
+            .field("keys", &s.keys)
+            .field("leases", &s.leases)
+            .field("watches_open", &s.watches_open)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Store {
@@ -242,9 +254,13 @@ impl Store {
             .add_service(PbClusterServer::new(svc).max_decoding_message_size(limit))
             .serve_with_incoming_shutdown(Box::pin(incoming), cancel.cancelled_owned())
             .await;
+        if let Err(e) = &result {
+            tracing::warn!("store: grpc server stopped: {e}");
+        }
         tasks_cancel.cancel();
         tracker.close();
         tracker.wait().await;
+        tracing::debug!("store: serve call ended");
         result.map_err(StoreError::from)
     }
 

@@ -113,6 +113,7 @@ impl WatchStream {
                 }
             }
         }
+        tracing::debug!(watches = self.watchers.len(), "store: watch stream ended");
         let open = self.watchers.len() as u64;
         self.shared
             .counters
