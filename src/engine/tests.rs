@@ -314,3 +314,74 @@ async fn stop_kills_a_running_command() {
     });
     assert!(gone, "sleep {pid} still running");
 }
+
+/// Waits until `path` holds at least `n` lines (inotify events, no polling).
+async fn wait_lines(path: &str, n: usize) {
+    let mut watch = crate::fswatch::PathWatch::new(std::path::Path::new(path)).unwrap();
+    let count = || {
+        std::fs::read_to_string(path)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while count() < n {
+            watch.changed().await.expect("watch");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{path} never reached {n} lines (has {})", count()));
+}
+
+#[tokio::test]
+async fn watchcmd_lines_trigger_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = p(&dir, "fifo");
+    nix::unistd::mkfifo(
+        fifo.as_str(),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let log = p(&dir, "log");
+    let e = decl(
+        "exec",
+        "w",
+        &format!("{{cmd: 'echo run >> {log}', watchcmd: 'cat {fifo}'}}"),
+    );
+    let r = start(
+        Desired {
+            resources: vec![e],
+            edges: vec![],
+        },
+        60_000,
+    );
+    wait_lines(&log, 1).await;
+    // Opening the fifo for writing waits for `cat`: the watcher is running.
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        writeln!(f, "changed").unwrap();
+    });
+    wait_lines(&log, 2).await;
+    writer.join().unwrap();
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn timer_notifies_periodically() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = p(&dir, "log");
+    let t = decl("timer", "t", "{interval: 1}");
+    let e = decl("exec", "tick", &format!("{{cmd: 'echo run >> {log}'}}"));
+    let mut ed = edge(("timer", "t"), ("exec", "tick"));
+    ed.notify = true;
+    let r = start(
+        Desired {
+            resources: vec![t, e],
+            edges: vec![ed],
+        },
+        60_000,
+    );
+    // Without ifcmd, exec runs again only on a refresh: one per tick.
+    wait_lines(&log, 3).await;
+    r.stop().await;
+}

@@ -1,5 +1,9 @@
-//! `timer`: an event every `interval` seconds, for periodic re-checks.
+//! `timer`: an event every `interval` seconds. Each tick counts as a change,
+//! so a `notify: true` edge from a timer refreshes its target periodically
+//! (e.g. re-run an `exec` every minute), as in mgmt.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_yaml_ng::{Mapping, Value};
@@ -23,6 +27,8 @@ pub static SPEC: KindSpec = KindSpec {
 
 struct Timer {
     interval: u64,
+    /// Set by the watcher on every tick, cleared by the next check.
+    ticked: Arc<AtomicBool>,
 }
 
 fn build(_name: &str, params: &Mapping) -> Result<Box<dyn Resource>, FieldError> {
@@ -35,13 +41,17 @@ fn build(_name: &str, params: &Mapping) -> Result<Box<dyn Resource>, FieldError>
     }
     Ok(Box::new(Timer {
         interval: interval as u64,
+        ticked: Arc::default(),
     }))
 }
 
 #[async_trait::async_trait]
 impl Resource for Timer {
     async fn check_apply(&mut self, ctx: &Ctx) -> Result<Checked, ResourceError> {
-        tracing::debug!("{}: tick", ctx.id);
+        if self.ticked.swap(false, Ordering::SeqCst) {
+            tracing::debug!("{}: tick", ctx.id);
+            return Ok(Checked::Changed);
+        }
         Ok(Checked::Ok)
     }
 
@@ -51,10 +61,12 @@ impl Resource for Timer {
         events: EventTx,
     ) -> Option<futures::future::BoxFuture<'static, Result<(), ResourceError>>> {
         let period = Duration::from_secs(self.interval);
+        let ticked = self.ticked.clone();
         Some(Box::pin(async move {
             let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             loop {
                 ticks.tick().await;
+                ticked.store(true, Ordering::SeqCst);
                 let _ = events.try_send(());
             }
         }))
