@@ -76,6 +76,12 @@ pub struct RunArgs {
     pub no_server: bool,
 
     /// Position in a remote execution tree (internal: set by the parent).
+    /// At depth 1 and more the process stops when its stdin closes.
     #[arg(long, default_value_t = 0, hide = true)]
     pub depth: u32,
+
+    /// Read the tunnel secret from the first line of stdin and present it
+    /// on every store connection (internal: set by the parent).
+    #[arg(long, hide = true, requires = "seeds")]
+    pub tunnel_secret_stdin: bool,
 }

@@ -4,7 +4,7 @@
 //! that every input error is found before anything starts (exit code 2).
 //! Nothing below [`crate::run`] sees the raw flags.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cli::RunArgs;
@@ -37,11 +37,40 @@ pub enum StoreMode {
     External { seeds: Vec<String> },
 }
 
+/// A graph file as it was read and validated.
+#[derive(Debug, Clone)]
+pub struct GraphFile {
+    /// As the user gave it.
+    pub path: PathBuf,
+    /// The text that was parsed (live reload compares edits with it).
+    pub text: String,
+    pub graph: Graph,
+}
+
+impl GraphFile {
+    pub fn load(path: &Path) -> Result<GraphFile, GraphErrors> {
+        let label = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            GraphErrors(vec![graph::GraphError {
+                file: label.clone(),
+                pos: None,
+                message: format!("cannot read the graph file: {e}"),
+            }])
+        })?;
+        let graph = graph::parse_str(&text, &label)?;
+        Ok(GraphFile {
+            path: path.to_path_buf(),
+            text,
+            graph,
+        })
+    }
+}
+
 /// Everything `mgmt run` needs, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The graph file to apply here, as given, and its parsed content.
-    pub file: Option<(PathBuf, Graph)>,
+    /// The graph file to apply here.
+    pub file: Option<GraphFile>,
     pub hostname: String,
     pub converged_timeout: Option<Duration>,
     pub noop: bool,
@@ -49,14 +78,13 @@ pub struct Config {
     pub max_runtime: Option<Duration>,
     pub store: StoreMode,
     pub depth: u32,
+    /// The store is reached through a tunnel that wants the secret from stdin.
+    pub tunnel_secret_stdin: bool,
 }
 
 impl Config {
     pub fn from_args(args: &RunArgs) -> Result<Config, ConfigError> {
-        let file = match &args.file {
-            Some(path) => Some((path.clone(), graph::parse_file(path)?)),
-            None => None,
-        };
+        let file = args.file.as_deref().map(GraphFile::load).transpose()?;
         if file.is_none() {
             return Err(ConfigError::flag(
                 "--file",
@@ -96,7 +124,7 @@ impl Config {
         let hostname = args
             .hostname
             .clone()
-            .or_else(|| file.as_ref().and_then(|(_, g)| g.hostname.clone()))
+            .or_else(|| file.as_ref().and_then(|f| f.graph.hostname.clone()))
             .unwrap_or_else(os_hostname);
         if hostname.is_empty() || hostname.contains('/') {
             return Err(ConfigError::flag(
@@ -113,6 +141,7 @@ impl Config {
             max_runtime: (args.max_runtime > 0).then(|| Duration::from_secs(args.max_runtime)),
             store,
             depth: args.depth,
+            tunnel_secret_stdin: args.tunnel_secret_stdin,
         })
     }
 }

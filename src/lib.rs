@@ -16,12 +16,15 @@
 //! - [`store`]: the embedded etcd v3 compatible coordination store.
 //! - [`world`]: exported and collected resources and converged keys, on top of an etcd client.
 //! - [`shutdown`]: signals and the root cancellation token.
+//! - [`link`]: a remote child's link to its parent: secret on stdin, stop on EOF.
+//! - [`fswatch`]: one inotify instance shared by every path watch.
 
 pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod fswatch;
 pub mod graph;
+pub mod link;
 pub mod resources;
 pub mod run;
 pub mod shutdown;

@@ -56,7 +56,8 @@ impl<T> Drop for Task<T> {
 
 /// Runs until converged (with a timeout), cancelled or out of time.
 pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<Outcome> {
-    let (path, graph) = cfg.file.clone().context("no graph to run")?;
+    let file = cfg.file.clone().context("no graph to run")?;
+    let (path, graph) = (file.path.clone(), file.graph.clone());
     // Armed before anything is applied, so no edit can slip through.
     let file_watch = match cfg.watch {
         true => Some(crate::fswatch::PathWatch::new(&path)?),
@@ -64,7 +65,7 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<Outco
     };
     let store_cancel = CancellationToken::new();
     let (seeds, store_task) = start_store(&cfg.store, &store_cancel).await?;
-    let mut world = World::connect(&seeds, &cfg.hostname).await?;
+    let mut world = connect_world(&cfg, &seeds, &cancel).await?;
     tracing::info!(
         "host {}: running graph {:?} from {}",
         cfg.hostname,
@@ -73,7 +74,7 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<Outco
     );
 
     let (updates_tx, updates_rx) = mpsc::channel(4);
-    let mut source = source::Source::new(path, graph, world.clone(), cfg.noop, updates_tx);
+    let mut source = source::Source::new(&file, world.clone(), cfg.noop, updates_tx);
     let initial = source.initial().await?;
     let (status_tx, mut status_rx) = watch::channel(Status::default());
     let engine_cancel = CancellationToken::new();
@@ -134,6 +135,27 @@ async fn sleep_opt(d: Option<Duration>) {
         Some(d) => tokio::time::sleep(d).await,
         None => std::future::pending().await,
     }
+}
+
+/// Connects to the store; a child (depth 1 and more) also starts following
+/// its stdin, whose end means the parent is gone.
+async fn connect_world(
+    cfg: &Config,
+    seeds: &[String],
+    root: &CancellationToken,
+) -> anyhow::Result<World> {
+    if cfg.depth == 0 {
+        return Ok(World::connect(seeds, &cfg.hostname).await?);
+    }
+    let stdin = tokio::io::stdin();
+    if !cfg.tunnel_secret_stdin {
+        tokio::spawn(crate::link::stop_on_eof(stdin, root.clone()));
+        return Ok(World::connect(seeds, &cfg.hostname).await?);
+    }
+    let (secret, rest) = crate::link::read_secret(stdin, Duration::from_secs(30)).await?;
+    tokio::spawn(crate::link::stop_on_eof(rest, root.clone()));
+    let url = seeds.first().context("--seeds is empty")?;
+    Ok(World::connect_tunnel(url, &secret, &cfg.hostname).await?)
 }
 
 /// Starts the embedded store, or returns the external one's URLs.

@@ -69,6 +69,18 @@ impl World {
         Ok(World::from_client(client, hostname))
     }
 
+    /// Connects through a tunnel: every connection presents `secret` first.
+    pub async fn connect_tunnel(
+        url: &str,
+        secret: &crate::link::Secret,
+        hostname: &str,
+    ) -> Result<World, crate::link::LinkError> {
+        Ok(World::from_client(
+            crate::link::connect_store(url, secret).await?,
+            hostname,
+        ))
+    }
+
     pub fn from_client(client: Client, hostname: &str) -> World {
         World {
             client,

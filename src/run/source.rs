@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::GraphFile;
 use crate::engine::Desired;
 use crate::fswatch::PathWatch;
 use crate::graph::{self, Graph, ResourceDecl};
@@ -20,6 +21,8 @@ use crate::world::{World, WorldError};
 
 pub(super) struct Source {
     path: PathBuf,
+    /// The text of the graph file that `local` was parsed from.
+    text: String,
     local: Graph,
     collected: Vec<ResourceDecl>,
     world: World,
@@ -31,15 +34,15 @@ pub(super) struct Source {
 
 impl Source {
     pub fn new(
-        path: PathBuf,
-        local: Graph,
+        file: &GraphFile,
         world: World,
         noop: bool,
         updates: mpsc::Sender<Desired>,
     ) -> Source {
         Source {
-            path,
-            local,
+            path: file.path.clone(),
+            text: file.text.clone(),
+            local: file.graph.clone(),
             collected: Vec::new(),
             world,
             noop,
@@ -102,7 +105,10 @@ impl Source {
                 None
             }
         };
-        let mut last_src = std::fs::read_to_string(&self.path).ok();
+        // An edit made before the watch was armed has no event: look once.
+        if file_watch.is_some() && !self.reread().await {
+            return;
+        }
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -114,12 +120,7 @@ impl Source {
                     }
                     // Let an editor finish writing before reading it.
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    let src = std::fs::read_to_string(&self.path).ok();
-                    if src.is_none() || src == last_src {
-                        continue;
-                    }
-                    last_src = src.clone();
-                    if !self.reload(src.unwrap_or_default()).await {
+                    if !self.reread().await {
                         return;
                     }
                 }
@@ -137,6 +138,25 @@ impl Source {
                         return;
                     }
                 }
+            }
+        }
+    }
+
+    /// Reads the file again and reloads it if its text changed; false when
+    /// the engine is gone.
+    async fn reread(&mut self) -> bool {
+        match std::fs::read_to_string(&self.path) {
+            Ok(text) if text != self.text => {
+                self.text = text.clone();
+                self.reload(text).await
+            }
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(
+                    "{}: cannot read the graph file ({e}); the running graph stays",
+                    self.path.display()
+                );
+                true
             }
         }
     }

@@ -363,7 +363,7 @@ fn sigint_stops_a_running_command_cleanly() {
     let d = Dir::new();
     let g = d.write(
         "g.yaml",
-        &format!("graph: long\nresources:\n  exec:\n  - name: long\n    cmd: \"echo started; echo $$ > {pid}; sleep 300\"\n", pid = d.p("pid")),
+        &format!("graph: long\nresources:\n  exec:\n  - name: long\n    cmd: \"echo $$ > {pid}; echo started; sleep 300\"\n", pid = d.p("pid")),
     );
     let mut p = Proc::spawn(mgmt().args(["run", "--file"]).arg(&g));
     p.wait_line("exec[long]: started", LIMIT);

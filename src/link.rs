@@ -1,0 +1,146 @@
+//! A child's link to the process that started it over SSH (`--depth` >= 1).
+//!
+//! The parent hands the run's tunnel secret to the child as the first line
+//! of its stdin (never in argv, the environment or a log), then keeps stdin
+//! open for the life of the run. The child presents the secret first on every
+//! connection to the store through the tunnel (the parent checks it before a
+//! byte reaches the store), and stops cleanly by itself when stdin closes:
+//! the parent, or the link to it, is gone.
+
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio_util::sync::CancellationToken;
+
+/// The tunnel secret as the child sends it (lowercase hex).
+#[derive(Clone)]
+pub struct Secret(zeroize::Zeroizing<String>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(
+        "no tunnel secret on stdin within {0:?} (this mode is started by `mgmt run --remote`)"
+    )]
+    NoSecret(Duration),
+    #[error("the tunnel secret on stdin is malformed (expected one line of hex)")]
+    BadSecret,
+    #[error("cannot read stdin: {0}")]
+    Stdin(#[from] std::io::Error),
+    #[error("bad store URL {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("cannot reach the store at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+}
+
+/// Reads the secret line from `stdin`, then returns it with the rest of
+/// stdin, which the caller hands to [`stop_on_eof`].
+pub async fn read_secret<R: AsyncRead + Unpin>(
+    stdin: R,
+    wait: Duration,
+) -> Result<(Secret, BufReader<R>), LinkError> {
+    let mut reader = BufReader::new(stdin);
+    let mut line = zeroize::Zeroizing::new(String::new());
+    let n = tokio::time::timeout(wait, reader.read_line(&mut line))
+        .await
+        .map_err(|_| LinkError::NoSecret(wait))??;
+    let hex = line.trim_end();
+    if n == 0 || hex.is_empty() || hex.len() > 1024 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(LinkError::BadSecret);
+    }
+    Ok((Secret(zeroize::Zeroizing::new(hex.to_owned())), reader))
+}
+
+/// Cancels `root` when stdin reaches EOF (or fails): the parent is gone.
+pub async fn stop_on_eof<R: AsyncRead + Unpin>(mut stdin: R, root: CancellationToken) {
+    let mut buf = [0u8; 256];
+    loop {
+        match stdin.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => continue,
+        }
+    }
+    tracing::info!("stdin closed: the initiator is gone; stopping");
+    root.cancel();
+}
+
+/// An etcd client whose every connection to `url` (`http://host:port`)
+/// starts with the secret preamble.
+pub async fn connect_store(url: &str, secret: &Secret) -> Result<etcd_client::Client, LinkError> {
+    let bad = |reason: String| LinkError::Url {
+        url: url.to_owned(),
+        reason,
+    };
+    let addr = url
+        .strip_prefix("http://")
+        .ok_or_else(|| bad("expected http://HOST:PORT".into()))?
+        .trim_end_matches('/')
+        .to_owned();
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|e| bad(e.to_string()))?
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5));
+    let preamble = secret.0.clone();
+    let connector = tower::service_fn(move |_uri: tonic::transport::Uri| {
+        let (addr, preamble) = (addr.clone(), preamble.clone());
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(&addr).await?;
+            stream.set_nodelay(true)?;
+            stream.write_all(preamble.as_bytes()).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(stream))
+        }
+    });
+    let channel = endpoint.connect_with_connector_lazy(connector);
+    etcd_client::Client::from_channel(etcd_client::Channel::Tonic(channel), None)
+        .await
+        .map_err(|source| LinkError::Connect {
+            url: url.to_owned(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn secret_is_the_first_line_and_eof_stops() {
+        let (mut w, r) = tokio::io::duplex(64);
+        w.write_all(b"00ff\nmore").await.unwrap();
+        let (secret, rest) = read_secret(r, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(secret.0.as_str(), "00ff");
+        assert!(!format!("{secret:?}").contains("00ff"));
+        let root = CancellationToken::new();
+        let task = tokio::spawn(stop_on_eof(rest, root.clone()));
+        drop(w);
+        task.await.unwrap();
+        assert!(root.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn malformed_or_missing_secret_is_refused() {
+        let (mut w, r) = tokio::io::duplex(64);
+        w.write_all(b"not hex\n").await.unwrap();
+        assert!(matches!(
+            read_secret(r, Duration::from_secs(5)).await,
+            Err(LinkError::BadSecret)
+        ));
+        let (_w, r) = tokio::io::duplex(64);
+        assert!(matches!(
+            read_secret(r, Duration::from_millis(10)).await,
+            Err(LinkError::NoSecret(_))
+        ));
+    }
+}
