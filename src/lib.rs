@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod graph;
+pub mod remote;
 pub mod resources;
 pub mod run;
 pub mod shutdown;
