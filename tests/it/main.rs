@@ -1,0 +1,2 @@
+mod remote;
+mod util;
