@@ -145,8 +145,10 @@ impl Hint for AuthError {
                 if !interactive {
                     h.push_str(", or allow prompting with --allow-interactive");
                     if !skipped_encrypted.is_empty() {
-                        let names: Vec<String> =
-                            skipped_encrypted.iter().map(|p| p.display().to_string()).collect();
+                        let names: Vec<String> = skipped_encrypted
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect();
                         h.push_str(&format!(
                             " (the encrypted key {} was skipped: ssh-add it or allow prompting)",
                             names.join(", ")
@@ -156,7 +158,9 @@ impl Hint for AuthError {
                 Some(h)
             }
             Self::Ssh(_) => Some("retry; if it persists check the host's sshd logs".into()),
-            Self::Prompt { .. } => Some("run on a terminal, or use ssh-agent or a key file without a passphrase".into()),
+            Self::Prompt { .. } => Some(
+                "run on a terminal, or use ssh-agent or a key file without a passphrase".into(),
+            ),
         }
     }
 }
@@ -241,15 +245,19 @@ impl Credentials {
                         tried.push(format!("{} agent key(s)", ids.len()));
                         for id in ids {
                             let comment = match &id {
-                                russh::keys::agent::AgentIdentity::PublicKey { comment, .. } => {
-                                    comment.clone()
-                                }
-                                russh::keys::agent::AgentIdentity::Certificate { comment, .. } => {
-                                    comment.clone()
-                                }
+                                russh::keys::agent::AgentIdentity::PublicKey {
+                                    comment, ..
+                                } => comment.clone(),
+                                russh::keys::agent::AgentIdentity::Certificate {
+                                    comment, ..
+                                } => comment.clone(),
                             };
                             let key = id.public_key().into_owned();
-                            let hash = if key.algorithm().is_rsa() { rsa_hash } else { None };
+                            let hash = if key.algorithm().is_rsa() {
+                                rsa_hash
+                            } else {
+                                None
+                            };
                             match handle
                                 .authenticate_publickey_with(user, key, hash, &mut agent)
                                 .await
@@ -262,9 +270,13 @@ impl Credentials {
                             }
                         }
                     }
-                    Err(e) => tracing::warn!(socket = %sock.display(), error = %e, "ssh-agent did not list keys"),
+                    Err(e) => {
+                        tracing::warn!(socket = %sock.display(), error = %e, "ssh-agent did not list keys")
+                    }
                 },
-                Err(e) => tracing::warn!(socket = %sock.display(), error = %e, "cannot reach ssh-agent"),
+                Err(e) => {
+                    tracing::warn!(socket = %sock.display(), error = %e, "cannot reach ssh-agent")
+                }
             }
         }
 
@@ -279,7 +291,11 @@ impl Credentials {
             match self.key(path) {
                 KeyState::Ready(key) => {
                     tried.push(format!("key {}", path.display()));
-                    let hash = if key.algorithm().is_rsa() { rsa_hash } else { None };
+                    let hash = if key.algorithm().is_rsa() {
+                        rsa_hash
+                    } else {
+                        None
+                    };
                     let res = handle
                         .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key, hash))
                         .await
@@ -289,7 +305,9 @@ impl Credentials {
                     }
                 }
                 KeyState::Encrypted => encrypted.push(path.clone()),
-                KeyState::Broken(why) => tried.push(format!("key {} (unusable: {why})", path.display())),
+                KeyState::Broken(why) => {
+                    tried.push(format!("key {} (unusable: {why})", path.display()))
+                }
             }
         }
 
@@ -307,7 +325,11 @@ impl Credentials {
             for path in &encrypted {
                 tried.push(format!("key {} (passphrase prompt)", path.display()));
                 if let Some(key) = self.decrypt_interactively(path).await? {
-                    let hash = if key.algorithm().is_rsa() { rsa_hash } else { None };
+                    let hash = if key.algorithm().is_rsa() {
+                        rsa_hash
+                    } else {
+                        None
+                    };
                     let res = handle
                         .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key, hash))
                         .await
@@ -342,7 +364,10 @@ impl Credentials {
 
     /// Ask for the passphrase of `path` (three tries) unless another host has
     /// already decrypted it while we waited for our turn.
-    async fn decrypt_interactively(&self, path: &Path) -> Result<Option<Arc<PrivateKey>>, AuthError> {
+    async fn decrypt_interactively(
+        &self,
+        path: &Path,
+    ) -> Result<Option<Arc<PrivateKey>>, AuthError> {
         let _turn = PROMPT_LOCK.lock().await;
         if let KeyState::Ready(k) = self.key(path) {
             return Ok(Some(k));

@@ -265,12 +265,18 @@ mod tests {
             path: path.clone(),
             policy: HostKeyPolicy::AcceptNew,
         };
-        assert_eq!(verify(&known, "h", 2222, &key(KEY_A)).expect("known"), Verdict::Known);
+        assert_eq!(
+            verify(&known, "h", 2222, &key(KEY_A)).expect("known"),
+            Verdict::Known
+        );
         let err = verify(&known, "h", 2222, &key(KEY_B)).expect_err("changed");
         let msg = err.to_string();
         assert!(msg.contains("known_hosts:3"), "{msg}");
         assert!(msg.contains("SHA256:"), "{msg}");
-        assert!(err.hint().unwrap_or_default().contains("ssh-keygen -R '[h]:2222'"));
+        assert!(err
+            .hint()
+            .unwrap_or_default()
+            .contains("ssh-keygen -R '[h]:2222'"));
     }
 
     #[test]
@@ -284,8 +290,14 @@ mod tests {
         let err = verify(&known, "h", 22, &key(KEY_A)).expect_err("unknown");
         assert!(matches!(err, HostKeyError::Unknown { .. }));
         known.policy = HostKeyPolicy::AcceptNew;
-        assert_eq!(verify(&known, "h", 22, &key(KEY_A)).expect("learn"), Verdict::Learned);
+        assert_eq!(
+            verify(&known, "h", 22, &key(KEY_A)).expect("learn"),
+            Verdict::Learned
+        );
         known.policy = HostKeyPolicy::Strict;
-        assert_eq!(verify(&known, "h", 22, &key(KEY_A)).expect("known"), Verdict::Known);
+        assert_eq!(
+            verify(&known, "h", 22, &key(KEY_A)).expect("known"),
+            Verdict::Known
+        );
     }
 }

@@ -22,6 +22,11 @@
 //! calls it. Every fallible operation returns a [`HostError`] that names the
 //! host and carries a per-operation error kind with a [`Hint`].
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod auth;
 pub mod hostkey;
 pub mod sftp;
@@ -135,7 +140,10 @@ mod tests {
     #[test]
     fn quoting_keeps_words_apart() {
         let line = shell_join(["echo", "a b", "$(x)", "it's"]).expect("no NUL");
-        assert_eq!(shlex::split(&line).expect("valid"), ["echo", "a b", "$(x)", "it's"]);
+        assert_eq!(
+            shlex::split(&line).expect("valid"),
+            ["echo", "a b", "$(x)", "it's"]
+        );
         assert!(shell_quote("a\0b").is_none());
     }
 }

@@ -417,9 +417,15 @@ impl Sftp {
     /// Find our own `0700` `/tmp/mgmt-<user>-*` directory or make a new one
     /// (mkdir fails if the name exists, so it is never someone else's).
     async fn tmp_prefix(&self, session: &Session, subs: &[&str]) -> Result<String, UploadError> {
-        let out = session.run("id -u").await.map_err(|e| UploadError::Exec(e.kind))?;
+        let out = session
+            .run("id -u")
+            .await
+            .map_err(|e| UploadError::Exec(e.kind))?;
         let uid: Option<u32> = out.stdout.first().and_then(|s| s.trim().parse().ok());
-        let stem = format!("mgmt-{}-", self.user.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
+        let stem = format!(
+            "mgmt-{}-",
+            self.user.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+        );
         if let (Some(uid), Ok(entries)) = (uid, self.sftp.read_dir("/tmp").await) {
             for entry in entries {
                 let name = entry.file_name();
@@ -493,7 +499,9 @@ impl Sftp {
             return Ok(cached);
         }
         let t = Instant::now();
-        cached.bytes_sent = self.put_file(local, &cached.dir, BIN_NAME, size, opts).await?;
+        cached.bytes_sent = self
+            .put_file(local, &cached.dir, BIN_NAME, size, opts)
+            .await?;
         tracing::debug!(host = %self.host, bytes = cached.bytes_sent, elapsed = ?t.elapsed(), "binary uploaded");
         Ok(cached)
     }
@@ -504,12 +512,14 @@ impl Sftp {
             return false;
         };
         match session.run(&format!("sha256sum -- {path}")).await {
-            Ok(out) => out.status.success()
-                && out
-                    .stdout
-                    .first()
-                    .and_then(|l| l.split_whitespace().next())
-                    .is_some_and(|h| h == cached.sha256),
+            Ok(out) => {
+                out.status.success()
+                    && out
+                        .stdout
+                        .first()
+                        .and_then(|l| l.split_whitespace().next())
+                        .is_some_and(|h| h == cached.sha256)
+            }
             Err(_) => false,
         }
     }
@@ -569,10 +579,13 @@ impl Sftp {
             if opts.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
                 return Err(UploadError::Cancelled);
             }
-            let n = src.read(&mut buf).await.map_err(|source| UploadError::Local {
-                path: tmp.into(),
-                source,
-            })?;
+            let n = src
+                .read(&mut buf)
+                .await
+                .map_err(|source| UploadError::Local {
+                    path: tmp.into(),
+                    source,
+                })?;
             if n == 0 {
                 break;
             }
@@ -632,7 +645,9 @@ impl Sftp {
     ) -> Result<String, HostError<UploadError>> {
         check_name(run_id).map_err(|k| self.err(k))?;
         check_name(name).map_err(|k| self.err(k))?;
-        let (prefix, _) = self.usable_prefix(session, prefix, &["run", run_id]).await?;
+        let (prefix, _) = self
+            .usable_prefix(session, prefix, &["run", run_id])
+            .await?;
         let dir = format!("{prefix}/run/{run_id}");
         let tmp = format!("{dir}/.{name}.{}.part", random_suffix());
         let final_path = format!("{dir}/{name}");
@@ -670,7 +685,8 @@ impl Sftp {
         self.remove_flat_dir(&cached.dir)
             .await
             .map_err(|k| self.err(k))?;
-        self.remove_if_empty(&format!("{}/bin", cached.prefix)).await;
+        self.remove_if_empty(&format!("{}/bin", cached.prefix))
+            .await;
         self.remove_if_empty(&cached.prefix).await;
         Ok(())
     }

@@ -182,14 +182,21 @@ impl client::Handler for ClientHandler {
             // We never advertise certificate algorithms, so a server cannot
             // legitimately send one.
             PublicKeyOrCertificate::Certificate(c) => Err(HostKeyError::Unknown {
-                fingerprint: c.public_key().fingerprint(russh::keys::HashAlg::Sha256).to_string(),
+                fingerprint: c
+                    .public_key()
+                    .fingerprint(russh::keys::HashAlg::Sha256)
+                    .to_string(),
                 algorithm: "certificate".into(),
                 path: self.known.path.clone(),
                 entry: hostkey::entry_name(&self.host, self.port),
             }),
         };
         let ok = outcome.is_ok();
-        *self.shared.hostkey.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+        *self
+            .shared
+            .hostkey
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(outcome);
         Ok(ok)
     }
 
@@ -223,7 +230,9 @@ impl client::Handler for ClientHandler {
             }
             Some(Err(_)) => {
                 tracing::warn!(host = %self.host, "reverse tunnel queue full; refusing a connection");
-                reply.reject(russh::ChannelOpenFailure::ResourceShortage).await;
+                reply
+                    .reject(russh::ChannelOpenFailure::ResourceShortage)
+                    .await;
             }
             None => {
                 reply
@@ -343,7 +352,11 @@ pub async fn connect(
             Ok(r) => r,
             Err(_) => return Err(err(ConnectError::Timeout(settings.connect_timeout))),
         };
-        let outcome = shared.hostkey.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let outcome = shared
+            .hostkey
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         match (result, outcome) {
             (Ok(h), Some(Ok(verdict))) => {
                 *shared.hostkey.lock().unwrap_or_else(|p| p.into_inner()) = Some(Ok(verdict));
@@ -373,7 +386,12 @@ pub async fn connect(
             }
         }
     };
-    let host_key = match shared.hostkey.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+    let host_key = match shared
+        .hostkey
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+    {
         Some(Ok(v)) => *v,
         _ => Verdict::Known,
     };
@@ -768,9 +786,7 @@ impl Session {
     /// `kill` in a new channel. Returns whether `kill` succeeded (false: the
     /// process is already gone or not ours).
     pub async fn kill(&self, pid: u32, signal: KillSignal) -> Result<bool, HostError<ExecError>> {
-        let out = self
-            .run(&format!("kill {} {pid}", signal.flag()))
-            .await?;
+        let out = self.run(&format!("kill {} {pid}", signal.flag())).await?;
         Ok(out.status.success())
     }
 
@@ -826,7 +842,10 @@ async fn pump(
         for l in buf.push(&data) {
             if !is_err {
                 if let Some(tx) = pid_tx.take() {
-                    match l.strip_prefix(PID_MARKER).and_then(|p| p.trim().parse().ok()) {
+                    match l
+                        .strip_prefix(PID_MARKER)
+                        .and_then(|p| p.trim().parse().ok())
+                    {
                         Some(pid) => {
                             let _ = tx.send(pid);
                             continue;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use ssh2_config::{ParseRule, SshConfig};
 use zeroize::Zeroizing;
 
-use super::{HostId, Hint};
+use super::{Hint, HostId};
 
 /// A password or passphrase. Printing it shows `***`; the memory is wiped on
 /// drop.
@@ -254,7 +254,9 @@ impl UrlParts {
             None => (rest, ""),
         };
         if !tail.is_empty() && tail != "/" {
-            return Err(invalid("a remote url names a host only, not a path or query"));
+            return Err(invalid(
+                "a remote url names a host only, not a path or query",
+            ));
         }
         let (userinfo, hostport) = match authority.rsplit_once('@') {
             Some((u, h)) => (Some(u), h),
@@ -289,7 +291,10 @@ impl UrlParts {
             }
             let port = match after {
                 "" => None,
-                p => Some(p.strip_prefix(':').ok_or_else(|| invalid("expected ':' after ']'"))?),
+                p => Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| invalid("expected ':' after ']'"))?,
+                ),
             };
             (h.to_owned(), port)
         } else {
@@ -308,7 +313,9 @@ impl UrlParts {
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || c == '%')
         {
-            return Err(invalid("the host contains a space, a control character or '%'"));
+            return Err(invalid(
+                "the host contains a space, a control character or '%'",
+            ));
         }
         let port = match port {
             None => None,
@@ -412,7 +419,9 @@ mod tests {
             assert!(!e.contains("secret"), "{e}");
             assert!(e.starts_with("invalid remote url"), "{e}");
         }
-        let e = parse("ssh://u:secret@h:0").expect_err("bad port").to_string();
+        let e = parse("ssh://u:secret@h:0")
+            .expect_err("bad port")
+            .to_string();
         assert!(e.contains("u:***@h:0"), "{e}");
     }
 

@@ -104,7 +104,11 @@ impl Session {
         let bind = "127.0.0.1".to_owned();
         let (tx, rx) = mpsc::channel(queue.max(1));
         {
-            let mut slot = self.shared.forwards.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slot = self
+                .shared
+                .forwards
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if slot.as_ref().is_some_and(|s| !s.is_closed()) {
                 return Err(HostError::new(self.host(), TunnelError::AlreadyOpen));
             }
@@ -117,7 +121,11 @@ impl Session {
                 Ok(ReverseTunnel { port, bind, rx })
             }
             Err(source) => {
-                *self.shared.forwards.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                *self
+                    .shared
+                    .forwards
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = None;
                 Err(HostError::new(
                     self.host(),
                     TunnelError::Refused {
@@ -143,7 +151,11 @@ impl ReverseTunnel {
     /// Stop forwarding: sshd closes its listener; connections not yet
     /// accepted are dropped.
     pub async fn close(self, session: &Session) -> Result<(), HostError<TunnelError>> {
-        *session.shared.forwards.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *session
+            .shared
+            .forwards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
         session
             .handle()
             .cancel_tcpip_forward(self.bind.clone(), u32::from(self.port))
@@ -247,7 +259,9 @@ mod tests {
     async fn preamble_accepts_the_secret_and_drops_others() {
         let secret = TunnelSecret::generate();
         assert_eq!(secret.preamble().len(), PREAMBLE_LEN);
-        assert!(!format!("{secret:?}").contains(std::str::from_utf8(secret.preamble()).unwrap_or("")));
+        assert!(
+            !format!("{secret:?}").contains(std::str::from_utf8(secret.preamble()).unwrap_or(""))
+        );
 
         let mut good = secret.preamble().to_vec();
         good.extend_from_slice(b"rest");
@@ -258,7 +272,7 @@ mod tests {
         s.read_to_string(&mut rest).await.expect("read");
         assert_eq!(rest, "rest");
 
-        let bad = vec![b'0'; PREAMBLE_LEN];
+        let bad = [b'0'; PREAMBLE_LEN];
         let e = check_preamble(&bad[..], &secret, Duration::from_secs(1)).await;
         assert!(matches!(e, Err(PreambleError::Mismatch)));
         let short = b"abc";

@@ -29,7 +29,13 @@ async fn guard<F: Future>(f: F) -> F::Output {
 async fn session(fleet: &SshdFleet, i: usize) -> Session {
     connect(&fleet.target(i), &fleet.settings())
         .await
-        .unwrap_or_else(|e| panic!("connect: {e}; hint: {:?}\nsshd log:\n{}", e.hint(), fleet.log()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "connect: {e}; hint: {:?}\nsshd log:\n{}",
+                e.hint(),
+                fleet.log()
+            )
+        })
 }
 
 #[tokio::test]
@@ -75,8 +81,14 @@ async fn agent_auth_and_agent_forwarding() {
             key_files: vec![fleet.dir().join("no-such-key")],
             allow_interactive: false,
         });
-        let s = connect(&fleet.target(1), &settings).await.expect("connect via agent");
-        assert!(matches!(s.auth_method, AuthMethod::Agent(_)), "{:?}", s.auth_method);
+        let s = connect(&fleet.target(1), &settings)
+            .await
+            .expect("connect via agent");
+        assert!(
+            matches!(s.auth_method, AuthMethod::Agent(_)),
+            "{:?}",
+            s.auth_method
+        );
 
         // Forwarded agent: the remote ssh-add sees our key.
         s.set_agent_forwarding(Some(agent.socket.clone()));
@@ -84,7 +96,12 @@ async fn agent_auth_and_agent_forwarding() {
             agent_forward: true,
             ..Default::default()
         };
-        let o = s.exec("ssh-add -l", opts).await.expect("exec").collect().await;
+        let o = s
+            .exec("ssh-add -l", opts)
+            .await
+            .expect("exec")
+            .collect()
+            .await;
         assert!(o.status.success(), "{o:?}");
         assert!(o.stdout.iter().any(|l| l.contains("mgmt-test")), "{o:?}");
         s.close().await;
@@ -111,7 +128,9 @@ async fn url_password_never_appears_in_errors_or_logs() {
         assert!(!format!("{target:?}").contains("hunter2"));
         let mut settings = fleet.settings();
         settings.credentials = Credentials::new(AuthSettings::default());
-        let e = connect(&target, &settings).await.expect_err("no valid credential");
+        let e = connect(&target, &settings)
+            .await
+            .expect_err("no valid credential");
         let text = format!("{e} {e:?} {:?}", e.hint());
         assert!(matches!(e.kind, ConnectError::Auth(_)), "{text}");
         assert!(text.contains("the url password"), "{text}");
@@ -133,7 +152,10 @@ async fn url_password_never_appears_in_errors_or_logs() {
 struct LogWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 impl std::io::Write for LogWriter {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(b);
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?
+            .extend_from_slice(b);
         Ok(b.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -153,13 +175,21 @@ async fn unknown_host_key_is_refused_with_fingerprint() {
     guard(async {
         let mut settings = fleet.settings();
         settings.known_hosts.path = fleet.dir().join("empty_known_hosts");
-        let e = connect(&fleet.target(1), &settings).await.expect_err("unknown key");
+        let e = connect(&fleet.target(1), &settings)
+            .await
+            .expect_err("unknown key");
         let msg = e.to_string();
-        assert!(matches!(e.kind, ConnectError::HostKey(HostKeyError::Unknown { .. })), "{msg}");
+        assert!(
+            matches!(e.kind, ConnectError::HostKey(HostKeyError::Unknown { .. })),
+            "{msg}"
+        );
         assert!(msg.contains(&fingerprint_of(&fleet.host_pub)), "{msg}");
         assert!(msg.contains(fleet.ip(1)), "{msg}");
         let hint = e.hint().unwrap_or_default();
-        assert!(hint.contains(&format!("[{}]:{}", fleet.ip(1), fleet.port())), "{hint}");
+        assert!(
+            hint.contains(&format!("[{}]:{}", fleet.ip(1), fleet.port())),
+            "{hint}"
+        );
     })
     .await;
 }
@@ -174,17 +204,27 @@ async fn changed_host_key_names_the_known_hosts_line() {
         let path = fleet.dir().join("changed_known_hosts");
         std::fs::write(
             &path,
-            format!("# managed by hand\n[{}]:{} {other_pub}", fleet.ip(1), fleet.port()),
+            format!(
+                "# managed by hand\n[{}]:{} {other_pub}",
+                fleet.ip(1),
+                fleet.port()
+            ),
         )
         .expect("write");
         let mut settings = fleet.settings();
         settings.known_hosts.path = path.clone();
         settings.known_hosts.policy = HostKeyPolicy::AcceptNew; // never overrides a change
-        let e = connect(&fleet.target(1), &settings).await.expect_err("changed key");
+        let e = connect(&fleet.target(1), &settings)
+            .await
+            .expect_err("changed key");
         let msg = e.to_string();
         assert!(msg.contains(&format!("{}:2", path.display())), "{msg}");
         assert!(msg.contains(&fingerprint_of(&fleet.host_pub)), "{msg}");
-        assert!(e.hint().unwrap_or_default().contains("ssh-keygen -R"), "{:?}", e.hint());
+        assert!(
+            e.hint().unwrap_or_default().contains("ssh-keygen -R"),
+            "{:?}",
+            e.hint()
+        );
     })
     .await;
 }
@@ -201,9 +241,19 @@ async fn accept_new_records_the_key() {
         assert_eq!(s.host_key, Verdict::Learned);
         s.close().await;
         let text = std::fs::read_to_string(&path).expect("recorded");
-        assert!(text.contains(&format!("[{}]:{} {}", fleet.ip(1), fleet.port(), fleet.host_pub)), "{text}");
+        assert!(
+            text.contains(&format!(
+                "[{}]:{} {}",
+                fleet.ip(1),
+                fleet.port(),
+                fleet.host_pub
+            )),
+            "{text}"
+        );
         settings.known_hosts.policy = HostKeyPolicy::Strict;
-        let s = connect(&fleet.target(1), &settings).await.expect("now known");
+        let s = connect(&fleet.target(1), &settings)
+            .await
+            .expect("now known");
         assert_eq!(s.host_key, Verdict::Known);
         s.close().await;
     })
@@ -222,7 +272,9 @@ async fn wrong_key_fails_auth_with_a_hint() {
             key_files: vec![wrong.clone()],
             allow_interactive: false,
         });
-        let e = connect(&fleet.target(1), &settings).await.expect_err("refused");
+        let e = connect(&fleet.target(1), &settings)
+            .await
+            .expect_err("refused");
         let msg = e.to_string();
         assert!(msg.contains("authentication as \"root\" failed"), "{msg}");
         assert!(msg.contains(&wrong.display().to_string()), "{msg}");
@@ -238,18 +290,34 @@ async fn unreachable_fails_within_the_connect_timeout() {
         let mut settings = fleet.settings();
         settings.connect_timeout = Duration::from_millis(800);
         // Nothing listens on .200 of the fleet's block: refused at once.
-        let ip = fleet.ip(1).rsplit_once('.').map(|(p, _)| format!("{p}.200")).expect("ip");
-        let t = Target::parse(&format!("ssh://root@{ip}:{}", fleet.port()), &SshConfigFile::none(), None)
-            .expect("target");
+        let ip = fleet
+            .ip(1)
+            .rsplit_once('.')
+            .map(|(p, _)| format!("{p}.200"))
+            .expect("ip");
+        let t = Target::parse(
+            &format!("ssh://root@{ip}:{}", fleet.port()),
+            &SshConfigFile::none(),
+            None,
+        )
+        .expect("target");
         let e = connect(&t, &settings).await.expect_err("refused");
         assert!(matches!(e.kind, ConnectError::Tcp(_)), "{e}");
         // A black hole (TEST-NET-1, RFC 5737): fails by the timeout at the
         // latest, or earlier if there is no route.
-        let t = Target::parse("ssh://root@192.0.2.1:22", &SshConfigFile::none(), None).expect("target");
+        let t =
+            Target::parse("ssh://root@192.0.2.1:22", &SshConfigFile::none(), None).expect("target");
         let start = Instant::now();
         let e = connect(&t, &settings).await.expect_err("unreachable");
-        assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
-        assert!(matches!(e.kind, ConnectError::Timeout(_) | ConnectError::Tcp(_)), "{e}");
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(
+            matches!(e.kind, ConnectError::Timeout(_) | ConnectError::Tcp(_)),
+            "{e}"
+        );
         assert!(e.hint().is_some());
     })
     .await;
@@ -280,16 +348,24 @@ async fn binary_cache_miss_then_hit_and_verified_launch() {
         let hash = sha256_file(&local).await.expect("hash");
         let s = session(&fleet, 1).await;
         let sftp = Sftp::open(&s).await.expect("sftp");
-        assert_eq!(Path::new(sftp.home()), fleet.home(1).canonicalize().expect("home"));
+        assert_eq!(
+            Path::new(sftp.home()),
+            fleet.home(1).canonicalize().expect("home")
+        );
 
         let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let p2 = progress.clone();
         let opts = CacheOptions {
-            progress: Some(std::sync::Arc::new(move |n| p2.store(n, std::sync::atomic::Ordering::Relaxed))),
+            progress: Some(std::sync::Arc::new(move |n| {
+                p2.store(n, std::sync::atomic::Ordering::Relaxed)
+            })),
             ..Default::default()
         };
         let t = Instant::now();
-        let first = sftp.ensure_binary(&s, &local, &hash, &opts).await.expect("upload");
+        let first = sftp
+            .ensure_binary(&s, &local, &hash, &opts)
+            .await
+            .expect("upload");
         let took = t.elapsed();
         eprintln!(
             "upload {} bytes in {took:?} = {:.0} MiB/s",
@@ -298,13 +374,26 @@ async fn binary_cache_miss_then_hit_and_verified_launch() {
         );
         assert!(!first.hit);
         assert_eq!(first.bytes_sent, size as u64);
-        assert_eq!(progress.load(std::sync::atomic::Ordering::Relaxed), size as u64);
+        assert_eq!(
+            progress.load(std::sync::atomic::Ordering::Relaxed),
+            size as u64
+        );
         assert!(!first.fallback);
-        let on_disk = fleet.home(1).join(".cache/mgmt/bin").join(&hash).join("mgmt");
-        assert_eq!(std::fs::read(&on_disk).expect("cached"), std::fs::read(&local).expect("local"));
+        let on_disk = fleet
+            .home(1)
+            .join(".cache/mgmt/bin")
+            .join(&hash)
+            .join("mgmt");
+        assert_eq!(
+            std::fs::read(&on_disk).expect("cached"),
+            std::fs::read(&local).expect("local")
+        );
         use std::os::unix::fs::PermissionsExt;
         for d in [".cache/mgmt", ".cache/mgmt/bin"] {
-            let mode = std::fs::metadata(fleet.home(1).join(d)).expect("dir").permissions().mode();
+            let mode = std::fs::metadata(fleet.home(1).join(d))
+                .expect("dir")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o700, "{d}");
         }
         // No temporary file is left next to it.
@@ -314,7 +403,10 @@ async fn binary_cache_miss_then_hit_and_verified_launch() {
             .collect();
         assert_eq!(names, ["mgmt"]);
 
-        let second = sftp.ensure_binary(&s, &local, &hash, &opts).await.expect("hit");
+        let second = sftp
+            .ensure_binary(&s, &local, &hash, &opts)
+            .await
+            .expect("hit");
         assert!(second.hit);
         assert_eq!(second.bytes_sent, 0);
 
@@ -322,7 +414,10 @@ async fn binary_cache_miss_then_hit_and_verified_launch() {
             report_pid: true,
             ..Default::default()
         };
-        let child = second.launch(&s, &["a b", "c"], opts).await.expect("launch");
+        let child = second
+            .launch(&s, &["a b", "c"], opts)
+            .await
+            .expect("launch");
         assert!(child.pid.is_some());
         let o = child.collect().await;
         assert_eq!(o.stdout, ["ran a b c"], "{o:?}");
@@ -344,16 +439,38 @@ async fn corrupt_or_truncated_cached_binary_is_replaced_never_run() {
         let s = session(&fleet, 1).await;
         let sftp = Sftp::open(&s).await.expect("sftp");
         let opts = CacheOptions::default();
-        let cached = sftp.ensure_binary(&s, &local, &hash, &opts).await.expect("upload");
-        let on_disk = fleet.home(1).join(".cache/mgmt/bin").join(&hash).join("mgmt");
+        let cached = sftp
+            .ensure_binary(&s, &local, &hash, &opts)
+            .await
+            .expect("upload");
+        let on_disk = fleet
+            .home(1)
+            .join(".cache/mgmt/bin")
+            .join(&hash)
+            .join("mgmt");
 
         // Same size, different content: a size check cannot see it, the
         // launch check does, and the file is not run.
         payload(&on_disk, size, true);
-        let o: Output = cached.launch(&s, &["x"], ExecOptions::default()).await.expect("exec").collect().await;
+        let o: Output = cached
+            .launch(&s, &["x"], ExecOptions::default())
+            .await
+            .expect("exec")
+            .collect()
+            .await;
         assert_eq!(o.status, ExitStatus::Exited(VERIFY_FAILED_EXIT), "{o:?}");
-        assert!(o.stderr.iter().any(|l| l.contains("failed its sha-256 check")), "{o:?}");
-        assert!(!fleet.home(1).join(".cache/mgmt/bin").join(&hash).join("corrupt-ran").exists());
+        assert!(
+            o.stderr
+                .iter()
+                .any(|l| l.contains("failed its sha-256 check")),
+            "{o:?}"
+        );
+        assert!(!fleet
+            .home(1)
+            .join(".cache/mgmt/bin")
+            .join(&hash)
+            .join("corrupt-ran")
+            .exists());
         assert!(!fleet.home(1).join("corrupt-ran").exists());
 
         // With verify_hit, ensure_binary finds and replaces it.
@@ -361,17 +478,31 @@ async fn corrupt_or_truncated_cached_binary_is_replaced_never_run() {
             verify_hit: true,
             ..Default::default()
         };
-        let fixed = sftp.ensure_binary(&s, &local, &hash, &verify).await.expect("replace");
+        let fixed = sftp
+            .ensure_binary(&s, &local, &hash, &verify)
+            .await
+            .expect("replace");
         assert!(!fixed.hit);
         assert_eq!(fixed.bytes_sent, size as u64);
-        let o = fixed.launch(&s, &["x"], ExecOptions::default()).await.expect("exec").collect().await;
+        let o = fixed
+            .launch(&s, &["x"], ExecOptions::default())
+            .await
+            .expect("exec")
+            .collect()
+            .await;
         assert_eq!(o.stdout, ["ran x"]);
 
         // Truncated: the size check alone replaces it.
         std::fs::write(&on_disk, b"#!/bin/sh\n").expect("truncate");
-        let again = sftp.ensure_binary(&s, &local, &hash, &opts).await.expect("replace");
+        let again = sftp
+            .ensure_binary(&s, &local, &hash, &opts)
+            .await
+            .expect("replace");
         assert!(!again.hit);
-        assert_eq!(std::fs::read(&on_disk).expect("read"), std::fs::read(&local).expect("read"));
+        assert_eq!(
+            std::fs::read(&on_disk).expect("read"),
+            std::fs::read(&local).expect("read")
+        );
         s.close().await;
     })
     .await;
@@ -386,26 +517,48 @@ async fn run_dir_cleanup_and_no_caching_leave_nothing_behind() {
         let hash = sha256_file(&local).await.expect("hash");
         let s = session(&fleet, 1).await;
         let sftp = Sftp::open(&s).await.expect("sftp");
-        let cached = sftp.ensure_binary(&s, &local, &hash, &CacheOptions::default()).await.expect("upload");
+        let cached = sftp
+            .ensure_binary(&s, &local, &hash, &CacheOptions::default())
+            .await
+            .expect("upload");
         let path = sftp
             .put_run_file(&s, None, "run-42", "graph.yaml", b"graph: g\n")
             .await
             .expect("graph");
         let home = fleet.home(1);
         let run_dir = home.join(".cache/mgmt/run/run-42");
-        assert_eq!(Path::new(&path), run_dir.canonicalize().expect("dir").join("graph.yaml"));
-        assert_eq!(std::fs::read_to_string(run_dir.join("graph.yaml")).expect("graph"), "graph: g\n");
+        assert_eq!(
+            Path::new(&path),
+            run_dir.canonicalize().expect("dir").join("graph.yaml")
+        );
+        assert_eq!(
+            std::fs::read_to_string(run_dir.join("graph.yaml")).expect("graph"),
+            "graph: g\n"
+        );
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&run_dir).expect("dir").permissions().mode();
+        let mode = std::fs::metadata(&run_dir)
+            .expect("dir")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o700);
         // Names that could escape the directory are refused.
         assert!(sftp.put_run_file(&s, None, "..", "x", b"").await.is_err());
         assert!(sftp.put_run_file(&s, None, "r", "../x", b"").await.is_err());
 
-        sftp.remove_run_dir(&cached.prefix, "run-42").await.expect("cleanup");
+        sftp.remove_run_dir(&cached.prefix, "run-42")
+            .await
+            .expect("cleanup");
         assert!(!home.join(".cache/mgmt/run").exists());
-        assert!(home.join(".cache/mgmt/bin").join(&hash).join("mgmt").exists(), "cache kept");
-        sftp.remove_binary(&cached).await.expect("no-caching cleanup");
+        assert!(
+            home.join(".cache/mgmt/bin")
+                .join(&hash)
+                .join("mgmt")
+                .exists(),
+            "cache kept"
+        );
+        sftp.remove_binary(&cached)
+            .await
+            .expect("no-caching cleanup");
         assert!(!home.join(".cache/mgmt").exists());
         s.close().await;
     })
@@ -425,14 +578,27 @@ async fn unusable_prefix_falls_back_to_a_private_tmp_dir() {
             prefix: Some("/proc/mgmt-cannot-exist".into()),
             ..Default::default()
         };
-        let first = sftp.ensure_binary(&s, &local, &hash, &opts).await.expect("fallback");
+        let first = sftp
+            .ensure_binary(&s, &local, &hash, &opts)
+            .await
+            .expect("fallback");
         assert!(first.fallback);
-        assert!(first.prefix.starts_with("/tmp/mgmt-root-"), "{}", first.prefix);
+        assert!(
+            first.prefix.starts_with("/tmp/mgmt-root-"),
+            "{}",
+            first.prefix
+        );
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&first.prefix).expect("dir").permissions().mode();
+        let mode = std::fs::metadata(&first.prefix)
+            .expect("dir")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o700);
         // Our own 0700 directory is found again: a cache hit.
-        let second = sftp.ensure_binary(&s, &local, &hash, &opts).await.expect("fallback again");
+        let second = sftp
+            .ensure_binary(&s, &local, &hash, &opts)
+            .await
+            .expect("fallback again");
         assert!(second.hit, "{second:?}");
         sftp.remove_binary(&second).await.expect("cleanup");
         assert!(!Path::new(&first.prefix).exists());
@@ -451,7 +617,10 @@ async fn each_host_has_its_own_home() {
         let h1 = fleet.home(1).display().to_string();
         assert_eq!(o.stdout, [h1.clone(), h1]);
         s1.run("echo one > only-on-1").await.expect("write");
-        let o = s2.run("test -e only-on-1 && echo visible || echo absent").await.expect("run");
+        let o = s2
+            .run("test -e only-on-1 && echo visible || echo absent")
+            .await
+            .expect("run");
         assert_eq!(o.stdout, ["absent"]);
         let sftp2 = Sftp::open(&s2).await.expect("sftp");
         assert!(!sftp2.raw().try_exists("only-on-1").await.expect("stat"));
@@ -475,14 +644,23 @@ async fn stdin_stays_open_until_closed_and_kill_by_pid() {
         };
         let mut child = s.exec("cat", opts.clone()).await.expect("cat");
         child.write_stdin(b"ping\n").await.expect("write");
-        assert_eq!(child.next_line().await, Some(OutputLine::Stdout("ping".into())));
+        assert_eq!(
+            child.next_line().await,
+            Some(OutputLine::Stdout("ping".into()))
+        );
         child.close_stdin().await.expect("eof");
         assert_eq!(child.wait().await, ExitStatus::Exited(0));
 
         // Stopped by its own pid.
-        let mut child = s.exec("echo started; exec sleep 300", opts).await.expect("sleep");
+        let mut child = s
+            .exec("echo started; exec sleep 300", opts)
+            .await
+            .expect("sleep");
         let pid = child.pid.expect("pid");
-        assert_eq!(child.next_line().await, Some(OutputLine::Stdout("started".into())));
+        assert_eq!(
+            child.next_line().await,
+            Some(OutputLine::Stdout("started".into()))
+        );
         let o = s.run(&format!("cat /proc/{pid}/comm")).await.expect("comm");
         assert_eq!(o.stdout, ["sleep"]);
         assert!(s.kill(pid, KillSignal::Int).await.expect("kill"));

@@ -66,7 +66,9 @@ struct Sshd {
 }
 
 fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}",
@@ -104,9 +106,14 @@ impl SshdFleet {
         keygen(&host_key);
         let client_key = d.join("id_ed25519");
         keygen(&client_key);
-        std::fs::copy(d.join("id_ed25519.pub"), d.join("authorized_keys")).expect("authorized_keys");
+        std::fs::copy(d.join("id_ed25519.pub"), d.join("authorized_keys"))
+            .expect("authorized_keys");
         let host_pub = std::fs::read_to_string(d.join("host_key.pub")).expect("host pub");
-        let host_pub: String = host_pub.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+        let host_pub: String = host_pub
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
 
         let force = d.join("force.sh");
         std::fs::write(
@@ -349,8 +356,13 @@ impl Agent {
         // ssh-agent prints its environment lines once the socket is bound.
         let stdout = child.stdout.take().expect("stdout");
         let mut first = String::new();
-        BufReader::new(stdout).read_line(&mut first).expect("agent output");
-        assert!(first.contains("SSH_AUTH_SOCK"), "unexpected ssh-agent output: {first}");
+        BufReader::new(stdout)
+            .read_line(&mut first)
+            .expect("agent output");
+        assert!(
+            first.contains("SSH_AUTH_SOCK"),
+            "unexpected ssh-agent output: {first}"
+        );
         let agent = Self { child, socket };
         run(Command::new("ssh-add")
             .arg("-q")
