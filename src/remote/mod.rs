@@ -40,7 +40,7 @@ pub use auth::{AuthError, Credentials};
 pub use hostkey::{HostKeyError, HostKeyPolicy};
 pub use sftp::{CacheOptions, CachedBinary, UploadError};
 pub use ssh::{
-    connect, ClientSettings, ConnectError, ExecError, ExecOptions, ExitStatus, OutputLine,
+    connect, ClientSettings, ConnectError, ExecError, ExecOptions, ExitStatus, OutputLine, Pacer,
     RemoteChild, Session, Stream,
 };
 pub use target::{Secret, Target, TargetError};

@@ -62,6 +62,45 @@ pub struct ClientSettings {
     pub keepalive: Option<Duration>,
     /// See `keepalive`.
     pub keepalive_max: usize,
+    /// Caps unauthenticated connections per address (sshd's `MaxStartups`
+    /// counts those); `None` means no cap, only the retry.
+    pub pacer: Option<Arc<Pacer>>,
+}
+
+/// Limits how many connections to one address may be between TCP connect
+/// and the end of authentication at once, so that a fleet behind one sshd
+/// (a bastion, or the test emulation) is not pushed past `MaxStartups`.
+/// Shared by every connect of a run.
+#[derive(Debug)]
+pub struct Pacer {
+    per_addr: usize,
+    /// One semaphore per address; std mutex, never held across an await.
+    slots: Mutex<std::collections::HashMap<std::net::SocketAddr, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl Pacer {
+    /// At most `per_addr` (at least 1) pending connections per address.
+    /// OpenSSH starts dropping at 10 by default; 8 leaves room for others.
+    pub fn new(per_addr: usize) -> Arc<Self> {
+        Arc::new(Self {
+            per_addr: per_addr.max(1),
+            slots: Mutex::new(std::collections::HashMap::new()),
+        })
+    }
+
+    async fn acquire(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let sem = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots
+                .entry(addr)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_addr)))
+                .clone()
+        };
+        sem.acquire_owned().await.ok()
+    }
 }
 
 impl ClientSettings {
@@ -77,6 +116,7 @@ impl ClientSettings {
             retry_base: Duration::from_millis(50),
             keepalive: Some(Duration::from_secs(15)),
             keepalive_max: 3,
+            pacer: None,
         }
     }
 
@@ -335,6 +375,11 @@ pub async fn connect(
     .map_err(|e| err(ConnectError::Resolve(e)))?
     .collect();
 
+    // Held until authentication ends: that is what MaxStartups counts.
+    let _slot = match (&settings.pacer, addrs.first()) {
+        (Some(p), Some(a)) => p.acquire(*a).await,
+        _ => None,
+    };
     let mut timings = ConnectTimings::default();
     let mut attempt = 0;
     let (mut handle, shared) = loop {

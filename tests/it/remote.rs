@@ -14,7 +14,7 @@ use mgmt::remote::ssh::{KillSignal, Output};
 use mgmt::remote::target::{SshConfigFile, Target};
 use mgmt::remote::tunnel::{check_preamble, PreambleError, TunnelSecret};
 use mgmt::remote::{
-    connect, shell_join, ConnectError, ExecOptions, ExitStatus, OutputLine, Session,
+    connect, shell_join, ConnectError, ExecOptions, ExitStatus, OutputLine, Pacer, Session,
 };
 
 use crate::util::sshd::{keygen, Agent, FleetOptions, SshdFleet};
@@ -751,43 +751,60 @@ async fn tunnel_reaches_a_local_echo_and_drops_wrong_preambles() {
     .await;
 }
 
+/// 30 parallel connects + exec to one sshd with OpenSSH's default
+/// `MaxStartups 10:30:100`; returns how many needed a retry.
+async fn thirty_parallel(fleet: &SshdFleet, pacer: Option<std::sync::Arc<Pacer>>) -> usize {
+    let mut settings = fleet.settings();
+    settings.pacer = pacer;
+    let target = fleet.target(1);
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..30 {
+        let (t, st) = (target.clone(), settings.clone());
+        set.spawn(async move {
+            let s = connect(&t, &st).await?;
+            let o = s.run("echo ok").await.map_err(|e| e.to_string());
+            let attempts = s.timings.attempts;
+            s.close().await;
+            Ok::<_, mgmt::remote::HostError<ConnectError>>((attempts, o))
+        });
+    }
+    let mut attempts = Vec::new();
+    while let Some(r) = set.join_next().await {
+        let (a, o) = r.expect("join").unwrap_or_else(|e| panic!("connect: {e}"));
+        assert_eq!(o.expect("run").stdout, ["ok"]);
+        attempts.push(a);
+    }
+    let retried = attempts.iter().filter(|a| **a > 1).count();
+    eprintln!(
+        "30 connects+exec in {:?}; {retried} needed retries; max attempts {:?}",
+        start.elapsed(),
+        attempts.iter().max()
+    );
+    retried
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thirty_parallel_connects_to_one_sshd_with_default_max_startups() {
-    // OpenSSH's default MaxStartups 10:30:100 drops handshakes beyond ten
-    // pending ones; the retry with back-off must absorb that.
+async fn thirty_parallel_connects_to_one_sshd_retry_resets() {
+    // OpenSSH's default MaxStartups drops handshakes beyond ten pending
+    // ones; the jittered retry must absorb that.
     let fleet = SshdFleet::start_with(
         1,
         FleetOptions {
             max_startups: "10:30:100".into(),
         },
     );
-    guard(async {
-        let settings = fleet.settings();
-        let target = fleet.target(1);
-        let start = Instant::now();
-        let mut set = tokio::task::JoinSet::new();
-        for _ in 0..30 {
-            let (t, st) = (target.clone(), settings.clone());
-            set.spawn(async move {
-                let s = connect(&t, &st).await?;
-                let o = s.run("echo ok").await.map_err(|e| e.to_string());
-                let attempts = s.timings.attempts;
-                s.close().await;
-                Ok::<_, mgmt::remote::HostError<ConnectError>>((attempts, o))
-            });
-        }
-        let mut attempts = Vec::new();
-        while let Some(r) = set.join_next().await {
-            let (a, o) = r.expect("join").unwrap_or_else(|e| panic!("connect: {e}"));
-            assert_eq!(o.expect("run").stdout, ["ok"]);
-            attempts.push(a);
-        }
-        let retried = attempts.iter().filter(|a| **a > 1).count();
-        eprintln!(
-            "30 connects+exec in {:?}; {retried} needed retries; max attempts {:?}",
-            start.elapsed(),
-            attempts.iter().max()
-        );
-    })
-    .await;
+    guard(thirty_parallel(&fleet, None)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_parallel_connects_paced_need_no_retry() {
+    let fleet = SshdFleet::start_with(
+        1,
+        FleetOptions {
+            max_startups: "10:30:100".into(),
+        },
+    );
+    let retried = guard(thirty_parallel(&fleet, Some(Pacer::new(8)))).await;
+    assert_eq!(retried, 0);
 }
