@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use russh::client::{AuthResult, Handle, Handler};
 use russh::keys::agent::client::AgentClient;
-use russh::keys::{PrivateKey, PrivateKeyWithHashAlg};
+use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg};
 use russh::MethodKind;
 
 use super::target::{Secret, Target};
@@ -231,11 +231,9 @@ impl Credentials {
     ) -> Result<AuthMethod, AuthError> {
         let user = target.user.as_str();
         let mut tried: Vec<String> = Vec::new();
-        let rsa_hash = handle
-            .best_supported_rsa_hash()
-            .await
-            .map_err(AuthError::Ssh)?
-            .flatten();
+        // Only asked when an RSA key comes up: it may wait up to a second
+        // for the server's EXT_INFO.
+        let mut rsa: Option<Option<HashAlg>> = None;
 
         // 1. ssh-agent.
         if let Some(sock) = &self.inner.settings.agent_socket {
@@ -253,11 +251,7 @@ impl Credentials {
                                 } => comment.clone(),
                             };
                             let key = id.public_key().into_owned();
-                            let hash = if key.algorithm().is_rsa() {
-                                rsa_hash
-                            } else {
-                                None
-                            };
+                            let hash = rsa_hash(handle, &mut rsa, key.algorithm().is_rsa()).await?;
                             match handle
                                 .authenticate_publickey_with(user, key, hash, &mut agent)
                                 .await
@@ -291,11 +285,7 @@ impl Credentials {
             match self.key(path) {
                 KeyState::Ready(key) => {
                     tried.push(format!("key {}", path.display()));
-                    let hash = if key.algorithm().is_rsa() {
-                        rsa_hash
-                    } else {
-                        None
-                    };
+                    let hash = rsa_hash(handle, &mut rsa, key.algorithm().is_rsa()).await?;
                     let res = handle
                         .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key, hash))
                         .await
@@ -325,11 +315,7 @@ impl Credentials {
             for path in &encrypted {
                 tried.push(format!("key {} (passphrase prompt)", path.display()));
                 if let Some(key) = self.decrypt_interactively(path).await? {
-                    let hash = if key.algorithm().is_rsa() {
-                        rsa_hash
-                    } else {
-                        None
-                    };
+                    let hash = rsa_hash(handle, &mut rsa, key.algorithm().is_rsa()).await?;
                     let res = handle
                         .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key, hash))
                         .await
@@ -386,6 +372,28 @@ impl Credentials {
         }
         Ok(None)
     }
+}
+
+/// The signature hash for an RSA key (`None` for other keys), asked of the
+/// server once per connection and cached in `cache`.
+async fn rsa_hash<H: Handler>(
+    handle: &Handle<H>,
+    cache: &mut Option<Option<HashAlg>>,
+    is_rsa: bool,
+) -> Result<Option<HashAlg>, AuthError> {
+    if !is_rsa {
+        return Ok(None);
+    }
+    if let Some(h) = cache {
+        return Ok(*h);
+    }
+    let h = handle
+        .best_supported_rsa_hash()
+        .await
+        .map_err(AuthError::Ssh)?
+        .flatten();
+    *cache = Some(h);
+    Ok(h)
 }
 
 /// Try a password with the `password` method, or `keyboard-interactive` when

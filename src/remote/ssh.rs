@@ -62,6 +62,8 @@ pub struct ClientSettings {
     pub keepalive: Option<Duration>,
     /// See `keepalive`.
     pub keepalive_max: usize,
+    /// Algorithm preferences (see the module doc for the choice).
+    pub preferred: russh::Preferred,
     /// Caps unauthenticated connections per address (sshd's `MaxStartups`
     /// counts those); `None` means no cap, only the retry.
     pub pacer: Option<Arc<Pacer>>,
@@ -116,6 +118,7 @@ impl ClientSettings {
             retry_base: Duration::from_millis(50),
             keepalive: Some(Duration::from_secs(15)),
             keepalive_max: 3,
+            preferred: russh::Preferred::default(),
             pacer: None,
         }
     }
@@ -125,6 +128,7 @@ impl ClientSettings {
             nodelay: true,
             keepalive_interval: self.keepalive,
             keepalive_max: self.keepalive_max,
+            preferred: self.preferred.clone(),
             ..Default::default()
         }
     }

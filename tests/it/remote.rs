@@ -808,3 +808,56 @@ async fn thirty_parallel_connects_paced_need_no_retry() {
     let retried = guard(thirty_parallel(&fleet, Some(Pacer::new(8)))).await;
     assert_eq!(retried, 0);
 }
+
+/// Not a test: numbers for the report. Run with
+/// `cargo test --release --test it remote::measure -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "measurement, not a check"]
+async fn measure_connect_and_upload() {
+    use std::borrow::Cow;
+    let fleet = SshdFleet::start(1);
+    let local = fleet.dir().join("payload");
+    payload(&local, 32 * 1024 * 1024, false);
+    let hash = sha256_file(&local).await.expect("hash");
+    for cipher in [russh::cipher::CHACHA20_POLY1305, russh::cipher::AES_256_GCM] {
+        let mut settings = fleet.settings();
+        settings.preferred.cipher = Cow::Owned(vec![cipher]);
+        let mut connects = Vec::new();
+        for _ in 0..10 {
+            let t = Instant::now();
+            let s = connect(&fleet.target(1), &settings).await.expect("connect");
+            connects.push((t.elapsed(), s.timings));
+            s.close().await;
+        }
+        connects.sort_by_key(|c| c.0);
+        let (median, timings) = connects[connects.len() / 2];
+        let s = connect(&fleet.target(1), &settings).await.expect("connect");
+        let t = Instant::now();
+        let o = s.run("true").await.expect("exec");
+        assert!(o.status.success());
+        let exec = t.elapsed();
+        let sftp = Sftp::open(&s).await.expect("sftp");
+        let mut rates = Vec::new();
+        for _ in 0..3 {
+            let _ = std::fs::remove_dir_all(fleet.home(1).join(".cache"));
+            let t = Instant::now();
+            let c = sftp
+                .ensure_binary(&s, &local, &hash, &CacheOptions::default())
+                .await
+                .expect("upload");
+            rates.push(c.bytes_sent as f64 / 1048576.0 / t.elapsed().as_secs_f64());
+        }
+        let t = Instant::now();
+        let hit = sftp
+            .ensure_binary(&s, &local, &hash, &CacheOptions::default())
+            .await
+            .expect("hit");
+        assert!(hit.hit);
+        let hit_time = t.elapsed();
+        eprintln!(
+            "{cipher:?}: connect+auth median {median:?} ({timings:?}); exec true {exec:?}; \
+             upload 32 MiB: {rates:.0?} MiB/s; cache hit check {hit_time:?}"
+        );
+        s.close().await;
+    }
+}
