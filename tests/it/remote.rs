@@ -861,3 +861,68 @@ async fn measure_connect_and_upload() {
         s.close().await;
     }
 }
+
+#[tokio::test]
+async fn encrypted_key_is_skipped_without_prompting() {
+    let fleet = SshdFleet::start(1);
+    guard(async {
+        let key = fleet.dir().join("encrypted_key");
+        let out = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "correct horse", "-f"])
+            .arg(&key)
+            .output()
+            .expect("ssh-keygen");
+        assert!(out.status.success());
+        let mut settings = fleet.settings();
+        settings.credentials = Credentials::new(AuthSettings {
+            agent_socket: None,
+            key_files: vec![key.clone()],
+            allow_interactive: false,
+        });
+        // Nothing reads the terminal: this fails at once with a hint.
+        let e = connect(&fleet.target(1), &settings)
+            .await
+            .expect_err("refused");
+        let hint = e.hint().unwrap_or_default();
+        assert!(hint.contains(&key.display().to_string()), "{hint}");
+        assert!(hint.contains("--allow-interactive"), "{hint}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ssh_config_supplies_hostname_port_user_and_key() {
+    let fleet = SshdFleet::start(1);
+    guard(async {
+        let cfg = fleet.dir().join("ssh_config");
+        std::fs::write(
+            &cfg,
+            format!(
+                "Host web1\n  HostName {}\n  Port {}\n  User root\n  IdentityFile {}\n",
+                fleet.ip(1),
+                fleet.port(),
+                fleet.client_key.display()
+            ),
+        )
+        .expect("config");
+        let config = SshConfigFile::load(&cfg).expect("parse");
+        let target = Target::parse("ssh://web1", &config, Some("nobody")).expect("target");
+        let mut settings = fleet.settings();
+        // No default key files: only the config's IdentityFile can work.
+        settings.credentials = Credentials::new(AuthSettings {
+            agent_socket: None,
+            key_files: vec![fleet.dir().join("absent")],
+            allow_interactive: false,
+        });
+        let s = connect(&target, &settings)
+            .await
+            .expect("connect via ssh config");
+        assert_eq!(
+            s.host().to_string(),
+            format!("web1 ({}:{})", fleet.ip(1), fleet.port())
+        );
+        assert_eq!(s.auth_method, AuthMethod::KeyFile(fleet.client_key.clone()));
+        s.close().await;
+    })
+    .await;
+}
