@@ -792,6 +792,7 @@ async fn thirty_parallel_connects_to_one_sshd_retry_resets() {
         1,
         FleetOptions {
             max_startups: "10:30:100".into(),
+            ..Default::default()
         },
     );
     guard(thirty_parallel(&fleet, None)).await;
@@ -803,6 +804,7 @@ async fn thirty_parallel_connects_paced_need_no_retry() {
         1,
         FleetOptions {
             max_startups: "10:30:100".into(),
+            ..Default::default()
         },
     );
     let retried = guard(thirty_parallel(&fleet, Some(Pacer::new(8)))).await;
@@ -922,6 +924,57 @@ async fn ssh_config_supplies_hostname_port_user_and_key() {
             format!("web1 ({}:{})", fleet.ip(1), fleet.port())
         );
         assert_eq!(s.auth_method, AuthMethod::KeyFile(fleet.client_key.clone()));
+        s.close().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ipv6_literal_url() {
+    let fleet = SshdFleet::start_with(
+        1,
+        FleetOptions {
+            ipv6: true,
+            ..Default::default()
+        },
+    );
+    guard(async {
+        let url = format!("ssh://root@[::1]:{}", fleet.port());
+        let target = Target::parse(&url, &SshConfigFile::none(), None).expect("target");
+        let s = connect(&target, &fleet.settings())
+            .await
+            .expect("connect over IPv6");
+        assert_eq!(s.host().addr, format!("[::1]:{}", fleet.port()));
+        assert!(s.run("true").await.expect("run").status.success());
+        s.close().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn hashed_known_hosts_entries_are_honoured() {
+    let fleet = SshdFleet::start(1);
+    guard(async {
+        let path = fleet.dir().join("hashed_known_hosts");
+        std::fs::copy(&fleet.known_hosts, &path).expect("copy");
+        let out = std::process::Command::new("ssh-keygen")
+            .arg("-H")
+            .arg("-f")
+            .arg(&path)
+            .output()
+            .expect("ssh-keygen -H");
+        assert!(out.status.success());
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(
+            text.starts_with("|1|") && !text.contains(fleet.ip(1)),
+            "{text}"
+        );
+        let mut settings = fleet.settings();
+        settings.known_hosts.path = path;
+        let s = connect(&fleet.target(1), &settings)
+            .await
+            .expect("hashed entry matches");
+        assert_eq!(s.host_key, Verdict::Known);
         s.close().await;
     })
     .await;

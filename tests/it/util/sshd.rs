@@ -35,12 +35,15 @@ pub struct FleetOptions {
     /// sshd `MaxStartups`; the default is generous so the fleet emulates
     /// separate machines.
     pub max_startups: String,
+    /// Also listen on `[::1]` (host 1's settings apply there).
+    pub ipv6: bool,
 }
 
 impl Default for FleetOptions {
     fn default() -> Self {
         Self {
             max_startups: "200:30:400".into(),
+            ipv6: false,
         }
     }
 }
@@ -142,6 +145,9 @@ impl SshdFleet {
         for ip in &ips {
             known.push_str(&format!("[{ip}]:{port} {host_pub}\n"));
         }
+        if opts.ipv6 {
+            known.push_str(&format!("[::1]:{port} {host_pub}\n"));
+        }
         let known_hosts = d.join("known_hosts");
         std::fs::write(&known_hosts, known).expect("known_hosts");
 
@@ -155,7 +161,11 @@ impl SshdFleet {
             host_pub,
         };
         for (k, chunk) in ips.chunks(PER_SSHD).enumerate() {
-            let proc = fleet.spawn_sshd(k, chunk, &opts);
+            let mut listen = chunk.to_vec();
+            if k == 0 && opts.ipv6 {
+                listen.push("::1".into());
+            }
+            let proc = fleet.spawn_sshd(k, &listen, &opts);
             fleet.procs.push(proc);
         }
         fleet
@@ -165,7 +175,11 @@ impl SshdFleet {
         let d = self.dir.path();
         let mut cfg = String::new();
         for ip in ips {
-            cfg.push_str(&format!("ListenAddress {ip}:{}\n", self.port));
+            if ip.contains(':') {
+                cfg.push_str(&format!("ListenAddress [{ip}]:{}\n", self.port));
+            } else {
+                cfg.push_str(&format!("ListenAddress {ip}:{}\n", self.port));
+            }
         }
         cfg.push_str(&format!(
             "HostKey {d}/host_key\n\
@@ -184,7 +198,7 @@ impl SshdFleet {
             d = d.display(),
             ms = opts.max_startups,
         ));
-        for ip in ips {
+        for ip in ips.iter().filter(|ip| !ip.contains(':')) {
             let x = ip.rsplit('.').next().unwrap_or("0");
             let home = d.join(format!("home-{x}"));
             std::fs::create_dir_all(&home).expect("home");
