@@ -10,6 +10,13 @@
 //! open until the caller closes it. SFTP and tunnels live in their own
 //! modules; fleets, caps and progress are the caller's.
 //!
+//! Backpressure: russh 0.65 re-opens a channel's window as soon as data
+//! arrives and then awaits room in that channel's 100-message buffer inside
+//! the connection's single read loop. A consumer that stops reading one
+//! channel (output lines, a tunnel stream, SFTP) therefore stalls the whole
+//! connection, tunnel included, until it reads again. Callers must keep
+//! draining [`RemoteChild::next_line`] and tunnel streams.
+//!
 //! Algorithm choice: russh's defaults are kept (`mlkem768x25519-sha256`
 //! first, then `curve25519-sha256`; chacha20-poly1305 then aes256-gcm). The
 //! OpenSSH client's expensive default was sntrup761 (~80 ms CPU per
@@ -650,7 +657,9 @@ pub struct Output {
 /// A running remote command.
 ///
 /// Output: [`RemoteChild::next_line`] until `None`, then [`RemoteChild::wait`].
-/// Dropping it stops reading (the channel is closed when the connection is).
+/// Dropping it stops reading but does not stop the remote process: close
+/// its stdin or [`Session::kill`] it first. The channel goes when the
+/// connection does.
 pub struct RemoteChild {
     /// The remote pid, when started with `report_pid`.
     pub pid: Option<u32>,
@@ -833,7 +842,9 @@ impl Session {
 
     /// Send `signal` to remote process `pid` (from [`RemoteChild::pid`]) with
     /// `kill` in a new channel. Returns whether `kill` succeeded (false: the
-    /// process is already gone or not ours).
+    /// process is already gone or not ours). Only call it while the child's
+    /// channel is still open: sshd reaps the process when it exits, and a
+    /// pid is only ours until then.
     pub async fn kill(&self, pid: u32, signal: KillSignal) -> Result<bool, HostError<ExecError>> {
         let out = self.run(&format!("kill {} {pid}", signal.flag())).await?;
         Ok(out.status.success())
