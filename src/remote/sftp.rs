@@ -124,9 +124,8 @@ impl CachedBinary {
         let Some(cmd) = self.launch_command(args) else {
             return Err(HostError::new(
                 session.host(),
-                ExecError::Start {
+                ExecError::BadArgument {
                     what: BIN_NAME.into(),
-                    source: russh::Error::Inconsistent,
                 },
             ));
         };

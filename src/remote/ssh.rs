@@ -197,8 +197,9 @@ impl Hint for ConnectError {
 /// owns and runs on its own task.
 #[derive(Default)]
 pub(crate) struct Shared {
-    /// The host key outcome, set by `check_server_key`; read by `connect` to
-    /// explain a refusal and to tell a reset before the key from one after.
+    /// The host key outcome, set by `check_server_key` and taken by
+    /// `connect` to explain a refusal and to tell a reset before the key
+    /// from one after.
     pub(crate) hostkey: Mutex<Option<Result<Verdict, HostKeyError>>>,
     /// Where forwarded-tcpip channels go; set by the tunnel module. `None`
     /// means "reject them".
@@ -393,7 +394,7 @@ pub async fn connect(
     };
     let mut timings = ConnectTimings::default();
     let mut attempt = 0;
-    let (mut handle, shared) = loop {
+    let (mut handle, shared, host_key) = loop {
         attempt += 1;
         timings.attempts = attempt;
         let shared = Arc::new(Shared::default());
@@ -414,10 +415,7 @@ pub async fn connect(
             .unwrap_or_else(|p| p.into_inner())
             .take();
         match (result, outcome) {
-            (Ok(h), Some(Ok(verdict))) => {
-                *shared.hostkey.lock().unwrap_or_else(|p| p.into_inner()) = Some(Ok(verdict));
-                break (h, shared);
-            }
+            (Ok(h), Some(Ok(verdict))) => break (h, shared, verdict),
             (_, Some(Err(hk))) => return Err(err(ConnectError::HostKey(hk))),
             (Err(HandshakeError::Tcp(e)), _) => return Err(err(ConnectError::Tcp(e))),
             (Err(HandshakeError::Ssh(e)), None) if attempt <= settings.handshake_retries => {
@@ -442,16 +440,6 @@ pub async fn connect(
             }
         }
     };
-    let host_key = match shared
-        .hostkey
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-    {
-        Some(Ok(v)) => *v,
-        _ => Verdict::Known,
-    };
-
     let t = Instant::now();
     let auth = settings.credentials.authenticate(&mut handle, target);
     let auth_method = if settings.credentials.settings().allow_interactive {
@@ -591,6 +579,12 @@ pub enum ExecError {
         #[source]
         source: russh::Error,
     },
+    /// An argument contains a NUL byte and cannot be passed to a shell.
+    #[error("an argument of {what:?} contains a NUL byte; not running it")]
+    BadArgument {
+        /// The program.
+        what: String,
+    },
     /// The command did not print its pid before ending.
     #[error("{what:?} ended before reporting its pid")]
     NoPid {
@@ -616,7 +610,7 @@ impl Hint for ExecError {
             Self::Start { .. } | Self::NoPid { .. } => Some(
                 "the connection may have dropped, or sshd limits sessions (MaxSessions)".into(),
             ),
-            Self::Stdin(_) => None,
+            Self::Stdin(_) | Self::BadArgument { .. } => None,
             Self::Timeout { .. } => Some("the host may be overloaded; retry".into()),
         }
     }
