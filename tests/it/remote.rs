@@ -837,9 +837,23 @@ async fn measure_connect_and_upload() {
         let t = Instant::now();
         let o = s.run("true").await.expect("exec");
         assert!(o.status.success());
-        let exec = t.elapsed();
+        let mut exec = vec![t.elapsed()];
+        for _ in 0..5 {
+            let t = Instant::now();
+            assert!(s.run("true").await.expect("exec").status.success());
+            exec.push(t.elapsed());
+        }
         let sftp = Sftp::open(&s).await.expect("sftp");
         let mut rates = Vec::new();
+        let cpu = || {
+            let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+                .expect("getrusage");
+            let tv = |t: nix::sys::time::TimeVal| {
+                Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+            };
+            tv(u.user_time()) + tv(u.system_time())
+        };
+        let cpu0 = cpu();
         for _ in 0..3 {
             let _ = std::fs::remove_dir_all(fleet.home(1).join(".cache"));
             let t = Instant::now();
@@ -849,6 +863,7 @@ async fn measure_connect_and_upload() {
                 .expect("upload");
             rates.push(c.bytes_sent as f64 / 1048576.0 / t.elapsed().as_secs_f64());
         }
+        let client_cpu = (cpu() - cpu0) / 3;
         let t = Instant::now();
         let hit = sftp
             .ensure_binary(&s, &local, &hash, &CacheOptions::default())
@@ -856,9 +871,19 @@ async fn measure_connect_and_upload() {
             .expect("hit");
         assert!(hit.hit);
         let hit_time = t.elapsed();
+        let t = Instant::now();
+        let o = hit
+            .launch(&s, &["x"], ExecOptions::default())
+            .await
+            .expect("launch")
+            .collect()
+            .await;
+        assert!(o.status.success());
+        let launch = t.elapsed();
         eprintln!(
             "{cipher:?}: connect+auth median {median:?} ({timings:?}); exec true {exec:?}; \
-             upload 32 MiB: {rates:.0?} MiB/s; cache hit check {hit_time:?}"
+             upload 32 MiB: {rates:.0?} MiB/s, client CPU {client_cpu:?} per upload; cache hit check {hit_time:?}; \
+             verified launch of the 32 MiB file {launch:?}"
         );
         s.close().await;
     }
@@ -978,4 +1003,25 @@ async fn hashed_known_hosts_entries_are_honoured() {
         s.close().await;
     })
     .await;
+}
+
+/// Not a test: where the first exec's time goes.
+#[tokio::test]
+#[ignore = "measurement, not a check"]
+async fn measure_first_exec() {
+    let fleet = SshdFleet::start(1);
+    for pause in [0u64, 200] {
+        let s = session(&fleet, 1).await;
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let t = Instant::now();
+        let child = s.exec("true", ExecOptions::default()).await.expect("exec");
+        let started = t.elapsed();
+        let o = child.collect().await;
+        assert!(o.status.success());
+        eprintln!(
+            "pause {pause} ms: exec request answered after {started:?}, done after {:?}",
+            t.elapsed()
+        );
+        s.close().await;
+    }
 }
