@@ -1025,3 +1025,56 @@ async fn measure_first_exec() {
         s.close().await;
     }
 }
+
+/// Not a test: connect + `true` + close on 50 emulated hosts at once (four
+/// sshd processes), the peers benchmark's "true" case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, not a check"]
+async fn measure_fleet_true() {
+    let n = 50;
+    let fleet = SshdFleet::start(n);
+    let settings = fleet.settings();
+    let cpu = || {
+        let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+            .expect("getrusage");
+        let tv = |t: nix::sys::time::TimeVal| {
+            Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+        };
+        tv(u.user_time()) + tv(u.system_time())
+    };
+    for round in 0..3 {
+        let (t, c) = (Instant::now(), cpu());
+        let mut set = tokio::task::JoinSet::new();
+        for i in 1..=n {
+            let (target, st) = (fleet.target(i), settings.clone());
+            set.spawn(async move {
+                let s = connect(&target, &st).await.expect("connect");
+                assert!(s.run("true").await.expect("run").status.success());
+                s.close().await;
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            r.expect("join");
+        }
+        eprintln!(
+            "round {round}: {n} hosts connect+true in {:?}, client CPU {:?} per host",
+            t.elapsed(),
+            (cpu() - c) / n as u32
+        );
+    }
+}
+
+#[tokio::test]
+async fn more_than_sixteen_hosts_use_several_sshd() {
+    // One sshd listens on at most 16 sockets: host 17 is served by a second.
+    let fleet = SshdFleet::start(17);
+    guard(async {
+        for i in [1, 16, 17] {
+            let s = session(&fleet, i).await;
+            let o = s.run("pwd").await.expect("run");
+            assert_eq!(o.stdout, [fleet.home(i).display().to_string()]);
+            s.close().await;
+        }
+    })
+    .await;
+}
