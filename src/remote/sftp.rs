@@ -633,7 +633,9 @@ impl Sftp {
     }
 
     /// Write `data` to `<prefix>/run/<run_id>/<name>` atomically (temporary
-    /// name, then rename); returns the remote path.
+    /// name, then rename); returns the remote path. Pass the binary's
+    /// [`CachedBinary::prefix`] so that a host on the `/tmp` fallback keeps
+    /// both in the same place; `None` resolves the default again.
     pub async fn put_run_file(
         &self,
         session: &Session,
