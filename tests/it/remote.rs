@@ -1078,3 +1078,65 @@ async fn more_than_sixteen_hosts_use_several_sshd() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn cancelled_upload_leaves_no_partial_file() {
+    let fleet = SshdFleet::start(1);
+    guard(async {
+        let local = fleet.dir().join("mgmt-local");
+        payload(&local, 4 * 1024 * 1024, false);
+        let hash = sha256_file(&local).await.expect("hash");
+        let s = session(&fleet, 1).await;
+        let sftp = Sftp::open(&s).await.expect("sftp");
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let c2 = cancel.clone();
+        let opts = CacheOptions {
+            // ^C arrives after the first chunk.
+            progress: Some(std::sync::Arc::new(move |_| c2.cancel())),
+            cancel: Some(cancel),
+            ..Default::default()
+        };
+        let e = sftp
+            .ensure_binary(&s, &local, &hash, &opts)
+            .await
+            .expect_err("cancelled");
+        assert!(
+            matches!(e.kind, mgmt::remote::UploadError::Cancelled),
+            "{e}"
+        );
+        let dir = fleet.home(1).join(".cache/mgmt/bin").join(&hash);
+        let left: Vec<_> = std::fs::read_dir(&dir).expect("ls").collect();
+        assert!(left.is_empty(), "{left:?}");
+        s.close().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn lost_connection_ends_children_with_lost_status() {
+    let fleet = SshdFleet::start(1);
+    guard(async {
+        let s = session(&fleet, 1).await;
+        let opts = ExecOptions {
+            close_stdin: false,
+            report_pid: true,
+            ..Default::default()
+        };
+        let long = s.exec("exec sleep 300", opts).await.expect("sleep");
+        let pid = long.pid.expect("pid");
+        // The command's parent is this connection's sshd: killing it cuts
+        // the link as a network failure would.
+        let cut = s
+            .exec("kill -KILL $PPID", ExecOptions::default())
+            .await
+            .expect("cut");
+        assert_eq!(cut.wait().await, ExitStatus::Lost);
+        assert_eq!(long.wait().await, ExitStatus::Lost);
+        assert!(s.run("true").await.is_err());
+        // Without a pty nothing signals the orphaned command (the real child
+        // watches its stdin); this test started it, so it stops it.
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("orphan still there");
+    })
+    .await;
+}
