@@ -1,7 +1,7 @@
 //! One SSH connection to one host: [`connect`] and the [`Session`] it returns.
 //!
 //! `connect` dials with a timeout, verifies the host key through the
-//! [`ClientHandler`], retries a handshake that the server resets before it
+//! client handler, retries a handshake that the server resets before it
 //! showed its key (sshd's `MaxStartups` drops connections beyond ~10 pending
 //! ones) with a bounded, jittered back-off, then authenticates. A [`Session`]
 //! runs commands ([`Session::exec`]) whose output comes back whole line by
