@@ -25,6 +25,7 @@ pub mod engine;
 pub mod fswatch;
 pub mod graph;
 pub mod link;
+pub mod remote;
 pub mod resources;
 pub mod run;
 pub mod shutdown;

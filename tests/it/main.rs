@@ -4,5 +4,6 @@
 mod cli;
 mod engine;
 mod exchange;
+mod remote;
 mod store;
 mod util;

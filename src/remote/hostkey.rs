@@ -1,0 +1,303 @@
+//! Server host key verification against a `known_hosts` file.
+//!
+//! The lookup itself is russh's (`[host]:port` entries for ports other than
+//! 22, hashed `|1|` entries, several keys per host). This module adds the
+//! policy ([`HostKeyPolicy`]), errors that carry the SHA-256 fingerprint, the
+//! exact `file:line` of a conflicting entry and what to do, and serialised
+//! appends for trust-on-first-use. It does not handle `@cert-authority` or
+//! `@revoked` markers (such lines never match a plain host name here).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use russh::keys::{HashAlg, PublicKey};
+
+use super::Hint;
+
+/// What to do with a key that known_hosts does not vouch for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HostKeyPolicy {
+    /// Unknown and changed keys are refused (the default).
+    #[default]
+    Strict,
+    /// Unknown keys are recorded and accepted; changed keys are refused
+    /// (OpenSSH's `StrictHostKeyChecking accept-new`).
+    AcceptNew,
+    /// Nothing is checked. Only for throw-away test hosts.
+    Off,
+}
+
+/// The known_hosts file and the policy to apply with it.
+#[derive(Clone, Debug)]
+pub struct KnownHosts {
+    /// The file; it need not exist (then every key is unknown).
+    pub path: PathBuf,
+    /// See [`HostKeyPolicy`].
+    pub policy: HostKeyPolicy,
+}
+
+impl KnownHosts {
+    /// `~/.ssh/known_hosts` with the given policy.
+    pub fn user_default(policy: HostKeyPolicy) -> Option<Self> {
+        std::env::home_dir().map(|h| Self {
+            path: h.join(".ssh").join("known_hosts"),
+            policy,
+        })
+    }
+}
+
+/// How a key was accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// It is in known_hosts.
+    Known,
+    /// It was unknown and has just been recorded ([`HostKeyPolicy::AcceptNew`]).
+    Learned,
+    /// Checking is off.
+    Unchecked,
+}
+
+/// Why a host key was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum HostKeyError {
+    /// The host is not in the file.
+    #[error("host key {fingerprint} ({algorithm}) is not in {path}; refusing to connect", path = .path.display())]
+    Unknown {
+        /// `SHA256:...` of the key the server offered.
+        fingerprint: String,
+        /// e.g. `ssh-ed25519`.
+        algorithm: String,
+        /// The known_hosts file.
+        path: PathBuf,
+        /// `[host]:port` or `host`, as it would be written in the file.
+        entry: String,
+    },
+    /// The file has a different key of the same type for this host.
+    #[error("host key does not match {path}:{line} (the server offers {fingerprint}); refusing to connect", path = .path.display())]
+    Changed {
+        /// `SHA256:...` of the key the server offered.
+        fingerprint: String,
+        /// The known_hosts file.
+        path: PathBuf,
+        /// 1-based line of the conflicting entry.
+        line: usize,
+        /// `[host]:port` or `host`.
+        entry: String,
+    },
+    /// The file could not be read or has a line russh cannot parse.
+    #[error("cannot check the host key against {path}", path = .path.display())]
+    Read {
+        /// The known_hosts file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: russh::keys::Error,
+    },
+    /// AcceptNew could not append to the file.
+    #[error("cannot record the host key in {path}", path = .path.display())]
+    Learn {
+        /// The known_hosts file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: russh::keys::Error,
+    },
+}
+
+impl Hint for HostKeyError {
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            Self::Unknown { entry, path, .. } => format!(
+                "compare the fingerprint with the one the host's administrator gives you \
+                 (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on the host), then add it to {} \
+                 or trust it on first use with the accept-new policy; entry name: {entry}",
+                path.display()
+            ),
+            Self::Changed { entry, path, .. } => format!(
+                "if the host was rebuilt, remove that line (ssh-keygen -R '{entry}' -f {}) and retry; \
+                 otherwise someone may be intercepting the connection",
+                path.display()
+            ),
+            Self::Read { .. } => "fix or move the known_hosts file".into(),
+            Self::Learn { .. } => "check that the known_hosts file and its directory are writable".into(),
+        })
+    }
+}
+
+/// Serialises appends so that parallel first connections never interleave
+/// their lines (std mutex: the critical section is blocking file I/O, no await).
+static LEARN_LOCK: Mutex<()> = Mutex::new(());
+
+/// The name of `host:port` as known_hosts writes it.
+pub fn entry_name(host: &str, port: u16) -> String {
+    if port == 22 {
+        host.to_owned()
+    } else {
+        format!("[{host}]:{port}")
+    }
+}
+
+/// The `SHA256:...` fingerprint of a key, as `ssh-keygen -l` prints it.
+pub fn fingerprint(key: &PublicKey) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+/// Check `key` for `host:port` under `known`'s policy.
+pub fn verify(
+    known: &KnownHosts,
+    host: &str,
+    port: u16,
+    key: &PublicKey,
+) -> Result<Verdict, HostKeyError> {
+    if known.policy == HostKeyPolicy::Off {
+        tracing::warn!(
+            host,
+            port,
+            fingerprint = %fingerprint(key),
+            "host key checking is off; accepting the key unchecked"
+        );
+        return Ok(Verdict::Unchecked);
+    }
+    let path = &known.path;
+    match russh::keys::check_known_hosts_path(host, port, key, path) {
+        Ok(true) => Ok(Verdict::Known),
+        Ok(false) if known.policy == HostKeyPolicy::AcceptNew => {
+            let _guard = LEARN_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+            // Another connection to the same host may have learned it while
+            // we waited: check again under the lock.
+            match russh::keys::check_known_hosts_path(host, port, key, path) {
+                Ok(true) => return Ok(Verdict::Known),
+                Ok(false) => {}
+                Err(e) => return Err(map_check_error(e, path, host, port, key)),
+            }
+            russh::keys::known_hosts::learn_known_hosts_path(host, port, key, path).map_err(
+                |source| HostKeyError::Learn {
+                    path: path.clone(),
+                    source,
+                },
+            )?;
+            tracing::info!(host, port, fingerprint = %fingerprint(key), path = %path.display(), "recorded new host key");
+            Ok(Verdict::Learned)
+        }
+        Ok(false) => Err(HostKeyError::Unknown {
+            fingerprint: fingerprint(key),
+            algorithm: key.algorithm().to_string(),
+            path: path.clone(),
+            entry: entry_name(host, port),
+        }),
+        Err(e) => Err(map_check_error(e, path, host, port, key)),
+    }
+}
+
+fn map_check_error(
+    e: russh::keys::Error,
+    path: &Path,
+    host: &str,
+    port: u16,
+    key: &PublicKey,
+) -> HostKeyError {
+    match e {
+        russh::keys::Error::KeyChanged { line } => HostKeyError::Changed {
+            fingerprint: fingerprint(key),
+            path: path.to_owned(),
+            line: real_line(path, line),
+            entry: entry_name(host, port),
+        },
+        source => HostKeyError::Read {
+            path: path.to_owned(),
+            source,
+        },
+    }
+}
+
+/// russh numbers known_hosts lines without counting `#` comment lines; turn
+/// its number into the line an editor shows. Falls back to russh's number if
+/// the file changed under us.
+fn real_line(path: &Path, russh_line: usize) -> usize {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return russh_line;
+    };
+    let mut counted = 0;
+    for (i, l) in text.split_inclusive('\n').enumerate() {
+        if l.starts_with('#') {
+            continue;
+        }
+        counted += 1;
+        if counted == russh_line {
+            return i + 1;
+        }
+    }
+    russh_line
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Known => "known",
+            Self::Learned => "learned",
+            Self::Unchecked => "unchecked",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_A: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
+    const KEY_B: &str = "AAAAC3NzaC1lZDI1NTE5AAAAILIG2T/B0l0gaqj3puu510tu9N1OkQ4znY3LYuEm5zCF";
+
+    fn key(b64: &str) -> PublicKey {
+        russh::keys::parse_public_key_base64(b64).expect("test key")
+    }
+
+    #[test]
+    fn changed_key_names_the_real_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("known_hosts");
+        std::fs::write(
+            &path,
+            format!("# comment\n# another\n[h]:2222 ssh-ed25519 {KEY_A}\n"),
+        )
+        .expect("write");
+        let known = KnownHosts {
+            path: path.clone(),
+            policy: HostKeyPolicy::AcceptNew,
+        };
+        assert_eq!(
+            verify(&known, "h", 2222, &key(KEY_A)).expect("known"),
+            Verdict::Known
+        );
+        let err = verify(&known, "h", 2222, &key(KEY_B)).expect_err("changed");
+        let msg = err.to_string();
+        assert!(msg.contains("known_hosts:3"), "{msg}");
+        assert!(msg.contains("SHA256:"), "{msg}");
+        assert!(err
+            .hint()
+            .unwrap_or_default()
+            .contains("ssh-keygen -R '[h]:2222'"));
+    }
+
+    #[test]
+    fn strict_refuses_unknown_and_accept_new_learns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("known_hosts");
+        let mut known = KnownHosts {
+            path: path.clone(),
+            policy: HostKeyPolicy::Strict,
+        };
+        let err = verify(&known, "h", 22, &key(KEY_A)).expect_err("unknown");
+        assert!(matches!(err, HostKeyError::Unknown { .. }));
+        known.policy = HostKeyPolicy::AcceptNew;
+        assert_eq!(
+            verify(&known, "h", 22, &key(KEY_A)).expect("learn"),
+            Verdict::Learned
+        );
+        known.policy = HostKeyPolicy::Strict;
+        assert_eq!(
+            verify(&known, "h", 22, &key(KEY_A)).expect("known"),
+            Verdict::Known
+        );
+    }
+}

@@ -1,0 +1,149 @@
+//! The SSH layer: everything the initiator does to one host over one SSH
+//! connection, and nothing about fleets.
+//!
+//! A host is reached in this order, and each step has its own module and its
+//! own error type:
+//!
+//! - [`target`]: `ssh://[user[:password]@]host[:port]` plus `~/.ssh/config`
+//!   into a [`Target`]; passwords live in a [`Secret`] that never prints.
+//! - [`hostkey`]: the server key against `known_hosts` (`Strict`,
+//!   `AcceptNew`, `Off`), with the fingerprint, the file:line and a hint.
+//! - [`auth`]: ssh-agent, key files (loaded once, shared by every host), the
+//!   URL password, then an optional prompt serialised across all hosts.
+//! - [`ssh`]: [`connect`] (timeout, bounded retry of handshake resets) and a
+//!   [`Session`] that runs commands with line-by-line output, a pid to stop
+//!   them by, and stdin kept open until the caller closes it.
+//! - [`sftp`]: the content-addressed binary cache, per-run files, cleanup.
+//! - [`tunnel`]: the reverse TCP forward back to the embedded store, the
+//!   secret preamble check, and agent forwarding.
+//!
+//! What this module does not do: concurrency caps across hosts, gateways,
+//! progress bars and the run's lifecycle; those belong to the fan-out that
+//! calls it. Every fallible operation returns a [`HostError`] that names the
+//! host and carries a per-operation error kind with a [`Hint`].
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod auth;
+pub mod hostkey;
+pub mod sftp;
+pub mod ssh;
+pub mod target;
+pub mod tunnel;
+
+use std::fmt;
+
+pub use auth::{AuthError, Credentials};
+pub use hostkey::{HostKeyError, HostKeyPolicy};
+pub use sftp::{CacheOptions, CachedBinary, UploadError};
+pub use ssh::{
+    connect, ClientSettings, ConnectError, ExecError, ExecOptions, ExitStatus, OutputLine, Pacer,
+    RemoteChild, Session, Stream,
+};
+pub use target::{Secret, Target, TargetError};
+pub use tunnel::{check_preamble, PreambleError, ReverseTunnel, TunnelError};
+
+/// Which host an error is about: the name the user wrote and the address
+/// actually dialled, so that `web-3 (10.0.0.7:22)` can be printed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostId {
+    /// The name as written in the URL (before `~/.ssh/config` `HostName`).
+    pub name: String,
+    /// `host:port` (IPv6 in brackets) as dialled.
+    pub addr: String,
+}
+
+impl fmt::Display for HostId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name, self.addr)
+    }
+}
+
+/// Something the user can do about an error, printed by the CLI on its own
+/// `hint:` line after the error chain.
+pub trait Hint {
+    /// A lowercase sentence saying what to do next, when there is one.
+    fn hint(&self) -> Option<String> {
+        None
+    }
+}
+
+/// An error of one operation (`E`) on one host.
+///
+/// Display prints `host: error` in one line. `source()` skips `E` itself
+/// (already printed) and continues with `E`'s own source, so an anyhow `{:#}`
+/// chain never repeats a message.
+#[derive(Debug)]
+pub struct HostError<E> {
+    /// The host the operation was about.
+    pub host: HostId,
+    /// What went wrong.
+    pub kind: E,
+}
+
+impl<E> HostError<E> {
+    pub(crate) fn new(host: &HostId, kind: E) -> Self {
+        Self {
+            host: host.clone(),
+            kind,
+        }
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for HostError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.host, self.kind)
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for HostError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.kind.source()
+    }
+}
+
+impl<E: Hint> HostError<E> {
+    /// The hint of the inner error.
+    pub fn hint(&self) -> Option<String> {
+        self.kind.hint()
+    }
+}
+
+/// Quote one word for the remote POSIX shell.
+///
+/// Returns `None` for a word that cannot be passed at all (it contains a NUL
+/// byte), so a caller never runs a command that means something else.
+pub fn shell_quote(word: &str) -> Option<String> {
+    shlex::try_quote(word).ok().map(|q| q.into_owned())
+}
+
+/// Quote every word and join them with spaces: a command line for `exec`.
+pub fn shell_join<I, S>(words: I) -> Option<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let mut out = Vec::new();
+    for w in words {
+        out.push(shell_quote(w.as_ref())?);
+    }
+    Some(out.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_keeps_words_apart() {
+        let line = shell_join(["echo", "a b", "$(x)", "it's"]).expect("no NUL");
+        assert_eq!(
+            shlex::split(&line).expect("valid"),
+            ["echo", "a b", "$(x)", "it's"]
+        );
+        assert!(shell_quote("a\0b").is_none());
+    }
+}
