@@ -75,6 +75,63 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_server: bool,
 
+    /// A graph file to run on the hosts named by its `remote:` (one URL or a
+    /// list); repeat for more files. Needs the embedded store.
+    #[arg(long = "remote", value_name = "GRAPH.yaml")]
+    pub remotes: Vec<PathBuf>,
+
+    /// How many hosts may be in set-up (connect, authenticate, copy) at
+    /// once; 0 means no cap. Running hosts do not hold a slot.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub cconns: usize,
+
+    /// Seconds allowed for TCP connect plus SSH handshake, per attempt.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub connect_timeout: u64,
+
+    /// A private key file to authenticate with (repeatable); tried after
+    /// ssh-agent. Default: ~/.ssh/id_ed25519, id_ecdsa, id_rsa.
+    #[arg(
+        short = 'i',
+        long = "identity",
+        visible_alias = "ssh-priv-id-rsa",
+        value_name = "PATH"
+    )]
+    pub identities: Vec<PathBuf>,
+
+    /// Allow prompting on the terminal for key passphrases and passwords
+    /// (one prompt at a time); without it nothing ever waits on the keyboard.
+    #[arg(long)]
+    pub allow_interactive: bool,
+
+    /// The known_hosts file host keys are checked against.
+    #[arg(long, value_name = "PATH")]
+    pub known_hosts: Option<PathBuf>,
+
+    /// strict: unknown or changed keys fail the host; accept-new: record
+    /// unknown keys, refuse changed ones; off: no check (test hosts only).
+    #[arg(long, value_name = "POLICY", default_value = "strict", value_parser = ["strict", "accept-new", "off"])]
+    pub host_key_check: String,
+
+    /// The ssh client config honoured for HostName, User, Port, IdentityFile
+    /// (default ~/.ssh/config).
+    #[arg(long, value_name = "PATH")]
+    pub ssh_config: Option<PathBuf>,
+
+    /// The binary to copy to hosts (default: this one; it must be static).
+    #[arg(long, value_name = "PATH")]
+    pub remote_binary: Option<PathBuf>,
+
+    /// Directory on hosts for the binary cache and per-run files (default
+    /// ~/.cache/mgmt, else a private directory under /tmp).
+    #[arg(long, value_name = "DIR")]
+    pub remote_prefix: Option<String>,
+
+    /// Remove the binary, the graphs and their directories from hosts at the
+    /// end of the run.
+    #[arg(long)]
+    pub no_caching: bool,
+
     /// Position in a remote execution tree (internal: set by the parent).
     /// At depth 1 and more the process stops when its stdin closes.
     #[arg(long, default_value_t = 0, hide = true)]

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::cli::RunArgs;
 use crate::graph::{self, Graph, GraphErrors};
+use crate::remote::plan::{Plan, PlanError};
 
 /// An input error: nothing was started.
 #[derive(Debug, thiserror::Error)]
@@ -80,15 +81,21 @@ pub struct Config {
     pub depth: u32,
     /// The store is reached through a tunnel that wants the secret from stdin.
     pub tunnel_secret_stdin: bool,
+    /// `--remote` graphs and how to reach their hosts.
+    pub remote: Option<Plan>,
 }
 
 impl Config {
     pub fn from_args(args: &RunArgs) -> Result<Config, ConfigError> {
         let file = args.file.as_deref().map(GraphFile::load).transpose()?;
-        if file.is_none() {
+        let remote = crate::remote::plan::plan(args).map_err(|e| match e {
+            PlanError::Graphs(g) => ConfigError::Graph(g),
+            PlanError::Flag { flag, message } => ConfigError::Flag { flag, message },
+        })?;
+        if file.is_none() && remote.is_none() {
             return Err(ConfigError::flag(
                 "--file",
-                "nothing to run: give a graph with --file GRAPH.yaml",
+                "nothing to run: give a graph with --file GRAPH.yaml or --remote GRAPH.yaml",
             ));
         }
         let converged_timeout = match args.converged_timeout {
@@ -142,6 +149,7 @@ impl Config {
             store,
             depth: args.depth,
             tunnel_secret_stdin: args.tunnel_secret_stdin,
+            remote,
         })
     }
 }

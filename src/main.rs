@@ -45,11 +45,12 @@ fn main() -> ExitCode {
     let code = rt.block_on(async {
         let root = CancellationToken::new();
         let signals = tokio::spawn(mgmt::shutdown::on_signals(root.clone()));
-        let result = mgmt::run::run(cfg, root).await;
+        let ui = mgmt::ui::Ui::new(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        let result = mgmt::run::run(cfg, ui, root).await;
         signals.abort();
         match result {
             Ok(outcome) => {
-                for f in &outcome.status.failed {
+                for f in outcome.failed() {
                     eprintln!("mgmt: failed: {f}");
                 }
                 outcome.exit_code()

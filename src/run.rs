@@ -1,29 +1,39 @@
 //! Top-level orchestration of `mgmt run`: start what the configuration asks
-//! for, wait for the end (convergence, signal, max runtime), stop in order.
+//! for, wait for the end (convergence, signal, max runtime, every remote
+//! host ended), stop in order.
 //!
-//! Start order: the store (embedded, or a client of `--seeds`), this host's
-//! exports and collects, the engine, the graph source (file edits and
-//! exported-resource changes become new graphs for the engine), the
-//! converged publisher. Stop order is the reverse, so the store stops last,
-//! after everything that uses it.
+//! Start order: the store (embedded, or a client of `--seeds`), the local
+//! graph if any ([`local`]: exports, collects, engine, live reload,
+//! converged publisher), the remote hosts if any (the fan-out, whose tunnel
+//! connections the store serves). Stop order is the reverse, so the store
+//! stops last, after everything that uses it.
 
+mod local;
+mod source;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, StoreMode};
-use crate::engine::{self, Status};
+use crate::engine::Status;
+use crate::remote::fanout::{self, TunnelConn, Wiring};
+use crate::remote::host::{ChildFlags, HostEvent, HostReport};
+use crate::ui::{RowResult, SummaryRow, Ui};
 use crate::world::World;
 
-mod source;
-
 /// How a run ended.
-#[derive(Debug, Clone)]
 pub struct Outcome {
-    pub status: Status,
-    /// Why it stopped.
+    /// The local graph's final status, when there was one.
+    pub status: Option<Status>,
+    /// One report per remote host.
+    pub hosts: Vec<HostReport>,
     pub reason: StopReason,
 }
 
@@ -32,21 +42,32 @@ pub enum StopReason {
     Converged,
     Cancelled,
     MaxRuntime,
+    /// Every remote host ended (failed or finished) and nothing runs here.
+    HostsEnded,
 }
 
 impl Outcome {
     /// 0 when nothing failed, 1 otherwise (input errors, 2, never get here).
     pub fn exit_code(&self) -> u8 {
-        if self.status.failed.is_empty() {
-            0
-        } else {
-            1
-        }
+        let local_failed = self.status.as_ref().is_some_and(|s| !s.failed.is_empty());
+        let host_failed = self
+            .hosts
+            .iter()
+            .any(|h| matches!(h.result, RowResult::Failed(_)));
+        u8::from(local_failed || host_failed)
+    }
+
+    /// Failed resources of the local graph, one line each.
+    pub fn failed(&self) -> &[String] {
+        self.status
+            .as_ref()
+            .map(|s| s.failed.as_slice())
+            .unwrap_or_default()
     }
 }
 
 /// A task that is aborted if it is still running when dropped.
-struct Task<T>(tokio::task::JoinHandle<T>);
+pub(crate) struct Task<T>(pub tokio::task::JoinHandle<T>);
 
 impl<T> Drop for Task<T> {
     fn drop(&mut self) {
@@ -54,80 +75,121 @@ impl<T> Drop for Task<T> {
     }
 }
 
-/// Runs until converged (with a timeout), cancelled or out of time.
-pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<Outcome> {
-    let file = cfg.file.clone().context("no graph to run")?;
-    let (path, graph) = (file.path.clone(), file.graph.clone());
-    // Armed before anything is applied, so no edit can slip through.
-    let file_watch = match cfg.watch {
-        true => Some(crate::fswatch::PathWatch::new(&path)?),
-        false => None,
-    };
+/// Runs until converged (with a timeout), cancelled, out of time, or (for
+/// remote runs without a local graph) every host ended.
+pub async fn run(cfg: Config, ui: Ui, cancel: CancellationToken) -> anyhow::Result<Outcome> {
     let store_cancel = CancellationToken::new();
-    let (seeds, store_task) = start_store(&cfg.store, &store_cancel).await?;
+    let (seeds, store) = start_store(&cfg.store, &store_cancel).await?;
     let mut world = connect_world(&cfg, &seeds, &cancel).await?;
-    tracing::info!(
-        "host {}: running graph {:?} from {}",
-        cfg.hostname,
-        graph.name,
-        path.display()
-    );
-
-    let (updates_tx, updates_rx) = mpsc::channel(4);
-    let mut source = source::Source::new(&file, world.clone(), cfg.noop, updates_tx);
-    let initial = source.initial().await?;
-    let (status_tx, mut status_rx) = watch::channel(Status::default());
-    let engine_cancel = CancellationToken::new();
-    let engine_cfg = engine::Config {
-        noop: cfg.noop,
-        converged_timeout: cfg.converged_timeout,
-        root: "/".into(),
+    let mut local = match &cfg.file {
+        Some(file) => Some(local::Local::start(&cfg, file, world.clone()).await?),
+        None => None,
     };
-    let mut engine = Task(tokio::spawn(engine::run(
-        engine_cfg,
-        initial,
-        updates_rx,
-        status_tx,
-        engine_cancel.clone(),
-    )));
-    let source_cancel = CancellationToken::new();
-    let source_task = Task(tokio::spawn(source.run(file_watch, source_cancel.clone())));
 
-    let publish_cancel = CancellationToken::new();
-    let publisher = Task(tokio::spawn(
-        world
-            .clone()
-            .publish_converged(status_rx.clone(), publish_cancel.clone()),
-    ));
-    let cluster = matches!(cfg.store, StoreMode::Embedded { .. });
+    let converged_flag = Arc::new(AtomicBool::new(false));
+    let remote_cancel = CancellationToken::new();
+    let mut expected = BTreeSet::new();
+    let (events_tx, mut events_rx) =
+        mpsc::channel(2 * cfg.remote.as_ref().map_or(0, |p| p.hosts.len()) + 1);
+    let mut fan = None;
+    if let Some(plan) = cfg.remote.clone() {
+        let (tunnels_tx, tunnels_rx) = mpsc::channel(64);
+        let (store, _) = store
+            .as_ref()
+            .context("--remote needs the embedded store")?;
+        let incoming = tokio_stream::wrappers::ReceiverStream::new(tunnels_rx)
+            .map(|s| Ok::<_, std::io::Error>(TunnelConn(s)));
+        let (store, c) = (store.clone(), store_cancel.clone());
+        tokio::spawn(async move { store.serve_incoming(incoming, c).await });
+        expected = plan.hosts.iter().map(|h| h.name.clone()).collect();
+        let wiring = Wiring {
+            flags: ChildFlags {
+                converged_timeout: cfg.converged_timeout.map(|d| d.as_secs()),
+                noop: cfg.noop,
+                no_watch: !cfg.watch,
+            },
+            ui: ui.clone(),
+            tunnels: tunnels_tx,
+            events: events_tx,
+            converged: converged_flag.clone(),
+        };
+        fan = Some(Task(tokio::spawn(fanout::run(
+            plan,
+            wiring,
+            remote_cancel.clone(),
+        ))));
+    } else {
+        drop(events_tx);
+    }
+
     let exit_on_converged = cfg.converged_timeout.is_some() && cfg.depth == 0;
-
+    let peers = if cfg.remote.is_some() {
+        Peers::Hosts(expected)
+    } else if matches!(cfg.store, StoreMode::Embedded { .. }) {
+        Peers::Published
+    } else {
+        Peers::None
+    };
+    let mut status_rx = local.as_ref().map(|l| l.status.clone());
     let reason = tokio::select! {
         _ = cancel.cancelled() => StopReason::Cancelled,
         _ = sleep_opt(cfg.max_runtime) => {
             tracing::info!("--max-runtime reached; stopping");
             StopReason::MaxRuntime
         }
-        r = wait_converged(&mut world, &mut status_rx, cluster), if exit_on_converged => {
+        r = wait_converged(&mut world, status_rx.as_mut(), peers, &mut events_rx, exit_on_converged) => {
             r?;
-            tracing::info!("converged for {}s; stopping", cfg.converged_timeout.unwrap_or_default().as_secs());
-            StopReason::Converged
+            converged_flag.store(true, Ordering::SeqCst);
+            match cfg.converged_timeout {
+                Some(t) => tracing::info!("converged for {}s; stopping", t.as_secs()),
+                None => tracing::info!("every remote host ended; stopping"),
+            }
+            if exit_on_converged { StopReason::Converged } else { StopReason::HostsEnded }
         }
-        r = &mut engine.0 => anyhow::bail!("the engine stopped unexpectedly: {r:?}"),
+        r = engine_died(&mut local) => anyhow::bail!("the engine stopped unexpectedly: {r}"),
     };
-    source_cancel.cancel();
-    let _ = (&mut { source_task }.0).await;
-    engine_cancel.cancel();
-    let status = (&mut engine.0).await?;
-    publish_cancel.cancel();
-    if let Ok(Err(e)) = (&mut { publisher }.0).await {
-        tracing::warn!("converged state: {e}");
-    }
+    remote_cancel.cancel();
+    let hosts = match fan.as_mut() {
+        Some(t) => (&mut t.0).await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let status = match local {
+        Some(l) => Some(l.stop().await),
+        None => None,
+    };
     store_cancel.cancel();
-    if let Some(t) = store_task {
-        let _ = (&mut { t }.0).await;
+    if let Some((_, task)) = store {
+        let _ = (&mut { task }.0).await;
     }
-    Ok(Outcome { status, reason })
+    if !hosts.is_empty() {
+        ui.finish(&summary(&hosts));
+    }
+    Ok(Outcome {
+        status,
+        hosts,
+        reason,
+    })
+}
+
+fn summary(hosts: &[HostReport]) -> Vec<SummaryRow> {
+    hosts
+        .iter()
+        .map(|h| SummaryRow {
+            host: h.name.clone(),
+            route: h.name.clone(),
+            result: h.result.clone(),
+            bytes_sent: h.bytes_sent,
+            cache_hit: h.cache_hit,
+            elapsed: h.elapsed,
+        })
+        .collect()
+}
+
+async fn engine_died(local: &mut Option<local::Local>) -> String {
+    match local {
+        Some(l) => l.died().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_opt(d: Option<Duration>) {
@@ -158,11 +220,13 @@ async fn connect_world(
     Ok(World::connect_tunnel(url, &secret, &cfg.hostname).await?)
 }
 
+type StoreHandle = (crate::store::Store, Task<()>);
+
 /// Starts the embedded store, or returns the external one's URLs.
 async fn start_store(
     mode: &StoreMode,
     cancel: &CancellationToken,
-) -> anyhow::Result<(Vec<String>, Option<Task<()>>)> {
+) -> anyhow::Result<(Vec<String>, Option<StoreHandle>)> {
     match mode {
         StoreMode::External { seeds } => Ok((seeds.clone(), None)),
         StoreMode::Embedded { listen } => {
@@ -173,51 +237,97 @@ async fn start_store(
             let local = listener.local_addr()?;
             tracing::info!("store: listening on http://{local}");
             let store = crate::store::Store::new(crate::store::Config::default());
-            let cancel = cancel.clone();
+            let (s, cancel) = (store.clone(), cancel.clone());
             let task = tokio::spawn(async move {
-                if let Err(e) = store.serve(listener, cancel).await {
+                if let Err(e) = s.serve(listener, cancel).await {
                     tracing::error!("store: {e}");
                 }
             });
-            Ok((vec![format!("http://{local}")], Some(Task(task))))
+            Ok((vec![format!("http://{local}")], Some((store, Task(task)))))
         }
     }
 }
 
-/// Returns once this host is converged and, with `cluster`, every host that
-/// publishes under `/_mgmt/converged/` is too, at the same time.
+/// Whose converged state, besides this host's, ends the run.
+enum Peers {
+    /// Nobody else (a client of an external store).
+    None,
+    /// Every host publishing under `/_mgmt/converged/` (the embedded store).
+    Published,
+    /// These remote hosts; each leaves the set when it ends.
+    Hosts(BTreeSet<String>),
+}
+
+/// Returns when this host (if it runs a graph) and every peer are converged
+/// at the same time; with `exit_on_converged` false it only returns once
+/// every remote host has ended. Keeps reading host events either way.
 async fn wait_converged(
     world: &mut World,
-    status: &mut watch::Receiver<Status>,
-    cluster: bool,
+    mut status: Option<&mut watch::Receiver<Status>>,
+    mut peers: Peers,
+    events: &mut mpsc::Receiver<HostEvent>,
+    exit_on_converged: bool,
 ) -> anyhow::Result<()> {
-    let mut hosts = if cluster {
-        Some(world.watch_converged().await?)
-    } else {
-        None
+    let mut keys = match (&peers, exit_on_converged) {
+        (Peers::None, _) | (_, false) => None,
+        _ => Some(world.watch_converged().await?),
     };
+    let mut events_open = true;
     loop {
-        let mine = status.borrow_and_update().converged;
-        if mine {
-            let others = match &mut hosts {
-                Some(_) => world.converged_map().await?,
-                None => Default::default(),
+        let mine = status
+            .as_deref_mut()
+            .is_none_or(|s| s.borrow_and_update().converged);
+        if let Peers::Hosts(set) = &peers {
+            if set.is_empty() && status.is_none() {
+                return Ok(());
+            }
+        }
+        if exit_on_converged && mine {
+            let map = match peers {
+                Peers::None => Default::default(),
+                _ => world.converged_map().await?,
             };
             let me = world.hostname().to_owned();
-            let waiting: Vec<_> = others
-                .iter()
-                .filter(|(h, c)| !**c && **h != me)
-                .map(|(h, _)| h.as_str())
-                .collect();
+            let waiting: Vec<&str> = match &peers {
+                Peers::None => Vec::new(),
+                Peers::Published => map
+                    .iter()
+                    .filter(|(h, c)| !**c && **h != me)
+                    .map(|(h, _)| h.as_str())
+                    .collect(),
+                Peers::Hosts(set) => set
+                    .iter()
+                    .filter(|h| map.get(*h) != Some(&true))
+                    .map(String::as_str)
+                    .collect(),
+            };
             if waiting.is_empty() {
                 return Ok(());
             }
-            tracing::debug!("converged here; waiting for {}", waiting.join(", "));
+            tracing::debug!("waiting for {} to converge", waiting.join(", "));
         }
         tokio::select! {
-            r = status.changed() => r.context("the engine stopped")?,
-            Some(ev) = next_msg(&mut hosts) => { ev?; }
+            r = changed(status.as_deref_mut()) => r.context("the engine stopped")?,
+            Some(ev) = next_msg(&mut keys) => { ev?; }
+            ev = events.recv(), if events_open => match ev {
+                Some(HostEvent::Ended(h)) => {
+                    if let Peers::Hosts(set) = &mut peers {
+                        set.remove(&h);
+                    }
+                }
+                Some(HostEvent::Running(_)) => {}
+                None => events_open = false,
+            },
         }
+    }
+}
+
+async fn changed(
+    status: Option<&mut watch::Receiver<Status>>,
+) -> Result<(), watch::error::RecvError> {
+    match status {
+        Some(s) => s.changed().await,
+        None => std::future::pending().await,
     }
 }
 

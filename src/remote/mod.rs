@@ -28,7 +28,10 @@
 )]
 
 pub mod auth;
+pub mod fanout;
+pub mod host;
 pub mod hostkey;
+pub mod plan;
 pub mod sftp;
 pub mod ssh;
 pub mod target;

@@ -716,6 +716,12 @@ impl RemoteChild {
         }
     }
 
+    /// The exit status, once [`Self::next_line`] has returned `None`
+    /// (call it once).
+    pub async fn status(&mut self) -> ExitStatus {
+        (&mut self.status).await.unwrap_or(ExitStatus::Lost)
+    }
+
     /// Wait for the exit status. Remaining output is discarded.
     pub async fn wait(mut self) -> ExitStatus {
         self.lines.close();

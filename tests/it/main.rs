@@ -5,5 +5,6 @@ mod cli;
 mod engine;
 mod exchange;
 mod remote;
+mod remote_run;
 mod store;
 mod util;

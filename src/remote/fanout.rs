@@ -1,0 +1,162 @@
+//! The fan-out: every host of a remote run at once, at most `--cconns` of
+//! them in set-up, each in its own task; the graphs kept in step with the
+//! local files; tunnel connections handed to the embedded store.
+//!
+//! What it does not decide: when the run ends. The caller watches the
+//! converged keys (told which hosts are running through [`HostEvent`]s) and
+//! cancels the token; every host then stops its child and cleans up.
+
+use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::host::{self, ChildFlags, HostEvent, HostReport, Shared};
+use super::plan::Plan;
+use super::tunnel::TunnelSecret;
+use super::Stream;
+use crate::fswatch::PathWatch;
+use crate::graph;
+use crate::ui::Ui;
+
+/// A tunnel connection as the store's server sees it.
+pub struct TunnelConn(pub Stream);
+
+impl tonic::transport::server::Connected for TunnelConn {
+    type ConnectInfo = ();
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+impl AsyncRead for TunnelConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TunnelConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// Everything a fan-out needs besides the plan.
+pub struct Wiring {
+    pub flags: ChildFlags,
+    pub ui: Ui,
+    /// Authenticated tunnel connections go here (to the store).
+    pub tunnels: mpsc::Sender<Stream>,
+    pub events: mpsc::Sender<HostEvent>,
+    /// Set by the caller before cancelling when the cluster converged.
+    pub converged: Arc<AtomicBool>,
+}
+
+/// Runs every host until `cancel`, or until every host has ended; returns
+/// one report per host, in plan order.
+pub async fn run(plan: Plan, w: Wiring, cancel: CancellationToken) -> Vec<HostReport> {
+    let mut run_id = [0u8; 8];
+    rand::fill(&mut run_id[..]);
+    let setup = (plan.cconns > 0).then(|| Arc::new(Semaphore::new(plan.cconns)));
+    let mut watchers = JoinSet::new();
+    let mut graphs = Vec::new();
+    for f in &plan.files {
+        let (tx, rx) = watch::channel(Arc::new(f.text.clone()));
+        if !w.flags.no_watch {
+            match PathWatch::new(&f.path) {
+                Ok(pw) => {
+                    watchers.spawn(follow_file(f.path.clone(), f.text.clone(), pw, tx));
+                }
+                Err(e) => tracing::warn!("{e}; edits of {} will not be sent", f.path.display()),
+            }
+        }
+        graphs.push(rx);
+    }
+    let hosts = plan.hosts.clone();
+    for h in &hosts {
+        w.ui.add_host(&h.name);
+    }
+    let shared = Arc::new(Shared {
+        plan,
+        run_id: hex::encode(run_id),
+        secret: TunnelSecret::generate(),
+        flags: w.flags,
+        tunnels: w.tunnels,
+        setup,
+        ui: w.ui,
+        converged: w.converged,
+    });
+    let mut tasks = JoinSet::new();
+    for (i, h) in hosts.into_iter().enumerate() {
+        let g = graphs[h.file].clone();
+        let (shared, events, token) = (shared.clone(), w.events.clone(), cancel.child_token());
+        tasks.spawn(async move { (i, host::run(shared, h, g, events, token).await) });
+    }
+    let mut reports: Vec<Option<HostReport>> = (0..tasks.len()).map(|_| None).collect();
+    while let Some(r) = tasks.join_next().await {
+        if let Ok((i, rep)) = r {
+            reports[i] = Some(rep);
+        }
+    }
+    watchers.abort_all();
+    reports.into_iter().flatten().collect()
+}
+
+/// Sends every valid edit of a `--remote` file to its hosts; an invalid one
+/// is reported and not sent.
+async fn follow_file(
+    path: std::path::PathBuf,
+    mut last: String,
+    mut watch: PathWatch,
+    tx: watch::Sender<Arc<String>>,
+) {
+    let label = path.display().to_string();
+    loop {
+        if let Err(e) = watch.changed().await {
+            tracing::warn!("{e}; edits of {label} will not be sent");
+            return;
+        }
+        // Let an editor finish writing before reading it.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        if text == last {
+            continue;
+        }
+        last = text.clone();
+        match graph::parse_str(&text, &label) {
+            Ok(_) => {
+                tracing::info!("{label}: changed; sending it to its hosts");
+                if tx.send(Arc::new(text)).is_err() {
+                    return;
+                }
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    tracing::error!("{e}");
+                }
+                tracing::error!(
+                    "{label}: invalid edit not sent; the hosts keep the previous graph"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! The local graph of a run: exports and collects, the engine, live reload
+//! of the file, and this host's converged state in the store.
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{source, Task};
+use crate::config::{Config, GraphFile};
+use crate::engine::{self, Status};
+use crate::world::World;
+
+/// The running local graph; [`Local::stop`] stops it in order.
+pub(super) struct Local {
+    /// The engine's status, continuously.
+    pub status: watch::Receiver<Status>,
+    engine: Task<Status>,
+    engine_cancel: CancellationToken,
+    source: Task<()>,
+    source_cancel: CancellationToken,
+    publisher: Task<Result<(), crate::world::WorldError>>,
+    publish_cancel: CancellationToken,
+}
+
+impl Local {
+    pub async fn start(cfg: &Config, file: &GraphFile, world: World) -> anyhow::Result<Local> {
+        // Armed before anything is applied, so no edit can slip through.
+        let file_watch = match cfg.watch {
+            true => Some(crate::fswatch::PathWatch::new(&file.path)?),
+            false => None,
+        };
+        tracing::info!(
+            "host {}: running graph {:?} from {}",
+            cfg.hostname,
+            file.graph.name,
+            file.path.display()
+        );
+        let (updates_tx, updates_rx) = mpsc::channel(4);
+        let mut source = source::Source::new(file, world.clone(), cfg.noop, updates_tx);
+        let initial = source.initial().await?;
+        let (status_tx, status) = watch::channel(Status::default());
+        let engine_cancel = CancellationToken::new();
+        let engine_cfg = engine::Config {
+            noop: cfg.noop,
+            converged_timeout: cfg.converged_timeout,
+            root: "/".into(),
+        };
+        let engine = Task(tokio::spawn(engine::run(
+            engine_cfg,
+            initial,
+            updates_rx,
+            status_tx,
+            engine_cancel.clone(),
+        )));
+        let source_cancel = CancellationToken::new();
+        let source = Task(tokio::spawn(source.run(file_watch, source_cancel.clone())));
+        let publish_cancel = CancellationToken::new();
+        let publisher = Task(tokio::spawn(
+            world.publish_converged(status.clone(), publish_cancel.clone()),
+        ));
+        Ok(Local {
+            status,
+            engine,
+            engine_cancel,
+            source,
+            source_cancel,
+            publisher,
+            publish_cancel,
+        })
+    }
+
+    /// Resolves only if the engine task ends by itself (a bug).
+    pub async fn died(&mut self) -> String {
+        match (&mut self.engine.0).await {
+            Ok(_) => "it returned".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Stops the graph source, the engine (killing running commands), then
+    /// the publisher (which revokes this host's converged key).
+    pub async fn stop(mut self) -> Status {
+        self.source_cancel.cancel();
+        let _ = (&mut self.source.0).await;
+        self.engine_cancel.cancel();
+        let status = (&mut self.engine.0).await.unwrap_or_default();
+        self.publish_cancel.cancel();
+        if let Ok(Err(e)) = (&mut self.publisher.0).await {
+            tracing::warn!("converged state: {e}");
+        }
+        status
+    }
+}
