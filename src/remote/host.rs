@@ -144,10 +144,10 @@ async fn place(
     ui.stage(&host.name, Stage::Connecting);
     let session = super::connect(&host.target, &shared.plan.settings)
         .await
-        .map_err(|e| with_hint(e.kind.to_string(), e.hint()))?;
+        .map_err(|e| explain(&e))?;
     let sftp = Sftp::open(&session)
         .await
-        .map_err(|e| with_hint(e.kind.to_string(), e.hint()))?;
+        .map_err(|e| explain(&e))?;
     let total = shared.plan.binary.size;
     let progress_ui = ui.clone();
     let progress_name = host.name.clone();
@@ -163,7 +163,7 @@ async fn place(
     let cached = sftp
         .ensure_binary(&session, &bin.path, &bin.sha256, &opts)
         .await
-        .map_err(|e| with_hint(e.kind.to_string(), e.hint()))?;
+        .map_err(|e| explain(&e))?;
     if cached.hit {
         ui.stage(&host.name, Stage::Cached);
     }
@@ -184,8 +184,15 @@ async fn place(
     })
 }
 
-fn with_hint(msg: String, hint: Option<String>) -> String {
-    match hint {
+/// The error and its sources on one line, then the hint.
+fn explain<E: std::error::Error + super::Hint>(e: &super::HostError<E>) -> String {
+    let mut msg = e.kind.to_string();
+    let mut src = e.kind.source();
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    match e.hint() {
         Some(h) => format!("{msg} (hint: {h})"),
         None => msg,
     }
@@ -202,7 +209,7 @@ async fn supervise(
     let ui = &shared.ui;
     let tunnel = match p.session.reverse_tunnel(64).await {
         Ok(t) => t,
-        Err(e) => return RowResult::Failed(with_hint(e.kind.to_string(), e.hint())),
+        Err(e) => return RowResult::Failed(explain(&e)),
     };
     let port = tunnel.port;
     let mut bridges = JoinSet::new();
@@ -223,7 +230,7 @@ async fn supervise(
             .await
         {
             Ok(c) => c,
-            Err(e) => return RowResult::Failed(with_hint(e.kind.to_string(), e.hint())),
+            Err(e) => return RowResult::Failed(explain(&e)),
         };
         ui.stage(&host.name, Stage::Running);
         let (status, last_err) = follow(
