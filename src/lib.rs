@@ -30,4 +30,5 @@ pub mod resources;
 pub mod run;
 pub mod shutdown;
 pub mod store;
+pub mod ui;
 pub mod world;
