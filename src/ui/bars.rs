@@ -11,9 +11,12 @@
 //! `[host] failed: reason` line above the bars, so it stays in the
 //! scrollback.
 //!
-//! Drawing is rate-limited to [`REFRESH_HZ`] by indicatif's draw target, and
-//! spinners only tick (one thread each, indicatif's steady tick) on hosts in
-//! set-up, of which at most about [`MAX_VISIBLE`] or [`COMPACT_AT`] are shown.
+//! Drawing is rate-limited to [`REFRESH_HZ`] by indicatif's draw target.
+//! Spinners tick (one thread each, indicatif's steady tick) only on hosts in
+//! set-up, at most [`COMPACT_AT`] or [`MAX_VISIBLE`] of them, and on the
+//! summary bar; the ticks also redraw what the rate limiter dropped. Bars
+//! without a ticker force a draw when their stage changes, so the screen
+//! never keeps showing a stale stage.
 //! The per-host state lives in [`super::State`], under the `Ui`'s lock.
 
 use std::collections::HashMap;
@@ -37,7 +40,7 @@ const ACTIVE: &str = "{prefix} {spinner} {wide_msg}";
 const IDLE: &str = "{prefix}   {wide_msg}";
 const COPYING: &str =
     "{prefix} {spinner} copying {bar:30} {percent:>3}% {binary_bytes}/{binary_total_bytes}";
-const SUMMARY: &str = "{wide_msg}";
+const SUMMARY: &str = "{spinner} {wide_msg}";
 
 /// The drawing side, fixed at construction.
 pub(super) struct Bars {
@@ -188,6 +191,7 @@ impl Bars {
             }
         }
         if let Some(summary) = st.summary.take() {
+            summary.disable_steady_tick();
             self.multi.remove(&summary);
         }
         let _ = self.multi.clear();
@@ -208,7 +212,11 @@ impl Bars {
             }
         }
         let summary = hidden_bar().with_style(self.summary_style.clone());
-        st.summary = Some(self.multi.insert(0, summary));
+        let summary = self.multi.insert(0, summary);
+        // Counts change with every host's stage; the ticker redraws what
+        // the rate limiter dropped.
+        summary.enable_steady_tick(TICK);
+        st.summary = Some(summary);
     }
 
     fn update_summary(&self, st: &BarState, counts: &[usize; STAGES], total: usize) {
@@ -218,16 +226,17 @@ impl Bars {
     }
 
     fn create(&self, st: &mut BarState, name: &str, stage: &Stage) -> HostBar {
-        let bar = self.multi.add(hidden_bar());
-        bar.set_prefix(prefix(name, st.prefix_width));
-        st.visible += 1;
-        // Placeholder: `set_look` sets the real style and look right away.
-        let mut hb = HostBar {
-            bar,
-            look: Look::Idle,
-        };
-        self.set_look(&mut hb, look(stage));
+        // Dressed before the `MultiProgress` adopts it, so that its first
+        // draw is already in the right style.
+        let bar = hidden_bar().with_prefix(prefix(name, st.prefix_width));
+        let look = look(stage);
+        let mut hb = HostBar { bar, look };
+        self.set_look(&mut hb, look);
         self.show(&mut hb, stage);
+        hb.bar = self.multi.add(hb.bar);
+        // A bar is on screen only once it has drawn itself.
+        hb.bar.force_draw();
+        st.visible += 1;
         hb
     }
 
@@ -239,17 +248,27 @@ impl Bars {
 
     fn show(&self, hb: &mut HostBar, stage: &Stage) {
         let look = look(stage);
-        if look != hb.look {
+        let mut changed = look != hb.look;
+        if changed {
             self.set_look(hb, look);
         }
-        match stage {
-            Stage::Copying { sent, total } => {
-                if hb.bar.length() != Some(*total) {
-                    hb.bar.set_length(*total);
-                }
-                hb.bar.set_position((*sent).min(*total));
+        if let Stage::Copying { sent, total } = stage {
+            if hb.bar.length() != Some(*total) {
+                hb.bar.set_length(*total);
             }
-            other => hb.bar.set_message(other.to_string()),
+            hb.bar.set_position((*sent).min(*total));
+            return;
+        }
+        let text = stage.to_string();
+        if hb.bar.message() != text {
+            hb.bar.set_message(text);
+            changed = true;
+        }
+        // The rate limiter may have dropped that draw, and with no ticker to
+        // catch up an idle bar would keep showing its previous stage. Idle
+        // stages are few per host.
+        if changed && look == Look::Idle {
+            hb.bar.force_draw();
         }
     }
 
