@@ -173,6 +173,14 @@ struct Host {
     bar: Option<bars::HostBar>,
 }
 
+impl fmt::Debug for Ui {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ui")
+            .field("terminal", &self.inner.bars.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Recover from a poisoned lock: the data is output state, still usable.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)

@@ -486,3 +486,40 @@ fn many_hosts_in_set_up_show_a_bounded_number_of_bars() {
     assert_eq!(lock(&ui.inner.state).bars.visible, 0);
     ui.finish(&[]);
 }
+
+#[test]
+fn with_stdout_redirected_only_stdout_lines_bypass_the_bars() {
+    let term = FakeTerm::default();
+    let (out, err) = (Capture::default(), Capture::default());
+    let target = ProgressDrawTarget::term_like_with_hz(Box::new(term.clone()), 20);
+    let sinks = Sinks {
+        out: Box::new(out.clone()),
+        err: Box::new(err.clone()),
+    };
+    let ui = Ui::build(sinks, Some(bars::Bars::new(target, false)));
+    ui.stage("web1", Stage::Running);
+    ui.line("web1", Stream::Stdout, "to the file");
+    ui.line("web1", Stream::Stderr, "to the screen");
+    assert_eq!(out.text(), "[web1] to the file\n");
+    assert_eq!(err.text(), "");
+    let text = term.text();
+    assert!(text.contains("[web1] to the screen\n"), "{text}");
+    assert!(text.contains("web1   running\n"), "{text}");
+    assert!(!text.contains("to the file"), "{text}");
+}
+
+#[test]
+fn a_poisoned_lock_does_not_silence_the_ui() {
+    let (ui, out, _) = plain();
+    let poisoner = ui.clone();
+    let result = thread::spawn(move || {
+        let _guard = poisoner.inner.sinks.lock();
+        panic!("poison the sinks");
+    })
+    .join();
+    assert!(result.is_err());
+    assert!(ui.inner.sinks.is_poisoned());
+    ui.line("web1", Stream::Stdout, "still here");
+    assert_eq!(out.text(), "[web1] still here\n");
+    assert_eq!(format!("{ui:?}"), "Ui { terminal: false, .. }");
+}
