@@ -523,3 +523,43 @@ fn a_poisoned_lock_does_not_silence_the_ui() {
     assert_eq!(out.text(), "[web1] still here\n");
     assert_eq!(format!("{ui:?}"), "Ui { terminal: false, .. }");
 }
+
+#[test]
+fn concurrent_lines_and_stages_on_a_terminal_never_tear() {
+    let (ui, term, sink) = on_fake_term();
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let ui = ui.clone();
+            thread::spawn(move || {
+                let host = format!("t{t}");
+                for n in 0..200u64 {
+                    ui.stage(
+                        &host,
+                        Stage::Copying {
+                            sent: n,
+                            total: 200,
+                        },
+                    );
+                    ui.line(
+                        &host,
+                        Stream::Stdout,
+                        &format!("line {n} of a reasonably long output line"),
+                    );
+                }
+                ui.stage(&host, Stage::Running);
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    ui.finish(&[]);
+    let text = term.text();
+    let printed: String = text
+        .lines()
+        .filter(|l| l.starts_with('['))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_whole_lines(&printed, 4, 200);
+    assert_eq!(sink.text(), "");
+}
