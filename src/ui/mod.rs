@@ -16,6 +16,10 @@
 //!   terminal as the bars, they are printed above the bars instead (through
 //!   the bars' lock), or they would tear them.
 //!
+//! Printing above the bars redraws them (indicatif's `println` always does),
+//! so a flood of remote output costs one redraw per line; the bars are few
+//! (see `bars`), which keeps that bounded.
+//!
 //! This module does not decide stages or results (that is `remote` and
 //! `run`), nor exit codes (`main`), nor set up `tracing` (`main` does, with
 //! [`Ui::make_writer`] as the writer). It does not split a byte stream into
@@ -130,6 +134,18 @@ pub enum Stream {
 }
 
 /// The handle every host task writes through. Clones share everything.
+///
+/// ```no_run
+/// use std::io::IsTerminal;
+/// use mgmt::ui::{Stage, Stream, Ui};
+///
+/// let ui = Ui::new(std::io::stderr().is_terminal());
+/// tracing_subscriber::fmt().with_writer(ui.make_writer()).init();
+/// ui.add_host("gw.dc1/web3");
+/// ui.stage("gw.dc1/web3", Stage::Copying { sent: 0, total: 9_017_753 });
+/// ui.line("gw.dc1/web3", Stream::Stdout, "hello from web3");
+/// let table = ui.finish(&[]);
+/// ```
 #[derive(Clone)]
 pub struct Ui {
     inner: Arc<Inner>,
