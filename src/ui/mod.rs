@@ -1,0 +1,439 @@
+//! What the operator sees while a remote run goes on and when it ends: one
+//! progress line per host on a terminal (plain `[host] stage` lines
+//! otherwise), the remote children's output prefixed `[host]`, log events,
+//! and the final summary table.
+//!
+//! [`Ui`] is a cheap, cloneable handle shared by every host task. Each call
+//! writes whole lines in one piece under one lock, so output from different
+//! hosts never tears, and nothing is queued: a slow terminal slows the
+//! callers down instead of growing memory.
+//!
+//! Where things go:
+//! - stage notices, [`Ui::println`], log events and the summary: stderr;
+//! - a remote child's stderr lines: stderr;
+//! - a remote child's stdout lines: stdout, so `mgmt run … > out.txt` keeps
+//!   what the hosts printed apart from what mgmt says. When stdout is the same
+//!   terminal as the bars, they are printed above the bars instead (through
+//!   the bars' lock), or they would tear them.
+//!
+//! Printing above the bars redraws them (indicatif's `println` always does),
+//! so a flood of remote output costs one redraw per line; the bars are few
+//! (see `bars`), which keeps that bounded.
+//!
+//! This module does not decide stages or results (that is `remote` and
+//! `run`), nor exit codes (`main`), nor set up `tracing` (`main` does, with
+//! [`Ui::make_writer`] as the writer). It does not split a byte stream into
+//! lines either: callers hand it whole lines.
+
+mod bars;
+mod log;
+mod summary;
+
+pub use summary::{human_bytes, RowResult, SummaryRow};
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, IsTerminal, Write};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use indicatif::ProgressDrawTarget;
+use tracing_subscriber::fmt::MakeWriter;
+
+/// Where a host is in its run, as shown to the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stage {
+    Queued,
+    Connecting,
+    Authenticating,
+    Copying {
+        sent: u64,
+        total: u64,
+    },
+    /// The binary was already on the host: nothing to copy.
+    Cached,
+    Starting,
+    Running,
+    Converged,
+    Stopping,
+    Done,
+    Failed(String),
+}
+
+/// How many [`Stage`] variants there are; see [`Stage::index`].
+const STAGES: usize = 11;
+const STAGE_NAMES: [&str; STAGES] = [
+    "queued",
+    "connecting",
+    "authenticating",
+    "copying",
+    "cached",
+    "starting",
+    "running",
+    "converged",
+    "stopping",
+    "done",
+    "failed",
+];
+
+impl Stage {
+    /// Position in [`STAGE_NAMES`], for counting hosts per stage.
+    fn index(&self) -> usize {
+        match self {
+            Stage::Queued => 0,
+            Stage::Connecting => 1,
+            Stage::Authenticating => 2,
+            Stage::Copying { .. } => 3,
+            Stage::Cached => 4,
+            Stage::Starting => 5,
+            Stage::Running => 6,
+            Stage::Converged => 7,
+            Stage::Stopping => 8,
+            Stage::Done => 9,
+            Stage::Failed(_) => 10,
+        }
+    }
+
+    /// Stages that are short and worth watching: these get a spinner, and
+    /// in the many-hosts view these are the hosts that keep a bar.
+    fn is_setup(&self) -> bool {
+        matches!(
+            self,
+            Stage::Connecting
+                | Stage::Authenticating
+                | Stage::Copying { .. }
+                | Stage::Cached
+                | Stage::Starting
+                | Stage::Stopping
+        )
+    }
+}
+
+/// `queued`, `copying 42%`, `failed: reason`, …
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stage::Copying { sent, total } => write!(f, "copying {}%", percent(*sent, *total)),
+            Stage::Failed(reason) => write!(f, "failed: {reason}"),
+            other => f.write_str(STAGE_NAMES[other.index()]),
+        }
+    }
+}
+
+fn percent(sent: u64, total: u64) -> u64 {
+    if total == 0 {
+        return 100;
+    }
+    (u128::from(sent.min(total)) * 100 / u128::from(total)) as u64
+}
+
+/// Which of the remote child's streams a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// The handle every host task writes through. Clones share everything.
+///
+/// ```no_run
+/// use std::io::IsTerminal;
+/// use mgmt::ui::{Stage, Stream, Ui};
+///
+/// let ui = Ui::new(std::io::stderr().is_terminal());
+/// tracing_subscriber::fmt().with_writer(ui.make_writer()).init();
+/// ui.add_host("gw.dc1/web3");
+/// ui.stage("gw.dc1/web3", Stage::Copying { sent: 0, total: 9_017_753 });
+/// ui.line("gw.dc1/web3", Stream::Stdout, "hello from web3");
+/// let table = ui.finish(&[]);
+/// ```
+#[derive(Clone)]
+pub struct Ui {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Plain mode's destinations; in terminal mode only for stdout lines
+    /// when stdout is not the terminal, and for everything if the draw
+    /// target turned out hidden. One lock for both, so two of our writes are
+    /// never in flight at once even when stdout and stderr are one file.
+    sinks: Mutex<Sinks>,
+    /// Per-host state. Lock order: `state`, then indicatif's own lock (bar
+    /// updates); `sinks` and printing above the bars are never entered with
+    /// `state` held.
+    state: Mutex<State>,
+    /// `None`: plain mode.
+    bars: Option<bars::Bars>,
+}
+
+struct Sinks {
+    out: Box<dyn Write + Send>,
+    err: Box<dyn Write + Send>,
+}
+
+#[derive(Default)]
+struct State {
+    hosts: HashMap<String, Host>,
+    /// How many hosts are at each stage, by [`Stage::index`].
+    counts: [usize; STAGES],
+    /// Set by [`Ui::finish`]: bars are gone, later stages are ignored.
+    finished: bool,
+    bars: bars::BarState,
+}
+
+struct Host {
+    stage: Stage,
+    /// Plain mode: how far through the copy the last printed notice was
+    /// (0 none, 1 started, 2 half, 3 done), so a copy prints at most 3 lines.
+    copy_mark: u8,
+    /// Terminal mode: this host's bar, if it is shown.
+    bar: Option<bars::HostBar>,
+}
+
+impl fmt::Debug for Ui {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ui")
+            .field("terminal", &self.inner.bars.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Recover from a poisoned lock: the data is output state, still usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Ui {
+    /// `tty`: stderr is a terminal, so draw one progress line per host;
+    /// otherwise print plain lines. Falls back to plain lines when the
+    /// terminal can't draw bars (`TERM=dumb`).
+    pub fn new(tty: bool) -> Ui {
+        let sinks = Sinks {
+            out: Box::new(io::stdout()),
+            err: Box::new(io::stderr()),
+        };
+        if !tty {
+            return Ui::build(sinks, None);
+        }
+        let target = ProgressDrawTarget::stderr_with_hz(bars::REFRESH_HZ);
+        let bars = bars::Bars::new(target, io::stdout().is_terminal());
+        if bars.is_hidden() {
+            return Ui::build(sinks, None);
+        }
+        Ui::build(sinks, Some(bars))
+    }
+
+    /// Plain mode writing to `out` (remote stdout lines) and `err`
+    /// (everything else), e.g. to capture output in tests.
+    pub fn with_writers(out: Box<dyn Write + Send>, err: Box<dyn Write + Send>) -> Ui {
+        Ui::build(Sinks { out, err }, None)
+    }
+
+    /// Terminal mode drawing to `target`, remote stdout lines printed above
+    /// the bars as when stdout is the terminal. `out` and `err` are used only
+    /// if `target` is hidden, so that no line is lost.
+    pub fn with_draw_target(
+        target: ProgressDrawTarget,
+        out: Box<dyn Write + Send>,
+        err: Box<dyn Write + Send>,
+    ) -> Ui {
+        Ui::build(Sinks { out, err }, Some(bars::Bars::new(target, true)))
+    }
+
+    fn build(sinks: Sinks, bars: Option<bars::Bars>) -> Ui {
+        Ui {
+            inner: Arc::new(Inner {
+                sinks: Mutex::new(sinks),
+                state: Mutex::new(State::default()),
+                bars,
+            }),
+        }
+    }
+
+    /// Register a host (display name, e.g. `web3` or `gw.dc1/web3`) as
+    /// queued. Adding it again does nothing.
+    pub fn add_host(&self, host: &str) {
+        let mut state = lock(&self.inner.state);
+        self.add_locked(&mut state, host);
+    }
+
+    fn add_locked(&self, state: &mut State, name: &str) {
+        if state.finished || state.hosts.contains_key(name) {
+            return;
+        }
+        let host = Host {
+            stage: Stage::Queued,
+            copy_mark: 0,
+            bar: None,
+        };
+        state.hosts.insert(name.to_string(), host);
+        state.counts[Stage::Queued.index()] += 1;
+        if let Some(bars) = &self.inner.bars {
+            let State {
+                hosts,
+                counts,
+                bars: bar_state,
+                ..
+            } = state;
+            bars.add(bar_state, hosts, counts, name);
+        }
+    }
+
+    /// Move `host` to `stage` (adding it if unknown). On a terminal this
+    /// updates its bar; in plain mode it prints `[host] stage` on a real
+    /// change only: not `queued`, not a repeat, and a copy only when it
+    /// starts, passes half way and completes.
+    ///
+    /// A failed host stays failed: later stages other than another failure
+    /// are ignored, so teardown doesn't hide the reason. The summary has the
+    /// final word.
+    pub fn stage(&self, host: &str, stage: Stage) {
+        let notice = {
+            let mut state = lock(&self.inner.state);
+            self.stage_locked(&mut state, host, stage)
+        };
+        if let Some(text) = notice {
+            self.emit(Stream::Stderr, &format!("[{host}] {text}"));
+        }
+    }
+
+    /// Update the state; return the line to print, if any.
+    fn stage_locked(&self, state: &mut State, name: &str, stage: Stage) -> Option<String> {
+        if state.finished {
+            return None;
+        }
+        self.add_locked(state, name);
+        let State {
+            hosts,
+            counts,
+            bars: bar_state,
+            ..
+        } = state;
+        let total = hosts.len();
+        let host = hosts.get_mut(name)?;
+        if matches!(host.stage, Stage::Failed(_)) && !matches!(stage, Stage::Failed(_)) {
+            return None;
+        }
+        let notice = match self.inner.bars {
+            None => plain_notice(host, &stage),
+            Some(_) => None,
+        };
+        let moved = host.stage.index() != stage.index();
+        counts[host.stage.index()] -= 1;
+        counts[stage.index()] += 1;
+        host.stage = stage;
+        match &self.inner.bars {
+            Some(bars) => bars.stage(bar_state, counts, total, moved, name, host),
+            None => notice,
+        }
+    }
+
+    /// Print one line (or several, if `text` has newlines) of a remote
+    /// child's output as `[host] text`, in one piece. A trailing newline is
+    /// dropped, and of a line with carriage returns only what a terminal
+    /// would show (the part after the last `\r`) is kept, because a bare
+    /// `\r` would tear the bars.
+    pub fn line(&self, host: &str, stream: Stream, text: &str) {
+        self.emit(stream, &prefixed(host, text));
+    }
+
+    /// Print any other message to stderr, above the bars.
+    pub fn println(&self, text: &str) {
+        self.emit(Stream::Stderr, text);
+    }
+
+    /// A `tracing` writer that prints each log event whole, above the bars.
+    /// Use as `tracing_subscriber::fmt().with_writer(ui.make_writer())`.
+    pub fn make_writer(&self) -> impl for<'a> MakeWriter<'a> + Send + Sync + 'static {
+        log::MakeLogWriter { ui: self.clone() }
+    }
+
+    /// Clear the bars, print the summary table to stderr and return it.
+    /// Later stage changes are ignored; lines still print.
+    pub fn finish(&self, rows: &[SummaryRow]) -> String {
+        {
+            let mut state = lock(&self.inner.state);
+            state.finished = true;
+            if let Some(bars) = &self.inner.bars {
+                let State {
+                    hosts,
+                    bars: bar_state,
+                    ..
+                } = &mut *state;
+                bars.clear(bar_state, hosts);
+            }
+        }
+        let text = summary::format_summary(rows);
+        self.emit(Stream::Stderr, text.trim_end_matches('\n'));
+        text
+    }
+
+    /// Write `text` plus a newline in one piece, above the bars or to a sink.
+    /// Write errors are dropped: there is nowhere left to report them
+    /// (e.g. `mgmt … | head` closed stdout), and the run must go on.
+    fn emit(&self, stream: Stream, text: &str) {
+        if let Some(bars) = &self.inner.bars {
+            if bars.prints_above(stream) {
+                bars.println(text);
+                return;
+            }
+        }
+        let mut buf = Vec::with_capacity(text.len() + 1);
+        buf.extend_from_slice(text.as_bytes());
+        buf.push(b'\n');
+        let mut sinks = lock(&self.inner.sinks);
+        let sink = match stream {
+            Stream::Stdout => &mut sinks.out,
+            Stream::Stderr => &mut sinks.err,
+        };
+        let _ = sink.write_all(&buf).and_then(|()| sink.flush());
+    }
+}
+
+/// Plain mode: the notice for moving `host` to `next`, if it is worth a line.
+fn plain_notice(host: &mut Host, next: &Stage) -> Option<String> {
+    match next {
+        Stage::Queued => None,
+        Stage::Copying { sent, total } => {
+            if !matches!(host.stage, Stage::Copying { .. }) {
+                host.copy_mark = 0;
+            }
+            let pct = percent(*sent, *total);
+            let mark = match pct {
+                0..50 => 1,
+                50..100 => 2,
+                _ => 3,
+            };
+            if mark <= host.copy_mark {
+                return None;
+            }
+            host.copy_mark = mark;
+            Some(format!("copying {pct}% of {}", human_bytes(*total)))
+        }
+        _ if *next == host.stage => None,
+        _ => Some(next.to_string()),
+    }
+}
+
+/// `[host] line` for each line of `text`.
+fn prefixed(host: &str, text: &str) -> String {
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    let mut out = String::with_capacity(text.len() + host.len() + 3);
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let line = line.rsplit('\r').next().unwrap_or(line);
+        out.push('[');
+        out.push_str(host);
+        out.push(']');
+        if !line.is_empty() {
+            out.push(' ');
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,339 @@
+//! The end-of-run summary table and the small formatters it uses
+//! (`human_bytes`, durations).
+//!
+//! Pure string building: no I/O, no locks. [`super::Ui::finish`] prints what
+//! this returns; deciding each host's result is the caller's job.
+
+use std::time::Duration;
+
+/// How one host's run ended, as shown in the summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowResult {
+    Converged,
+    /// Stopped before converging (^C, cancelled), without an error.
+    Stopped,
+    /// The full reason; the table truncates it, the lines after it don't.
+    Failed(String),
+}
+
+/// One line of the summary table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SummaryRow {
+    /// Display name, e.g. `web3` or `gw.dc1/web3`.
+    pub host: String,
+    /// How the host was reached, e.g. `direct` or `gw.dc1`; empty shows `-`.
+    pub route: String,
+    pub result: RowResult,
+    pub bytes_sent: u64,
+    /// Whether the binary was already cached on the host; `None`: never got
+    /// that far.
+    pub cache_hit: Option<bool>,
+    pub elapsed: Duration,
+}
+
+/// The widest the result cell gets in the table (`failed: ` included);
+/// longer reasons end in `…` there and are printed in full after the table.
+const RESULT_WIDTH: usize = 48;
+
+const HEADER: [&str; 6] = ["host", "route", "result", "sent", "cache", "time"];
+/// Numbers are right-aligned so their units line up.
+const RIGHT_ALIGNED: [bool; 6] = [false, false, false, true, false, true];
+
+/// Bytes in binary units with one decimal: `0 B`, `512 B`, `1.5 KiB`,
+/// `8.6 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    // 1023.96 would print as "1024.0": move up a unit before rounding does.
+    while value >= 1023.95 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// A short duration: `0.3s`, `1.2s`, `2m05s`, `1h02m`.
+pub(crate) fn human_duration(d: Duration) -> String {
+    let tenths = (d.as_millis() + 50) / 100;
+    if tenths < 600 {
+        return format!("{}.{}s", tenths / 10, tenths % 10);
+    }
+    let secs = (d.as_millis() + 500) / 1000;
+    if secs < 3600 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60)
+    }
+}
+
+/// The whole summary: table, counts line, then every failure's full reason
+/// as `host: reason`. Each line ends with `\n`.
+pub(crate) fn format_summary(rows: &[SummaryRow]) -> String {
+    let mut out = String::new();
+    if !rows.is_empty() {
+        out.push_str(&format_table(rows));
+    }
+    out.push_str(&counts_line(rows));
+    out.push('\n');
+    for row in rows {
+        if let RowResult::Failed(reason) = &row.result {
+            out.push_str(&full_reason(&row.host, reason));
+        }
+    }
+    out
+}
+
+fn format_table(rows: &[SummaryRow]) -> String {
+    let mut table: Vec<[String; 6]> = Vec::with_capacity(rows.len() + 1);
+    table.push(HEADER.map(String::from));
+    table.extend(rows.iter().map(cells));
+    let mut widths = [0usize; 6];
+    for line in &table {
+        for (w, cell) in widths.iter_mut().zip(line) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for line in &table {
+        let mut text = String::new();
+        for (i, cell) in line.iter().enumerate() {
+            if i > 0 {
+                text.push_str("  ");
+            }
+            let pad = " ".repeat(widths[i] - cell.chars().count());
+            if RIGHT_ALIGNED[i] {
+                text.push_str(&pad);
+                text.push_str(cell);
+            } else {
+                text.push_str(cell);
+                text.push_str(&pad);
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn cells(row: &SummaryRow) -> [String; 6] {
+    let route = if row.route.is_empty() {
+        "-"
+    } else {
+        &row.route
+    };
+    let result = match &row.result {
+        RowResult::Converged => "converged".to_string(),
+        RowResult::Stopped => "stopped".to_string(),
+        RowResult::Failed(reason) => {
+            truncate(&format!("failed: {}", one_line(reason)), RESULT_WIDTH)
+        }
+    };
+    let cache = match row.cache_hit {
+        Some(true) => "hit",
+        Some(false) => "miss",
+        None => "-",
+    };
+    [
+        row.host.clone(),
+        route.to_string(),
+        result,
+        human_bytes(row.bytes_sent),
+        cache.to_string(),
+        human_duration(row.elapsed),
+    ]
+}
+
+fn counts_line(rows: &[SummaryRow]) -> String {
+    let (mut converged, mut failed, mut stopped) = (0, 0, 0);
+    for row in rows {
+        match row.result {
+            RowResult::Converged => converged += 1,
+            RowResult::Failed(_) => failed += 1,
+            RowResult::Stopped => stopped += 1,
+        }
+    }
+    let n = rows.len();
+    let hosts = if n == 1 { "host" } else { "hosts" };
+    format!("{converged} converged, {failed} failed, {stopped} stopped ({n} {hosts})")
+}
+
+/// `host: reason`, continuation lines of a multi-line reason indented.
+fn full_reason(host: &str, reason: &str) -> String {
+    let mut out = format!("{host}:");
+    for (i, line) in reason.trim_end().lines().enumerate() {
+        out.push_str(if i == 0 { " " } else { "\n  " });
+        out.push_str(line);
+    }
+    out.push('\n');
+    out
+}
+
+/// Newlines and tabs become spaces so a reason fits in one table cell.
+fn one_line(s: &str) -> String {
+    s.trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// At most `max` chars, the last one `…` when something was cut.
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(
+        host: &str,
+        route: &str,
+        result: RowResult,
+        bytes: u64,
+        cache: Option<bool>,
+        ms: u64,
+    ) -> SummaryRow {
+        SummaryRow {
+            host: host.into(),
+            route: route.into(),
+            result,
+            bytes_sent: bytes,
+            cache_hit: cache,
+            elapsed: Duration::from_millis(ms),
+        }
+    }
+
+    #[test]
+    fn human_bytes_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1024), "1.0 KiB");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(9_017_753), "8.6 MiB");
+        assert_eq!(human_bytes(1024 * 1024 - 1), "1.0 MiB");
+        assert_eq!(human_bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn human_duration_forms() {
+        assert_eq!(human_duration(Duration::ZERO), "0.0s");
+        assert_eq!(human_duration(Duration::from_millis(1234)), "1.2s");
+        assert_eq!(human_duration(Duration::from_millis(59_940)), "59.9s");
+        assert_eq!(human_duration(Duration::from_millis(59_960)), "1m00s");
+        assert_eq!(human_duration(Duration::from_secs(125)), "2m05s");
+        assert_eq!(human_duration(Duration::from_secs(3720)), "1h02m");
+    }
+
+    #[test]
+    fn table_is_aligned_and_counted() {
+        let rows = [
+            row(
+                "web1",
+                "direct",
+                RowResult::Converged,
+                9_017_753,
+                Some(false),
+                1234,
+            ),
+            row(
+                "gw.dc1/web3",
+                "gw.dc1",
+                RowResult::Converged,
+                0,
+                Some(true),
+                300,
+            ),
+            row("db", "", RowResult::Stopped, 512, None, 65_000),
+        ];
+        let text = format_summary(&rows);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert_eq!(
+            lines[0],
+            "host         route   result        sent  cache   time"
+        );
+        assert_eq!(
+            lines[1],
+            "web1         direct  converged  8.6 MiB  miss    1.2s"
+        );
+        assert_eq!(
+            lines[2],
+            "gw.dc1/web3  gw.dc1  converged      0 B  hit     0.3s"
+        );
+        assert_eq!(
+            lines[3],
+            "db           -       stopped      512 B  -      1m05s"
+        );
+        assert_eq!(lines[4], "2 converged, 0 failed, 1 stopped (3 hosts)");
+        // Every table line ends its time column at the same place.
+        let width = lines[0].len();
+        assert!(
+            lines[..4].iter().all(|l| l.chars().count() == width),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn long_reasons_are_truncated_then_printed_whole() {
+        let long = format!(
+            "connect to 10.0.0.7:22: {}\nhint: check the firewall",
+            "x".repeat(80)
+        );
+        let rows = [
+            row(
+                "web1",
+                "direct",
+                RowResult::Failed(long.clone()),
+                0,
+                None,
+                100,
+            ),
+            row(
+                "web2",
+                "direct",
+                RowResult::Failed("auth refused".into()),
+                0,
+                None,
+                100,
+            ),
+            row("web3", "direct", RowResult::Converged, 10, Some(true), 100),
+        ];
+        let text = format_summary(&rows);
+        let lines: Vec<&str> = text.lines().collect();
+        let cell = lines[1]
+            .split("  ")
+            .find(|c| c.starts_with("failed: "))
+            .unwrap_or("");
+        assert_eq!(cell.chars().count(), RESULT_WIDTH, "{text}");
+        assert!(cell.ends_with('…'));
+        assert!(lines[2].contains("failed: auth refused"));
+        assert_eq!(lines[4], "1 converged, 2 failed, 0 stopped (3 hosts)");
+        assert_eq!(
+            lines[5],
+            format!("web1: connect to 10.0.0.7:22: {}", "x".repeat(80))
+        );
+        assert_eq!(lines[6], "  hint: check the firewall");
+        assert_eq!(lines[7], "web2: auth refused");
+        assert_eq!(lines.len(), 8);
+    }
+
+    #[test]
+    fn empty_summary_is_just_the_counts() {
+        assert_eq!(
+            format_summary(&[]),
+            "0 converged, 0 failed, 0 stopped (0 hosts)\n"
+        );
+        let one = [row("a", "direct", RowResult::Converged, 0, None, 0)];
+        assert!(format_summary(&one).contains("(1 host)"));
+    }
+}
