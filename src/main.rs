@@ -13,9 +13,11 @@ use mgmt::config::{Config, ConfigError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.verbose);
-    let Command::Run(args) = cli.command;
-    let cfg = match Config::from_args(&args) {
+    // Logs go through the UI so they never tear progress bars or host lines.
+    let ui = mgmt::ui::Ui::new(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let Command::Run(args) = &cli.command;
+    init_logs(cli.verbose, args.depth > 0, &ui);
+    let cfg = match Config::from_args(args) {
         Ok(cfg) => cfg,
         Err(ConfigError::Graph(errors)) => {
             for e in &errors.0 {
@@ -45,7 +47,6 @@ fn main() -> ExitCode {
     let code = rt.block_on(async {
         let root = CancellationToken::new();
         let signals = tokio::spawn(mgmt::shutdown::on_signals(root.clone()));
-        let ui = mgmt::ui::Ui::new(std::io::IsTerminal::is_terminal(&std::io::stderr()));
         let result = mgmt::run::run(cfg, ui, root).await;
         signals.abort();
         match result {
@@ -66,17 +67,23 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-fn init_logs(verbose: u8) {
+/// A remote child (`child`) logs without timestamps: its parent prints
+/// each line with the host it came from.
+fn init_logs(verbose: u8, child: bool, ui: &mgmt::ui::Ui) {
     let default = match verbose {
         0 => "info",
         1 => "mgmt=debug,info",
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(ui.make_writer());
+    if child {
+        logs.without_time().init();
+    } else {
+        logs.init();
+    }
 }

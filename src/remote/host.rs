@@ -96,24 +96,23 @@ pub async fn run(
         cache_hit: None,
         elapsed: Duration::ZERO,
     };
-    let placed = tokio::select! {
-        _ = cancel.cancelled() => None,
-        r = place(&shared, &host, &graph, &cancel) => match r {
-            Ok(p) => Some(p),
-            Err(why) => {
-                report.result = RowResult::Failed(why);
-                None
-            }
-        },
+    let placed = match place(&shared, &host, &graph, &cancel).await {
+        Ok(p) => Some(p),
+        Err(_) if cancel.is_cancelled() => None,
+        Err(why) => {
+            report.result = RowResult::Failed(why);
+            None
+        }
     };
     if let Some(p) = placed {
         report.bytes_sent = p.cached.bytes_sent;
         report.cache_hit = Some(p.cached.hit);
         let _ = events.send(HostEvent::Running(name.clone())).await;
         report.result = supervise(&shared, &host, &p, graph, &cancel).await;
-        let _ = events.send(HostEvent::Ended(name.clone())).await;
         teardown(&shared, p).await;
     }
+    // Every host ends, placed or not: it no longer holds up convergence.
+    let _ = events.send(HostEvent::Ended(name.clone())).await;
     if let RowResult::Failed(why) = &report.result {
         shared.ui.stage(&name, Stage::Failed(why.clone()));
     } else {
@@ -132,22 +131,22 @@ async fn place(
 ) -> Result<Placed, String> {
     let ui = &shared.ui;
     ui.stage(&host.name, Stage::Queued);
+    let stopping = || "the run is stopping".to_string();
     let _permit = match &shared.setup {
-        Some(s) => Some(
-            s.clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| "the run is stopping".to_string())?,
-        ),
+        Some(s) => tokio::select! {
+            _ = cancel.cancelled() => return Err(stopping()),
+            p = s.clone().acquire_owned() => Some(p.map_err(|_| stopping())?),
+        },
         None => None,
     };
     ui.stage(&host.name, Stage::Connecting);
-    let session = super::connect(&host.target, &shared.plan.settings)
-        .await
-        .map_err(|e| explain(&e))?;
-    let sftp = Sftp::open(&session)
-        .await
-        .map_err(|e| explain(&e))?;
+    // Dropping a connect half-way is harmless; the copy below instead
+    // checks `cancel` between writes and removes its temporary file.
+    let session = tokio::select! {
+        _ = cancel.cancelled() => return Err(stopping()),
+        r = super::connect(&host.target, &shared.plan.settings) => r.map_err(|e| explain(&e))?,
+    };
+    let sftp = Sftp::open(&session).await.map_err(|e| explain(&e))?;
     let total = shared.plan.binary.size;
     let progress_ui = ui.clone();
     let progress_name = host.name.clone();
@@ -177,6 +176,8 @@ async fn place(
     )
     .await
     .map_err(|e| e.kind.to_string())?;
+    // Still under the permit: tests measure the set-up concurrency with it.
+    tracing::debug!("{}: set-up done", host.name);
     Ok(Placed {
         session,
         sftp,

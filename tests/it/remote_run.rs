@@ -89,3 +89,393 @@ fn remote2a_remote2b_exchange_then_converge() {
         );
     }
 }
+
+/// The summary row of `host`: [host, route, result, sent, cache, time]
+/// (sent is two words in the table, "0 B" or "91.7 MiB").
+fn row(log: &str, host: &str) -> Vec<String> {
+    let w: Vec<&str> = log
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|w| w.len() >= 7 && w[0] == host && w[1] == host)
+        .unwrap_or_else(|| panic!("no summary row for {host} in:\n{log}"));
+    let n = w.len();
+    vec![
+        w[0].into(),
+        w[1].into(),
+        w[2].into(),
+        w[n - 4..n - 2].join(" "),
+        w[n - 2].into(),
+        w[n - 1].into(),
+    ]
+}
+
+/// Pids of processes whose command line contains `needle`.
+fn procs_with(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(needle) && pid != std::process::id() as i32 {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Polls a condition that has no event to wait on (another process's
+/// exit), with a bound; returns whether it became true.
+fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+fn one_noop_graph(d: &Dir, name: &str, urls: &[String]) -> std::path::PathBuf {
+    let list: String = urls.iter().map(|u| format!("- {u}\n")).collect();
+    d.write(
+        name,
+        &format!("graph: {name}\nresources:\n  noop:\n  - name: n\nremote:\n{list}"),
+    )
+}
+
+// See: #4 (cache: the second run sends no binary bytes; a corrupt cached binary is replaced, never run)
+#[test]
+fn second_run_hits_the_cache_and_a_corrupt_binary_is_replaced() {
+    let fleet = SshdFleet::start(1);
+    let d = Dir::new();
+    let g = one_noop_graph(&d, "g.yaml", &[fleet.url(1)]);
+    let host = fleet.ip(1).to_owned();
+    let run = || {
+        let mut p = Proc::spawn(&mut remote_cmd(
+            &fleet,
+            &[&g],
+            &["--converged-timeout", "0"],
+        ));
+        let code = p.wait(LIMIT);
+        (code, p.lines_so_far().join("\n"))
+    };
+    let (code, log) = run();
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(row(&log, &host)[4], "miss", "{log}");
+    let (code, log) = run();
+    assert_eq!(code, 0, "{log}");
+    let r = row(&log, &host);
+    assert_eq!(
+        (r[3].as_str(), r[4].as_str()),
+        ("0 B", "hit"),
+        "second run must send nothing:\n{log}"
+    );
+    // Corrupt the cached binary (same size): it must be replaced, not run.
+    let bin_dir = fleet.home(1).join(".cache/mgmt/bin");
+    let cached = std::fs::read_dir(&bin_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("mgmt");
+    let mut bytes = std::fs::read(&cached).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&cached, &bytes).unwrap();
+    let (code, log) = run();
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("failed its hash check; replacing it"), "{log}");
+    let fixed = std::fs::read(&cached).unwrap();
+    assert_ne!(fixed[mid], bytes[mid], "the cached binary was not replaced");
+}
+
+// See: #4 (--no-caching leaves nothing behind)
+#[test]
+fn no_caching_leaves_nothing_on_the_host() {
+    let fleet = SshdFleet::start(1);
+    let d = Dir::new();
+    let g = one_noop_graph(&d, "g.yaml", &[fleet.url(1)]);
+    let mut p = Proc::spawn(&mut remote_cmd(
+        &fleet,
+        &[&g],
+        &["--converged-timeout", "0", "--no-caching"],
+    ));
+    assert_eq!(p.wait(LIMIT), 0, "{}", p.lines_so_far().join("\n"));
+    let cache = fleet.home(1).join(".cache/mgmt");
+    assert!(
+        !cache.exists(),
+        "left behind: {:?}",
+        std::fs::read_dir(&cache).map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+    );
+}
+
+// See: #4 (50 hosts from one graph, --cconns 8: never more than 8 in set-up)
+#[test]
+fn fifty_hosts_with_a_set_up_cap_of_eight() {
+    let fleet = SshdFleet::start(50);
+    let d = Dir::new();
+    let urls: Vec<String> = (1..=50).map(|i| fleet.url(i)).collect();
+    let g = one_noop_graph(&d, "g.yaml", &urls);
+    let mut p = Proc::spawn(&mut remote_cmd(
+        &fleet,
+        &[&g],
+        &["-v", "--cconns", "8", "--converged-timeout", "1"],
+    ));
+    let code = p.wait(Duration::from_secs(300));
+    let log = p.lines_so_far().join("\n");
+    assert_eq!(code, 0, "{log}");
+    // "connecting" is printed after the permit is taken, "set-up done"
+    // before it is released: the overlap of those intervals is the cap.
+    let (mut now, mut max) = (0i32, 0i32);
+    for l in log.lines() {
+        if l.starts_with('[') && l.ends_with("] connecting") {
+            now += 1;
+            max = max.max(now);
+        } else if l.ends_with(": set-up done") {
+            now -= 1;
+        }
+    }
+    assert_eq!(now, 0, "unbalanced set-up lines:\n{log}");
+    assert!(max <= 8, "{max} hosts were in set-up at once");
+    assert!(
+        max >= 2,
+        "the set-up phase never overlapped ({max}); the fan-out is serial"
+    );
+    assert!(log.contains("50 converged, 0 failed"), "{log}");
+}
+
+// See: #4 (a changed key, an unknown host, a wrong key, an unreachable address: that host fails, the rest converge, exit 1)
+#[test]
+fn failing_hosts_fail_alone_with_their_reason() {
+    let fleet = SshdFleet::start(5);
+    let d = Dir::new();
+    // known_hosts: host 3 unknown, host 4's key changed.
+    let other = d.path().join("other_host_key");
+    crate::util::sshd::keygen(&other);
+    let other_pub = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    let other_pub: Vec<&str> = other_pub.split_whitespace().take(2).collect();
+    let kh = std::fs::read_to_string(&fleet.known_hosts).unwrap();
+    let tag = |i: usize| format!("[{}]:{}", fleet.ip(i), fleet.port());
+    let kh: String = kh
+        .lines()
+        .filter(|l| !l.starts_with(&tag(3)))
+        .map(|l| {
+            if l.starts_with(&tag(4)) {
+                format!("{} {}\n", tag(4), other_pub.join(" "))
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    let known = d.write("known_hosts", &kh);
+    // Host 5 is told to use a key sshd does not accept.
+    let wrong = d.path().join("wrong_key");
+    crate::util::sshd::keygen(&wrong);
+    let ssh_config = d.write(
+        "ssh_config",
+        &format!("Host {}\n  IdentityFile {}\n", fleet.ip(5), wrong.display()),
+    );
+    // Host 6: nothing listens there.
+    let unreachable = format!("ssh://root@127.{}.{}.250:{}", 200, 201, fleet.port());
+    let mut urls: Vec<String> = (1..=5).map(|i| fleet.url(i)).collect();
+    urls.push(unreachable);
+    let g = one_noop_graph(&d, "g.yaml", &urls);
+    let mut c = mgmt();
+    c.env_remove("SSH_AUTH_SOCK")
+        .args([
+            "run",
+            "--converged-timeout",
+            "1",
+            "--connect-timeout",
+            "5",
+            "--remote",
+        ])
+        .arg(&g);
+    c.arg("--identity")
+        .arg(&fleet.client_key)
+        .arg("--known-hosts")
+        .arg(&known)
+        .arg("--ssh-config")
+        .arg(&ssh_config);
+    let mut p = Proc::spawn(&mut c);
+    let code = p.wait(LIMIT);
+    let log = p.lines_so_far().join("\n");
+    assert_eq!(code, 1, "{log}");
+    assert_eq!(row(&log, fleet.ip(1))[2], "converged", "{log}");
+    assert_eq!(row(&log, fleet.ip(2))[2], "converged", "{log}");
+    let reason = |i: &str| {
+        log.lines()
+            .find(|l| l.starts_with(&format!("{i}: ")))
+            .unwrap_or_else(|| panic!("no reason for {i}:\n{log}"))
+            .to_owned()
+    };
+    let r3 = reason(fleet.ip(3));
+    assert!(r3.contains("is not in") && r3.contains("SHA256:"), "{r3}");
+    let r4 = reason(fleet.ip(4));
+    assert!(
+        r4.contains("does not match") && r4.contains(&format!("{}:", known.display())),
+        "{r4}"
+    );
+    let r5 = reason(fleet.ip(5));
+    assert!(r5.contains("authentication as \"root\" failed"), "{r5}");
+    let r6 = reason("127.200.201.250");
+    assert!(r6.contains("cannot connect"), "{r6}");
+    assert!(log.contains("2 converged, 4 failed"), "{log}");
+}
+
+// See: #4 (live update: an edit on the initiator shows on the host while the run goes on)
+#[test]
+fn an_edit_of_the_remote_graph_is_applied_on_the_host() {
+    let fleet = SshdFleet::start(1);
+    let d = Dir::new();
+    let target = fleet.home(1).join("live");
+    let graph = |content: &str| {
+        format!("graph: live\nresources:\n  file:\n  - name: live\n    path: {}\n    content: \"{content}\"\nremote: {}\n", target.display(), fleet.url(1))
+    };
+    let g = d.write("g.yaml", &graph("one"));
+    let mut p = Proc::spawn(&mut remote_cmd(&fleet, &[&g], &[]));
+    p.wait_line(&format!("wrote 3 bytes to {}", target.display()), LIMIT);
+    // An invalid edit is not sent.
+    std::fs::write(&g, "graph: live\nresources:\n  potato: []\n").unwrap();
+    p.wait_line("invalid edit not sent", LIMIT);
+    std::fs::write(&g, graph("two!")).unwrap();
+    p.wait_line(&format!("wrote 4 bytes to {}", target.display()), LIMIT);
+    assert_eq!(read(&target).as_deref(), Some("two!"));
+    let log = p.lines_so_far().join("\n");
+    assert!(
+        !log.contains("stdin closed"),
+        "the child was restarted:\n{log}"
+    );
+    p.signal(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(p.wait(LIMIT), 0);
+}
+
+// See: #4 (the tunnel refuses a connection that does not present the secret)
+#[test]
+fn the_tunnel_refuses_connections_without_the_secret() {
+    let fleet = SshdFleet::start(1);
+    let d = Dir::new();
+    let g = one_noop_graph(&d, "g.yaml", &[fleet.url(1)]);
+    let mut p = Proc::spawn(&mut remote_cmd(&fleet, &[&g], &[]));
+    p.wait_line("] running", LIMIT);
+    // The child's command line holds the tunnel port (never the secret).
+    let child = procs_with(&format!("--hostname {}", fleet.ip(1)));
+    let cmd =
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{}/cmdline", child[0])).unwrap())
+            .replace('\0', " ");
+    let port: u16 = cmd
+        .split("http://127.0.0.1:")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let refused = rt.block_on(async {
+        let connect = etcd_client::Client::connect([format!("http://127.0.0.1:{port}")], None);
+        match tokio::time::timeout(Duration::from_secs(30), connect).await {
+            Ok(Ok(mut c)) => c.get("/_mgmt/", None).await.is_err(),
+            _ => true,
+        }
+    });
+    assert!(refused, "a client without the secret reached the store");
+    p.wait_line("tunnel connection from", LIMIT);
+    p.signal(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(p.wait(LIMIT), 0, "{}", p.lines_so_far().join("\n"));
+}
+
+// See: #4 (^C during the run: no mgmt process left on any host, per-run files removed)
+#[test]
+fn interrupt_during_the_run_leaves_nothing_behind() {
+    let fleet = SshdFleet::start(2);
+    let d = Dir::new();
+    let g = one_noop_graph(&d, "g.yaml", &[fleet.url(1), fleet.url(2)]);
+    let mut p = Proc::spawn(&mut remote_cmd(&fleet, &[&g], &[]));
+    p.wait_all(
+        &[
+            &format!("[{}] running", fleet.ip(1)),
+            &format!("[{}] running", fleet.ip(2)),
+        ],
+        LIMIT,
+    );
+    assert!(!procs_with(&format!("--hostname {}", fleet.ip(1))).is_empty());
+    p.signal(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(p.wait(LIMIT), 0, "{}", p.lines_so_far().join("\n"));
+    for i in [1, 2] {
+        assert!(
+            procs_with(&format!("--hostname {}", fleet.ip(i))).is_empty(),
+            "a child survived on host {i}"
+        );
+        assert!(
+            !fleet.home(i).join(".cache/mgmt/run").exists(),
+            "per-run files left on host {i}"
+        );
+    }
+}
+
+// See: #4 (^C during the copy: the upload stops, nothing half-written is left, exit 0)
+#[test]
+fn interrupt_during_the_copy_leaves_nothing_behind() {
+    let fleet = SshdFleet::start(1);
+    let d = Dir::new();
+    // A big "binary" (ELF magic, random body) so the copy lasts.
+    let big = d.path().join("big");
+    let mut data = vec![0u8; 512 * 1024 * 1024];
+    data[..4].copy_from_slice(b"\x7fELF");
+    std::fs::write(&big, &data).unwrap();
+    let g = one_noop_graph(&d, "g.yaml", &[fleet.url(1)]);
+    let mut p = Proc::spawn(
+        remote_cmd(&fleet, &[&g], &[])
+            .arg("--remote-binary")
+            .arg(&big),
+    );
+    p.wait_line("copying", LIMIT);
+    p.signal(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(p.wait(LIMIT), 0, "{}", p.lines_so_far().join("\n"));
+    let bin = fleet.home(1).join(".cache/mgmt/bin");
+    let left: Vec<_> = walk(&bin)
+        .into_iter()
+        .filter(|f| f.metadata().map(|m| m.is_file()).unwrap_or(false))
+        .collect();
+    assert!(left.is_empty(), "partial upload left: {left:?}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
+// See: #4 (killing the SSH connection makes the child exit by itself)
+#[test]
+fn a_dropped_link_stops_the_child() {
+    let fleet = SshdFleet::start(1);
+    let d = Dir::new();
+    let g = one_noop_graph(&d, "g.yaml", &[fleet.url(1)]);
+    let mut p = Proc::spawn(&mut remote_cmd(&fleet, &[&g], &[]));
+    p.wait_line("] running", LIMIT);
+    let needle = format!("--hostname {}", fleet.ip(1));
+    assert!(!procs_with(&needle).is_empty());
+    // SIGKILL: no clean stop, the connections just drop.
+    p.signal(nix::sys::signal::Signal::SIGKILL);
+    p.wait(LIMIT);
+    assert!(
+        eventually(Duration::from_secs(30), || procs_with(&needle).is_empty()),
+        "the child outlived its link: {:?}",
+        procs_with(&needle)
+    );
+}
