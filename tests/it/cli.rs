@@ -83,3 +83,43 @@ fn missing_file_and_bad_flags_exit_2() {
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("--seeds"), "{}", out.stderr);
 }
+
+// See: #4 (bad remote input: exit 2 before any connection)
+#[test]
+fn bad_remote_input_exits_2_before_connecting() {
+    let d = Dir::new();
+    let none = d.write("none.yaml", "graph: none\n");
+    let dup = d.write(
+        "dup.yaml",
+        "graph: dup\nremote:\n- ssh://root@127.0.0.1:1\n- ssh://root@127.0.0.1:2\n- ftp://nope\n",
+    );
+    let out = run(
+        mgmt()
+            .args(["run", "--known-hosts", "/dev/null", "--remote"])
+            .arg(&none)
+            .arg("--remote")
+            .arg(&dup),
+        LIMIT,
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("{}: no remote: key", none.display())),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&format!(
+            "{}:4:3: host \"127.0.0.1\" is already a target",
+            dup.display()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&format!("{}:5:3:", dup.display())),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("connecting"), "{}", out.stderr);
+}
