@@ -92,6 +92,7 @@ pub async fn run(cfg: Config, ui: Ui, cancel: CancellationToken) -> anyhow::Resu
     let (events_tx, mut events_rx) =
         mpsc::channel(2 * cfg.remote.as_ref().map_or(0, |p| p.hosts.len()) + 1);
     let mut fan = None;
+    let mut tunnel_server = None;
     if let Some(plan) = cfg.remote.clone() {
         let (tunnels_tx, tunnels_rx) = mpsc::channel(64);
         let (store, _) = store
@@ -100,7 +101,11 @@ pub async fn run(cfg: Config, ui: Ui, cancel: CancellationToken) -> anyhow::Resu
         let incoming = tokio_stream::wrappers::ReceiverStream::new(tunnels_rx)
             .map(|s| Ok::<_, std::io::Error>(TunnelConn(s)));
         let (store, c) = (store.clone(), store_cancel.clone());
-        tokio::spawn(async move { store.serve_incoming(incoming, c).await });
+        tunnel_server = Some(Task(tokio::spawn(async move {
+            if let Err(e) = store.serve_incoming(incoming, c).await {
+                tracing::error!("store (tunnels): {e}");
+            }
+        })));
         expected = plan.hosts.iter().map(|h| h.name.clone()).collect();
         let wiring = Wiring {
             flags: ChildFlags {
@@ -158,7 +163,7 @@ pub async fn run(cfg: Config, ui: Ui, cancel: CancellationToken) -> anyhow::Resu
         None => None,
     };
     store_cancel.cancel();
-    if let Some((_, task)) = store {
+    for task in tunnel_server.into_iter().chain(store.map(|(_, t)| t)) {
         let _ = (&mut { task }.0).await;
     }
     if !hosts.is_empty() {

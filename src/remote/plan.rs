@@ -170,6 +170,12 @@ fn targets(
     let mut names: HashMap<String, String> = HashMap::new();
     for (i, f) in files.iter().enumerate() {
         let label = f.path.display().to_string();
+        if let Some(gw) = f.graph.via.first() {
+            // Until hierarchical fan-out exists, never connect directly to
+            // hosts the operator meant to reach through a gateway.
+            errors.push(GraphError { file: label.clone(), pos: Some(gw.pos), message: "via: gateways are not supported by this version yet; remove via: to connect directly".into() });
+            continue;
+        }
         if f.graph.remote.is_empty() {
             errors.push(GraphError { file: label.clone(), pos: None, message: "no remote: key; add remote: ssh://user@host (or a list of URLs) to run this graph there".into() });
         }
