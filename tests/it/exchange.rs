@@ -114,3 +114,98 @@ fn exchange_through_a_real_etcd() {
         }
     }
 }
+
+/// A file resource as a graph would declare it.
+fn file_decl(name: &str, path: &str) -> mgmt::graph::ResourceDecl {
+    let mut params = serde_yaml_ng::Mapping::new();
+    params.insert("path".into(), path.into());
+    params.insert("content".into(), format!("{name}\n").into());
+    mgmt::graph::ResourceDecl {
+        kind: "file",
+        name: name.into(),
+        exported: true,
+        params,
+        meta: Default::default(),
+        pos: Default::default(),
+    }
+}
+
+/// Exports from three hosts, then collects with and without a hostname glob.
+async fn collect_filters_by_exporting_host(url: String) {
+    use mgmt::world::World;
+    let mut worlds = Vec::new();
+    for h in ["web1", "web2", "db1"] {
+        let mut w = World::connect(std::slice::from_ref(&url), h)
+            .await
+            .expect("connect");
+        let decl = file_decl(&format!("from-{h}"), &format!("/srv/{h}"));
+        assert_eq!(w.export(&[&decl]).await.expect("export"), 1);
+        // Exporting the same thing again writes nothing (no watch event).
+        assert_eq!(w.export(&[&decl]).await.expect("export"), 0);
+        worlds.push(w);
+    }
+    let collect = |hostname: Option<&str>| mgmt::graph::Collect {
+        kind: "file",
+        pattern: Some("/in/".into()),
+        hostname: hostname.map(str::to_owned),
+        pos: Default::default(),
+    };
+    let mut names = |got: Vec<mgmt::graph::ResourceDecl>| {
+        let mut v: Vec<String> = got
+            .into_iter()
+            .map(|d| {
+                format!(
+                    "{}={}",
+                    d.name,
+                    d.params.get("path").and_then(|p| p.as_str()).unwrap_or("")
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let all = worlds[2].collect(&[collect(None)]).await.expect("collect");
+    assert_eq!(
+        names(all),
+        [
+            "from-db1=/in/db1",
+            "from-web1=/in/web1",
+            "from-web2=/in/web2"
+        ]
+    );
+    let web = worlds[2]
+        .collect(&[collect(Some("web*"))])
+        .await
+        .expect("collect");
+    assert_eq!(names(web), ["from-web1=/in/web1", "from-web2=/in/web2"]);
+    // Un-exporting deletes the key.
+    assert_eq!(worlds[0].export(&[]).await.expect("export"), 1);
+    let web = worlds[2]
+        .collect(&[collect(Some("web?"))])
+        .await
+        .expect("collect");
+    assert_eq!(names(web), ["from-web2=/in/web2"]);
+}
+
+// See: #3, #6 (collect filters on the exporting host)
+#[tokio::test]
+async fn collect_hostname_glob_against_ours() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let store = mgmt::store::Store::new(mgmt::store::Config::default());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn({
+        let cancel = cancel.clone();
+        async move { store.serve(listener, cancel).await }
+    });
+    collect_filters_by_exporting_host(url).await;
+    cancel.cancel();
+    server.await.unwrap().unwrap();
+}
+
+// See: #3 (the world layer works against a real etcd too)
+#[tokio::test]
+async fn collect_hostname_glob_against_etcd() {
+    let etcd = crate::util::etcd::Etcd::start().await;
+    collect_filters_by_exporting_host(etcd.endpoint.clone()).await;
+}
