@@ -150,7 +150,7 @@ async fn collect_filters_by_exporting_host(url: String) {
         hostname: hostname.map(str::to_owned),
         pos: Default::default(),
     };
-    let mut names = |got: Vec<mgmt::graph::ResourceDecl>| {
+    let names = |got: Vec<mgmt::graph::ResourceDecl>| {
         let mut v: Vec<String> = got
             .into_iter()
             .map(|d| {
