@@ -27,6 +27,9 @@ use super::{
 };
 use crate::ui::{RowResult, Stage, Ui};
 
+/// How long a child may take to stop by itself once its stdin is closed,
+/// before it gets SIGINT by its pid.
+const STDIN_GRACE: Duration = Duration::from_secs(2);
 /// How long a child may take to stop after SIGINT before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long a tunnel client has to present the secret.
@@ -301,7 +304,9 @@ async fn follow(
     stopping: &mut bool,
 ) -> (ExitStatus, String) {
     let ui = &shared.ui;
-    let mut kill_at: Option<tokio::time::Instant> = None;
+    // Stop sequence: stdin closed (the child stops by itself; no extra
+    // session needed), then SIGINT by pid, then SIGKILL by pid.
+    let mut next_signal: Option<(tokio::time::Instant, KillSignal)> = None;
     let mut last_err = String::new();
     loop {
         tokio::select! {
@@ -326,13 +331,18 @@ async fn follow(
             _ = cancel.cancelled(), if !*stopping => {
                 *stopping = true;
                 ui.stage(&host.name, Stage::Stopping);
-                stop(p, child, KillSignal::Int).await;
-                kill_at = Some(tokio::time::Instant::now() + STOP_GRACE);
+                let _ = child.close_stdin().await;
+                next_signal = Some((tokio::time::Instant::now() + STDIN_GRACE, KillSignal::Int));
             }
-            _ = sleep_until(kill_at) => {
-                tracing::warn!("{}: the child did not stop within {STOP_GRACE:?}; killing it", host.name);
-                stop(p, child, KillSignal::Kill).await;
-                kill_at = None;
+            _ = sleep_until(next_signal.map(|(at, _)| at)) => {
+                let Some((_, signal)) = next_signal.take() else { continue };
+                tracing::debug!("{}: the child is still running; sending {signal:?} to its pid", host.name);
+                kill(p, child, signal).await;
+                if signal == KillSignal::Int {
+                    next_signal = Some((tokio::time::Instant::now() + STOP_GRACE, KillSignal::Kill));
+                } else {
+                    tracing::warn!("{}: the child did not stop within {STOP_GRACE:?} of SIGINT; killed it", host.name);
+                }
             }
         }
     }
@@ -346,10 +356,8 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Ends the child: its stdin closes (it stops by itself) and it gets
-/// `signal` by its own pid.
-async fn stop(p: &Placed, child: &mut RemoteChild, signal: KillSignal) {
-    let _ = child.close_stdin().await;
+/// Sends `signal` to the child by its own pid (never by name).
+async fn kill(p: &Placed, child: &RemoteChild, signal: KillSignal) {
     if let Some(pid) = child.pid {
         if let Err(e) = p.session.kill(pid, signal).await {
             tracing::debug!("{}: kill {pid}: {e}", p.session.host());
