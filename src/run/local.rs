@@ -25,7 +25,13 @@ impl Local {
     pub async fn start(cfg: &Config, file: &GraphFile, world: World) -> anyhow::Result<Local> {
         // Armed before anything is applied, so no edit can slip through.
         let file_watch = match cfg.watch {
-            true => Some(crate::fswatch::PathWatch::new(&file.path)?),
+            true => match crate::fswatch::PathWatch::new(&file.path) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!("{e}; live reload of the graph is off");
+                    None
+                }
+            },
             false => None,
         };
         tracing::info!(
