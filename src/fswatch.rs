@@ -20,11 +20,22 @@ use tokio::sync::mpsc;
 
 /// Why a watch could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot watch {path}: {source}")]
+#[error("cannot watch {path}: {source}{}", limit_hint(source))]
 pub struct WatchError {
     pub path: PathBuf,
     #[source]
     pub source: notify::Error,
+}
+
+/// The kernel's inotify limits are per user and low by default; say which.
+fn limit_hint(e: &notify::Error) -> &'static str {
+    match &e.kind {
+        notify::ErrorKind::MaxFilesWatch => " (raise fs.inotify.max_user_watches)",
+        notify::ErrorKind::Io(io) if io.raw_os_error() == Some(24) => {
+            " (raise fs.inotify.max_user_instances: one per mgmt process)"
+        }
+        _ => "",
+    }
 }
 
 struct Sub {
