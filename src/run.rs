@@ -25,7 +25,7 @@ use crate::config::{Config, StoreMode};
 use crate::engine::Status;
 use crate::remote::fanout::{self, TunnelConn, Wiring};
 use crate::remote::host::{ChildFlags, HostEvent, HostReport};
-use crate::ui::{RowResult, SummaryRow, Ui};
+use crate::ui::{RowResult, Stage, SummaryRow, Ui};
 use crate::world::World;
 
 /// How a run ended.
@@ -142,7 +142,7 @@ pub async fn run(cfg: Config, ui: Ui, cancel: CancellationToken) -> anyhow::Resu
             tracing::info!("--max-runtime reached; stopping");
             StopReason::MaxRuntime
         }
-        r = wait_converged(&mut world, status_rx.as_mut(), peers, &mut events_rx, exit_on_converged) => {
+        r = wait_converged(&mut world, status_rx.as_mut(), peers, &mut events_rx, exit_on_converged, &ui) => {
             r?;
             converged_flag.store(true, Ordering::SeqCst);
             match cfg.converged_timeout {
@@ -265,18 +265,27 @@ enum Peers {
 
 /// Returns when this host (if it runs a graph) and every peer are converged
 /// at the same time; with `exit_on_converged` false it only returns once
-/// every remote host has ended. Keeps reading host events either way.
+/// every remote host has ended. Keeps reading host events either way, and
+/// shows each remote host's converged state in the UI.
+///
+/// The peers' states are read once and then followed through a watch from
+/// the next revision, so each change costs one event, not a full read.
 async fn wait_converged(
     world: &mut World,
     mut status: Option<&mut watch::Receiver<Status>>,
     mut peers: Peers,
     events: &mut mpsc::Receiver<HostEvent>,
     exit_on_converged: bool,
+    ui: &Ui,
 ) -> anyhow::Result<()> {
-    let mut keys = match (&peers, exit_on_converged) {
-        (Peers::None, _) | (_, false) => None,
-        _ => Some(world.watch_converged().await?),
+    let (mut map, mut keys) = match peers {
+        Peers::None => (Default::default(), None),
+        _ => {
+            let (map, rev) = world.converged_snapshot().await?;
+            (map, Some(world.watch_converged_from(rev).await?))
+        }
     };
+    let me = world.hostname().to_owned();
     let mut events_open = true;
     loop {
         let mine = status
@@ -288,32 +297,28 @@ async fn wait_converged(
             }
         }
         if exit_on_converged && mine {
-            let map = match peers {
-                Peers::None => Default::default(),
-                _ => world.converged_map().await?,
+            let waiting = match &peers {
+                Peers::None => 0,
+                Peers::Published => map.iter().filter(|(h, c)| !**c && **h != me).count(),
+                Peers::Hosts(set) => set.iter().filter(|h| map.get(*h) != Some(&true)).count(),
             };
-            let me = world.hostname().to_owned();
-            let waiting: Vec<&str> = match &peers {
-                Peers::None => Vec::new(),
-                Peers::Published => map
-                    .iter()
-                    .filter(|(h, c)| !**c && **h != me)
-                    .map(|(h, _)| h.as_str())
-                    .collect(),
-                Peers::Hosts(set) => set
-                    .iter()
-                    .filter(|h| map.get(*h) != Some(&true))
-                    .map(String::as_str)
-                    .collect(),
-            };
-            if waiting.is_empty() {
+            if waiting == 0 {
                 return Ok(());
             }
-            tracing::debug!("waiting for {} to converge", waiting.join(", "));
+            tracing::debug!("waiting for {waiting} host(s) to converge");
         }
         tokio::select! {
             r = changed(status.as_deref_mut()) => r.context("the engine stopped")?,
-            Some(ev) = next_msg(&mut keys) => { ev?; }
+            Some(resp) = next_msg(&mut keys) => {
+                for host in crate::world::apply_converged(&mut map, &resp?) {
+                    if let Peers::Hosts(set) = &peers {
+                        if set.contains(&host) {
+                            let stage = if map.get(&host) == Some(&true) { Stage::Converged } else { Stage::Running };
+                            ui.stage(&host, stage);
+                        }
+                    }
+                }
+            }
             ev = events.recv(), if events_open => match ev {
                 Some(HostEvent::Ended(h)) => {
                     if let Peers::Hosts(set) = &mut peers {
@@ -338,9 +343,9 @@ async fn changed(
 
 async fn next_msg(
     w: &mut Option<etcd_client::WatchStream>,
-) -> Option<Result<(), etcd_client::Error>> {
+) -> Option<Result<etcd_client::WatchResponse, etcd_client::Error>> {
     match w {
-        Some(w) => w.message().await.map(|m| m.map(|_| ())).transpose(),
+        Some(w) => w.message().await.transpose(),
         None => std::future::pending().await,
     }
 }

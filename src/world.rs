@@ -19,7 +19,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
+    Client, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+    WatchResponse, WatchStream,
 };
 use serde_yaml_ng::{Mapping, Value};
 use tokio::sync::watch;
@@ -179,30 +180,37 @@ impl World {
             .await?)
     }
 
-    /// A stream with an event for every change under `/_mgmt/converged/`.
-    pub async fn watch_converged(&mut self) -> Result<WatchStream, WorldError> {
-        Ok(self
-            .client
-            .watch(CONVERGED, Some(WatchOptions::new().with_prefix()))
-            .await?)
-    }
-
-    /// Every host's published converged state.
-    pub async fn converged_map(&mut self) -> Result<BTreeMap<String, bool>, WorldError> {
+    /// Every host's published converged state, and the revision it was
+    /// read at (to watch from the next one without missing a change).
+    pub async fn converged_snapshot(
+        &mut self,
+    ) -> Result<(BTreeMap<String, bool>, i64), WorldError> {
         let resp = self
             .client
             .get(CONVERGED, Some(GetOptions::new().with_prefix()))
             .await?;
-        Ok(resp
+        let rev = resp.header().map_or(0, |h| h.revision());
+        let map = resp
             .kvs()
             .iter()
             .filter_map(|kv| {
-                let host = String::from_utf8_lossy(kv.key())
-                    .strip_prefix(CONVERGED)?
-                    .to_owned();
-                Some((host, kv.value() == b"true"))
+                Some((
+                    String::from_utf8_lossy(kv.key())
+                        .strip_prefix(CONVERGED)?
+                        .to_owned(),
+                    kv.value() == b"true",
+                ))
             })
-            .collect())
+            .collect();
+        Ok((map, rev))
+    }
+
+    /// Changes under `/_mgmt/converged/` after revision `rev`.
+    pub async fn watch_converged_from(&mut self, rev: i64) -> Result<WatchStream, WorldError> {
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(rev + 1);
+        Ok(self.client.watch(CONVERGED, Some(opts)).await?)
     }
 
     /// Publishes this host's converged state on every change of `status`
@@ -251,6 +259,33 @@ impl World {
         let _ = self.client.lease_revoke(lease).await;
         result
     }
+}
+
+/// Applies a watch response under `/_mgmt/converged/` to `map`; returns
+/// the hosts whose state changed.
+pub fn apply_converged(map: &mut BTreeMap<String, bool>, resp: &WatchResponse) -> Vec<String> {
+    let mut changed = Vec::new();
+    for ev in resp.events() {
+        let Some(kv) = ev.kv() else { continue };
+        let Some(host) = String::from_utf8_lossy(kv.key())
+            .strip_prefix(CONVERGED)
+            .map(str::to_owned)
+        else {
+            continue;
+        };
+        let now = match ev.event_type() {
+            EventType::Put => Some(kv.value() == b"true"),
+            EventType::Delete => None,
+        };
+        let before = match now {
+            Some(v) => map.insert(host.clone(), v),
+            None => map.remove(&host),
+        };
+        if before != now {
+            changed.push(host);
+        }
+    }
+    changed
 }
 
 /// `<host>/resources/<kind>/<name>` after the prefix.
