@@ -64,10 +64,11 @@ command -v parallel-ssh > /dev/null || SKIP="${SKIP:+$SKIP|}pssh"
 
 WORK=$(mktemp -d /tmp/mgmt-bench.XXXXXX)
 F="$WORK/fleet"
-CG=""
+CG=""; SCG=""
 if [ -w "$CGROOT" ]; then
   CG="$CGROOT/mgmt_bench_client_$$"
-  mkdir -p "$CG"
+  SCG="$CGROOT/mgmt_bench_server_$$"   # the fleet's sshd processes and their sessions
+  mkdir -p "$CG" "$SCG"
 fi
 
 close_masters() {
@@ -80,7 +81,10 @@ cleanup() {
   local rc=$?
   close_masters
   [ -f "$F/.mgmt-fleet" ] && { bash "$FLEET" down "$F" || rc=1; }
-  if [ -n "$CG" ] && [ -d "$CG" ]; then rmdir "$CG" 2> /dev/null || echo "bench/remote.sh: cgroup $CG still busy, not removed" >&2; fi
+  local g
+  for g in "$CG" "$SCG"; do
+    if [ -n "$g" ] && [ -d "$g" ]; then rmdir "$g" 2> /dev/null || echo "bench/remote.sh: cgroup $g still busy, not removed" >&2; fi
+  done
   rm -rf -- "$WORK"
   exit "$rc"
 }
@@ -137,7 +141,18 @@ local_tmp = $WORK/ansible/tmp
 control_path_dir = $WORK/ansible/cp
 EOF
 
-cg_usage() { if [ -n "$CG" ]; then cat "$CG/cpuacct.usage"; else echo 0; fi; }
+cg_usage() { if [ -n "$1" ]; then cat "$1/cpuacct.usage"; else echo 0; fi; }
+# CPU seconds the whole machine has been busy (all cores), from /proc/stat.
+busy() { awk '/^cpu /{printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / 100; exit}' /proc/stat; }
+# Wait (at most 30 s) until the machine is quiet: under 0.3 cores busy over 1 s.
+wait_quiet() {
+  local i b0 b1
+  for ((i = 0; i < 30; i++)); do
+    b0=$(busy); sleep 1; b1=$(busy)
+    awk -v a="$b0" -v b="$b1" 'BEGIN{exit !(b - a < 0.3)}' && return 0
+  done
+  echo "  (machine still busy after 30 s: $(cut -d' ' -f1-3 /proc/loadavg); measuring anyway, see the foreign CPU column)" >&2
+}
 
 # run_case ID N PREPARE CMD...: runs CMD under /usr/bin/time in the client
 # cgroup, after the untimed PREPARE. Appends "id n ok wall cpu_s rss_kb
@@ -150,26 +165,33 @@ run_case() {
   local log="$WORK/logs/${id//\//_}.$n.log" tf="$WORK/logs/${id//\//_}.$n.time"
   bash -c "$prep" < /dev/null > /dev/null 2>&1 || true
   sync
-  local c0 c1 t0 t1 rc=0
-  c0=$(cg_usage)
+  wait_quiet
+  local c0 c1 s0 s1 b0 b1 t0 t1 rc=0
+  c0=$(cg_usage "$CG"); s0=$(cg_usage "$SCG"); b0=$(busy)
   t0=$(date +%s.%N)
   (
     [ -n "$CG" ] && echo "$BASHPID" > "$CG/cgroup.procs"
     exec timeout -k 10 $((120 + 3 * n)) /usr/bin/time -f '%e %U %S %M' -o "$tf" "$@"
   ) > "$log" 2>&1 || rc=$?
   t1=$(date +%s.%N)
+  b1=$(busy); c1=$(cg_usage "$CG"); s1=$(cg_usage "$SCG")
   close_masters
-  c1=$(cg_usage)
-  local wall cpu self rss ok
+  local wall cpu self rss ok srv foreign
   wall=$(echo "$t0 $t1" | awk '{printf "%.2f", $2 - $1}')
   # /usr/bin/time: elapsed user sys maxrss(KB) of the command and its waited-for children
   read -r _ tu ts rss < <(tail -n 1 "$tf" 2> /dev/null || echo "0 0 0 0")
   self=$(echo "$tu $ts" | awk '{printf "%.2f", $1 + $2}')
-  if [ -n "$CG" ]; then cpu=$(echo "$c0 $c1" | awk '{printf "%.2f", ($2 - $1) / 1e9}'); else cpu=$self; fi
+  if [ -n "$CG" ]; then
+    cpu=$(echo "$c0 $c1" | awk '{printf "%.2f", ($2 - $1) / 1e9}')
+    srv=$(echo "$s0 $s1" | awk '{printf "%.2f", ($2 - $1) / 1e9}')
+    foreign=$(echo "$b0 $b1 $cpu $srv" | awk '{f = $2 - $1 - $3 - $4; printf "%.1f", (f < 0 ? 0 : f)}')
+  else
+    cpu=$self; srv=0; foreign=0
+  fi
   ok=$(ok_count "$id" "$n" "$log" "$rc")
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$n" "$ok" "$wall" "$cpu" "$rss" "$self" "$rc" >> "$RES"
-  printf '  %-16s N=%-4s ok %4s/%-4s wall %7.2f s  client CPU %6.2f s  (rc %s, log %s)\n' \
-    "$id" "$n" "$ok" "$n" "$wall" "$cpu" "$rc" "$log" >&2
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$n" "$ok" "$wall" "$cpu" "$rss" "$self" "$rc" "$srv" "$foreign" >> "$RES"
+  printf '  %-14s N=%-4s ok %4s/%-4s wall %7.2f s  CPU client %6.2f s server %6.2f s foreign %4.1f s  (rc %s)\n' \
+    "$id" "$n" "$ok" "$n" "$wall" "$cpu" "$srv" "$foreign" "$rc" >&2
   if [ "$ok" != "$n" ]; then
     echo "  --- $id: last lines of its output:" >&2
     tail -n 15 "$log" | sed 's/^/  | /' >&2
@@ -190,11 +212,15 @@ ok_count() {
 }
 
 echo "bench/remote.sh: binary $BIN ($SIZE bytes, sha256 ${HASH:0:12}), concurrency $CONC, N = ${NS[*]}" >&2
-echo "bench/remote.sh: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); client CPU from ${CG:+cpuacct cgroup}${CG:-rusage}" >&2
+echo "bench/remote.sh: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); client CPU from $([ -n "$CG" ] && echo "cpuacct cgroups" || echo "rusage (no server CPU)")" >&2
 
 for n in "${NS[@]}"; do
   echo "== N=$n: starting the fleet" >&2
-  bash "$FLEET" up "$n" "$F"
+  # The fleet's sshd processes (and every session they fork) in the server cgroup.
+  (
+    [ -n "$SCG" ] && echo "$BASHPID" > "$SCG/cgroup.procs"
+    exec bash "$FLEET" up "$n" "$F"
+  )
   cfg="$F/ssh_config"
   # one graph for every host: remote: a list of all N URLs, one noop
   {
@@ -251,14 +277,14 @@ rows = [l.rstrip('\n').split('\t') for l in open(sys.argv[1]) if l.strip()]
 size = int(sys.argv[2])
 R = {}
 print(f"Payload: the mgmt static binary, {size/1e6:.1f} MB. Concurrency 50.\n")
-print("| case | N | ok/N | wall s | client CPU s | client CPU ms/host | initiator CPU ms/host | peak RSS MB |")
-print("|---|---|---|---|---|---|---|---|")
-for id_, n, ok, wall, cpu, rss, self_, rc in rows:
-    n = int(n); wall = float(wall); cpu = float(cpu); self_ = float(self_); rss = int(rss)
+print("| case | N | ok/N | wall s | client CPU ms/host | server (sshd) CPU ms/host | initiator CPU ms/host | initiator peak RSS MB | foreign CPU s (noise) |")
+print("|---|---|---|---|---|---|---|---|---|")
+for id_, n, ok, wall, cpu, rss, self_, rc, srv, foreign in rows:
+    n = int(n); wall = float(wall); cpu = float(cpu); self_ = float(self_); rss = int(rss); srv = float(srv)
     R[(id_, n)] = dict(ok=ok, wall=wall, cpu=cpu, self=self_, rss=rss)
     mg = id_.startswith('mgmt/')
-    print(f"| {id_} | {n} | {ok}/{n} | {wall:.2f} | {cpu:.2f} | {1000*cpu/n:.0f} | "
-          f"{(f'{1000*self_/n:.0f}' if mg else '')} | {(f'{rss/1024:.0f}' if mg else '')} |")
+    print(f"| {id_} | {n} | {ok}/{n} | {wall:.2f} | {1000*cpu/n:.0f} | {1000*srv/n:.0f} | "
+          f"{(f'{1000*self_/n:.0f}' if mg else '')} | {(f'{rss/1024:.0f}' if mg else '')} | {foreign} |")
 print()
 def ratio(a, b, key, n, f=lambda r, k: r[k]):
     if (a, n) in R and (b, n) in R and f(R[(b, n)], key) > 0:
