@@ -25,6 +25,9 @@
 # for mgmt also the initiator's own CPU and peak RSS (/usr/bin/time). Prints a
 # table and the ratios of the project's targets.
 #
+# Also: bench/remote.sh --peers-job | --peers-true, mgmt as "our tool" in
+# ../shared/bench/peers.sh (see below).
+#
 # Knobs: MGMT_BIN (default: target/x86_64-unknown-linux-musl/release/mgmt),
 # CONC=50, SKIP=regex of case ids to skip (e.g. SKIP='ansible|pssh'),
 # FLEET_PORT (default 2222). Needs root, openssh-server, pssh, time; Ansible is
@@ -41,6 +44,42 @@ FLEET="$HERE/scripts/fleet.sh"
 CGROOT=/sys/fs/cgroup/cpuacct
 
 die() { echo "bench/remote.sh: $*" >&2; exit 1; }
+
+# --peers-job / --peers-true: mgmt as "our tool" in ../shared/bench/peers.sh
+# (its OURS_JOB_CMD / OURS_TRUE_CMD): on the hosts of hosts.sh (addresses in
+# $PEERBENCH_DIR/hosts, port $PEERBENCH_PORT, key $PEERBENCH_DIR/id_ed25519),
+# one `mgmt run --remote` whose graph names them all. The job ships mgmt itself
+# (cached on each host by content hash) and runs one exec resource that prints
+# "payload ok host=<i>" (peers.sh's default OURS_OK_REGEX); --peers-true runs
+# one noop. Host keys are checked against a known_hosts made from hosts.sh's
+# host key.
+if [ "${1:-}" = --peers-job ] || [ "${1:-}" = --peers-true ]; then
+  PD=${PEERBENCH_DIR:-/tmp/peerbench}
+  PP=${PEERBENCH_PORT:-2200}
+  [ -x "$BIN" ] || die "no mgmt binary at $BIN: build it with 'cargo build --release --target x86_64-unknown-linux-musl' (or set MGMT_BIN)"
+  [ -s "$PD/hosts" ] || die "no $PD/hosts: start the hosts first (shared/bench/hosts.sh start N)"
+  mkdir -p "$PD/mgmt"
+  g="$PD/mgmt/${1#--}.yaml"
+  {
+    echo "graph: peers"
+    echo "remote:"
+    sed "s#^\(.*\)\$#- ssh://root@\1:$PP#" "$PD/hosts"
+    echo "resources:"
+    if [ "$1" = --peers-job ]; then
+      echo "  exec:"
+      echo "  - name: job"
+      echo "    cmd: printf '%s ok host=%s\\n' payload \"\$PEERBENCH_HOST\""
+    else
+      echo "  noop:"
+      echo "  - name: noop1"
+    fi
+    echo "edges: []"
+  } > "$g"
+  hk=$(awk '{print $1" "$2}' "$PD/ssh_host_ed25519_key.pub")
+  sed "s#^\(.*\)\$#[\1]:$PP $hk#" "$PD/hosts" > "$PD/mgmt/known_hosts"
+  exec env -u SSH_AUTH_SOCK "$BIN" run --remote "$g" --cconns "$CONC" --converged-timeout 0 \
+    --identity "$PD/id_ed25519" --known-hosts "$PD/mgmt/known_hosts"
+fi
 
 for n in "${NS[@]}"; do
   [[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 254 ] || die "N must be 1..254 (got '$n')"

@@ -116,6 +116,22 @@ another fleet may be up (fleet.sh down ITS_DIR), or pick another port: FLEET_POR
   mkdir -p /run/sshd
   chmod 755 /run/sshd
 
+  # Every emulated host is the same kernel and the same user (root), so
+  # per-user kernel limits are shared by the whole fleet. inotify instances
+  # (fs.inotify.max_user_instances, Debian default 128) run out first: a
+  # program on each host that watches files (mgmt does: its graph, its
+  # files) fails with EMFILE past ~128 hosts. Raise it for the fleet's life;
+  # `down` puts the old value back.
+  local inst=/proc/sys/fs/inotify/max_user_instances old want
+  if [ -w "$inst" ]; then
+    old=$(cat "$inst"); want=$(( 128 + 8 * n ))
+    if [ "$old" -lt "$want" ]; then
+      echo "$want" > "$inst"
+      echo "$old $want" > "$dir/inotify.restore"
+      echo "fleet.sh: raised fs.inotify.max_user_instances $old -> $want for $n hosts sharing one user (restored by down)" >&2
+    fi
+  fi
+
   ssh-keygen -q -t ed25519 -N '' -C mgmt-fleet-host -f "$dir/host_key"
   ssh-keygen -q -t ed25519 -N '' -C mgmt-fleet-client -f "$dir/id_ed25519"
   cp "$dir/id_ed25519.pub" "$dir/authorized_keys"
@@ -266,6 +282,14 @@ cmd_down() {
   if [ "${#left[@]}" -gt 0 ]; then
     echo "fleet.sh: pid(s) ${left[*]} ignored SIGTERM for 5 s; sending SIGKILL" >&2
     for pid in "${left[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  fi
+  if [ -f "$dir/inotify.restore" ]; then
+    local inst=/proc/sys/fs/inotify/max_user_instances old set
+    read -r old set < "$dir/inotify.restore"
+    # Only if nobody changed it since (another fleet, an admin).
+    if [ "$(cat "$inst")" = "$set" ]; then
+      echo "$old" > "$inst" && echo "fleet.sh: fs.inotify.max_user_instances back to $old" >&2
+    fi
   fi
   rm -rf -- "$dir"
   echo "fleet.sh: stopped ${#pids[@]} sshd process(es)${kids[0]:+ and ${#kids[@]} session process(es)}; removed $dir" >&2
