@@ -1,0 +1,354 @@
+#!/usr/bin/env bash
+# bench/remote.sh [N ...]   (default: 50 200)
+#
+# `mgmt run --remote` side by side with OpenSSH, pssh and Ansible, in one run,
+# on N hosts emulated on this machine (scripts/fleet.sh: real sshd processes,
+# 16 loopback addresses each, one home per host). Every tool ships the same
+# bytes, the mgmt static binary itself, at the same concurrency (50):
+#
+#   mgmt/cold      mgmt run --remote G --cconns 50 --converged-timeout 0, every
+#                  host's ~/.cache removed first (G: one graph, remote: all N
+#                  URLs, one noop resource)
+#   mgmt/warm      the same again, binary cached on every host
+#   openssh/cold   xargs -P 50: per host ssh "run the cached copy if there", else
+#                  a second ssh uploading it (cat > tmp, chmod, mv) and running
+#                  it (`mgmt --version`): check-copy-run (shared/bench/openssh_job.sh)
+#   openssh/warm   the same, cache full (1 ssh per host)
+#   openssh/true   xargs -P 50 ssh HOST true
+#   pssh/copy+run  parallel-scp the binary, then parallel-ssh run it (-p 50)
+#   ansible/cold   ansible-playbook -f 50: copy (into the cache) + command
+#   ansible/warm   the same, cache full
+#
+# Measured per case: wall time; client CPU (the tool and everything it starts,
+# from a cpuacct cgroup when /sys/fs/cgroup/cpuacct is writable, which also
+# counts Ansible's daemonised ControlPersist masters; else from wait4 rusage);
+# for mgmt also the initiator's own CPU and peak RSS (/usr/bin/time). Prints a
+# table and the ratios of the project's targets.
+#
+# Also: bench/remote.sh --peers-job | --peers-true, mgmt as "our tool" in
+# ../shared/bench/peers.sh (see below).
+#
+# Knobs: MGMT_BIN (default: target/x86_64-unknown-linux-musl/release/mgmt),
+# CONC=50, SKIP=regex of case ids to skip (e.g. SKIP='ansible|pssh'),
+# FLEET_PORT (default 2222). Needs root, openssh-server, pssh, time; Ansible is
+# installed with apt-get if missing (skipped if that fails). Only loopback
+# addresses are used. Results also go to $OUT (default /tmp/mgmt-bench-results).
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+NS=("$@"); [ "${#NS[@]}" -gt 0 ] || NS=(50 200)
+CONC=${CONC:-50}
+SKIP=${SKIP:-}
+BIN=${MGMT_BIN:-$HERE/target/x86_64-unknown-linux-musl/release/mgmt}
+OUT=${OUT:-/tmp/mgmt-bench-results}
+FLEET="$HERE/scripts/fleet.sh"
+CGROOT=/sys/fs/cgroup/cpuacct
+
+die() { echo "bench/remote.sh: $*" >&2; exit 1; }
+
+# --peers-job / --peers-true: mgmt as "our tool" in ../shared/bench/peers.sh
+# (its OURS_JOB_CMD / OURS_TRUE_CMD): on the hosts of hosts.sh (addresses in
+# $PEERBENCH_DIR/hosts, port $PEERBENCH_PORT, key $PEERBENCH_DIR/id_ed25519),
+# one `mgmt run --remote` whose graph names them all. The job ships mgmt itself
+# (cached on each host by content hash) and runs one exec resource that prints
+# "payload ok host=<i>" (peers.sh's default OURS_OK_REGEX); --peers-true runs
+# one noop. Host keys are checked against a known_hosts made from hosts.sh's
+# host key.
+if [ "${1:-}" = --peers-job ] || [ "${1:-}" = --peers-true ]; then
+  PD=${PEERBENCH_DIR:-/tmp/peerbench}
+  PP=${PEERBENCH_PORT:-2200}
+  [ -x "$BIN" ] || die "no mgmt binary at $BIN: build it with 'cargo build --release --target x86_64-unknown-linux-musl' (or set MGMT_BIN)"
+  [ -s "$PD/hosts" ] || die "no $PD/hosts: start the hosts first (shared/bench/hosts.sh start N)"
+  mkdir -p "$PD/mgmt"
+  g="$PD/mgmt/${1#--}.yaml"
+  {
+    echo "graph: peers"
+    echo "remote:"
+    sed "s#^\(.*\)\$#- ssh://root@\1:$PP#" "$PD/hosts"
+    echo "resources:"
+    if [ "$1" = --peers-job ]; then
+      echo "  exec:"
+      echo "  - name: job"
+      echo "    cmd: printf '%s ok host=%s\\n' payload \"\$PEERBENCH_HOST\""
+    else
+      echo "  noop:"
+      echo "  - name: noop1"
+    fi
+    echo "edges: []"
+  } > "$g"
+  hk=$(awk '{print $1" "$2}' "$PD/ssh_host_ed25519_key.pub")
+  sed "s#^\(.*\)\$#[\1]:$PP $hk#" "$PD/hosts" > "$PD/mgmt/known_hosts"
+  exec env -u SSH_AUTH_SOCK "$BIN" run --remote "$g" --cconns "$CONC" --converged-timeout 0 \
+    --identity "$PD/id_ed25519" --known-hosts "$PD/mgmt/known_hosts"
+fi
+
+for n in "${NS[@]}"; do
+  [[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 254 ] || die "N must be 1..254 (got '$n')"
+done
+[ "$(id -u)" = 0 ] || die "run as root (the emulated hosts are sshd processes)"
+[ -x "$BIN" ] || die "no mgmt binary at $BIN: build it with 'cargo build --release --target x86_64-unknown-linux-musl' (or set MGMT_BIN)"
+[ -x /usr/sbin/sshd ] || die "openssh-server missing: run 'bash scripts/deps.sh'"
+
+apt_install() {
+  echo "bench/remote.sh: installing $*" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" < /dev/null > /dev/null
+}
+[ -x /usr/bin/time ] || apt_install time || die "cannot install 'time': apt-get install -y time"
+command -v parallel-ssh > /dev/null || apt_install pssh || echo "bench/remote.sh: pssh not installable; pssh case skipped" >&2
+HAVE_ANSIBLE=1
+if ! command -v ansible-playbook > /dev/null; then
+  apt_install ansible || { HAVE_ANSIBLE=0; echo "bench/remote.sh: ansible could not be installed (apt-get install -y ansible failed); Ansible cases skipped" >&2; }
+fi
+command -v parallel-ssh > /dev/null || SKIP="${SKIP:+$SKIP|}pssh"
+[ "$HAVE_ANSIBLE" = 1 ] || SKIP="${SKIP:+$SKIP|}ansible"
+
+WORK=$(mktemp -d /tmp/mgmt-bench.XXXXXX)
+F="$WORK/fleet"
+CG=""; SCG=""
+if [ -w "$CGROOT" ]; then
+  CG="$CGROOT/mgmt_bench_client_$$"
+  SCG="$CGROOT/mgmt_bench_server_$$"   # the fleet's sshd processes and their sessions
+  mkdir -p "$CG" "$SCG"
+fi
+
+close_masters() {
+  local s
+  for s in "$WORK"/ansible/cp/*; do
+    [ -S "$s" ] && ssh -o ControlPath="$s" -O exit x > /dev/null 2>&1 || true
+  done
+}
+cleanup() {
+  local rc=$?
+  close_masters
+  [ -f "$F/.mgmt-fleet" ] && { bash "$FLEET" down "$F" || rc=1; }
+  local g
+  for g in "$CG" "$SCG"; do
+    if [ -n "$g" ] && [ -d "$g" ]; then rmdir "$g" 2> /dev/null || echo "bench/remote.sh: cgroup $g still busy, not removed" >&2; fi
+  done
+  rm -rf -- "$WORK"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'echo "bench/remote.sh: interrupted" >&2; exit 130' INT TERM
+
+mkdir -p "$OUT" "$WORK/logs" "$WORK/ansible/cp" "$WORK/ansible/tmp"
+HASH=$(sha256sum "$BIN" | awk '{print $1}')
+SIZE=$(stat -c %s "$BIN")
+
+# check-copy-run with plain OpenSSH, one host (same logic as
+# shared/bench/openssh_job.sh, with the fleet's ssh_config: strict host keys).
+cat > "$WORK/openssh_job.sh" << 'EOF'
+#!/bin/sh
+h=$1
+f=".cache/bench/$PB_HASH/mgmt"
+out=$(ssh -F "$PB_CFG" "$h" "cd && [ -x $f ] && exec ./$f --version; exit 99"); rc=$?
+if [ "$rc" = 99 ]; then
+  out=$(ssh -F "$PB_CFG" "$h" "cd && mkdir -p .cache/bench/$PB_HASH && t=$f.tmp.\$\$ && cat > \$t && chmod 755 \$t && mv \$t $f && exec ./$f --version" < "$PB_PAYLOAD"); rc=$?
+fi
+if [ "$rc" = 0 ]; then printf 'OK %s %s\n' "$h" "$out"; else echo "FAIL $h rc=$rc"; fi
+EOF
+chmod 755 "$WORK/openssh_job.sh"
+
+cat > "$WORK/ansible_job.yml" << 'EOF'
+- hosts: all
+  gather_facts: false
+  tasks:
+    - name: copy the binary into the cache
+      copy:
+        src: "{{ payload_src }}"
+        dest: "{{ hostdir }}/.cache/bench/{{ payload_hash }}/"
+        mode: "0755"
+    - name: run it
+      command: "{{ hostdir }}/.cache/bench/{{ payload_hash }}/{{ payload_src | basename }} --version"
+      args:
+        chdir: "{{ hostdir }}"
+      changed_when: false
+EOF
+cat > "$WORK/ansible/ansible.cfg" << EOF
+[defaults]
+inventory = $WORK/ansible/inventory.ini
+forks = $CONC
+host_key_checking = False
+timeout = 30
+gathering = explicit
+retry_files_enabled = False
+interpreter_python = /usr/bin/python3
+deprecation_warnings = False
+nocows = 1
+local_tmp = $WORK/ansible/tmp
+
+[ssh_connection]
+control_path_dir = $WORK/ansible/cp
+EOF
+
+cg_usage() { if [ -n "$1" ]; then cat "$1/cpuacct.usage"; else echo 0; fi; }
+# CPU seconds the whole machine has been busy (all cores), from /proc/stat.
+busy() { awk '/^cpu /{printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / 100; exit}' /proc/stat; }
+# Wait (at most 30 s) until the machine is quiet: under 0.3 cores busy over 1 s.
+wait_quiet() {
+  local i b0 b1
+  for ((i = 0; i < 30; i++)); do
+    b0=$(busy); sleep 1; b1=$(busy)
+    awk -v a="$b0" -v b="$b1" 'BEGIN{exit !(b - a < 0.3)}' && return 0
+  done
+  echo "  (machine still busy after 30 s: $(cut -d' ' -f1-3 /proc/loadavg); measuring anyway, see the foreign CPU column)" >&2
+}
+
+# run_case ID N PREPARE CMD...: runs CMD under /usr/bin/time in the client
+# cgroup, after the untimed PREPARE. Appends "id n ok wall cpu_s rss_kb
+# self_cpu_s" to $RES; ok is computed by ok_count (per case).
+RES="$WORK/results.tsv"
+: > "$RES"
+run_case() {
+  local id=$1 n=$2 prep=$3; shift 3
+  if [ -n "$SKIP" ] && [[ $id =~ $SKIP ]]; then return 0; fi
+  local log="$WORK/logs/${id//\//_}.$n.log" tf="$WORK/logs/${id//\//_}.$n.time"
+  bash -c "$prep" < /dev/null > /dev/null 2>&1 || true
+  sync
+  wait_quiet
+  local c0 c1 s0 s1 b0 b1 t0 t1 rc=0
+  c0=$(cg_usage "$CG"); s0=$(cg_usage "$SCG"); b0=$(busy)
+  t0=$(date +%s.%N)
+  (
+    [ -n "$CG" ] && echo "$BASHPID" > "$CG/cgroup.procs"
+    exec timeout -k 10 $((120 + 3 * n)) /usr/bin/time -f '%e %U %S %M' -o "$tf" "$@"
+  ) > "$log" 2>&1 || rc=$?
+  t1=$(date +%s.%N)
+  b1=$(busy); c1=$(cg_usage "$CG"); s1=$(cg_usage "$SCG")
+  close_masters
+  local wall cpu self rss ok srv foreign
+  wall=$(echo "$t0 $t1" | awk '{printf "%.2f", $2 - $1}')
+  # /usr/bin/time: elapsed user sys maxrss(KB) of the command and its waited-for children
+  read -r _ tu ts rss < <(tail -n 1 "$tf" 2> /dev/null || echo "0 0 0 0")
+  self=$(echo "$tu $ts" | awk '{printf "%.2f", $1 + $2}')
+  if [ -n "$CG" ]; then
+    cpu=$(echo "$c0 $c1" | awk '{printf "%.2f", ($2 - $1) / 1e9}')
+    srv=$(echo "$s0 $s1" | awk '{printf "%.2f", ($2 - $1) / 1e9}')
+    foreign=$(echo "$b0 $b1 $cpu $srv" | awk '{f = $2 - $1 - $3 - $4; printf "%.1f", (f < 0 ? 0 : f)}')
+  else
+    cpu=$self; srv=0; foreign=0
+  fi
+  ok=$(ok_count "$id" "$n" "$log" "$rc")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$n" "$ok" "$wall" "$cpu" "$rss" "$self" "$rc" "$srv" "$foreign" >> "$RES"
+  printf '  %-14s N=%-4s ok %4s/%-4s wall %7.2f s  CPU client %6.2f s server %6.2f s foreign %4.1f s  (rc %s)\n' \
+    "$id" "$n" "$ok" "$n" "$wall" "$cpu" "$srv" "$foreign" "$rc" >&2
+  if [ "$ok" != "$n" ]; then
+    echo "  --- $id: last lines of its output:" >&2
+    tail -n 15 "$log" | sed 's/^/  | /' >&2
+  fi
+}
+
+ok_count() {
+  local id=$1 n=$2 log=$3 rc=$4
+  case "$id" in
+    mgmt/*) if [ "$rc" = 0 ]; then echo "$n"; else echo 0; fi ;;  # mgmt exits 0 only if every host converged
+    openssh/true) echo $((n - $(grep -c '^FAIL' "$log" || true))) ;;
+    openssh/*) grep -c '^OK ' "$log" || true ;;
+    # parallel-ssh runs only if parallel-scp succeeded everywhere: n SUCCESS lines, then one per host run
+    pssh/*) grep -c '\[SUCCESS\]' "$log" | awk -v n="$n" '{print ($1 > n) ? $1 - n : 0}' ;;
+    ansible/*) grep -E '^[0-9.]+ +: ok=2 .*failed=0' "$log" | grep -c unreachable=0 || true ;;
+    *) echo "?" ;;
+  esac
+}
+
+echo "bench/remote.sh: binary $BIN ($SIZE bytes, sha256 ${HASH:0:12}), concurrency $CONC, N = ${NS[*]}" >&2
+echo "bench/remote.sh: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); client CPU from $([ -n "$CG" ] && echo "cpuacct cgroups" || echo "rusage (no server CPU)")" >&2
+
+for n in "${NS[@]}"; do
+  echo "== N=$n: starting the fleet" >&2
+  # The fleet's sshd processes (and every session they fork) in the server cgroup.
+  (
+    [ -n "$SCG" ] && echo "$BASHPID" > "$SCG/cgroup.procs"
+    exec bash "$FLEET" up "$n" "$F"
+  )
+  cfg="$F/ssh_config"
+  # one graph for every host: remote: a list of all N URLs, one noop
+  {
+    echo "graph: bench"
+    echo "comment: one noop per host, for bench/remote.sh"
+    echo "remote:"
+    sed 's/^/- /' "$F/hosts"
+    echo "resources:"
+    echo "  noop:"
+    echo "  - name: noop1"
+    echo "edges: []"
+  } > "$WORK/graph.yaml"
+  {
+    echo "[bench]"
+    x=0
+    while read -r a; do x=$((x + 1)); echo "$a hostdir=$F/home-$x"; done < "$F/addrs"
+    echo "[bench:vars]"
+    echo "ansible_user=root"
+    echo "ansible_python_interpreter=/usr/bin/python3"
+    echo "ansible_ssh_common_args='-F $cfg'"
+  } > "$WORK/ansible/inventory.ini"
+  rm_cache="rm -rf $F/home-*/.cache"
+  mgmt_cmd=(env -u SSH_AUTH_SOCK "$BIN" run --remote "$WORK/graph.yaml" --cconns "$CONC" --converged-timeout 0
+    --identity "$F/id_ed25519" --known-hosts "$F/known_hosts")
+
+  run_case mgmt/cold "$n" "$rm_cache" "${mgmt_cmd[@]}"
+  run_case mgmt/warm "$n" "" "${mgmt_cmd[@]}"
+  run_case openssh/cold "$n" "$rm_cache" \
+    env PB_CFG="$cfg" PB_HASH="$HASH" PB_PAYLOAD="$BIN" xargs -P "$CONC" -n 1 "$WORK/openssh_job.sh" < "$F/addrs"
+  run_case openssh/warm "$n" "" \
+    env PB_CFG="$cfg" PB_HASH="$HASH" PB_PAYLOAD="$BIN" xargs -P "$CONC" -n 1 "$WORK/openssh_job.sh" < "$F/addrs"
+  run_case openssh/true "$n" "" \
+    xargs -P "$CONC" -I{} sh -c 'ssh -F "$0" "$1" true || echo "FAIL $1"' "$cfg" {} < "$F/addrs"
+  run_case pssh/copy+run "$n" "rm -f $F/home-*/mgmt-pssh" \
+    sh -c 'parallel-scp -h "$1" -p "$2" -t 300 -x "-F $3" "$4" mgmt-pssh && parallel-ssh -h "$1" -p "$2" -t 300 -x "-F $3" "chmod 755 mgmt-pssh && ./mgmt-pssh --version"' \
+    _ "$F/addrs" "$CONC" "$cfg" "$BIN"
+  run_case ansible/cold "$n" "$rm_cache" \
+    env ANSIBLE_CONFIG="$WORK/ansible/ansible.cfg" ansible-playbook -f "$CONC" "$WORK/ansible_job.yml" \
+    -e "payload_hash=$HASH" -e "payload_src=$BIN"
+  run_case ansible/warm "$n" "" \
+    env ANSIBLE_CONFIG="$WORK/ansible/ansible.cfg" ansible-playbook -f "$CONC" "$WORK/ansible_job.yml" \
+    -e "payload_hash=$HASH" -e "payload_src=$BIN"
+
+  bash "$FLEET" down "$F"
+done
+
+cp "$RES" "$OUT/results.tsv"
+cp -r "$WORK/logs" "$OUT/" 2> /dev/null || true
+
+# Table and ratios.
+python3 - "$RES" "$SIZE" << 'EOF' | tee "$OUT/table.md"
+import sys
+rows = [l.rstrip('\n').split('\t') for l in open(sys.argv[1]) if l.strip()]
+size = int(sys.argv[2])
+R = {}
+print(f"Payload: the mgmt static binary, {size/1e6:.1f} MB. Concurrency 50.\n")
+print("| case | N | ok/N | wall s | client CPU ms/host | server (sshd) CPU ms/host | initiator CPU ms/host | initiator peak RSS MB | foreign CPU s (noise) |")
+print("|---|---|---|---|---|---|---|---|---|")
+for id_, n, ok, wall, cpu, rss, self_, rc, srv, foreign in rows:
+    n = int(n); wall = float(wall); cpu = float(cpu); self_ = float(self_); rss = int(rss); srv = float(srv)
+    R[(id_, n)] = dict(ok=ok, wall=wall, cpu=cpu, self=self_, rss=rss)
+    mg = id_.startswith('mgmt/')
+    print(f"| {id_} | {n} | {ok}/{n} | {wall:.2f} | {1000*cpu/n:.0f} | {1000*srv/n:.0f} | "
+          f"{(f'{1000*self_/n:.0f}' if mg else '')} | {(f'{rss/1024:.0f}' if mg else '')} | {foreign} |")
+print()
+def ratio(a, b, key, n, f=lambda r, k: r[k]):
+    if (a, n) in R and (b, n) in R and f(R[(b, n)], key) > 0:
+        return f(R[(a, n)], key) / f(R[(b, n)], key)
+    return None
+ns = sorted({k[1] for k in R})
+print("| ratio (target) | " + " | ".join(f"N={n}" for n in ns) + " |")
+print("|---|" + "---|" * len(ns))
+def line(label, vals):
+    print(f"| {label} | " + " | ".join('—' if v is None else v for v in vals) + " |")
+line("mgmt cold / OpenSSH check-copy-run cold, wall (≤ 0.5)",
+     [None if (r := ratio('mgmt/cold', 'openssh/cold', 'wall', n)) is None else f"{r:.2f}" for n in ns])
+line("mgmt warm / bare ssh true, wall (≤ 0.5)",
+     [None if (r := ratio('mgmt/warm', 'openssh/true', 'wall', n)) is None else f"{r:.2f}" for n in ns])
+line("mgmt warm / OpenSSH check-copy-run warm, wall",
+     [None if (r := ratio('mgmt/warm', 'openssh/warm', 'wall', n)) is None else f"{r:.2f}" for n in ns])
+def cpu_ratio(mcase, ocase, n):
+    if (mcase, n) in R and (ocase, n) in R and R[(ocase, n)]['cpu'] > 0:
+        return R[(mcase, n)]['self'] / R[(ocase, n)]['cpu']
+line("initiator CPU/host, mgmt cold / OpenSSH cold client (≤ 0.25)",
+     [None if (r := cpu_ratio('mgmt/cold', 'openssh/cold', n)) is None else f"{r:.2f}" for n in ns])
+line("initiator CPU/host, mgmt warm / OpenSSH warm client (≤ 0.25)",
+     [None if (r := cpu_ratio('mgmt/warm', 'openssh/warm', n)) is None else f"{r:.2f}" for n in ns])
+line("initiator peak RSS MB, cold / warm (< 150)",
+     [None if ('mgmt/cold', n) not in R else
+      f"{R[('mgmt/cold', n)]['rss']/1024:.0f} / {R.get(('mgmt/warm', n), {'rss': 0})['rss']/1024:.0f}" for n in ns])
+EOF
+echo "bench/remote.sh: results in $OUT (table.md, results.tsv, logs/)" >&2
