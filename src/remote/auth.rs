@@ -285,12 +285,7 @@ impl Credentials {
             match self.key(path) {
                 KeyState::Ready(key) => {
                     tried.push(format!("key {}", path.display()));
-                    let hash = rsa_hash(handle, &mut rsa, key.algorithm().is_rsa()).await?;
-                    let res = handle
-                        .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key, hash))
-                        .await
-                        .map_err(AuthError::Ssh)?;
-                    if res.success() {
+                    if try_key(handle, user, &mut rsa, key).await? {
                         return Ok(AuthMethod::KeyFile(path.clone()));
                     }
                 }
@@ -315,12 +310,7 @@ impl Credentials {
             for path in &encrypted {
                 tried.push(format!("key {} (passphrase prompt)", path.display()));
                 if let Some(key) = self.decrypt_interactively(path).await? {
-                    let hash = rsa_hash(handle, &mut rsa, key.algorithm().is_rsa()).await?;
-                    let res = handle
-                        .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key, hash))
-                        .await
-                        .map_err(AuthError::Ssh)?;
-                    if res.success() {
+                    if try_key(handle, user, &mut rsa, key).await? {
                         return Ok(AuthMethod::KeyFile(path.clone()));
                     }
                 }
@@ -398,6 +388,21 @@ async fn rsa_hash<H: Handler>(
 
 /// Try a password with the `password` method, or `keyboard-interactive` when
 /// that is all the server offers (PAM setups do that).
+/// Offers one private key; true when the server accepted it.
+async fn try_key<H: Handler>(
+    handle: &mut Handle<H>,
+    user: &str,
+    rsa: &mut Option<Option<HashAlg>>,
+    key: Arc<PrivateKey>,
+) -> Result<bool, AuthError> {
+    let hash = rsa_hash(handle, rsa, key.algorithm().is_rsa()).await?;
+    let res = handle
+        .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key, hash))
+        .await
+        .map_err(AuthError::Ssh)?;
+    Ok(res.success())
+}
+
 async fn try_password<H: Handler>(
     handle: &mut Handle<H>,
     user: &str,
