@@ -25,6 +25,16 @@ fn example(d: &Dir, host: &str) -> std::path::PathBuf {
     d.write(&format!("remote2{host}.yaml"), &g)
 }
 
+/// `mgmt run` as a client of the store at `url` (no store of its own).
+fn client(host: &str, url: &str, graph: &std::path::Path) -> Proc {
+    Proc::spawn(
+        mgmt()
+            .args(["run", "--hostname", host, "--no-server", "--seeds", url])
+            .args(["--converged-timeout", "2", "--file"])
+            .arg(graph),
+    )
+}
+
 // See: #3
 #[test]
 fn two_processes_exchange_exported_files() {
@@ -44,21 +54,7 @@ fn two_processes_exchange_exported_files() {
     );
     let line = a.wait_line("store: listening on ", LIMIT);
     let url = line.rsplit(' ').next().unwrap().to_owned();
-    let mut b = Proc::spawn(
-        mgmt()
-            .args([
-                "run",
-                "--hostname",
-                "b",
-                "--no-server",
-                "--seeds",
-                &url,
-                "--converged-timeout",
-                "2",
-                "--file",
-            ])
-            .arg(&gb),
-    );
+    let mut b = client("b", &url, &gb);
     assert_eq!(b.wait(LIMIT), 0, "b: {}", b.lines_so_far().join("\n"));
     assert_eq!(a.wait(LIMIT), 0, "a: {}", a.lines_so_far().join("\n"));
     for host in ["a", "b"] {
@@ -85,24 +81,7 @@ fn exchange_through_a_real_etcd() {
     let d = Dir::new();
     let (ga, gb) = (example(&d, "a"), example(&d, "b"));
     let url = etcd.endpoint.clone();
-    let spawn = |host: &str, g: &std::path::Path| {
-        Proc::spawn(
-            mgmt()
-                .args([
-                    "run",
-                    "--hostname",
-                    host,
-                    "--no-server",
-                    "--seeds",
-                    &url,
-                    "--converged-timeout",
-                    "2",
-                    "--file",
-                ])
-                .arg(g),
-        )
-    };
-    let (mut a, mut b) = (spawn("a", &ga), spawn("b", &gb));
+    let (mut a, mut b) = (client("a", &url, &ga), client("b", &url, &gb));
     assert_eq!(a.wait(LIMIT), 0, "a: {}", a.lines_so_far().join("\n"));
     assert_eq!(b.wait(LIMIT), 0, "b: {}", b.lines_so_far().join("\n"));
     for host in ["a", "b"] {
