@@ -115,6 +115,12 @@ impl<E: Hint> HostError<E> {
     }
 }
 
+/// Locks a std mutex, recovering from a poisoned one (a panic elsewhere
+/// must not take every host down). Never held across an await.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Quote one word for the remote POSIX shell.
 ///
 /// Returns `None` for a word that cannot be passed at all (it contains a NUL

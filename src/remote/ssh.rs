@@ -118,7 +118,7 @@ impl Pacer {
         addr: std::net::SocketAddr,
     ) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let sem = {
-            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slots = super::lock(&self.slots);
             slots
                 .entry(addr)
                 .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_addr)))
@@ -263,11 +263,7 @@ impl client::Handler for ClientHandler {
             }),
         };
         let ok = outcome.is_ok();
-        *self
-            .shared
-            .hostkey
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+        *super::lock(&self.shared.hostkey) = Some(outcome);
         Ok(ok)
     }
 
@@ -281,12 +277,7 @@ impl client::Handler for ClientHandler {
         reply: client::ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
-        let sender = self
-            .shared
-            .forwards
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let sender = super::lock(&self.shared.forwards).clone();
         // Never wait inside the handler (it runs the whole connection): take
         // a slot in the bounded queue now or refuse the channel.
         let permit = sender.as_ref().map(|s| s.try_reserve());
@@ -320,12 +311,7 @@ impl client::Handler for ClientHandler {
         reply: client::ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
-        let socket = self
-            .shared
-            .agent_socket
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let socket = super::lock(&self.shared.agent_socket).clone();
         let Some(socket) = socket else {
             reply
                 .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
@@ -428,11 +414,7 @@ pub async fn connect(
             Ok(r) => r,
             Err(_) => return Err(err(ConnectError::Timeout(settings.connect_timeout))),
         };
-        let outcome = shared
-            .hostkey
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let outcome = super::lock(&shared.hostkey).take();
         match (result, outcome) {
             (Ok(h), Some(Ok(verdict))) => break (h, shared, verdict),
             (_, Some(Err(hk))) => return Err(err(ConnectError::HostKey(hk))),
@@ -769,11 +751,7 @@ impl Session {
     /// Proxy agent channels the server opens to the local agent at `socket`
     /// (see [`ExecOptions::agent_forward`]); `None` turns it off.
     pub fn set_agent_forwarding(&self, socket: Option<PathBuf>) {
-        *self
-            .shared
-            .agent_socket
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = socket;
+        *super::lock(&self.shared.agent_socket) = socket;
     }
 
     /// Start `command` (a shell command line: build it with

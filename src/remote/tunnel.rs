@@ -104,11 +104,7 @@ impl Session {
         let bind = "127.0.0.1".to_owned();
         let (tx, rx) = mpsc::channel(queue.max(1));
         {
-            let mut slot = self
-                .shared
-                .forwards
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut slot = super::lock(&self.shared.forwards);
             if slot.as_ref().is_some_and(|s| !s.is_closed()) {
                 return Err(HostError::new(self.host(), TunnelError::AlreadyOpen));
             }
@@ -121,11 +117,7 @@ impl Session {
                 Ok(ReverseTunnel { port, bind, rx })
             }
             Err(source) => {
-                *self
-                    .shared
-                    .forwards
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = None;
+                *super::lock(&self.shared.forwards) = None;
                 Err(HostError::new(
                     self.host(),
                     TunnelError::Refused {
@@ -151,11 +143,7 @@ impl ReverseTunnel {
     /// Stop forwarding: sshd closes its listener; connections not yet
     /// accepted are dropped.
     pub async fn close(self, session: &Session) -> Result<(), HostError<TunnelError>> {
-        *session
-            .shared
-            .forwards
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = None;
+        *super::lock(&session.shared.forwards) = None;
         session
             .handle()
             .cancel_tcpip_forward(self.bind.clone(), u32::from(self.port))
