@@ -5,8 +5,16 @@
 # for the tests). Runs non-interactively; safe to run again.
 set -euo pipefail
 
+if ! command -v cargo >/dev/null || ! command -v rustup >/dev/null; then
+  echo "deps: cargo and rustup are needed (Rust 1.89 or newer, from rustup); install them, then run this again" >&2
+  exit 1
+fi
+
 need=()
 command -v protoc >/dev/null || need+=(protobuf-compiler)
+# protoc's well-known types (google/protobuf/descriptor.proto): only a
+# Recommends of protobuf-compiler, which --no-install-recommends skips.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 command -v musl-gcc >/dev/null || need+=(musl-tools)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null || need+=(openssh-client)

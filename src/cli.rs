@@ -132,6 +132,17 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_caching: bool,
 
+    /// A gateway for every --remote graph without a `via:` (repeat for a
+    /// chain, outermost first): the initiator sends the binary and graphs
+    /// once to it, and it runs `mgmt run --remote` for them.
+    #[arg(long = "via", value_name = "URL")]
+    pub via: Vec<String>,
+
+    /// After the summary, print each hop's set-up timings (connect, copy,
+    /// start) by route, to see which hop is slow.
+    #[arg(long)]
+    pub trace: bool,
+
     /// Position in a remote execution tree (internal: set by the parent).
     /// At depth 1 and more the process stops when its stdin closes.
     #[arg(long, default_value_t = 0, hide = true)]

@@ -19,7 +19,8 @@
 //! - [`link`]: a remote child's link to its parent: secret on stdin, stop on EOF.
 //! - [`fswatch`]: one inotify instance shared by every path watch.
 //! - [`remote`]: the SSH layer (targets, host keys, auth, exec, SFTP cache,
-//!   tunnel) and the fan-out that runs a graph on many hosts.
+//!   tunnel) and the fan-out that runs a graph on many hosts, directly or
+//!   through gateways (route records, an agent served to gateways).
 //! - [`ui`]: progress bars, prefixed host lines, the end-of-run summary.
 
 pub mod cli;

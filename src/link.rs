@@ -7,6 +7,8 @@
 //! byte reaches the store), and stops cleanly by itself when stdin closes:
 //! the parent, or the link to it, is gone.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -20,6 +22,13 @@ pub struct Secret(zeroize::Zeroizing<String>);
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(***)")
+    }
+}
+
+impl Secret {
+    /// The hex text, for handing down to a gateway's own children.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
     }
 }
 
@@ -61,12 +70,27 @@ pub async fn read_secret<R: AsyncRead + Unpin>(
     Ok((Secret(zeroize::Zeroizing::new(hex.to_owned())), reader))
 }
 
+/// What a parent writes on a child's stdin, before closing it, when the run
+/// ends because the whole cluster converged: a gateway then reports its
+/// hosts as converged rather than stopped, and tells its own children.
+pub const CONVERGED_LINE: &[u8] = b"converged\n";
+
 /// Cancels `root` when stdin reaches EOF (or fails): the parent is gone.
-pub async fn stop_on_eof<R: AsyncRead + Unpin>(mut stdin: R, root: CancellationToken) {
-    let mut buf = [0u8; 256];
+/// A `converged` line before that (the parent ends the run because the
+/// whole cluster converged) sets `converged` first.
+pub async fn stop_on_eof<R: AsyncRead + Unpin>(
+    stdin: R,
+    root: CancellationToken,
+    converged: Arc<AtomicBool>,
+) {
+    let mut stdin = BufReader::new(stdin);
+    let mut line = Vec::new();
     loop {
-        match stdin.read(&mut buf).await {
+        line.clear();
+        // Bounded: a line longer than this is not ours and is skipped.
+        match (&mut stdin).take(4096).read_until(b'\n', &mut line).await {
             Ok(0) | Err(_) => break,
+            Ok(_) if line == CONVERGED_LINE => converged.store(true, Ordering::SeqCst),
             Ok(_) => continue,
         }
     }
@@ -123,10 +147,28 @@ mod tests {
         assert_eq!(secret.0.as_str(), "00ff");
         assert!(!format!("{secret:?}").contains("00ff"));
         let root = CancellationToken::new();
-        let task = tokio::spawn(stop_on_eof(rest, root.clone()));
+        let task = tokio::spawn(stop_on_eof(rest, root.clone(), Default::default()));
         drop(w);
         task.await.unwrap();
         assert!(root.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_converged_line_before_eof_sets_the_flag() {
+        let (mut w, r) = tokio::io::duplex(64);
+        let (root, flag) = (CancellationToken::new(), Arc::new(AtomicBool::new(false)));
+        let task = tokio::spawn(stop_on_eof(r, root.clone(), flag.clone()));
+        w.write_all(b"noise\n").await.unwrap();
+        w.write_all(CONVERGED_LINE).await.unwrap();
+        drop(w);
+        task.await.unwrap();
+        assert!(root.is_cancelled() && flag.load(Ordering::SeqCst));
+        // Without the line, EOF alone does not claim convergence.
+        let (w, r) = tokio::io::duplex(64);
+        let flag = Arc::new(AtomicBool::new(false));
+        drop(w);
+        stop_on_eof(r, CancellationToken::new(), flag.clone()).await;
+        assert!(!flag.load(Ordering::SeqCst));
     }
 
     #[tokio::test]

@@ -13,9 +13,15 @@ use mgmt::config::{Config, ConfigError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Logs go through the UI so they never tear progress bars or host lines.
-    let ui = mgmt::ui::Ui::new(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let Command::Run(args) = &cli.command;
+    // Logs go through the UI so they never tear progress bars or host lines.
+    // A gateway (a remote run started by another) reports to its parent in
+    // route records instead of drawing bars.
+    let ui = if args.depth > 0 && !args.remotes.is_empty() {
+        mgmt::ui::Ui::records(Box::new(std::io::stdout()), Box::new(std::io::stderr()))
+    } else {
+        mgmt::ui::Ui::new(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    };
     init_logs(cli.verbose, args.depth > 0, &ui);
     let cfg = match Config::from_args(args) {
         Ok(cfg) => cfg,

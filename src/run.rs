@@ -11,7 +11,7 @@
 mod local;
 mod source;
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +25,7 @@ use crate::config::{Config, StoreMode};
 use crate::engine::Status;
 use crate::remote::fanout::{self, TunnelConn, Wiring};
 use crate::remote::host::{ChildFlags, HostEvent, HostReport};
+use crate::remote::tunnel::TunnelSecret;
 use crate::ui::{RowResult, Stage, SummaryRow, Ui};
 use crate::world::World;
 
@@ -80,43 +81,46 @@ impl<T> Drop for Task<T> {
 pub async fn run(cfg: Config, ui: Ui, cancel: CancellationToken) -> anyhow::Result<Outcome> {
     let store_cancel = CancellationToken::new();
     let (seeds, store) = start_store(&cfg.store, &store_cancel).await?;
-    let mut world = connect_world(&cfg, &seeds, &cancel).await?;
+    // Set when the run ends because the cluster converged: by the run loop
+    // here, or, in a gateway, by its parent's word on stdin.
+    let converged_flag = Arc::new(AtomicBool::new(false));
+    let (mut world, secret) = connect_world(&cfg, &seeds, &cancel, &converged_flag).await?;
     let mut local = match &cfg.file {
         Some(file) => Some(local::Local::start(&cfg, file, world.clone()).await?),
         None => None,
     };
 
-    let converged_flag = Arc::new(AtomicBool::new(false));
     let remote_cancel = CancellationToken::new();
-    let mut expected = BTreeSet::new();
-    let (events_tx, mut events_rx) =
-        mpsc::channel(2 * cfg.remote.as_ref().map_or(0, |p| p.hosts.len()) + 1);
+    let mut expected = BTreeMap::new();
+    let capacity = cfg
+        .remote
+        .as_ref()
+        .map_or(0, |p| p.all_hosts().count() + p.gateways.len());
+    let (events_tx, mut events_rx) = mpsc::channel(2 * capacity + 1);
     let mut fan = None;
     let mut tunnel_server = None;
     if let Some(plan) = cfg.remote.clone() {
         let (tunnels_tx, tunnels_rx) = mpsc::channel(64);
-        let (store, _) = store
-            .as_ref()
-            .context("--remote needs the embedded store")?;
-        let incoming = tokio_stream::wrappers::ReceiverStream::new(tunnels_rx)
-            .map(|s| Ok::<_, std::io::Error>(TunnelConn(s)));
-        let (store, c) = (store.clone(), store_cancel.clone());
-        tunnel_server = Some(Task(tokio::spawn(async move {
-            if let Err(e) = store.serve_incoming(incoming, c).await {
-                tracing::error!("store (tunnels): {e}");
-            }
-        })));
-        expected = plan.hosts.iter().map(|h| h.name.clone()).collect();
+        tunnel_server = Some(serve_tunnels(
+            &store,
+            &seeds,
+            &secret,
+            tunnels_rx,
+            &store_cancel,
+        )?);
+        expected = plan.routes().into_iter().collect();
         let wiring = Wiring {
             flags: ChildFlags {
                 converged_timeout: cfg.converged_timeout.map(|d| d.as_secs()),
                 noop: cfg.noop,
                 no_watch: !cfg.watch,
+                depth: cfg.depth,
             },
             ui: ui.clone(),
             tunnels: tunnels_tx,
             events: events_tx,
             converged: converged_flag.clone(),
+            secret: secret.as_ref().map(TunnelSecret::inherited),
         };
         fan = Some(Task(tokio::spawn(fanout::run(
             plan,
@@ -136,22 +140,34 @@ pub async fn run(cfg: Config, ui: Ui, cancel: CancellationToken) -> anyhow::Resu
         Peers::None
     };
     let mut status_rx = local.as_ref().map(|l| l.status.clone());
+    // An error still stops everything in order (remote children stopped,
+    // their files removed) before it is returned.
+    let mut failure = None;
     let reason = tokio::select! {
         _ = cancel.cancelled() => StopReason::Cancelled,
         _ = sleep_opt(cfg.max_runtime) => {
             tracing::info!("--max-runtime reached; stopping");
             StopReason::MaxRuntime
         }
-        r = wait_converged(&mut world, status_rx.as_mut(), peers, &mut events_rx, exit_on_converged, &ui) => {
-            r?;
-            converged_flag.store(true, Ordering::SeqCst);
-            match cfg.converged_timeout {
-                Some(t) => tracing::info!("converged for {}s; stopping", t.as_secs()),
-                None => tracing::info!("every remote host ended; stopping"),
+        r = wait_converged(&mut world, status_rx.as_mut(), peers, &mut events_rx, exit_on_converged, &ui) => match r {
+            Ok(()) => {
+                converged_flag.store(true, Ordering::SeqCst);
+                match cfg.converged_timeout {
+                    Some(t) => tracing::info!("converged for {}s; stopping", t.as_secs()),
+                    None => tracing::info!("every remote host ended; stopping"),
+                }
+                if exit_on_converged { StopReason::Converged } else { StopReason::HostsEnded }
             }
-            if exit_on_converged { StopReason::Converged } else { StopReason::HostsEnded }
+            Err(e) => {
+                tracing::error!("{e:#}; stopping");
+                failure = Some(e);
+                StopReason::Cancelled
+            }
+        },
+        r = engine_died(&mut local) => {
+            failure = Some(anyhow::anyhow!("the engine stopped unexpectedly: {r}"));
+            StopReason::Cancelled
         }
-        r = engine_died(&mut local) => anyhow::bail!("the engine stopped unexpectedly: {r}"),
     };
     remote_cancel.cancel();
     let hosts = match fan.as_mut() {
@@ -167,7 +183,14 @@ pub async fn run(cfg: Config, ui: Ui, cancel: CancellationToken) -> anyhow::Resu
         let _ = (&mut { task }.0).await;
     }
     if !hosts.is_empty() {
-        ui.finish(&summary(&hosts));
+        let rows = summary(&hosts);
+        ui.finish(&rows);
+        if cfg.remote.as_ref().is_some_and(|p| p.onward.trace) {
+            ui.trace(&rows);
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
     }
     Ok(Outcome {
         status,
@@ -181,11 +204,13 @@ fn summary(hosts: &[HostReport]) -> Vec<SummaryRow> {
         .iter()
         .map(|h| SummaryRow {
             host: h.name.clone(),
-            route: h.name.clone(),
+            route: h.route.clone(),
             result: h.result.clone(),
             bytes_sent: h.bytes_sent,
             cache_hit: h.cache_hit,
             elapsed: h.elapsed,
+            hop: h.hop,
+            wire_sent: h.wire_sent,
         })
         .collect()
 }
@@ -205,24 +230,69 @@ async fn sleep_opt(d: Option<Duration>) {
 }
 
 /// Connects to the store; a child (depth 1 and more) also starts following
-/// its stdin, whose end means the parent is gone.
+/// its stdin, whose end means the parent is gone. Returns the tunnel secret
+/// when it came on stdin (a gateway hands it down).
 async fn connect_world(
     cfg: &Config,
     seeds: &[String],
     root: &CancellationToken,
-) -> anyhow::Result<World> {
+    converged: &Arc<AtomicBool>,
+) -> anyhow::Result<(World, Option<crate::link::Secret>)> {
     if cfg.depth == 0 {
-        return Ok(World::connect(seeds, &cfg.hostname).await?);
+        return Ok((World::connect(seeds, &cfg.hostname).await?, None));
     }
     let stdin = tokio::io::stdin();
     if !cfg.tunnel_secret_stdin {
-        tokio::spawn(crate::link::stop_on_eof(stdin, root.clone()));
-        return Ok(World::connect(seeds, &cfg.hostname).await?);
+        tokio::spawn(crate::link::stop_on_eof(
+            stdin,
+            root.clone(),
+            converged.clone(),
+        ));
+        return Ok((World::connect(seeds, &cfg.hostname).await?, None));
     }
     let (secret, rest) = crate::link::read_secret(stdin, Duration::from_secs(30)).await?;
-    tokio::spawn(crate::link::stop_on_eof(rest, root.clone()));
+    tokio::spawn(crate::link::stop_on_eof(
+        rest,
+        root.clone(),
+        converged.clone(),
+    ));
     let url = seeds.first().context("--seeds is empty")?;
-    Ok(World::connect_tunnel(url, &secret, &cfg.hostname).await?)
+    let world = World::connect_tunnel(url, &secret, &cfg.hostname).await?;
+    Ok((world, Some(secret)))
+}
+
+/// Where the hosts' tunnel connections go: the embedded store, or, in a
+/// gateway, on up the tunnel it was started through.
+fn serve_tunnels(
+    store: &Option<StoreHandle>,
+    seeds: &[String],
+    secret: &Option<crate::link::Secret>,
+    tunnels: mpsc::Receiver<crate::remote::Stream>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Task<()>> {
+    let c = cancel.clone();
+    if let Some((store, _)) = store {
+        let incoming = tokio_stream::wrappers::ReceiverStream::new(tunnels)
+            .map(|s| Ok::<_, std::io::Error>(TunnelConn(s)));
+        let store = store.clone();
+        return Ok(Task(tokio::spawn(async move {
+            if let Err(e) = store.serve_incoming(incoming, c).await {
+                tracing::error!("store (tunnels): {e}");
+            }
+        })));
+    }
+    let secret = secret
+        .as_ref()
+        .context("--remote with --seeds runs only as a gateway, started by mgmt run --remote")?;
+    let url = seeds.first().context("--seeds is empty")?;
+    let upstream = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let secret = TunnelSecret::inherited(secret);
+    Ok(Task(tokio::spawn(crate::remote::tunnel::relay(
+        tunnels, upstream, secret, c,
+    ))))
 }
 
 type StoreHandle = (crate::store::Store, Task<()>);
@@ -259,8 +329,9 @@ enum Peers {
     None,
     /// Every host publishing under `/_mgmt/converged/` (the embedded store).
     Published,
-    /// These remote hosts; each leaves the set when it ends.
-    Hosts(BTreeSet<String>),
+    /// These remote hosts (identity → route shown); each leaves the set
+    /// when it ends.
+    Hosts(BTreeMap<String, String>),
 }
 
 /// Returns when this host (if it runs a graph) and every peer are converged
@@ -300,7 +371,7 @@ async fn wait_converged(
             let waiting = match &peers {
                 Peers::None => 0,
                 Peers::Published => map.iter().filter(|(h, c)| !**c && **h != me).count(),
-                Peers::Hosts(set) => set.iter().filter(|h| map.get(*h) != Some(&true)).count(),
+                Peers::Hosts(set) => set.keys().filter(|h| map.get(*h) != Some(&true)).count(),
             };
             if waiting == 0 {
                 return Ok(());
@@ -312,9 +383,9 @@ async fn wait_converged(
             Some(resp) = next_msg(&mut keys) => {
                 for host in crate::world::apply_converged(&mut map, &resp?) {
                     if let Peers::Hosts(set) = &peers {
-                        if set.contains(&host) {
+                        if let Some(route) = set.get(&host) {
                             let stage = if map.get(&host) == Some(&true) { Stage::Converged } else { Stage::Running };
-                            ui.stage(&host, stage);
+                            ui.stage(route, stage);
                         }
                     }
                 }

@@ -51,6 +51,26 @@ pub struct Located<T> {
     pub pos: Pos,
 }
 
+impl<T> Located<T> {
+    /// The position, unless the value came from elsewhere (a flag).
+    pub fn placed(&self) -> Option<Pos> {
+        (self.pos.line > 0).then_some(self.pos)
+    }
+}
+
+impl Located<String> {
+    /// Values from the command line, which have no position.
+    pub fn unplaced(values: &[String]) -> Vec<Self> {
+        values
+            .iter()
+            .map(|v| Located {
+                value: v.clone(),
+                pos: Pos::default(),
+            })
+            .collect()
+    }
+}
+
 /// One resource as declared in the graph.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResourceDecl {

@@ -190,14 +190,7 @@ impl Credentials {
         if !self.inner.settings.key_files.is_empty() {
             return self.inner.settings.key_files.clone();
         }
-        let Some(home) = std::env::home_dir() else {
-            return Vec::new();
-        };
-        ["id_ed25519", "id_ecdsa", "id_rsa"]
-            .iter()
-            .map(|n| home.join(".ssh").join(n))
-            .filter(|p| p.exists())
-            .collect()
+        default_key_paths()
     }
 
     /// The key at `path`, loaded on first use and cached.
@@ -274,12 +267,17 @@ impl Credentials {
             }
         }
 
-        // 2. Key files: the host's IdentityFile entries, else the defaults.
-        let files = if target.identity_files.is_empty() {
-            self.default_key_files()
-        } else {
-            target.identity_files.clone()
-        };
+        // 2. Key files, as OpenSSH orders them: `-i` first, then the host's
+        // IdentityFile entries; the defaults only when neither names one.
+        let mut files = self.inner.settings.key_files.clone();
+        for f in &target.identity_files {
+            if !files.contains(f) {
+                files.push(f.clone());
+            }
+        }
+        if files.is_empty() {
+            files = self.default_key_files();
+        }
         let mut encrypted = Vec::new();
         for path in &files {
             match self.key(path) {
@@ -458,4 +456,16 @@ async fn prompt_secret(prompt: String, what: String) -> Result<Secret, AuthError
             source: std::io::Error::other(join.to_string()),
         }),
     }
+}
+
+/// `~/.ssh/id_ed25519`, `id_ecdsa`, `id_rsa`: those that exist.
+pub(crate) fn default_key_paths() -> Vec<PathBuf> {
+    let Some(home) = std::env::home_dir() else {
+        return Vec::new();
+    };
+    ["id_ed25519", "id_ecdsa", "id_rsa"]
+        .iter()
+        .map(|n| home.join(".ssh").join(n))
+        .filter(|p| p.exists())
+        .collect()
 }

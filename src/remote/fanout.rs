@@ -16,6 +16,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::agent::OwnAgent;
+use super::gateway;
 use super::host::{self, ChildFlags, HostEvent, HostReport, Shared};
 use super::plan::Plan;
 use super::tunnel::TunnelSecret;
@@ -67,10 +69,14 @@ pub struct Wiring {
     pub events: mpsc::Sender<HostEvent>,
     /// Set by the caller before cancelling when the cluster converged.
     pub converged: Arc<AtomicBool>,
+    /// The tunnel secret this process got from its parent (a gateway
+    /// hands the same one down); `None`: a fresh one for this run.
+    pub secret: Option<TunnelSecret>,
 }
 
-/// Runs every host until `cancel`, or until every host has ended; returns
-/// one report per host, in plan order.
+/// Runs every host and gateway until `cancel`, or until every one has
+/// ended; returns one report per host (a gateway's own row followed by its
+/// group's), in plan order.
 pub async fn run(plan: Plan, w: Wiring, cancel: CancellationToken) -> Vec<HostReport> {
     let mut run_id = [0u8; 8];
     rand::fill(&mut run_id[..]);
@@ -90,33 +96,70 @@ pub async fn run(plan: Plan, w: Wiring, cancel: CancellationToken) -> Vec<HostRe
         graphs.push(rx);
     }
     let hosts = plan.hosts.clone();
+    let gateways = plan.gateways.clone();
     for h in &hosts {
         w.ui.add_host(&h.name);
     }
+    // Keeps the agent served to gateways alive for the whole run.
+    let (agent, _own_agent) = gateway_agent(&plan).await;
     let shared = Arc::new(Shared {
         plan,
         run_id: hex::encode(run_id),
-        secret: TunnelSecret::generate(),
+        secret: w.secret.unwrap_or_else(TunnelSecret::generate),
         flags: w.flags,
         tunnels: w.tunnels,
         setup,
         ui: w.ui,
         converged: w.converged,
+        agent,
     });
     let mut tasks = JoinSet::new();
     for (i, h) in hosts.into_iter().enumerate() {
         let g = graphs[h.file].clone();
         let (shared, events, token) = (shared.clone(), w.events.clone(), cancel.child_token());
-        tasks.spawn(async move { (i, host::run(shared, h, g, events, token).await) });
+        tasks.spawn(async move { (i, vec![host::run(shared, h, g, events, token).await]) });
     }
-    let mut reports: Vec<Option<HostReport>> = (0..tasks.len()).map(|_| None).collect();
+    let first_gw = tasks.len();
+    for (i, gw) in gateways.into_iter().enumerate() {
+        let g = gw.files.iter().map(|f| graphs[*f].clone()).collect();
+        // A child token per gateway: cancelling it stops its subtree only.
+        let (shared, events, token) = (shared.clone(), w.events.clone(), cancel.child_token());
+        tasks.spawn(async move {
+            (
+                first_gw + i,
+                gateway::run(shared, gw, g, events, token).await,
+            )
+        });
+    }
+    let mut reports: Vec<Vec<HostReport>> = (0..tasks.len()).map(|_| Vec::new()).collect();
     while let Some(r) = tasks.join_next().await {
         if let Ok((i, rep)) = r {
-            reports[i] = Some(rep);
+            reports[i] = rep;
         }
     }
     watchers.abort_all();
     reports.into_iter().flatten().collect()
+}
+
+/// The agent gateways get access to: the user's (when no `-i` key was
+/// named), else one served here from the key files; none without gateways.
+async fn gateway_agent(plan: &Plan) -> (Option<std::path::PathBuf>, Option<OwnAgent>) {
+    if plan.gateways.is_empty() {
+        return (None, None);
+    }
+    if let Some(sock) = &plan.onward.agent {
+        return (Some(sock.clone()), None);
+    }
+    match OwnAgent::start(&plan.onward.key_files).await {
+        Ok(a) => {
+            tracing::debug!("serving {} key(s) to gateways through an agent", a.keys);
+            (Some(a.socket().to_owned()), Some(a))
+        }
+        Err(e) => {
+            tracing::warn!("{e}; gateways get no agent and must authenticate onward by themselves");
+            (None, None)
+        }
+    }
 }
 
 /// Sends every valid edit of a `--remote` file to its hosts; an invalid one

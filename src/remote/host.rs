@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::plan::{HostPlan, Plan};
+use super::route::HopTimes;
 use super::sftp::{Sftp, VERIFY_FAILED_EXIT};
 use super::ssh::KillSignal;
 use super::tunnel::{ReverseTunnel, TunnelSecret};
@@ -29,7 +30,7 @@ use crate::ui::{RowResult, Stage, Ui};
 
 /// How long a child may take to stop by itself once its stdin is closed,
 /// before it gets SIGINT by its pid.
-const STDIN_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const STDIN_GRACE: Duration = Duration::from_secs(2);
 /// How long a child may take to stop after SIGINT before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long a tunnel client has to present the secret.
@@ -41,6 +42,8 @@ pub struct ChildFlags {
     pub converged_timeout: Option<u64>,
     pub noop: bool,
     pub no_watch: bool,
+    /// This process's depth (0: the initiator); children run at depth + 1.
+    pub depth: u32,
 }
 
 /// What every host task shares.
@@ -57,6 +60,9 @@ pub struct Shared {
     pub ui: Ui,
     /// Set when the run ends because the cluster converged.
     pub converged: Arc<AtomicBool>,
+    /// The agent socket gateways get access to (forwarded agent channels
+    /// are proxied to it); `None`: no agent forwarding.
+    pub agent: Option<std::path::PathBuf>,
 }
 
 /// Told to the run loop as hosts come and go, for the converged rule.
@@ -69,17 +75,60 @@ pub enum HostEvent {
 /// One row of the summary.
 pub struct HostReport {
     pub name: String,
+    /// `web3`, or `gw.dc1/web3` behind a gateway.
+    pub route: String,
     pub result: RowResult,
     pub bytes_sent: u64,
     pub cache_hit: Option<bool>,
     pub elapsed: Duration,
+    pub hop: HopTimes,
+    /// Bytes this process wrote to the host's SSH connection, all told.
+    pub wire_sent: u64,
+}
+
+impl HostReport {
+    pub(crate) fn new(name: &str, route: &str) -> Self {
+        HostReport {
+            name: name.into(),
+            route: route.into(),
+            result: RowResult::Stopped,
+            bytes_sent: 0,
+            cache_hit: None,
+            elapsed: Duration::ZERO,
+            hop: HopTimes::default(),
+            wire_sent: 0,
+        }
+    }
 }
 
 /// A host's set-up, kept for teardown.
-struct Placed {
-    session: Session,
-    sftp: Sftp,
-    cached: CachedBinary,
+pub(crate) struct Placed {
+    pub session: Session,
+    pub sftp: Sftp,
+    pub cached: CachedBinary,
+    /// How long connecting (with authentication) and copying took.
+    pub connect: Duration,
+    pub copy: Duration,
+}
+
+/// A file on the host kept in step with a local graph file.
+pub(crate) struct Synced {
+    /// Its name in the per-run directory.
+    pub name: String,
+    pub source: watch::Receiver<Arc<String>>,
+    /// For a gateway: the `via:` hops still ahead, written into the text.
+    pub rest: Option<Vec<String>>,
+}
+
+impl Synced {
+    /// The text to put on the host; `None` if it cannot be rewritten.
+    pub fn text(&self) -> Option<String> {
+        let text = self.source.borrow().clone();
+        match &self.rest {
+            None => Some(text.as_ref().clone()),
+            Some(rest) => super::plan::gateway_text(&text, rest),
+        }
+    }
 }
 
 /// Runs one host to its end; never fails: failures become the report.
@@ -92,13 +141,7 @@ pub async fn run(
 ) -> HostReport {
     let start = Instant::now();
     let name = host.name.clone();
-    let mut report = HostReport {
-        name: name.clone(),
-        result: RowResult::Stopped,
-        bytes_sent: 0,
-        cache_hit: None,
-        elapsed: Duration::ZERO,
-    };
+    let mut report = HostReport::new(&name, &name);
     let placed = match place(&shared, &host, &graph, &cancel).await {
         Ok(p) => Some(p),
         Err(_) if cancel.is_cancelled() => None,
@@ -111,11 +154,39 @@ pub async fn run(
         report.bytes_sent = p.cached.bytes_sent;
         report.cache_hit = Some(p.cached.hit);
         let _ = events.send(HostEvent::Running(name.clone())).await;
-        report.result = supervise(&shared, &host, &p, graph, &cancel).await;
+        shared.ui.host_event(&name, &name, true);
+        let graph_path = format!("{}/run/{}/graph.yaml", p.cached.prefix, shared.run_id);
+        let ui = shared.ui.clone();
+        let mut on_line = |line: OutputLine| {
+            match line {
+                OutputLine::Stdout(l) => ui.line(&name, crate::ui::Stream::Stdout, &l),
+                OutputLine::Stderr(l) => ui.line(&name, crate::ui::Stream::Stderr, &l),
+            }
+            None
+        };
+        let launch = Launch {
+            label: &name,
+            args: child_args(&shared, &host, &graph_path),
+            synced: vec![Synced {
+                name: "graph.yaml".into(),
+                source: graph,
+                rest: None,
+            }],
+            agent: false,
+            stdin_grace: STDIN_GRACE,
+            on_line: &mut on_line,
+            events: events.clone(),
+        };
+        report.result = supervise(&shared, &p, launch, &cancel, &mut report).await;
+        report.hop.connect_ms = p.connect.as_millis() as u64;
+        report.hop.copy_ms = p.copy.as_millis() as u64;
+        let wire = p.session.wire_sent();
         teardown(&shared, p).await;
+        report.wire_sent = wire.load(Ordering::Relaxed);
     }
     // Every host ends, placed or not: it no longer holds up convergence.
     let _ = events.send(HostEvent::Ended(name.clone())).await;
+    shared.ui.host_event(&name, &name, false);
     if let RowResult::Failed(why) = &report.result {
         shared.ui.stage(&name, Stage::Failed(why.clone()));
     } else {
@@ -132,27 +203,70 @@ async fn place(
     graph: &watch::Receiver<Arc<String>>,
     cancel: &CancellationToken,
 ) -> Result<Placed, String> {
-    let ui = &shared.ui;
-    ui.stage(&host.name, Stage::Queued);
-    let stopping = || "the run is stopping".to_string();
-    let _permit = match &shared.setup {
+    let _permit = setup_permit(shared, &host.name, cancel).await?;
+    let placed = place_binary(shared, &host.name, &host.target, cancel).await?;
+    let text = graph.borrow().clone();
+    placed
+        .sftp
+        .put_run_file(
+            &placed.session,
+            Some(&placed.cached.prefix),
+            &shared.run_id,
+            "graph.yaml",
+            text.as_bytes(),
+        )
+        .await
+        .map_err(|e| e.kind.to_string())?;
+    // Still under the permit: tests measure the set-up concurrency with it.
+    tracing::debug!("{}: set-up done", host.name);
+    Ok(placed)
+}
+
+/// Waits for a `--cconns` set-up slot (none without a cap).
+pub(crate) async fn setup_permit(
+    shared: &Shared,
+    label: &str,
+    cancel: &CancellationToken,
+) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, String> {
+    shared.ui.stage(label, Stage::Queued);
+    match &shared.setup {
         Some(s) => tokio::select! {
-            _ = cancel.cancelled() => return Err(stopping()),
-            p = s.clone().acquire_owned() => Some(p.map_err(|_| stopping())?),
+            _ = cancel.cancelled() => Err(stopping()),
+            p = s.clone().acquire_owned() => Ok(Some(p.map_err(|_| stopping())?)),
         },
-        None => None,
-    };
-    ui.stage(&host.name, Stage::Connecting);
+        None => Ok(None),
+    }
+}
+
+fn stopping() -> String {
+    "the run is stopping".to_string()
+}
+
+/// Connects to `target` and makes sure the binary is in its cache (shown
+/// under `label`); the caller holds the set-up permit.
+pub(crate) async fn place_binary(
+    shared: &Shared,
+    label: &str,
+    target: &super::Target,
+    cancel: &CancellationToken,
+) -> Result<Placed, String> {
+    let ui = &shared.ui;
+    ui.stage(label, Stage::Connecting);
+    let t0 = Instant::now();
     // Dropping a connect half-way is harmless; the copy below instead
     // checks `cancel` between writes and removes its temporary file.
     let session = tokio::select! {
         _ = cancel.cancelled() => return Err(stopping()),
-        r = super::connect(&host.target, &shared.plan.settings) => r.map_err(|e| explain(&e))?,
+        r = super::ssh::connect_with(target, &shared.plan.settings, || {
+            ui.stage(label, Stage::Authenticating)
+        }) => r.map_err(|e| explain(&e))?,
     };
+    let connect = t0.elapsed();
+    let t1 = Instant::now();
     let sftp = Sftp::open(&session).await.map_err(|e| explain(&e))?;
     let total = shared.plan.binary.size;
     let progress_ui = ui.clone();
-    let progress_name = host.name.clone();
+    let progress_name = label.to_string();
     let opts = CacheOptions {
         prefix: shared.plan.prefix.clone(),
         verify_hit: false,
@@ -167,29 +281,19 @@ async fn place(
         .await
         .map_err(|e| explain(&e))?;
     if cached.hit {
-        ui.stage(&host.name, Stage::Cached);
+        ui.stage(label, Stage::Cached);
     }
-    let text = graph.borrow().clone();
-    sftp.put_run_file(
-        &session,
-        Some(&cached.prefix),
-        &shared.run_id,
-        "graph.yaml",
-        text.as_bytes(),
-    )
-    .await
-    .map_err(|e| e.kind.to_string())?;
-    // Still under the permit: tests measure the set-up concurrency with it.
-    tracing::debug!("{}: set-up done", host.name);
     Ok(Placed {
         session,
         sftp,
         cached,
+        connect,
+        copy: t1.elapsed(),
     })
 }
 
 /// The error and its sources on one line, then the hint.
-fn explain<E: std::error::Error + super::Hint>(e: &super::HostError<E>) -> String {
+pub(crate) fn explain<E: std::error::Error + super::Hint>(e: &super::HostError<E>) -> String {
     let mut msg = e.kind.to_string();
     let mut src = e.kind.source();
     while let Some(s) = src {
@@ -202,71 +306,78 @@ fn explain<E: std::error::Error + super::Hint>(e: &super::HostError<E>) -> Strin
     }
 }
 
+/// What to run on a placed host, and how to read what it prints.
+pub(crate) struct Launch<'a> {
+    /// Display name in the UI.
+    pub label: &'a str,
+    /// The child's arguments, given the tunnel port on the host.
+    pub args: Vec<String>,
+    /// Files on the host kept in step with local ones.
+    pub synced: Vec<Synced>,
+    /// Forward agent access to the child (gateways).
+    pub agent: bool,
+    /// How long the child may take to stop by itself once its stdin is
+    /// closed, before it gets SIGINT (a gateway first stops its subtree).
+    pub stdin_grace: Duration,
+    /// Every line the child prints; may return an event for the run loop.
+    pub on_line: &'a mut (dyn FnMut(OutputLine) -> Option<HostEvent> + Send),
+    pub events: mpsc::Sender<HostEvent>,
+}
+
+/// Where `{port}` stands in [`Launch::args`] until the tunnel is open.
+pub(crate) const PORT_SLOT: &str = "{port}";
+
 /// Runs the child until it ends or the run stops; the host's result.
-async fn supervise(
+pub(crate) async fn supervise(
     shared: &Shared,
-    host: &HostPlan,
     p: &Placed,
-    mut graph: watch::Receiver<Arc<String>>,
+    mut launch: Launch<'_>,
     cancel: &CancellationToken,
+    report: &mut HostReport,
 ) -> RowResult {
     let ui = &shared.ui;
+    let label = launch.label;
+    let t0 = Instant::now();
     let tunnel = match p.session.reverse_tunnel(64).await {
         Ok(t) => t,
         Err(e) => return RowResult::Failed(explain(&e)),
     };
-    let port = tunnel.port;
+    let port = tunnel.port.to_string();
+    let args: Vec<String> = launch
+        .args
+        .iter()
+        .map(|a| a.replace(PORT_SLOT, &port))
+        .collect();
     let mut bridges = JoinSet::new();
     bridges.spawn(bridge(
         tunnel,
         shared.secret.clone(),
         shared.tunnels.clone(),
     ));
-    let graph_path = format!("{}/run/{}/graph.yaml", p.cached.prefix, shared.run_id);
-    let args = child_args(shared, host, port, &graph_path);
-    ui.stage(&host.name, Stage::Starting);
+    if launch.agent {
+        p.session.set_agent_forwarding(shared.agent.clone());
+    }
+    ui.stage(label, Stage::Starting);
     let mut replaced = false;
     let mut stopping = false;
     let status = loop {
-        let mut child = match p
-            .cached
-            .launch(&p.session, &args, exec_options(shared))
-            .await
-        {
+        let mut opts = exec_options(shared);
+        opts.agent_forward = launch.agent && shared.agent.is_some();
+        let mut child = match p.cached.launch(&p.session, &args, opts).await {
             Ok(c) => c,
             Err(e) => return RowResult::Failed(explain(&e)),
         };
-        ui.stage(&host.name, Stage::Running);
-        let (status, last_err) = follow(
-            shared,
-            host,
-            p,
-            &mut child,
-            &mut graph,
-            cancel,
-            &mut stopping,
-        )
-        .await;
+        report.hop.start_ms = t0.elapsed().as_millis() as u64;
+        ui.stage(label, Stage::Running);
+        let (status, last_err) =
+            follow(shared, p, &mut child, &mut launch, cancel, &mut stopping).await;
         if status == ExitStatus::Exited(VERIFY_FAILED_EXIT) && !replaced && !stopping {
             // The cached binary failed its hash check at launch, so it was
             // not run: replace it and launch once more.
             replaced = true;
-            tracing::warn!(
-                "{}: the cached binary failed its hash check; replacing it",
-                host.name
-            );
-            let bin = &shared.plan.binary;
-            let opts = CacheOptions {
-                prefix: shared.plan.prefix.clone(),
-                verify_hit: true,
-                ..CacheOptions::default()
-            };
-            if let Err(e) = p
-                .sftp
-                .ensure_binary(&p.session, &bin.path, &bin.sha256, &opts)
-                .await
-            {
-                return RowResult::Failed(e.kind.to_string());
+            tracing::warn!("{label}: the cached binary failed its hash check; replacing it");
+            if let Err(why) = replace_binary(shared, p, report).await {
+                return RowResult::Failed(why);
             }
             continue;
         }
@@ -283,6 +394,33 @@ async fn supervise(
     }
 }
 
+/// Uploads the binary again after it failed its hash check at launch.
+async fn replace_binary(
+    shared: &Shared,
+    p: &Placed,
+    report: &mut HostReport,
+) -> Result<(), String> {
+    let bin = &shared.plan.binary;
+    let opts = CacheOptions {
+        prefix: shared.plan.prefix.clone(),
+        verify_hit: true,
+        ..CacheOptions::default()
+    };
+    // A replacement is a copy like any other: under a set-up permit.
+    let _permit = match &shared.setup {
+        Some(s) => s.clone().acquire_owned().await.ok(),
+        None => None,
+    };
+    let again = p
+        .sftp
+        .ensure_binary(&p.session, &bin.path, &bin.sha256, &opts)
+        .await
+        .map_err(|e| explain(&e))?;
+    report.bytes_sent += again.bytes_sent;
+    report.cache_hit = Some(false);
+    Ok(())
+}
+
 fn exec_options(shared: &Shared) -> ExecOptions {
     ExecOptions {
         stdin: Some(shared.secret.stdin_line()),
@@ -292,61 +430,98 @@ fn exec_options(shared: &Shared) -> ExecOptions {
     }
 }
 
-/// Streams the child's output, keeps its graph in step, stops it when the
+/// Streams the child's output, keeps its files in step, stops it when the
 /// run stops; returns its exit status and its last stderr line.
 async fn follow(
     shared: &Shared,
-    host: &HostPlan,
     p: &Placed,
     child: &mut RemoteChild,
-    graph: &mut watch::Receiver<Arc<String>>,
+    launch: &mut Launch<'_>,
     cancel: &CancellationToken,
     stopping: &mut bool,
 ) -> (ExitStatus, String) {
-    let ui = &shared.ui;
+    let label = launch.label;
     // Stop sequence: stdin closed (the child stops by itself; no extra
     // session needed), then SIGINT by pid, then SIGKILL by pid.
     let mut next_signal: Option<(tokio::time::Instant, KillSignal)> = None;
     let mut last_err = String::new();
     loop {
         tokio::select! {
-            line = child.next_line() => match line {
-                Some(OutputLine::Stdout(l)) => ui.line(&host.name, crate::ui::Stream::Stdout, &l),
-                Some(OutputLine::Stderr(l)) => {
-                    ui.line(&host.name, crate::ui::Stream::Stderr, &l);
-                    last_err = l;
+            line = child.next_line() => {
+                let Some(line) = line else { break };
+                if let OutputLine::Stderr(l) = &line {
+                    last_err.clone_from(l);
                 }
-                None => break,
+                if let Some(ev) = (launch.on_line)(line) {
+                    let _ = launch.events.send(ev).await;
+                }
             },
-            r = graph.changed(), if !*stopping => {
-                if r.is_err() {
-                    continue;
-                }
-                let text = graph.borrow_and_update().clone();
-                match p.sftp.put_run_file(&p.session, Some(&p.cached.prefix), &shared.run_id, "graph.yaml", text.as_bytes()).await {
-                    Ok(_) => tracing::info!("{}: graph updated", host.name),
-                    Err(e) => tracing::warn!("{}: cannot update the graph: {}", host.name, e.kind),
-                }
+            i = changed_any(&mut launch.synced), if !*stopping => {
+                let Some(i) = i else { continue };
+                sync_file(shared, p, label, &mut launch.synced[i]).await;
             }
             _ = cancel.cancelled(), if !*stopping => {
                 *stopping = true;
-                ui.stage(&host.name, Stage::Stopping);
+                shared.ui.stage(label, Stage::Stopping);
+                if shared.converged.load(Ordering::SeqCst) {
+                    let _ = child.write_stdin(crate::link::CONVERGED_LINE).await;
+                }
                 let _ = child.close_stdin().await;
-                next_signal = Some((tokio::time::Instant::now() + STDIN_GRACE, KillSignal::Int));
+                next_signal = Some((tokio::time::Instant::now() + launch.stdin_grace, KillSignal::Int));
             }
             _ = sleep_until(next_signal.map(|(at, _)| at)) => {
                 let Some((_, signal)) = next_signal.take() else { continue };
-                tracing::debug!("{}: the child is still running; sending {signal:?} to its pid", host.name);
+                tracing::debug!("{label}: the child is still running; sending {signal:?} to its pid");
                 kill(p, child, signal).await;
                 if signal == KillSignal::Int {
                     next_signal = Some((tokio::time::Instant::now() + STOP_GRACE, KillSignal::Kill));
                 } else {
-                    tracing::warn!("{}: the child did not stop within {STOP_GRACE:?} of SIGINT; killed it", host.name);
+                    tracing::warn!("{label}: the child did not stop within {STOP_GRACE:?} of SIGINT; killed it");
                 }
             }
         }
     }
     (child.status().await, last_err)
+}
+
+/// Which synced file's source changed (`None`: that source is gone).
+async fn changed_any(synced: &mut [Synced]) -> Option<usize> {
+    if synced.is_empty() {
+        return std::future::pending().await;
+    }
+    let waits = synced.iter_mut().map(|s| Box::pin(s.source.changed()));
+    let (r, i, _) = futures::future::select_all(waits).await;
+    match r {
+        Ok(()) => Some(i),
+        // A closed source never changes again: wait on the others.
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// Puts the new text of a synced file on the host (atomically).
+async fn sync_file(shared: &Shared, p: &Placed, label: &str, s: &mut Synced) {
+    s.source.borrow_and_update();
+    let Some(text) = s.text() else {
+        tracing::warn!(
+            "{label}: cannot rewrite {} for the gateway; not sent",
+            s.name
+        );
+        return;
+    };
+    let put = p
+        .sftp
+        .put_run_file(
+            &p.session,
+            Some(&p.cached.prefix),
+            &shared.run_id,
+            &s.name,
+            text.as_bytes(),
+        )
+        .await;
+    match put {
+        Ok(_) => tracing::info!("{label}: {} updated", s.name),
+        Err(e) => tracing::warn!("{label}: cannot update {}: {}", s.name, e.kind),
+    }
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -365,24 +540,27 @@ async fn kill(p: &Placed, child: &RemoteChild, signal: KillSignal) {
     }
 }
 
-/// The child's command line (each word quoted by `launch`).
-fn child_args(shared: &Shared, host: &HostPlan, port: u16, graph: &str) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "run",
-        "--hostname",
-        &host.name,
+/// The child's command line (each word quoted by `launch`; [`PORT_SLOT`]
+/// becomes the tunnel port).
+fn child_args(shared: &Shared, host: &HostPlan, graph: &str) -> Vec<String> {
+    let mut a = words(&["run", "--hostname", &host.name, "--file", graph]);
+    a.extend(common_args(shared));
+    a
+}
+
+/// What every child gets: the store through the tunnel, its depth, the
+/// secret on stdin, and the run's flags.
+pub(crate) fn common_args(shared: &Shared) -> Vec<String> {
+    let depth = (shared.flags.depth + 1).to_string();
+    let seeds = format!("http://127.0.0.1:{PORT_SLOT}");
+    let mut a = words(&[
         "--no-server",
         "--seeds",
-        &format!("http://127.0.0.1:{port}"),
-        "--file",
-        graph,
+        &seeds,
         "--depth",
-        "1",
+        &depth,
         "--tunnel-secret-stdin",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     if let Some(t) = shared.flags.converged_timeout {
         a.push(format!("--converged-timeout={t}"));
     }
@@ -393,6 +571,10 @@ fn child_args(shared: &Shared, host: &HostPlan, port: u16, graph: &str) -> Vec<S
         a.push("--no-watch".into());
     }
     a
+}
+
+pub(crate) fn words(w: &[&str]) -> Vec<String> {
+    w.iter().map(|s| s.to_string()).collect()
 }
 
 /// Hands every tunnel connection that presents the secret to the store;
@@ -414,7 +596,7 @@ async fn bridge(mut tunnel: ReverseTunnel, secret: TunnelSecret, store: mpsc::Se
 }
 
 /// Removes what the run put on the host, in reverse order of set-up.
-async fn teardown(shared: &Shared, p: Placed) {
+pub(crate) async fn teardown(shared: &Shared, p: Placed) {
     if let Err(e) = p
         .sftp
         .remove_run_dir(&p.cached.prefix, &shared.run_id)

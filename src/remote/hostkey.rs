@@ -47,6 +47,38 @@ impl KnownHosts {
     }
 }
 
+/// The known_hosts lines `file` holds for `targets`, written afresh (plain
+/// `host` or `[host]:port` patterns, one key a line, duplicates dropped):
+/// what a gateway checks those hosts against. Hashed entries are found as
+/// well; targets with no entry are left out (the gateway's policy decides).
+pub fn entries_for(file: &Path, targets: &[super::Target]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for t in targets {
+        let Ok(keys) = russh::keys::known_hosts::known_host_keys_path(&t.host, t.port, file) else {
+            continue;
+        };
+        let pattern = if t.port == 22 {
+            t.host.clone()
+        } else {
+            format!("[{}]:{}", t.host, t.port)
+        };
+        for (_, key) in keys {
+            let Ok(openssh) = key.to_openssh() else {
+                continue;
+            };
+            let line = format!("{pattern} {openssh}");
+            if !out.contains(&line) {
+                out.push(line);
+            }
+        }
+    }
+    let mut text = out.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    text
+}
+
 /// How a key was accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {

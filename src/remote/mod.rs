@@ -17,7 +17,12 @@
 //! - [`tunnel`]: the reverse TCP forward back to the embedded store, the
 //!   secret preamble check, and agent forwarding.
 //!
-//! What this module does not do: concurrency caps across hosts, gateways,
+//! On top of these, the fleet: [`plan`] (everything decided before any
+//! connection), [`host`] (one host's life), [`gateway`] (one gateway and the
+//! group behind it, with [`route`] records and the [`agent`] served to it)
+//! and [`fanout`] (all of them at once, at most `--cconns` in set-up).
+//!
+//! What the SSH layer itself does not do: concurrency caps across hosts,
 //! progress bars and the run's lifecycle; those belong to the fan-out that
 //! calls it. Every fallible operation returns a [`HostError`] that names the
 //! host and carries a per-operation error kind with a [`Hint`].
@@ -27,15 +32,19 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod agent;
 pub mod auth;
 pub mod fanout;
+pub mod gateway;
 pub mod host;
 pub mod hostkey;
 pub mod plan;
+pub mod route;
 pub mod sftp;
 pub mod ssh;
 pub mod target;
 pub mod tunnel;
+mod wire;
 
 use std::fmt;
 

@@ -20,7 +20,7 @@ use super::target::{local_user, SshConfigFile, Target};
 use super::{ClientSettings, Credentials, Pacer};
 use crate::cli::RunArgs;
 use crate::config::GraphFile;
-use crate::graph::{GraphError, GraphErrors};
+use crate::graph::{GraphError, GraphErrors, Located};
 
 /// Pending connections allowed per sshd address: OpenSSH's default
 /// `MaxStartups 10:30:100` starts dropping at 10.
@@ -36,6 +36,23 @@ pub struct HostPlan {
     pub target: Target,
 }
 
+/// A gateway and the part of the run behind it: the graphs it runs with
+/// `mgmt run --remote`, their `via:` shortened by one hop.
+#[derive(Debug, Clone)]
+pub struct GatewayPlan {
+    /// Its name in routes and the summary (`gw.dc1` in `gw.dc1/web3`).
+    pub name: String,
+    pub target: Target,
+    /// Indexes in [`Plan::files`] of the graphs of its group.
+    pub files: Vec<usize>,
+    /// For each of `files`, the gateways still ahead at the gateway.
+    pub rest: Vec<Vec<String>>,
+    /// The identity of every host behind it, at every depth.
+    pub leaves: Vec<String>,
+    /// The initiator's known_hosts lines for every target behind it.
+    pub known_hosts: String,
+}
+
 /// The binary shipped to hosts.
 #[derive(Debug, Clone)]
 pub struct Binary {
@@ -49,7 +66,10 @@ pub struct Binary {
 #[derive(Clone)]
 pub struct Plan {
     pub files: Vec<GraphFile>,
+    /// Hosts reached directly.
     pub hosts: Vec<HostPlan>,
+    /// Gateways, each with the hosts behind it.
+    pub gateways: Vec<GatewayPlan>,
     pub settings: ClientSettings,
     /// Hosts in set-up at once; 0: no cap.
     pub cconns: usize,
@@ -58,6 +78,51 @@ pub struct Plan {
     pub prefix: Option<String>,
     /// `!--no-caching`.
     pub caching: bool,
+    /// Flags a gateway passes on to its own `mgmt run --remote`.
+    pub onward: Onward,
+}
+
+/// What a gateway needs to know besides its graphs to run its group the
+/// way the initiator would.
+#[derive(Debug, Clone, Default)]
+pub struct Onward {
+    pub connect_timeout: u64,
+    pub host_key_check: String,
+    pub trace: bool,
+    /// The user's agent (`SSH_AUTH_SOCK`), forwarded to gateways when no
+    /// `-i` key was given.
+    pub agent: Option<PathBuf>,
+    /// `-i` keys, else the default key files: what the agent this process
+    /// serves to gateways holds when the user's agent is not forwarded.
+    pub key_files: Vec<PathBuf>,
+}
+
+impl Plan {
+    /// The identity of every host of the run, direct or behind gateways.
+    pub fn all_hosts(&self) -> impl Iterator<Item = &str> {
+        self.hosts.iter().map(|h| h.name.as_str()).chain(
+            self.gateways
+                .iter()
+                .flat_map(|g| g.leaves.iter().map(String::as_str)),
+        )
+    }
+
+    /// Every host's identity with the route it is shown under.
+    pub fn routes(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .hosts
+            .iter()
+            .map(|h| (h.name.clone(), h.name.clone()))
+            .collect();
+        for g in &self.gateways {
+            out.extend(
+                g.leaves
+                    .iter()
+                    .map(|l| (l.clone(), format!("{}/{l}", g.name))),
+            );
+        }
+        out
+    }
 }
 
 impl std::fmt::Debug for Plan {
@@ -83,7 +148,7 @@ pub fn plan(args: &RunArgs) -> Result<Option<Plan>, PlanError> {
     if args.remotes.is_empty() {
         return Ok(None);
     }
-    if args.no_server {
+    if args.no_server && args.depth == 0 {
         return Err(flag(
             "--remote",
             "needs the embedded store: drop --no-server and --seeds",
@@ -94,9 +159,10 @@ pub fn plan(args: &RunArgs) -> Result<Option<Plan>, PlanError> {
         None => SshConfigFile::load_default(),
     }
     .map_err(|e| flag("--ssh-config", e.to_string()))?;
-    let (files, hosts) = targets(&args.remotes, &ssh_config)?;
+    let via = Located::unplaced(&args.via);
+    let (files, hosts, groups) = targets(&args.remotes, &via, &ssh_config)?;
     let binary = binary(args.remote_binary.as_deref())?;
-    raise_open_files(hosts.len())?;
+    raise_open_files(hosts.len() + groups.len())?;
     let policy = match args.host_key_check.as_str() {
         "accept-new" => HostKeyPolicy::AcceptNew,
         "off" => HostKeyPolicy::Off,
@@ -125,17 +191,37 @@ pub fn plan(args: &RunArgs) -> Result<Option<Plan>, PlanError> {
             ));
         }
     }
+    let gateways = groups
+        .into_iter()
+        .map(|g| g.finish(&known_hosts.path))
+        .collect();
+    let agent = auth
+        .agent_socket
+        .clone()
+        .filter(|_| auth.key_files.is_empty());
+    let key_files = match auth.key_files.is_empty() {
+        false => auth.key_files.clone(),
+        true => super::auth::default_key_paths(),
+    };
     let mut settings = ClientSettings::new(known_hosts, Credentials::new(auth));
     settings.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
     settings.pacer = Some(Pacer::new(PACE_PER_ADDR));
     Ok(Some(Plan {
         files,
         hosts,
+        gateways,
         settings,
         cconns: args.cconns,
         binary: Arc::new(binary),
         prefix: args.remote_prefix.clone(),
         caching: !args.no_caching,
+        onward: Onward {
+            connect_timeout: args.connect_timeout,
+            host_key_check: args.host_key_check.clone(),
+            trace: args.trace,
+            agent,
+            key_files,
+        },
     }))
 }
 
@@ -146,11 +232,40 @@ fn flag(flag: &'static str, message: impl Into<String>) -> PlanError {
     }
 }
 
-/// Reads every graph (duplicates removed) and resolves its `remote:` URLs.
+/// A gateway's group while the graphs are read.
+struct Group {
+    name: String,
+    target: Target,
+    files: Vec<usize>,
+    rest: Vec<Vec<String>>,
+    leaves: Vec<String>,
+    /// Every target behind the gateway, for its known_hosts.
+    behind: Vec<Target>,
+}
+
+impl Group {
+    fn finish(self, known_hosts: &Path) -> GatewayPlan {
+        GatewayPlan {
+            name: self.name,
+            target: self.target,
+            files: self.files,
+            rest: self.rest,
+            leaves: self.leaves,
+            known_hosts: super::hostkey::entries_for(known_hosts, &self.behind),
+        }
+    }
+}
+
+type Targets = (Vec<GraphFile>, Vec<HostPlan>, Vec<Group>);
+
+/// Reads every graph (duplicates removed) and resolves its `remote:` and
+/// `via:` URLs; hosts behind a gateway go into that gateway's group.
+/// `default_via` (`--via`) applies to graphs without a `via:`.
 fn targets(
     paths: &[PathBuf],
+    default_via: &[Located<String>],
     ssh_config: &SshConfigFile,
-) -> Result<(Vec<GraphFile>, Vec<HostPlan>), PlanError> {
+) -> Result<Targets, PlanError> {
     let mut errors = Vec::new();
     let mut files: Vec<GraphFile> = Vec::new();
     let mut seen_paths = Vec::new();
@@ -167,15 +282,55 @@ fn targets(
     }
     let user = local_user();
     let mut hosts = Vec::new();
+    let mut groups: Vec<Group> = Vec::new();
     let mut names: HashMap<String, String> = HashMap::new();
     for (i, f) in files.iter().enumerate() {
         let label = f.path.display().to_string();
-        if let Some(gw) = f.graph.via.first() {
-            // Until hierarchical fan-out exists, never connect directly to
-            // hosts the operator meant to reach through a gateway.
-            errors.push(GraphError { file: label.clone(), pos: Some(gw.pos), message: "via: gateways are not supported by this version yet; remove via: to connect directly".into() });
+        let via = if f.graph.via.is_empty() {
+            default_via
+        } else {
+            &f.graph.via[..]
+        };
+        let mut chain = Vec::new();
+        for url in via {
+            match Target::parse(&url.value, ssh_config, user.as_deref()) {
+                Ok(t) => chain.push(t),
+                Err(e) => errors.push(GraphError {
+                    file: label.clone(),
+                    pos: url.placed(),
+                    message: match url.placed() {
+                        Some(_) => format!("via: {e}"),
+                        None => format!("--via: {e}"),
+                    },
+                }),
+            }
+        }
+        if chain.len() != via.len() {
             continue;
         }
+        let group = chain.first().map(|gw| {
+            let key = (gw.user.clone(), gw.host.clone(), gw.port);
+            let at = groups
+                .iter()
+                .position(|g| (g.target.user.clone(), g.target.host.clone(), g.target.port) == key);
+            let at = at.unwrap_or_else(|| {
+                groups.push(Group {
+                    name: gateway_name(gw, &groups),
+                    target: gw.clone(),
+                    files: Vec::new(),
+                    rest: Vec::new(),
+                    leaves: Vec::new(),
+                    behind: Vec::new(),
+                });
+                groups.len() - 1
+            });
+            let g = &mut groups[at];
+            g.files.push(i);
+            g.rest
+                .push(via[1..].iter().map(|u| u.value.clone()).collect());
+            g.behind.extend(chain[1..].iter().cloned());
+            at
+        });
         if f.graph.remote.is_empty() {
             errors.push(GraphError { file: label.clone(), pos: None, message: "no remote: key; add remote: ssh://user@host (or a list of URLs) to run this graph there".into() });
         }
@@ -202,18 +357,50 @@ fn targets(
                 errors.push(at(format!("host {name:?} is already a target (at {first}); each host may appear once (set hostname: to tell them apart)")));
                 continue;
             }
-            hosts.push(HostPlan {
-                name,
-                file: i,
-                target,
-            });
+            match group {
+                Some(g) => {
+                    groups[g].leaves.push(name);
+                    groups[g].behind.push(target);
+                }
+                None => hosts.push(HostPlan {
+                    name,
+                    file: i,
+                    target,
+                }),
+            }
         }
     }
     if errors.is_empty() {
-        Ok((files, hosts))
+        Ok((files, hosts, groups))
     } else {
         Err(PlanError::Graphs(GraphErrors(errors)))
     }
+}
+
+/// A gateway's name in routes: its URL host, with the port when another
+/// gateway already has that name.
+fn gateway_name(gw: &Target, groups: &[Group]) -> String {
+    if groups.iter().any(|g| g.name == gw.name) {
+        format!("{}:{}", gw.name, gw.port)
+    } else {
+        gw.name.clone()
+    }
+}
+
+/// The graph text a gateway gets: the same graph with `via:` set to the
+/// gateways still ahead of it (removed when there are none). `None` if the
+/// text is not a YAML mapping (it was validated, so only on a race).
+pub fn gateway_text(text: &str, rest: &[String]) -> Option<String> {
+    use serde_yaml_ng::Value;
+    let mut doc: Value = serde_yaml_ng::from_str(text).ok()?;
+    let map = doc.as_mapping_mut()?;
+    if rest.is_empty() {
+        map.remove("via");
+    } else {
+        let list = rest.iter().cloned().map(Value::String).collect();
+        map.insert(Value::String("via".into()), Value::Sequence(list));
+    }
+    serde_yaml_ng::to_string(&doc).ok()
 }
 
 /// Finds and hashes the binary to ship; warns when it is not static.
@@ -317,9 +504,11 @@ mod tests {
         .unwrap();
         let b = d.path().join("b.yaml");
         std::fs::write(&b, "graph: b\n").unwrap();
-        let Err(PlanError::Graphs(GraphErrors(errs))) =
-            targets(&[a.clone(), b.clone(), a.clone()], &SshConfigFile::none())
-        else {
+        let Err(PlanError::Graphs(GraphErrors(errs))) = targets(
+            &[a.clone(), b.clone(), a.clone()],
+            &[],
+            &SshConfigFile::none(),
+        ) else {
             panic!("expected errors");
         };
         let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
@@ -333,5 +522,77 @@ mod tests {
             "{text:#?}"
         );
         assert!(text[2].contains("b.yaml: no remote: key"), "{text:#?}");
+    }
+
+    #[test]
+    fn hosts_are_grouped_by_their_first_gateway() {
+        let d = tempfile::tempdir().unwrap();
+        let w = |name: &str, text: &str| {
+            let p = d.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let a = w(
+            "a.yaml",
+            "graph: a\nremote: [ssh://root@w1, ssh://root@w2]\nvia: [ssh://admin@gw1, ssh://admin@gw2]\n",
+        );
+        let b = w(
+            "b.yaml",
+            "graph: b\nremote: ssh://root@w3\nvia: [ssh://admin@gw1]\n",
+        );
+        let c = w("c.yaml", "graph: c\nremote: ssh://root@w4\n");
+        let none = SshConfigFile::none();
+        let (files, hosts, groups) = match targets(&[a.clone(), b.clone(), c.clone()], &[], &none) {
+            Ok(t) => t,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(files.len(), 3);
+        assert_eq!(
+            hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(),
+            ["w4"]
+        );
+        assert_eq!(groups.len(), 1);
+        let g = &groups[0];
+        assert_eq!((g.name.as_str(), g.files.clone()), ("gw1", vec![0, 1]));
+        assert_eq!(g.rest, vec![vec!["ssh://admin@gw2".to_string()], vec![]]);
+        assert_eq!(g.leaves, ["w1", "w2", "w3"]);
+        // Everything behind gw1 is in its known_hosts lookup: gw2 and hosts.
+        let behind: Vec<&str> = g.behind.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(behind, ["gw2", "w1", "w2", "w3"]);
+        // --via applies to the graph without a via:, not to the others.
+        let flag = Located::unplaced(&["ssh://admin@gw9".to_string()]);
+        let Ok((_, hosts, groups)) = targets(&[a, c], &flag, &none) else {
+            panic!("plan failed");
+        };
+        assert!(hosts.is_empty());
+        let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, ["gw1", "gw9"]);
+    }
+
+    #[test]
+    fn a_bad_via_is_an_input_error_with_its_place() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a.yaml");
+        std::fs::write(&a, "graph: a\nremote: ssh://root@w1\nvia:\n- http://gw\n").unwrap();
+        let Err(PlanError::Graphs(GraphErrors(errs))) = targets(&[a], &[], &SshConfigFile::none())
+        else {
+            panic!("expected errors");
+        };
+        assert_eq!(errs.len(), 1);
+        let text = errs[0].to_string();
+        assert!(text.contains("a.yaml:4:3: via: "), "{text}");
+    }
+
+    #[test]
+    fn a_gateway_gets_its_graph_with_one_hop_less() {
+        let text = "graph: g\nremote: ssh://w1\nvia: [ssh://gw1, ssh://gw2]\nresources: {}\n";
+        let once = gateway_text(text, &["ssh://gw2".into()]).unwrap();
+        let g = crate::graph::parse_str(&once, "g").unwrap();
+        let via: Vec<&str> = g.via.iter().map(|v| v.value.as_str()).collect();
+        assert_eq!(via, ["ssh://gw2"]);
+        let last = gateway_text(&once, &[]).unwrap();
+        let g = crate::graph::parse_str(&last, "g").unwrap();
+        assert!(g.via.is_empty());
+        assert_eq!(g.remote[0].value, "ssh://w1");
     }
 }

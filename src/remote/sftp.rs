@@ -503,7 +503,7 @@ impl Sftp {
         }
         let t = Instant::now();
         cached.bytes_sent = self
-            .put_file(local, &cached.dir, BIN_NAME, size, opts)
+            .put_file(session, local, &cached.dir, BIN_NAME, size, opts)
             .await?;
         tracing::debug!(host = %self.host, bytes = cached.bytes_sent, elapsed = ?t.elapsed(), "binary uploaded");
         Ok(cached)
@@ -531,6 +531,7 @@ impl Sftp {
     /// Returns the bytes sent.
     async fn put_file(
         &self,
+        session: &Session,
         local: &Path,
         dir: &str,
         name: &str,
@@ -546,7 +547,7 @@ impl Sftp {
         let tmp = format!("{dir}/.{name}.{}.part", random_suffix());
         let final_path = format!("{dir}/{name}");
         let result = self
-            .write_then_rename(&mut src, &tmp, &final_path, size, opts)
+            .write_then_rename(session, &mut src, &tmp, &final_path, size, opts)
             .await;
         if result.is_err() {
             // Best effort: never leave a partial file behind.
@@ -557,6 +558,7 @@ impl Sftp {
 
     async fn write_then_rename<R: tokio::io::AsyncRead + Unpin>(
         &self,
+        session: &Session,
         src: &mut R,
         tmp: &str,
         final_path: &str,
@@ -622,18 +624,25 @@ impl Sftp {
                 got,
             });
         }
-        // Plain SFTP rename refuses an existing target: remove it first. If
-        // another uploader wins the race, its file is as good as ours.
-        let _ = self.sftp.remove_file(final_path).await;
         if let Err(e) = self.sftp.rename(tmp, final_path).await {
-            match self.sftp.metadata(final_path).await {
-                Ok(md) if md.size == Some(size) => {
-                    let _ = self.sftp.remove_file(tmp).await;
-                }
-                _ => return Err(Self::sftp_err("rename", final_path)(e)),
+            // Plain SFTP rename refuses an existing target, and russh-sftp
+            // has no posix-rename: replace it with rename(2) through `mv`, so
+            // that the target is never missing (a live graph update, a
+            // replaced binary).
+            if !self.replace_with_mv(session, tmp, final_path).await {
+                return Err(Self::sftp_err("rename", final_path)(e));
             }
         }
         Ok(sent)
+    }
+
+    /// `mv -f tmp final` on the host: an atomic replacement of an existing
+    /// file. Returns whether it succeeded.
+    async fn replace_with_mv(&self, session: &Session, tmp: &str, final_path: &str) -> bool {
+        let Some(cmd) = super::shell_join(["mv", "-f", "--", tmp, final_path]) else {
+            return false;
+        };
+        matches!(session.run(&cmd).await, Ok(out) if out.status.success())
     }
 
     /// Write `data` to `<prefix>/run/<run_id>/<name>` atomically (temporary
@@ -659,7 +668,14 @@ impl Sftp {
         let opts = CacheOptions::default();
         let mut src = data;
         let r = self
-            .write_then_rename(&mut src, &tmp, &final_path, data.len() as u64, &opts)
+            .write_then_rename(
+                session,
+                &mut src,
+                &tmp,
+                &final_path,
+                data.len() as u64,
+                &opts,
+            )
             .await;
         if r.is_err() {
             let _ = self.sftp.remove_file(tmp.as_str()).await;

@@ -225,6 +225,8 @@ pub(crate) struct Shared {
     pub(crate) forwards: Mutex<Option<mpsc::Sender<super::tunnel::Forwarded>>>,
     /// Local agent socket to proxy agent channels to; `None` rejects them.
     pub(crate) agent_socket: Mutex<Option<PathBuf>>,
+    /// Bytes this process wrote to the TCP connection, SSH framing and all.
+    pub(crate) wire_sent: Arc<std::sync::atomic::AtomicU64>,
     /// Proxy tasks for agent channels; closed and awaited by `Session::close`.
     pub(crate) tasks: TaskTracker,
     /// Cancels the proxy tasks.
@@ -380,6 +382,16 @@ pub async fn connect(
     target: &Target,
     settings: &ClientSettings,
 ) -> Result<Session, HostError<ConnectError>> {
+    connect_with(target, settings, || {}).await
+}
+
+/// [`connect`], calling `authenticating` once the host key is verified and
+/// authentication starts (the operator's `authenticating` stage).
+pub async fn connect_with(
+    target: &Target,
+    settings: &ClientSettings,
+    authenticating: impl FnOnce(),
+) -> Result<Session, HostError<ConnectError>> {
     let id = target.id();
     let err = |kind| HostError::new(&id, kind);
     let config = Arc::new(settings.russh_config());
@@ -409,7 +421,8 @@ pub async fn connect(
             known: settings.known_hosts.clone(),
             shared: shared.clone(),
         };
-        let once = handshake(&addrs, config.clone(), handler, &mut timings);
+        let sent = shared.wire_sent.clone();
+        let once = handshake(&addrs, config.clone(), handler, sent, &mut timings);
         let result = match tokio::time::timeout(settings.connect_timeout, once).await {
             Ok(r) => r,
             Err(_) => return Err(err(ConnectError::Timeout(settings.connect_timeout))),
@@ -441,6 +454,7 @@ pub async fn connect(
             }
         }
     };
+    authenticating();
     let t = Instant::now();
     let auth = settings.credentials.authenticate(&mut handle, target);
     let auth_method = if settings.credentials.settings().allow_interactive {
@@ -475,6 +489,7 @@ async fn handshake(
     addrs: &[std::net::SocketAddr],
     config: Arc<client::Config>,
     handler: ClientHandler,
+    sent: Arc<std::sync::atomic::AtomicU64>,
     timings: &mut ConnectTimings,
 ) -> Result<Handle<ClientHandler>, HandshakeError> {
     let t = Instant::now();
@@ -486,6 +501,7 @@ async fn handshake(
     }
     timings.tcp = t.elapsed();
     let t = Instant::now();
+    let stream = super::wire::Counted::new(stream, sent);
     let h = client::connect_stream(config, stream, handler)
         .await
         .map_err(HandshakeError::Ssh)?;
@@ -737,6 +753,12 @@ impl Session {
     /// The host this session is connected to.
     pub fn host(&self) -> &HostId {
         &self.id
+    }
+
+    /// A counter of the bytes written to this connection so far (SSH
+    /// framing, the binary, graphs, tunnel traffic: everything).
+    pub fn wire_sent(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.shared.wire_sent.clone()
     }
 
     /// The target this session was opened for.

@@ -188,6 +188,14 @@ impl TunnelSecret {
         self.hex.as_bytes()
     }
 
+    /// The secret a gateway got from its parent, handed down unchanged so
+    /// that one secret opens every tunnel of the tree.
+    pub fn inherited(secret: &crate::link::Secret) -> Self {
+        Self {
+            hex: zeroize::Zeroizing::new(secret.expose().to_owned()),
+        }
+    }
+
     /// The secret as one line for the child's stdin.
     pub fn stdin_line(&self) -> Vec<u8> {
         let mut v = self.hex.as_bytes().to_vec();
@@ -237,6 +245,42 @@ pub(crate) async fn proxy_agent(mut channel: Stream, socket: &Path) -> std::io::
     let mut agent = tokio::net::UnixStream::connect(socket).await?;
     tokio::io::copy_bidirectional(&mut channel, &mut agent).await?;
     Ok(())
+}
+
+/// A gateway's side of the tunnel chain: every connection its children
+/// made (already past [`check_preamble`]) is carried to the gateway's own
+/// tunnel at `upstream` (`host:port`), presenting the secret there first,
+/// until `cancel`. One task per connection, all stopped on return.
+pub async fn relay(
+    mut incoming: mpsc::Receiver<Stream>,
+    upstream: String,
+    secret: TunnelSecret,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    use tokio::io::AsyncWriteExt;
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let mut stream = tokio::select! {
+            _ = cancel.cancelled() => break,
+            s = incoming.recv() => match s {
+                Some(s) => s,
+                None => break,
+            },
+        };
+        let (upstream, secret) = (upstream.clone(), secret.clone());
+        conns.spawn(async move {
+            let mut up = match tokio::net::TcpStream::connect(&upstream).await {
+                Ok(up) => up,
+                Err(e) => return tracing::warn!("tunnel relay: cannot reach {upstream}: {e}"),
+            };
+            let _ = up.set_nodelay(true);
+            if up.write_all(secret.preamble()).await.is_ok() {
+                let _ = tokio::io::copy_bidirectional(&mut stream, &mut up).await;
+            }
+        });
+        while conns.try_join_next().is_some() {}
+    }
+    conns.shutdown().await;
 }
 
 #[cfg(test)]

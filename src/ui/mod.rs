@@ -31,6 +31,8 @@ mod summary;
 
 pub use summary::{human_bytes, RowResult, SummaryRow};
 
+use crate::remote::route::{Record, WireRow, WireStage};
+
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, IsTerminal, Write};
@@ -163,6 +165,9 @@ struct Inner {
     state: Mutex<State>,
     /// `None`: plain mode.
     bars: Option<bars::Bars>,
+    /// A gateway's UI: stages, host lines and the summary go to stdout as
+    /// route records for the parent (see [`crate::remote::route`]).
+    records: bool,
 }
 
 struct Sinks {
@@ -239,14 +244,48 @@ impl Ui {
         Ui::build(Sinks { out, err }, Some(bars::Bars::new(target, true)))
     }
 
+    /// A gateway's UI (`mgmt run --remote` at depth 1 and more): no bars
+    /// and no table, but route records on `out` for the parent to show;
+    /// logs still go to `err`.
+    pub fn records(out: Box<dyn Write + Send>, err: Box<dyn Write + Send>) -> Ui {
+        Ui::build_as(Sinks { out, err }, None, true)
+    }
+
     fn build(sinks: Sinks, bars: Option<bars::Bars>) -> Ui {
+        Ui::build_as(sinks, bars, false)
+    }
+
+    fn build_as(sinks: Sinks, bars: Option<bars::Bars>, records: bool) -> Ui {
         Ui {
             inner: Arc::new(Inner {
                 sinks: Mutex::new(sinks),
                 state: Mutex::new(State::default()),
                 bars,
+                records,
             }),
         }
+    }
+
+    /// Whether this is a gateway's UI that writes route records.
+    pub fn writes_records(&self) -> bool {
+        self.inner.records
+    }
+
+    /// A host's child started (`running`) or the host ended. Only a
+    /// gateway's UI says anything: its parent needs it for the converged
+    /// rule across the whole tree.
+    pub fn host_event(&self, host: &str, route: &str, running: bool) {
+        if self.inner.records {
+            self.record(&Record::Host {
+                host: host.into(),
+                route: route.into(),
+                running,
+            });
+        }
+    }
+
+    fn record(&self, r: &Record) {
+        self.emit(Stream::Stdout, &r.encode());
     }
 
     /// Register a host (display name, e.g. `web3` or `gw.dc1/web3`) as
@@ -287,12 +326,46 @@ impl Ui {
     /// are ignored, so teardown doesn't hide the reason. The summary has the
     /// final word.
     pub fn stage(&self, host: &str, stage: Stage) {
+        if self.inner.records {
+            return self.stage_record(host, stage);
+        }
         let notice = {
             let mut state = lock(&self.inner.state);
             self.stage_locked(&mut state, host, stage)
         };
         if let Some(text) = notice {
             self.emit(Stream::Stderr, &format!("[{host}] {text}"));
+        }
+    }
+
+    /// A gateway's stage change as a record, on a real change only (a copy
+    /// at most once per percent).
+    fn stage_record(&self, host: &str, stage: Stage) {
+        let changed = {
+            let mut state = lock(&self.inner.state);
+            let seen = state.hosts.entry(host.to_string()).or_insert(Host {
+                stage: Stage::Done,
+                copy_mark: 0,
+                bar: None,
+            });
+            let same = match (&seen.stage, &stage) {
+                (Stage::Copying { sent: a, total }, Stage::Copying { sent: b, .. }) => {
+                    percent(*a, *total) == percent(*b, *total)
+                }
+                (a, b) => a == b,
+            };
+            let failed = matches!(seen.stage, Stage::Failed(_));
+            let keep = !same && (!failed || matches!(stage, Stage::Failed(_)));
+            if keep {
+                seen.stage = stage.clone();
+            }
+            keep
+        };
+        if changed {
+            self.record(&Record::Stage {
+                route: host.into(),
+                stage: WireStage::from(&stage),
+            });
         }
     }
 
@@ -333,6 +406,13 @@ impl Ui {
     /// would show (the part after the last `\r`) is kept, because a bare
     /// `\r` would tear the bars.
     pub fn line(&self, host: &str, stream: Stream, text: &str) {
+        if self.inner.records {
+            return self.record(&Record::Line {
+                route: host.into(),
+                stderr: stream == Stream::Stderr,
+                text: text.into(),
+            });
+        }
         self.emit(stream, &prefixed(host, text));
     }
 
@@ -347,9 +427,23 @@ impl Ui {
         log::MakeLogWriter { ui: self.clone() }
     }
 
+    /// Print `--trace`'s per-hop timings after the summary.
+    pub fn trace(&self, rows: &[SummaryRow]) {
+        if !self.inner.records {
+            self.emit(Stream::Stderr, summary::format_trace(rows).trim_end());
+        }
+    }
+
     /// Clear the bars, print the summary table to stderr and return it.
     /// Later stage changes are ignored; lines still print.
     pub fn finish(&self, rows: &[SummaryRow]) -> String {
+        if self.inner.records {
+            lock(&self.inner.state).finished = true;
+            for row in rows {
+                self.record(&Record::Report(WireRow::from_row(row)));
+            }
+            return summary::format_summary(rows);
+        }
         {
             let mut state = lock(&self.inner.state);
             state.finished = true;

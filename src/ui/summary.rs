@@ -14,6 +14,9 @@ pub enum RowResult {
     Stopped,
     /// The full reason; the table truncates it, the lines after it don't.
     Failed(String),
+    /// A gateway that ran its group to the end (its hosts have rows of
+    /// their own).
+    Gateway,
 }
 
 /// One line of the summary table.
@@ -29,6 +32,26 @@ pub struct SummaryRow {
     /// that far.
     pub cache_hit: Option<bool>,
     pub elapsed: Duration,
+    /// This hop's set-up timings (`--trace`).
+    pub hop: crate::remote::route::HopTimes,
+    /// Bytes the sending end wrote to this hop's SSH connection, all told.
+    pub wire_sent: u64,
+}
+
+impl SummaryRow {
+    /// How many hops from this machine: 1 direct, 2 behind one gateway.
+    pub fn hops(&self) -> usize {
+        self.route.split('/').count()
+    }
+
+    /// The route when it says more than the host name, else the host.
+    fn label(&self) -> &str {
+        if self.route.contains('/') {
+            &self.route
+        } else {
+            &self.host
+        }
+    }
 }
 
 /// The widest the result cell gets in the table (`failed: ` included);
@@ -79,10 +102,60 @@ pub(crate) fn format_summary(rows: &[SummaryRow]) -> String {
     }
     out.push_str(&counts_line(rows));
     out.push('\n');
+    if !rows.is_empty() {
+        out.push_str(&bytes_per_hop(rows));
+    }
     for row in rows {
         if let RowResult::Failed(reason) = &row.result {
-            out.push_str(&full_reason(&row.host, reason));
+            out.push_str(&full_reason(row.label(), reason));
         }
+    }
+    out
+}
+
+/// What crossed each hop, two lines: `binary sent: 2 copies, 25.0 MiB
+/// (26214400 B) from here; 20 copies, ... by gateways at depth 1` (a copy
+/// is a cache miss), and `wire sent:` with every byte written to the SSH
+/// connections of that hop. The exact counts are for measuring an uplink.
+fn bytes_per_hop(rows: &[SummaryRow]) -> String {
+    let depth = rows.iter().map(SummaryRow::hops).max().unwrap_or(1);
+    let (mut binary, mut wire) = (Vec::new(), Vec::new());
+    for hop in 1..=depth {
+        let at: Vec<&SummaryRow> = rows.iter().filter(|r| r.hops() == hop).collect();
+        let bytes: u64 = at.iter().map(|r| r.bytes_sent).sum();
+        let on_wire: u64 = at.iter().map(|r| r.wire_sent).sum();
+        let copies = at.iter().filter(|r| r.bytes_sent > 0).count();
+        let from = if hop == 1 {
+            "from here".to_string()
+        } else {
+            format!("by gateways at depth {}", hop - 1)
+        };
+        let s = if copies == 1 { "copy" } else { "copies" };
+        binary.push(format!(
+            "{copies} {s}, {} ({bytes} B) {from}",
+            human_bytes(bytes)
+        ));
+        wire.push(format!("{} ({on_wire} B) {from}", human_bytes(on_wire)));
+    }
+    format!(
+        "binary sent: {}\nwire sent: {}\n",
+        binary.join("; "),
+        wire.join("; ")
+    )
+}
+
+/// `--trace`: each hop's connect, copy and start times, by route.
+pub(crate) fn format_trace(rows: &[SummaryRow]) -> String {
+    let mut out = String::from("trace (per hop: connect, copy, start)\n");
+    for r in rows {
+        let ms = |v: u64| human_duration(Duration::from_millis(v));
+        out.push_str(&format!(
+            "  {}  connect {}  copy {}  start {}\n",
+            r.label(),
+            ms(r.hop.connect_ms),
+            ms(r.hop.copy_ms),
+            ms(r.hop.start_ms)
+        ));
     }
     out
 }
@@ -128,6 +201,7 @@ fn cells(row: &SummaryRow) -> [String; 6] {
     let result = match &row.result {
         RowResult::Converged => "converged".to_string(),
         RowResult::Stopped => "stopped".to_string(),
+        RowResult::Gateway => "gateway".to_string(),
         RowResult::Failed(reason) => {
             truncate(&format!("failed: {}", one_line(reason)), RESULT_WIDTH)
         }
@@ -148,17 +222,23 @@ fn cells(row: &SummaryRow) -> [String; 6] {
 }
 
 fn counts_line(rows: &[SummaryRow]) -> String {
-    let (mut converged, mut failed, mut stopped) = (0, 0, 0);
+    let (mut converged, mut failed, mut stopped, mut gateways) = (0, 0, 0, 0);
     for row in rows {
         match row.result {
             RowResult::Converged => converged += 1,
             RowResult::Failed(_) => failed += 1,
             RowResult::Stopped => stopped += 1,
+            RowResult::Gateway => gateways += 1,
         }
     }
-    let n = rows.len();
+    let n = rows.len() - gateways;
     let hosts = if n == 1 { "host" } else { "hosts" };
-    format!("{converged} converged, {failed} failed, {stopped} stopped ({n} {hosts})")
+    let gws = match gateways {
+        0 => String::new(),
+        1 => ", 1 gateway".to_string(),
+        g => format!(", {g} gateways"),
+    };
+    format!("{converged} converged, {failed} failed, {stopped} stopped ({n} {hosts}{gws})")
 }
 
 /// `host: reason`, continuation lines of a multi-line reason indented.
@@ -209,6 +289,8 @@ mod tests {
             bytes_sent: bytes,
             cache_hit: cache,
             elapsed: Duration::from_millis(ms),
+            hop: Default::default(),
+            wire_sent: bytes + 100,
         }
     }
 
@@ -257,7 +339,7 @@ mod tests {
         ];
         let text = format_summary(&rows);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 5, "{text}");
+        assert_eq!(lines.len(), 7, "{text}");
         assert_eq!(
             lines[0],
             "host         route   result        sent  cache   time"
@@ -275,6 +357,11 @@ mod tests {
             "db           -       stopped      512 B  -      1m05s"
         );
         assert_eq!(lines[4], "2 converged, 0 failed, 1 stopped (3 hosts)");
+        assert_eq!(
+            lines[5],
+            "binary sent: 2 copies, 8.6 MiB (9018265 B) from here"
+        );
+        assert_eq!(lines[6], "wire sent: 8.6 MiB (9018565 B) from here");
         // Every table line ends its time column at the same place.
         let width = lines[0].len();
         assert!(
@@ -319,12 +406,54 @@ mod tests {
         assert!(lines[2].contains("failed: auth refused"));
         assert_eq!(lines[4], "1 converged, 2 failed, 0 stopped (3 hosts)");
         assert_eq!(
-            lines[5],
+            lines[7],
             format!("web1: connect to 10.0.0.7:22: {}", "x".repeat(80))
         );
-        assert_eq!(lines[6], "  hint: check the firewall");
-        assert_eq!(lines[7], "web2: auth refused");
-        assert_eq!(lines.len(), 8);
+        assert_eq!(lines[8], "  hint: check the firewall");
+        assert_eq!(lines[9], "web2: auth refused");
+        assert_eq!(lines.len(), 10);
+    }
+
+    #[test]
+    fn gateways_are_counted_apart_and_each_hop_has_its_bytes() {
+        let rows = [
+            row("gw1", "gw1", RowResult::Gateway, 1000, Some(false), 100),
+            row("w1", "gw1/w1", RowResult::Converged, 1000, Some(false), 100),
+            row("w2", "gw1/w2", RowResult::Converged, 0, Some(true), 100),
+            row(
+                "w3",
+                "gw1/gw2/w3",
+                RowResult::Failed("via gw2: refused".into()),
+                0,
+                None,
+                100,
+            ),
+            row("d1", "d1", RowResult::Converged, 0, Some(true), 100),
+        ];
+        let text = format_summary(&rows);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[6], "3 converged, 1 failed, 0 stopped (4 hosts, 1 gateway)",
+            "{text}"
+        );
+        assert_eq!(
+            lines[7],
+            "binary sent: 1 copy, 1000 B (1000 B) from here; 1 copy, 1000 B (1000 B) by gateways at depth 1; 0 copies, 0 B (0 B) by gateways at depth 2"
+        );
+        assert_eq!(
+            lines[8],
+            "wire sent: 1.2 KiB (1200 B) from here; 1.2 KiB (1200 B) by gateways at depth 1; 100 B (100 B) by gateways at depth 2"
+        );
+        // A failure behind a gateway is named by its route.
+        assert_eq!(lines[9], "gw1/gw2/w3: via gw2: refused");
+        assert!(lines[1].contains("gateway"), "{text}");
+        let trace = format_trace(&rows);
+        assert!(
+            trace
+                .lines()
+                .any(|l| l.trim_start().starts_with("gw1/w1  connect ")),
+            "{trace}"
+        );
     }
 
     #[test]

@@ -137,6 +137,8 @@ fn row(host: &str, result: RowResult) -> SummaryRow {
         bytes_sent: 1024,
         cache_hit: Some(false),
         elapsed: Duration::from_millis(1500),
+        hop: Default::default(),
+        wire_sent: 0,
     }
 }
 

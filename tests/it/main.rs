@@ -4,6 +4,7 @@
 mod cli;
 mod engine;
 mod exchange;
+mod gateway;
 mod remote;
 mod remote_run;
 mod store;

@@ -795,7 +795,13 @@ async fn thirty_parallel_connects_to_one_sshd_retry_resets() {
             ..Default::default()
         },
     );
-    guard(thirty_parallel(&fleet, None)).await;
+    let retried = guard(thirty_parallel(&fleet, None)).await;
+    // Thirty handshakes at once against a threshold of ten: without pacing
+    // sshd resets some, and this test shows the retry absorbed them.
+    assert!(
+        retried > 0,
+        "no handshake was reset: the test proves nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -808,7 +814,11 @@ async fn thirty_parallel_connects_paced_need_no_retry() {
         },
     );
     let retried = guard(thirty_parallel(&fleet, Some(Pacer::new(8)))).await;
-    assert_eq!(retried, 0);
+    // sshd counts a connection as pending until its main process has read
+    // the child's "authenticated" note, a little after the client knows; on
+    // a loaded machine that lag lets an odd reset through. Unpaced, about a
+    // third of the thirty are reset; paced, at most a stray one or two.
+    assert!(retried <= 2, "{retried} of 30 paced connects were reset");
 }
 
 /// Not a test: numbers for the report. Run with

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::util::sshd::SshdFleet;
 use crate::util::{mgmt, Dir, Proc};
 
-const LIMIT: Duration = Duration::from_secs(120);
+pub(crate) const LIMIT: Duration = Duration::from_secs(120);
 
 /// mgmt's remote2a/remote2b with the files in the host's own home.
 fn example(d: &Dir, fleet: &SshdFleet, i: usize, x: &str) -> std::path::PathBuf {
@@ -27,7 +27,11 @@ fn example(d: &Dir, fleet: &SshdFleet, i: usize, x: &str) -> std::path::PathBuf 
 }
 
 /// `mgmt run --remote ...` with the fleet's key and known_hosts, no agent.
-fn remote_cmd(fleet: &SshdFleet, files: &[&Path], extra: &[&str]) -> std::process::Command {
+pub(crate) fn remote_cmd(
+    fleet: &SshdFleet,
+    files: &[&Path],
+    extra: &[&str],
+) -> std::process::Command {
     let mut c = mgmt();
     c.env_remove("SSH_AUTH_SOCK").arg("run");
     for f in files {
@@ -41,7 +45,7 @@ fn remote_cmd(fleet: &SshdFleet, files: &[&Path], extra: &[&str]) -> std::proces
     c
 }
 
-fn read(p: &Path) -> Option<String> {
+pub(crate) fn read(p: &Path) -> Option<String> {
     std::fs::read_to_string(p).ok()
 }
 
@@ -92,7 +96,7 @@ fn remote2a_remote2b_exchange_then_converge() {
 
 /// The summary row of `host`: [host, route, result, sent, cache, time]
 /// (sent is two words in the table, "0 B" or "91.7 MiB").
-fn row(log: &str, host: &str) -> Vec<String> {
+pub(crate) fn row(log: &str, host: &str) -> Vec<String> {
     let w: Vec<&str> = log
         .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
@@ -110,7 +114,7 @@ fn row(log: &str, host: &str) -> Vec<String> {
 }
 
 /// Pids of processes whose command line contains `needle`.
-fn procs_with(needle: &str) -> Vec<i32> {
+pub(crate) fn procs_with(needle: &str) -> Vec<i32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
@@ -127,9 +131,43 @@ fn procs_with(needle: &str) -> Vec<i32> {
     out
 }
 
+/// Pids of the mgmt children themselves (the binary, after the launch
+/// shell's `exec`) running for host `ip`.
+pub(crate) fn mgmt_children(ip: &str) -> Vec<i32> {
+    procs_with(&format!("--hostname {ip}"))
+        .into_iter()
+        .filter(|pid| cmdline(*pid).starts_with("./mgmt run "))
+        .collect()
+}
+
+/// A process's command line, words separated by spaces ("" once gone).
+pub(crate) fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// The tunnel port in a child's command line (`--seeds http://127.0.0.1:P`).
+fn tunnel_port(cmd: &str) -> Option<u16> {
+    cmd.split("http://127.0.0.1:")
+        .nth(1)?
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Every maximal run of exactly `len` hex digits in `text`.
+fn hex_runs(text: &str, len: usize) -> Vec<String> {
+    text.split(|c: char| !c.is_ascii_hexdigit())
+        .filter(|w| w.len() == len)
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Polls a condition that has no event to wait on (another process's
 /// exit), with a bound; returns whether it became true.
-fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+pub(crate) fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = std::time::Instant::now() + limit;
     while std::time::Instant::now() < end {
         if cond() {
@@ -191,6 +229,10 @@ fn second_run_hits_the_cache_and_a_corrupt_binary_is_replaced() {
     let (code, log) = run();
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("failed its hash check; replacing it"), "{log}");
+    // The summary counts the replacement as a copy.
+    let r = row(&log, &host);
+    assert_eq!(r[4], "miss", "a replaced binary is no cache hit:\n{log}");
+    assert_ne!(r[3], "0 B", "the replacement's bytes are counted:\n{log}");
     let fixed = std::fs::read(&cached).unwrap();
     assert_ne!(fixed[mid], bytes[mid], "the cached binary was not replaced");
 }
@@ -365,19 +407,36 @@ fn the_tunnel_refuses_connections_without_the_secret() {
     let mut p = Proc::spawn(&mut remote_cmd(&fleet, &[&g], &[]));
     p.wait_line("] running", LIMIT);
     // The child's command line holds the tunnel port (never the secret).
-    let child = procs_with(&format!("--hostname {}", fleet.ip(1)));
-    let cmd =
-        String::from_utf8_lossy(&std::fs::read(format!("/proc/{}/cmdline", child[0])).unwrap())
-            .replace('\0', " ");
-    let port: u16 = cmd
-        .split("http://127.0.0.1:")
-        .nth(1)
+    // Read it from /proc, which shows an empty command line for an instant
+    // while the launch shell execs the binary: look until it is there.
+    let needle = format!("--hostname {}", fleet.ip(1));
+    let mut port = None;
+    let found = eventually(LIMIT, || {
+        port = procs_with(&needle)
+            .into_iter()
+            .find_map(|pid| tunnel_port(&cmdline(pid)));
+        port.is_some()
+    });
+    assert!(found, "no child with {needle:?} and a tunnel port");
+    let port = port.unwrap();
+    // The secret (64 hex digits) is in no child's argv or environment: the
+    // only such word there is the cached binary's own hash.
+    let sha = std::fs::read_dir(fleet.home(1).join(".cache/mgmt/bin"))
         .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.len() == 64)
+        .expect("a cached binary");
+    for pid in procs_with(&needle) {
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let text = format!("{} {}", cmdline(pid), String::from_utf8_lossy(&env));
+        for word in hex_runs(&text, 64) {
+            assert_eq!(
+                word, sha,
+                "a 64-hex word in pid {pid}'s argv or environment"
+            );
+        }
+    }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let refused = rt.block_on(async {
         let connect = etcd_client::Client::connect([format!("http://127.0.0.1:{port}")], None);
@@ -406,7 +465,12 @@ fn interrupt_during_the_run_leaves_nothing_behind() {
         ],
         LIMIT,
     );
-    assert!(!procs_with(&format!("--hostname {}", fleet.ip(1))).is_empty());
+    for i in [1, 2] {
+        assert!(
+            eventually(LIMIT, || !mgmt_children(fleet.ip(i)).is_empty()),
+            "mgmt never ran on host {i}"
+        );
+    }
     p.signal(nix::sys::signal::Signal::SIGINT);
     assert_eq!(p.wait(LIMIT), 0, "{}", p.lines_so_far().join("\n"));
     for i in [1, 2] {
@@ -469,7 +533,10 @@ fn a_dropped_link_stops_the_child() {
     let mut p = Proc::spawn(&mut remote_cmd(&fleet, &[&g], &[]));
     p.wait_line("] running", LIMIT);
     let needle = format!("--hostname {}", fleet.ip(1));
-    assert!(!procs_with(&needle).is_empty());
+    assert!(
+        eventually(LIMIT, || !mgmt_children(fleet.ip(1)).is_empty()),
+        "mgmt never ran on the host"
+    );
     // SIGKILL: no clean stop, the connections just drop.
     p.signal(nix::sys::signal::Signal::SIGKILL);
     p.wait(LIMIT);

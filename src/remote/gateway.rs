@@ -1,0 +1,306 @@
+//! One gateway of a remote run and the group behind it: the binary and the
+//! group's graphs go to the gateway once, and the gateway runs `mgmt run
+//! --remote` for them with the run's flags, reaching the one store through
+//! the tunnel it gets from here.
+//!
+//! The gateway is placed like any host (set-up permit, connect, cached
+//! binary). Then it gets, in its per-run directory, each graph of its group
+//! with `via:` shortened by one hop (`g0.yaml`, `g1.yaml`, ...) and the
+//! initiator's known_hosts lines for every target behind it; agent access is
+//! forwarded so it authenticates onward with keys that stay here. What it
+//! prints on stdout are route records ([`super::route`]): they become the
+//! stages, output lines, converged-rule events and summary rows of the hosts
+//! behind it, under `gw/host` routes. When the gateway fails, every host of
+//! its group fails "via gw: reason"; the other groups go on.
+//!
+//! What it does not do: decide when the run ends (the caller cancels), or
+//! anything at the gateway itself (that is the same `mgmt run --remote`).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::host::{
+    self, common_args, words, HostEvent, HostReport, Launch, Placed, Shared, Synced, STDIN_GRACE,
+};
+use super::plan::GatewayPlan;
+use super::route::Record;
+use super::OutputLine;
+use crate::ui::{RowResult, Stage, Stream};
+
+/// How long each level of a subtree may take to stop after its stdin
+/// closed: its own children's stdin grace, SIGINT and SIGKILL, and a margin.
+const LEVEL_GRACE: Duration = Duration::from_secs(10);
+
+/// What came back from below while the gateway ran.
+#[derive(Default)]
+struct Below {
+    /// Rows reported by the gateway, routes already under its name.
+    rows: Vec<HostReport>,
+    /// Hosts that started and have not ended yet.
+    running: HashSet<String>,
+    ended: HashSet<String>,
+}
+
+/// Runs one gateway's group to its end; never fails: failures become the
+/// rows of every host of the group. Returns the gateway's own row first.
+pub async fn run(
+    shared: Arc<Shared>,
+    gw: GatewayPlan,
+    graphs: Vec<watch::Receiver<Arc<String>>>,
+    events: mpsc::Sender<HostEvent>,
+    cancel: CancellationToken,
+) -> Vec<HostReport> {
+    let start = Instant::now();
+    let label = gw.name.clone();
+    let ui = shared.ui.clone();
+    ui.add_host(&label);
+    for leaf in &gw.leaves {
+        ui.add_host(&format!("{label}/{leaf}"));
+    }
+    let mut own = HostReport::new(&label, &label);
+    let mut below = Below::default();
+    match place(&shared, &gw, &graphs, &cancel).await {
+        Ok(p) => {
+            own.bytes_sent = p.cached.bytes_sent;
+            own.cache_hit = Some(p.cached.hit);
+            own.result = supervise(
+                &shared, &gw, &p, graphs, &events, &cancel, &mut own, &mut below,
+            )
+            .await;
+            own.hop.connect_ms = p.connect.as_millis() as u64;
+            own.hop.copy_ms = p.copy.as_millis() as u64;
+            let wire = p.session.wire_sent();
+            host::teardown(&shared, p).await;
+            own.wire_sent = wire.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        Err(_) if cancel.is_cancelled() => {}
+        Err(why) => own.result = RowResult::Failed(why),
+    }
+    own.elapsed = start.elapsed();
+    let mut rows = finish_group(&shared, &gw, &own, below, &events, cancel.is_cancelled()).await;
+    match &own.result {
+        RowResult::Failed(why) => ui.stage(&label, Stage::Failed(why.clone())),
+        _ => {
+            own.result = RowResult::Gateway;
+            ui.stage(&label, Stage::Done);
+        }
+    }
+    rows.insert(0, own);
+    rows
+}
+
+/// Set-up under a permit: the binary, the group's graphs, known_hosts.
+async fn place(
+    shared: &Shared,
+    gw: &GatewayPlan,
+    graphs: &[watch::Receiver<Arc<String>>],
+    cancel: &CancellationToken,
+) -> Result<Placed, String> {
+    let _permit = host::setup_permit(shared, &gw.name, cancel).await?;
+    let p = host::place_binary(shared, &gw.name, &gw.target, cancel).await?;
+    for (i, source) in graphs.iter().enumerate() {
+        let synced = synced_file(i, source.clone(), gw);
+        let text = synced
+            .text()
+            .ok_or_else(|| format!("cannot rewrite {} for the gateway", synced.name))?;
+        put(shared, &p, &synced.name, text.as_bytes()).await?;
+    }
+    put(shared, &p, "known_hosts", gw.known_hosts.as_bytes()).await?;
+    Ok(p)
+}
+
+async fn put(shared: &Shared, p: &Placed, name: &str, data: &[u8]) -> Result<(), String> {
+    p.sftp
+        .put_run_file(
+            &p.session,
+            Some(&p.cached.prefix),
+            &shared.run_id,
+            name,
+            data,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| host::explain(&e))
+}
+
+fn synced_file(i: usize, source: watch::Receiver<Arc<String>>, gw: &GatewayPlan) -> Synced {
+    Synced {
+        name: format!("g{i}.yaml"),
+        source,
+        rest: Some(gw.rest.get(i).cloned().unwrap_or_default()),
+    }
+}
+
+/// Runs the gateway's `mgmt run --remote` and reads its records.
+#[allow(clippy::too_many_arguments)]
+async fn supervise(
+    shared: &Shared,
+    gw: &GatewayPlan,
+    p: &Placed,
+    graphs: Vec<watch::Receiver<Arc<String>>>,
+    events: &mpsc::Sender<HostEvent>,
+    cancel: &CancellationToken,
+    own: &mut HostReport,
+    below: &mut Below,
+) -> RowResult {
+    let dir = format!("{}/run/{}", p.cached.prefix, shared.run_id);
+    let label = gw.name.as_str();
+    let ui = shared.ui.clone();
+    let mut on_line = |line: OutputLine| match line {
+        OutputLine::Stdout(l) => match Record::decode(&l) {
+            Some(r) => take_record(&ui, label, r.under(label), below),
+            None => {
+                ui.line(label, Stream::Stdout, &l);
+                None
+            }
+        },
+        OutputLine::Stderr(l) => {
+            ui.line(label, Stream::Stderr, &l);
+            None
+        }
+    };
+    let levels = 1 + gw.rest.iter().map(Vec::len).max().unwrap_or(0) as u32;
+    let launch = Launch {
+        label,
+        args: gateway_args(shared, gw, &dir),
+        synced: graphs
+            .into_iter()
+            .enumerate()
+            .map(|(i, g)| synced_file(i, g, gw))
+            .collect(),
+        agent: true,
+        stdin_grace: STDIN_GRACE + LEVEL_GRACE * levels,
+        on_line: &mut on_line,
+        events: events.clone(),
+    };
+    host::supervise(shared, p, launch, cancel, own).await
+}
+
+/// Shows one record from below; returns the event it means for the run.
+fn take_record(ui: &crate::ui::Ui, gw: &str, r: Record, below: &mut Below) -> Option<HostEvent> {
+    match r {
+        Record::Stage { route, stage } => ui.stage(&route, stage.into()),
+        Record::Line {
+            route,
+            stderr,
+            text,
+        } => {
+            let stream = if stderr {
+                Stream::Stderr
+            } else {
+                Stream::Stdout
+            };
+            ui.line(&route, stream, &text);
+        }
+        Record::Host {
+            host,
+            route,
+            running,
+        } => {
+            ui.host_event(&host, &route, running);
+            if running {
+                below.running.insert(host.clone());
+                return Some(HostEvent::Running(host));
+            }
+            below.running.remove(&host);
+            below.ended.insert(host.clone());
+            return Some(HostEvent::Ended(host));
+        }
+        Record::Report(w) => {
+            let row = w.into_row();
+            tracing::debug!("{gw}: report for {}", row.route);
+            below.rows.push(HostReport {
+                name: row.host,
+                route: row.route,
+                result: row.result,
+                bytes_sent: row.bytes_sent,
+                cache_hit: row.cache_hit,
+                elapsed: row.elapsed,
+                hop: row.hop,
+                wire_sent: row.wire_sent,
+            });
+        }
+    }
+    None
+}
+
+/// The gateway's command line: its group's graphs and the run's flags.
+fn gateway_args(shared: &Shared, gw: &GatewayPlan, dir: &str) -> Vec<String> {
+    let plan = &shared.plan;
+    let mut a = words(&["run", "--hostname", &gw.name]);
+    for i in 0..gw.files.len() {
+        a.extend(words(&["--remote", &format!("{dir}/g{i}.yaml")]));
+    }
+    a.extend(words(&[
+        "--known-hosts",
+        &format!("{dir}/known_hosts"),
+        "--host-key-check",
+        &plan.onward.host_key_check,
+        "--cconns",
+        &plan.cconns.to_string(),
+        "--connect-timeout",
+        &plan.onward.connect_timeout.to_string(),
+    ]));
+    if let Some(prefix) = &plan.prefix {
+        a.extend(words(&["--remote-prefix", prefix]));
+    }
+    if !plan.caching {
+        a.push("--no-caching".into());
+    }
+    if plan.onward.trace {
+        a.push("--trace".into());
+    }
+    a.extend(common_args(shared));
+    a
+}
+
+/// Rows for the hosts behind the gateway: what it reported, and for every
+/// host it did not report, a failure "via gw" (or a stop, when the run was
+/// stopping). Hosts that never ended are ended here, so that none holds up
+/// the converged rule.
+async fn finish_group(
+    shared: &Shared,
+    gw: &GatewayPlan,
+    own: &HostReport,
+    mut below: Below,
+    events: &mpsc::Sender<HostEvent>,
+    stopping: bool,
+) -> Vec<HostReport> {
+    let label = &gw.name;
+    let why = match &own.result {
+        RowResult::Failed(why) => format!("via {label}: {why}"),
+        _ => format!("via {label}: the gateway ended without reporting this host"),
+    };
+    let reported: HashSet<String> = below
+        .rows
+        .iter()
+        .filter(|r| r.result != RowResult::Gateway)
+        .map(|r| r.name.clone())
+        .collect();
+    for leaf in &gw.leaves {
+        if !below.ended.contains(leaf) {
+            let _ = events.send(HostEvent::Ended(leaf.clone())).await;
+            shared
+                .ui
+                .host_event(leaf, &format!("{label}/{leaf}"), false);
+        }
+        if reported.contains(leaf) {
+            continue;
+        }
+        let route = format!("{label}/{leaf}");
+        let mut row = HostReport::new(leaf, &route);
+        if stopping && !matches!(own.result, RowResult::Failed(_)) {
+            row.result = RowResult::Stopped;
+        } else {
+            row.result = RowResult::Failed(why.clone());
+            shared.ui.stage(&route, Stage::Failed(why.clone()));
+        }
+        row.elapsed = own.elapsed;
+        below.rows.push(row);
+    }
+    below.rows
+}

@@ -1,0 +1,299 @@
+//! Route records: how a gateway tells its parent what happens below it.
+//!
+//! A gateway is `mgmt run --remote ...` started over SSH at depth 1 or more.
+//! Instead of progress bars and a summary table, its [`crate::ui::Ui`] writes
+//! one record per line on stdout: a host's stage, a line of a host's output,
+//! a host starting or ending (for the cluster-wide converged rule), and at
+//! the end one report row per host. The parent reads them off the gateway's
+//! stdout, prefixes each route with the gateway's name (`web3` becomes
+//! `gw.dc1/web3`, the "seen-by" route of a broker federation) and handles
+//! them as if its own host tasks had produced them; a parent that is itself
+//! a gateway writes them on upward, so depth is not limited.
+//!
+//! A record line starts with [`MARK`] (an ASCII record separator, which no
+//! text line starts with) followed by JSON. Any other line the gateway
+//! prints is the gateway's own output and is shown under its name.
+//!
+//! This module only encodes and decodes; what a record means is decided by
+//! the UI (writing) and `gateway` (reading).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ui::{RowResult, Stage, SummaryRow};
+
+/// The first bytes of every record line.
+pub const MARK: &str = "\u{1e}mgmt:";
+
+/// One thing a gateway reports about a host below it. `route` is the
+/// host's route as seen from the gateway (`web3`, or `gw2/web3` below a
+/// deeper gateway); `host` is its identity in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Record {
+    /// The host moved to a stage.
+    Stage { route: String, stage: WireStage },
+    /// One line of the host's output.
+    Line {
+        route: String,
+        stderr: bool,
+        text: String,
+    },
+    /// The host's child started (`running`) or the host ended.
+    Host {
+        host: String,
+        route: String,
+        running: bool,
+    },
+    /// The host's summary row, sent once when the gateway finishes.
+    Report(WireRow),
+}
+
+/// A [`Stage`] on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "s", rename_all = "snake_case")]
+pub enum WireStage {
+    Queued,
+    Connecting,
+    Authenticating,
+    Copying { sent: u64, total: u64 },
+    Cached,
+    Starting,
+    Running,
+    Converged,
+    Stopping,
+    Done,
+    Failed { why: String },
+}
+
+/// A [`SummaryRow`] on the wire, with the hop's timings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireRow {
+    pub host: String,
+    pub route: String,
+    /// `converged`, `stopped`, `gateway` or `failed`.
+    pub result: String,
+    #[serde(default)]
+    pub why: String,
+    pub bytes_sent: u64,
+    pub cache_hit: Option<bool>,
+    pub elapsed_ms: u64,
+    #[serde(default)]
+    pub hop: HopTimes,
+    #[serde(default)]
+    pub wire_sent: u64,
+}
+
+/// How long one hop's set-up steps took, for `--trace`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HopTimes {
+    pub connect_ms: u64,
+    pub copy_ms: u64,
+    pub start_ms: u64,
+}
+
+impl HopTimes {
+    pub fn from_durations(connect: Duration, copy: Duration, start: Duration) -> Self {
+        let ms = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
+        Self {
+            connect_ms: ms(connect),
+            copy_ms: ms(copy),
+            start_ms: ms(start),
+        }
+    }
+}
+
+impl Record {
+    /// The record as one line, without the newline.
+    pub fn encode(&self) -> String {
+        // Serialising these plain structs cannot fail.
+        let json = serde_json::to_string(self).unwrap_or_default();
+        format!("{MARK}{json}")
+    }
+
+    /// The record in `line`, if it is one. A line that starts with [`MARK`]
+    /// but does not parse is not a record (shown as output, never dropped).
+    pub fn decode(line: &str) -> Option<Record> {
+        serde_json::from_str(line.strip_prefix(MARK)?).ok()
+    }
+
+    /// The same record as seen one level up: `gw/` before every route.
+    pub fn under(self, gw: &str) -> Record {
+        let up = |r: String| format!("{gw}/{r}");
+        match self {
+            Record::Stage { route, stage } => Record::Stage {
+                route: up(route),
+                stage,
+            },
+            Record::Line {
+                route,
+                stderr,
+                text,
+            } => Record::Line {
+                route: up(route),
+                stderr,
+                text,
+            },
+            Record::Host {
+                host,
+                route,
+                running,
+            } => Record::Host {
+                host,
+                route: up(route),
+                running,
+            },
+            Record::Report(mut row) => {
+                row.route = up(row.route);
+                Record::Report(row)
+            }
+        }
+    }
+}
+
+impl From<&Stage> for WireStage {
+    fn from(s: &Stage) -> Self {
+        match s {
+            Stage::Queued => WireStage::Queued,
+            Stage::Connecting => WireStage::Connecting,
+            Stage::Authenticating => WireStage::Authenticating,
+            Stage::Copying { sent, total } => WireStage::Copying {
+                sent: *sent,
+                total: *total,
+            },
+            Stage::Cached => WireStage::Cached,
+            Stage::Starting => WireStage::Starting,
+            Stage::Running => WireStage::Running,
+            Stage::Converged => WireStage::Converged,
+            Stage::Stopping => WireStage::Stopping,
+            Stage::Done => WireStage::Done,
+            Stage::Failed(why) => WireStage::Failed { why: why.clone() },
+        }
+    }
+}
+
+impl From<WireStage> for Stage {
+    fn from(s: WireStage) -> Self {
+        match s {
+            WireStage::Queued => Stage::Queued,
+            WireStage::Connecting => Stage::Connecting,
+            WireStage::Authenticating => Stage::Authenticating,
+            WireStage::Copying { sent, total } => Stage::Copying { sent, total },
+            WireStage::Cached => Stage::Cached,
+            WireStage::Starting => Stage::Starting,
+            WireStage::Running => Stage::Running,
+            WireStage::Converged => Stage::Converged,
+            WireStage::Stopping => Stage::Stopping,
+            WireStage::Done => Stage::Done,
+            WireStage::Failed { why } => Stage::Failed(why),
+        }
+    }
+}
+
+impl WireRow {
+    pub fn from_row(row: &SummaryRow) -> Self {
+        let (result, why) = match &row.result {
+            RowResult::Converged => ("converged", String::new()),
+            RowResult::Stopped => ("stopped", String::new()),
+            RowResult::Gateway => ("gateway", String::new()),
+            RowResult::Failed(w) => ("failed", w.clone()),
+        };
+        WireRow {
+            host: row.host.clone(),
+            route: row.route.clone(),
+            result: result.into(),
+            why,
+            bytes_sent: row.bytes_sent,
+            cache_hit: row.cache_hit,
+            elapsed_ms: row.elapsed.as_millis().min(u128::from(u64::MAX)) as u64,
+            hop: row.hop,
+            wire_sent: row.wire_sent,
+        }
+    }
+
+    pub fn into_row(self) -> SummaryRow {
+        let result = match self.result.as_str() {
+            "converged" => RowResult::Converged,
+            "stopped" => RowResult::Stopped,
+            "gateway" => RowResult::Gateway,
+            _ => RowResult::Failed(self.why),
+        };
+        SummaryRow {
+            host: self.host,
+            route: self.route,
+            result,
+            bytes_sent: self.bytes_sent,
+            cache_hit: self.cache_hit,
+            elapsed: Duration::from_millis(self.elapsed_ms),
+            hop: self.hop,
+            wire_sent: self.wire_sent,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_gain_a_hop() {
+        let recs = [
+            Record::Stage {
+                route: "web3".into(),
+                stage: WireStage::Copying { sent: 5, total: 10 },
+            },
+            Record::Line {
+                route: "gw2/web3".into(),
+                stderr: true,
+                text: "a line with \u{1e} and \"quotes\"".into(),
+            },
+            Record::Host {
+                host: "web3".into(),
+                route: "web3".into(),
+                running: true,
+            },
+        ];
+        for r in recs {
+            let line = r.encode();
+            assert!(!line.contains('\n'));
+            assert_eq!(Record::decode(&line), Some(r.clone()));
+            let up = r.under("gw1");
+            let route = match &up {
+                Record::Stage { route, .. } | Record::Line { route, .. } => route.clone(),
+                Record::Host { route, .. } => route.clone(),
+                Record::Report(w) => w.route.clone(),
+            };
+            assert!(route.starts_with("gw1/"), "{route}");
+        }
+    }
+
+    #[test]
+    fn rows_keep_their_result_and_bytes() {
+        let row = SummaryRow {
+            host: "web3".into(),
+            route: "web3".into(),
+            result: RowResult::Failed("auth refused".into()),
+            bytes_sent: 123,
+            cache_hit: Some(false),
+            elapsed: Duration::from_millis(1500),
+            hop: HopTimes::from_durations(
+                Duration::from_millis(20),
+                Duration::from_millis(30),
+                Duration::from_millis(40),
+            ),
+            wire_sent: 4567,
+        };
+        let line = Record::Report(WireRow::from_row(&row)).encode();
+        let Some(Record::Report(w)) = Record::decode(&line) else {
+            panic!("not a report: {line}");
+        };
+        assert_eq!(w.into_row(), row);
+    }
+
+    #[test]
+    fn ordinary_lines_are_not_records() {
+        assert_eq!(Record::decode("[web3] hello"), None);
+        assert_eq!(Record::decode(&format!("{MARK}not json")), None);
+    }
+}
