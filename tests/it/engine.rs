@@ -357,6 +357,34 @@ fn live_reload_swaps_the_graph() {
     );
 }
 
+// See: #2 (live reload of a Send/Recv receiver: the same password lands
+// in the file at its new path, not an empty file)
+#[test]
+fn live_reload_redelivers_the_password() {
+    let d = Dir::new();
+    let graph = |path: &str| {
+        format!(
+            "graph: pw\nresources:\n  password:\n  - name: pw\n    length: 24\n  file:\n  - name: secret\n    path: {}\nedges:\n- name: e\n  from: {{kind: password, name: pw}}\n  to: {{kind: file, name: secret}}\n  send: password\n  recv: content\n",
+            d.p(path)
+        )
+    };
+    let g = d.write("g.yaml", &graph("one"));
+    let mut p = Proc::spawn(mgmt().args(["run", "-t", "2", "--file"]).arg(&g));
+    p.wait_line(&format!("wrote 24 bytes to {}", d.p("one")), LIMIT);
+    std::fs::write(&g, graph("two")).unwrap();
+    p.wait_line("graph changed", LIMIT);
+    p.wait_line(&format!("wrote 24 bytes to {}", d.p("two")), LIMIT);
+    assert_eq!(p.wait(LIMIT), 0, "exits by convergence");
+    let one = d.read("one").unwrap();
+    assert_eq!(
+        d.read("two").as_deref(),
+        Some(one.as_str()),
+        "same password"
+    );
+    let log = p.lines_so_far().join("\n");
+    assert_eq!(log.matches("generated a password").count(), 1, "{log}");
+}
+
 // See: #2 (SIGINT mid-run stops running commands, exit 0)
 #[test]
 fn sigint_stops_a_running_command_cleanly() {
