@@ -132,6 +132,10 @@ struct Engine {
     /// Resources that may have become runnable.
     worklist: Vec<VertexRef>,
     last_activity: Instant,
+    /// Every resource of the current graph has had its first check (or is
+    /// held back) and nothing runs; reset by a swap. Logged once per graph,
+    /// so a run that never exits (`-t -1`) still says when it has settled.
+    settled: bool,
     status: Status,
     status_tx: watch::Sender<Status>,
 }
@@ -160,6 +164,7 @@ pub async fn run(
         next_id: 0,
         worklist: Vec::new(),
         last_activity: Instant::now(),
+        settled: false,
         status: Status::default(),
         status_tx,
     };
@@ -167,7 +172,12 @@ pub async fn run(
     let mut updates_open = true;
     loop {
         e.schedule();
-        let idle_deadline = e.idle_deadline();
+        let busy = e.busy();
+        if !busy && !e.settled {
+            e.settled = true;
+            e.log_settled();
+        }
+        let idle_deadline = e.idle_deadline(busy);
         tokio::select! {
             _ = cancel.cancelled() => break,
             Some(report) = reports.recv() => e.handle(report),
@@ -199,9 +209,22 @@ impl Engine {
     }
 
     /// When the engine will count as converged if nothing happens.
-    fn idle_deadline(&self) -> Option<Instant> {
+    fn idle_deadline(&self, busy: bool) -> Option<Instant> {
         let t = self.cfg.converged_timeout?;
-        (!self.status.converged && !self.busy()).then(|| self.last_activity + t)
+        (!self.status.converged && !busy).then(|| self.last_activity + t)
+    }
+
+    fn log_settled(&self) {
+        let failed = self
+            .vertices
+            .values()
+            .filter(|v| matches!(v.state, State::Failed(_)))
+            .count();
+        tracing::info!(
+            "settled: {} resources checked, {} changes so far, {failed} failed; waiting for events",
+            self.vertices.len(),
+            self.status.changes,
+        );
     }
 
     fn activity(&mut self) {
@@ -359,6 +382,7 @@ impl Engine {
             tracing::debug!("graph swapped: {kept} kept, {started} started");
         }
         self.worklist = self.vertices.keys().cloned().collect();
+        self.settled = false;
         self.publish();
     }
 
