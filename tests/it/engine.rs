@@ -559,3 +559,25 @@ fn no_watch_ignores_an_edit() {
     assert!(!log.contains("graph changed"), "{log}");
     assert_eq!(d.read("a").as_deref(), Some("one"));
 }
+
+// See: #2 (with -t -1 the run says when it has settled and stays up until
+// a signal: what bench/engine.py measures idle CPU on)
+#[test]
+fn never_exiting_run_logs_settled_and_stays_up() {
+    let d = Dir::new();
+    let g = d.write("g.yaml", &files_graph(&d));
+    let mut p = Proc::spawn(mgmt().args(["run", "-t", "-1", "--file"]).arg(&g));
+    p.wait_line(
+        "settled: 4 resources checked, 3 changes so far, 0 failed",
+        LIMIT,
+    );
+    assert_eq!(d.read("b").as_deref(), Some("beta\n"));
+    p.signal(Signal::SIGINT);
+    assert_eq!(p.wait(LIMIT), 0);
+    let log = p.lines_so_far().join("\n");
+    assert!(
+        log.contains("interrupted; stopping"),
+        "alive until the signal: {log}"
+    );
+    assert!(!log.contains("converged:"), "{log}");
+}
