@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
-    WatchResponse, WatchStream,
+    Client, ConnectOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions, WatchResponse,
+    WatchStream,
 };
 use serde_yaml_ng::{Mapping, Value};
 use tokio::sync::watch;
@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::graph::{Collect, Meta, Pos, ResourceDecl};
 use crate::resources;
+
+mod converged;
 
 pub const EXPORTED: &str = "/_mgmt/exported/";
 pub const CONVERGED: &str = "/_mgmt/converged/";
@@ -215,49 +217,17 @@ impl World {
 
     /// Publishes this host's converged state on every change of `status`
     /// (`true`/`false` under a lease kept alive here) until `cancel`; then
-    /// revokes the lease, which deletes the key.
+    /// revokes the lease, which deletes the key. A lost lease session is
+    /// replaced with a back-off (see [`converged`]), so this only returns
+    /// when it is cancelled or the engine is gone.
     pub async fn publish_converged(
-        mut self,
-        mut converged: watch::Receiver<crate::engine::Status>,
+        self,
+        status: watch::Receiver<crate::engine::Status>,
         cancel: CancellationToken,
-    ) -> Result<(), WorldError> {
-        let lease = self.client.lease_grant(LEASE_TTL_SECS, None).await?.id();
-        let (mut keeper, mut acks) = self.client.lease_keep_alive(lease).await?;
+    ) {
         let key = format!("{CONVERGED}{}", self.hostname);
-        let mut tick =
-            tokio::time::interval(Duration::from_secs((LEASE_TTL_SECS / 3).max(1) as u64));
-        let mut last: Option<bool> = None;
-        let result = loop {
-            let now = converged.borrow_and_update().converged;
-            if last != Some(now) {
-                if let Err(e) = self
-                    .client
-                    .put(
-                        key.as_str(),
-                        if now { "true" } else { "false" },
-                        Some(PutOptions::new().with_lease(lease)),
-                    )
-                    .await
-                {
-                    break Err(e.into());
-                }
-                last = Some(now);
-            }
-            tokio::select! {
-                _ = cancel.cancelled() => break Ok(()),
-                r = converged.changed() => if r.is_err() { break Ok(()) },
-                _ = tick.tick() => {
-                    if let Err(e) = keeper.keep_alive().await {
-                        break Err(e.into());
-                    }
-                }
-                ack = acks.message() => if let Err(e) = ack {
-                    break Err(e.into());
-                }
-            }
-        };
-        let _ = self.client.lease_revoke(lease).await;
-        result
+        let leases = converged::EtcdLeases(self.client);
+        converged::publish(leases, key, LEASE_TTL_SECS, status, cancel).await
     }
 }
 

@@ -11,7 +11,10 @@
 //!
 //! A new [`Desired`] graph (live reload, or a change of collected resources)
 //! is swapped in place: resources whose declaration is unchanged keep running
-//! and are not re-applied, new ones start, removed ones stop.
+//! and are not re-applied, new ones start, removed ones stop. A kept sender
+//! whose Send/Recv edge gains a new or restarted receiver is *probed* (asked
+//! for its field values, not checked), so the receiver gets the same values
+//! the old one had: a password is generated once per process.
 //!
 //! Converged: nothing ran, no event arrived and nothing is waiting to run for
 //! `converged_timeout`; the loop then sleeps on its channels and uses no CPU.
@@ -19,7 +22,7 @@
 
 mod worker;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -104,6 +107,8 @@ struct Vertex {
     running: bool,
     /// Needs a check (event, poke, new).
     dirty: bool,
+    /// Needs to report its Send/Recv values without a check (after a swap).
+    probe: bool,
     /// A refresh is due with the next check.
     refresh: bool,
     /// Received values not yet handed to the worker.
@@ -127,6 +132,10 @@ struct Engine {
     /// Resources that may have become runnable.
     worklist: Vec<VertexRef>,
     last_activity: Instant,
+    /// Every resource of the current graph has had its first check (or is
+    /// held back) and nothing runs; reset by a swap. Logged once per graph,
+    /// so a run that never exits (`-t -1`) still says when it has settled.
+    settled: bool,
     status: Status,
     status_tx: watch::Sender<Status>,
 }
@@ -155,6 +164,7 @@ pub async fn run(
         next_id: 0,
         worklist: Vec::new(),
         last_activity: Instant::now(),
+        settled: false,
         status: Status::default(),
         status_tx,
     };
@@ -162,7 +172,12 @@ pub async fn run(
     let mut updates_open = true;
     loop {
         e.schedule();
-        let idle_deadline = e.idle_deadline();
+        let busy = e.busy();
+        if !busy && !e.settled {
+            e.settled = true;
+            e.log_settled();
+        }
+        let idle_deadline = e.idle_deadline(busy);
         tokio::select! {
             _ = cancel.cancelled() => break,
             Some(report) = reports.recv() => e.handle(report),
@@ -194,9 +209,22 @@ impl Engine {
     }
 
     /// When the engine will count as converged if nothing happens.
-    fn idle_deadline(&self) -> Option<Instant> {
+    fn idle_deadline(&self, busy: bool) -> Option<Instant> {
         let t = self.cfg.converged_timeout?;
-        (!self.status.converged && !self.busy()).then(|| self.last_activity + t)
+        (!self.status.converged && !busy).then(|| self.last_activity + t)
+    }
+
+    fn log_settled(&self) {
+        let failed = self
+            .vertices
+            .values()
+            .filter(|v| matches!(v.state, State::Failed(_)))
+            .count();
+        tracing::info!(
+            "settled: {} resources checked, {} changes so far, {failed} failed; waiting for events",
+            self.vertices.len(),
+            self.status.changes,
+        );
     }
 
     fn activity(&mut self) {
@@ -276,6 +304,7 @@ impl Engine {
             state,
             running: false,
             dirty: true,
+            probe: false,
             refresh: false,
             recv: Vec::new(),
             last_recv: BTreeMap::new(),
@@ -288,6 +317,8 @@ impl Engine {
         let old_incoming = std::mem::take(&mut self.incoming);
         let old_edges = std::mem::take(&mut self.edges);
         let (mut kept, mut started) = (0, 0);
+        // Resources that start afresh: new, or changed and restarted.
+        let mut fresh = HashSet::new();
         for decl in desired.resources {
             let key = VertexRef {
                 kind: decl.kind,
@@ -305,6 +336,7 @@ impl Engine {
                         self.ids.remove(&prev.id);
                     }
                     started += 1;
+                    fresh.insert(key.clone());
                     self.spawn(decl)
                 }
             };
@@ -345,11 +377,42 @@ impl Engine {
                 v.dirty = true;
             }
         }
+        self.probe_kept_senders(&old_edges, &fresh);
         if kept > 0 || started > 0 {
             tracing::debug!("graph swapped: {kept} kept, {started} started");
         }
         self.worklist = self.vertices.keys().cloned().collect();
+        self.settled = false;
         self.publish();
+    }
+
+    /// Values travel along a Send/Recv edge when the sender has applied; a
+    /// kept sender does not apply again, so a restarted receiver (which lost
+    /// what it had received) or an edge new in this graph would get nothing.
+    /// Such senders are probed instead; `done` delivers what they report.
+    /// A fresh sender applies anyway, and one not applied yet sends later.
+    fn probe_kept_senders(&mut self, old_edges: &[Edge], fresh: &HashSet<VertexRef>) {
+        let send_recv = |e: &Edge| {
+            Some((
+                e.from.clone(),
+                e.send.clone()?,
+                e.to.clone(),
+                e.recv.clone()?,
+            ))
+        };
+        let before: HashSet<_> = old_edges.iter().filter_map(send_recv).collect();
+        for e in &self.edges {
+            let Some(link) = send_recv(e) else { continue };
+            let unfed = fresh.contains(&e.to) || !before.contains(&link);
+            if !unfed || fresh.contains(&e.from) {
+                continue;
+            }
+            if let Some(sender) = self.vertices.get_mut(&e.from) {
+                if sender.state == State::Ok {
+                    sender.probe = true;
+                }
+            }
+        }
     }
 
     fn ready(&self, key: &VertexRef) -> bool {
@@ -357,7 +420,7 @@ impl Engine {
             let from = &self.edges[i].from;
             self.vertices
                 .get(from)
-                .is_some_and(|p| p.state == State::Ok && !p.dirty && !p.running)
+                .is_some_and(|p| p.state == State::Ok && !p.dirty && !p.probe && !p.running)
         })
     }
 
@@ -367,14 +430,18 @@ impl Engine {
         list.sort();
         list.dedup();
         for key in list {
-            let runnable = self
-                .vertices
-                .get(&key)
-                .is_some_and(|v| v.dirty && !v.running && v.checks.is_some())
-                && self.ready(&key);
-            if !runnable {
+            let Some(v) = self.vertices.get(&key) else {
+                continue;
+            };
+            if v.running || v.checks.is_none() {
                 continue;
             }
+            // A due check also reports the values, so it answers a probe too.
+            let probe = match (v.dirty, v.probe) {
+                (true, _) if self.ready(&key) => false,
+                (false, true) => true,
+                _ => continue,
+            };
             let sends: Vec<String> = self
                 .outgoing
                 .get(&key)
@@ -386,16 +453,24 @@ impl Engine {
                 continue;
             };
             let check = Check {
-                refresh: v.refresh,
-                recv: std::mem::take(&mut v.recv),
+                probe,
+                refresh: v.refresh && !probe,
+                recv: if probe {
+                    Vec::new()
+                } else {
+                    std::mem::take(&mut v.recv)
+                },
                 sends,
             };
             if let Some(tx) = &v.checks {
                 if tx.try_send(check).is_ok() {
                     v.running = true;
-                    v.dirty = false;
-                    v.refresh = false;
-                    self.status.checks += 1;
+                    v.probe = false;
+                    if !probe {
+                        v.dirty = false;
+                        v.refresh = false;
+                        self.status.checks += 1;
+                    }
                 }
             }
         }
@@ -417,11 +492,22 @@ impl Engine {
                     self.publish();
                 }
             }
-            Report::Done { id, result, fields } => self.done(id, result, fields),
+            Report::Done {
+                id,
+                probe,
+                result,
+                fields,
+            } => self.done(id, probe, result, fields),
         }
     }
 
-    fn done(&mut self, id: u64, result: Result<Checked, String>, fields: BTreeMap<String, Value>) {
+    fn done(
+        &mut self,
+        id: u64,
+        probe: bool,
+        result: Result<Checked, String>,
+        fields: BTreeMap<String, Value>,
+    ) {
         let Some(key) = self.ids.get(&id).cloned() else {
             return;
         };
@@ -430,6 +516,11 @@ impl Engine {
         };
         v.running = false;
         self.worklist.push(key.clone());
+        if probe {
+            // Only the values: the resource's state is whatever it was.
+            self.deliver(&key, &fields, false, false);
+            return;
+        }
         let was_ok = v.state == State::Ok;
         let changed = match result {
             Ok(c) => {
@@ -450,7 +541,19 @@ impl Engine {
             self.publish();
         }
         let poke = changed || !was_ok;
-        for i in self.outgoing.get(&key).cloned().unwrap_or_default() {
+        self.deliver(&key, &fields, changed, poke);
+    }
+
+    /// Hands `key`'s outcome to its dependents: Send/Recv values that
+    /// changed, a poke, and a refresh along `notify` edges.
+    fn deliver(
+        &mut self,
+        key: &VertexRef,
+        fields: &BTreeMap<String, Value>,
+        changed: bool,
+        poke: bool,
+    ) {
+        for i in self.outgoing.get(key).cloned().unwrap_or_default() {
             let e = &self.edges[i];
             let Some(child) = self.vertices.get_mut(&e.to) else {
                 continue;

@@ -237,6 +237,50 @@ async fn password_is_sent_into_file_content() {
     r.stop().await;
 }
 
+fn send_password(to: &str) -> Edge {
+    let mut ed = edge(("password", "pw"), ("file", to));
+    ed.send = Some("password".into());
+    ed.recv = Some("content".into());
+    ed
+}
+
+// See: #2 (Send/Recv after a live reload: the kept password is re-delivered
+// to a restarted receiver and along a new edge, and it is the same one)
+#[tokio::test]
+async fn swap_redelivers_sent_values_to_new_receivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = decl("password", "pw", "{length: 20}");
+    let file = |name: &str, path: &str| decl("file", name, &format!("{{path: {}}}", p(&dir, path)));
+    let mut r = start(
+        Desired {
+            resources: vec![pw.clone(), file("secret", "one")],
+            edges: vec![send_password("secret")],
+        },
+        200,
+    );
+    let s = r.converged().await;
+    assert!(s.failed.is_empty(), "{:?}", s.failed);
+    let secret = std::fs::read_to_string(dir.path().join("one")).unwrap();
+    assert_eq!(secret.len(), 20);
+    // The receiver's path is edited (it restarts) and a second receiver
+    // arrives with a new edge; the sender is unchanged and does not re-run.
+    r.updates
+        .send(Desired {
+            resources: vec![pw, file("secret", "two"), file("copy", "copy")],
+            edges: vec![send_password("secret"), send_password("copy")],
+        })
+        .await
+        .unwrap();
+    r.unconverged().await;
+    let s = r.converged().await;
+    assert!(s.failed.is_empty(), "{:?}", s.failed);
+    for path in ["two", "copy"] {
+        let got = std::fs::read_to_string(dir.path().join(path)).unwrap();
+        assert_eq!(got, secret, "{path} must hold the same password");
+    }
+    r.stop().await;
+}
+
 #[tokio::test]
 async fn swap_keeps_unchanged_starts_new_stops_removed() {
     let dir = tempfile::tempdir().unwrap();

@@ -19,6 +19,10 @@ use crate::resources::{Checked, Ctx, Resource, ResourceError};
 
 /// What the engine loop asks of a worker.
 pub(crate) struct Check {
+    /// Only report the values of `sends`: no check, no apply. Used after a
+    /// graph swap so a kept sender re-delivers to new receivers without
+    /// running again (a password must not be generated twice).
+    pub probe: bool,
     /// A refresh notification arrived along a `notify: true` edge.
     pub refresh: bool,
     /// Values received along Send/Recv edges: field → value.
@@ -34,6 +38,9 @@ pub(crate) enum Report {
     /// A check finished.
     Done {
         id: u64,
+        /// Answers a probe: `result` is always `Ok(Checked::Ok)` and says
+        /// nothing about the resource's state.
+        probe: bool,
         result: Result<Checked, String>,
         fields: BTreeMap<String, Value>,
     },
@@ -109,10 +116,19 @@ impl Worker {
     }
 
     async fn check(&mut self, check: Check) -> Report {
+        if check.probe {
+            return Report::Done {
+                id: self.id,
+                probe: true,
+                result: Ok(Checked::Ok),
+                fields: self.fields(&check.sends),
+            };
+        }
         for (field, value) in check.recv {
             if let Err(e) = self.resource.set_field(&field, value) {
                 return Report::Done {
                     id: self.id,
+                    probe: false,
                     result: Err(format!("cannot receive {field}: {e}")),
                     fields: BTreeMap::new(),
                 };
@@ -129,16 +145,20 @@ impl Worker {
             .check_with_retries(&ctx)
             .await
             .map_err(|e| e.to_string());
-        let fields = check
-            .sends
-            .iter()
-            .filter_map(|f| Some((f.clone(), self.resource.get_field(f)?)))
-            .collect();
         Report::Done {
             id: self.id,
+            probe: false,
             result,
-            fields,
+            fields: self.fields(&check.sends),
         }
+    }
+
+    /// The current values of `sends` (a field without a value is left out).
+    fn fields(&self, sends: &[String]) -> BTreeMap<String, Value> {
+        sends
+            .iter()
+            .filter_map(|f| Some((f.clone(), self.resource.get_field(f)?)))
+            .collect()
     }
 
     async fn check_with_retries(&mut self, ctx: &Ctx) -> Result<Checked, ResourceError> {

@@ -3,9 +3,11 @@
 //! Runs after `resources:` is read, so an edge can be checked against the
 //! declared resources wherever it appears in the file. An edge may only join
 //! local resources (exported `@@` ones are applied elsewhere); `send` and
-//! `recv` must name fields the two kinds really send and receive, of the same
-//! type. Cycles are found by [`super::dag`] once every edge is read, and each
-//! is reported at the edge that closes it.
+//! `recv` must name fields the two kinds really send and receive (for
+//! `recv`, the kind's `receives` list, which is what its `set_field`
+//! accepts at run time), of the same type. Cycles are found by
+//! [`super::dag`] once every edge is read, and each is reported at the edge
+//! that closes it.
 
 use std::collections::HashMap;
 
@@ -260,12 +262,14 @@ fn check_send_recv(
     }
     let received = receiver.recv_field(&recv.value);
     if received.is_none() {
-        let can: Vec<&str> = receiver.fields.iter().map(|f| f.name).collect();
+        let (kind, field) = (to.kind, &recv.value);
+        let what = match receiver.fields.iter().any(|f| f.name == *field) {
+            true => format!("{kind} field {field:?} cannot be received along an edge"),
+            false => format!("{kind} has no field {field:?} to receive"),
+        };
         let msg = format!(
-            "{label}: recv: {} has no field {:?} to receive; it can receive: {}",
-            to.kind,
-            recv.value,
-            list_or_nothing(&can)
+            "{label}: recv: {what}; it can receive: {}",
+            list_or_nothing(receiver.receives)
         );
         errs.at(known(recv.pos), msg);
     }

@@ -458,18 +458,25 @@ fn send_recv_fields_must_exist_and_match() {
         "  password: [{name: p}]",
         "  file: [{name: /f}]",
         "  timer: [{name: t, interval: 5}]",
+        "  exec: [{name: x, cmd: 'true'}]",
         "edges:",
         "- {name: a, from: {kind: password, name: p}, to: {kind: file, name: /f}, send: pass, recv: contents}",
-        "- {name: b, from: {kind: password, name: p}, to: {kind: timer, name: t}, send: password, recv: interval}",
+        "- {name: b, from: {kind: password, name: p}, to: {kind: exec, name: x}, send: password, recv: timeout}",
         "- {from: {kind: file, name: /f}, to: {kind: timer, name: t}, recv: interval}",
+        "- {name: c, from: {kind: password, name: p}, to: {kind: file, name: /f}, send: password, recv: path}",
+        "- {name: d, from: {kind: password, name: p}, to: {kind: timer, name: t}, send: length, recv: interval}",
+        "- {name: e, from: {kind: password, name: p}, to: {kind: exec, name: x}, send: password, recv: watchcmd}",
     ]));
     assert_eq!(
         errs,
         [
-            "g.yaml:7:80: edge \"a\": send: password has no field \"pass\" to send; it can send: length, password",
-            "g.yaml:7:92: edge \"a\": recv: file has no field \"contents\" to receive; it can receive: path, content, state, mode, owner, group",
-            "g.yaml:8:96: edge \"b\": password[p].password is a string but timer[t].interval is an integer; send and recv must have the same type",
-            "g.yaml:9:68: edge #3: recv without send; expected both, e.g. send: password and recv: content",
+            "g.yaml:8:80: edge \"a\": send: password has no field \"pass\" to send; it can send: length, password",
+            "g.yaml:8:92: edge \"a\": recv: file has no field \"contents\" to receive; it can receive: content, state, mode, owner, group",
+            "g.yaml:9:95: edge \"b\": password[p].password is a string but exec[x].timeout is an integer; send and recv must have the same type",
+            "g.yaml:10:68: edge #3: recv without send; expected both, e.g. send: password and recv: content",
+            "g.yaml:11:96: edge \"c\": recv: file field \"path\" cannot be received along an edge; it can receive: content, state, mode, owner, group",
+            "g.yaml:12:94: edge \"d\": recv: timer field \"interval\" cannot be received along an edge; it can receive: nothing",
+            "g.yaml:13:95: edge \"e\": recv: exec field \"watchcmd\" cannot be received along an edge; it can receive: cmd, shell, ifcmd, timeout",
         ]
     );
 }

@@ -54,6 +54,7 @@ pub static SPEC: KindSpec = KindSpec {
         },
     ],
     sends: &[],
+    receives: &["cmd", "shell", "ifcmd", "timeout"],
     build,
 };
 
@@ -258,6 +259,15 @@ impl Resource for Exec {
             ("cmd", Value::String(v)) => self.cmd = v,
             ("ifcmd", Value::String(v)) => self.ifcmd = Some(v),
             ("shell", Value::String(v)) => self.shell = v,
+            ("timeout", v) => match v.as_u64() {
+                Some(t) if t > 0 => self.timeout = Some(Duration::from_secs(t)),
+                _ => {
+                    return Err(FieldError::new(
+                        "timeout",
+                        format!("received timeout {v:?} is not a positive number of seconds"),
+                    ))
+                }
+            },
             _ => {
                 return Err(FieldError {
                     field: None,

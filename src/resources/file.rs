@@ -58,6 +58,7 @@ pub static SPEC: KindSpec = KindSpec {
         },
     ],
     sends: &[],
+    receives: &["content", "state", "mode", "owner", "group"],
     build,
 };
 
@@ -398,6 +399,18 @@ impl Resource for File {
         };
         match field {
             "content" => self.content = Some(v),
+            "state" => {
+                self.absent = match v.as_str() {
+                    "exists" => false,
+                    "absent" => true,
+                    _ => {
+                        return Err(FieldError::new(
+                            "state",
+                            format!("received state {v:?} is not exists or absent"),
+                        ))
+                    }
+                }
+            }
             "path" if v.starts_with('/') => self.path = v,
             "mode" => {
                 self.mode = Some(parse_mode(&v).ok_or_else(|| {

@@ -78,6 +78,11 @@ pub struct KindSpec {
     pub fields: &'static [FieldSpec],
     /// Extra fields it can send along an edge (Send/Recv) besides `fields`.
     pub sends: &'static [FieldSpec],
+    /// The `fields` it can receive along an edge: exactly those its
+    /// [`Resource::set_field`] accepts. A field a watcher was armed with at
+    /// start (`file.path`, `exec.watchcmd`, `timer.interval`) is left out:
+    /// receiving it would change what is applied but not what is watched.
+    pub receives: &'static [&'static str],
     /// Builds the resource from type-checked fields; checks their values.
     pub build: BuildFn,
 }
@@ -91,9 +96,11 @@ impl KindSpec {
             .find(|f| f.name == name)
     }
 
-    /// The field `name` as a receiver sees it.
+    /// The field `name` as a receiver sees it; `None` if it cannot receive.
     pub fn recv_field(&self, name: &str) -> Option<&'static FieldSpec> {
-        self.fields.iter().find(|f| f.name == name)
+        self.fields
+            .iter()
+            .find(|f| f.name == name && self.receives.contains(&f.name))
     }
 }
 
@@ -191,6 +198,7 @@ pub trait Resource: Send + Sync + 'static {
     fn get_field(&self, field: &str) -> Option<Value>;
 
     /// Sets a field received along an edge; the engine checked the type.
+    /// Must accept every field in its kind's [`KindSpec::receives`].
     fn set_field(&mut self, field: &str, value: Value) -> Result<(), FieldError>;
 }
 
@@ -202,4 +210,55 @@ pub(crate) fn str_field(params: &Mapping, name: &str) -> Option<String> {
 /// Reads an optional integer field from type-checked params.
 pub(crate) fn int_field(params: &Mapping, name: &str) -> Option<i64> {
     params.get(name).and_then(Value::as_i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A valid value of `field`, for a kind whose fields need one.
+    fn sample(kind: &str, field: &FieldSpec) -> Value {
+        match (kind, field.name, field.ty) {
+            ("file", "path", _) => "/tmp/mgmt-sample".into(),
+            ("file", "mode", _) => "0644".into(),
+            ("file", "state", _) => "absent".into(),
+            (_, _, FieldType::Str) => "true".into(),
+            (_, _, FieldType::Int) => 5.into(),
+            (_, _, FieldType::Bool) => true.into(),
+        }
+    }
+
+    // See: #2 (the validator accepted `recv:` into file.state and
+    // exec.timeout, which set_field then refused at run time)
+    #[test]
+    fn every_receivable_field_is_accepted_at_run_time() {
+        for spec in KINDS {
+            for name in spec.receives {
+                assert!(
+                    spec.fields.iter().any(|f| f.name == *name),
+                    "{}: receives unknown field {name}",
+                    spec.kind
+                );
+            }
+            let mut params = Mapping::new();
+            for f in spec.fields.iter().filter(|f| f.required) {
+                params.insert(f.name.into(), sample(spec.kind, f));
+            }
+            let mut r = (spec.build)("/tmp/mgmt-sample", &params)
+                .unwrap_or_else(|e| panic!("{}: build: {e}", spec.kind));
+            for f in spec.fields {
+                let accepted = r.set_field(f.name, sample(spec.kind, f));
+                // What the validator lets through must work at run time.
+                if spec.recv_field(f.name).is_some() {
+                    assert!(
+                        accepted.is_ok(),
+                        "{}.{}: the validator accepts recv but set_field says {:?}",
+                        spec.kind,
+                        f.name,
+                        accepted
+                    );
+                }
+            }
+        }
+    }
 }

@@ -15,6 +15,7 @@ pub static SPEC: KindSpec = KindSpec {
         doc: "text logged when applied",
     }],
     sends: &[],
+    receives: &["body"],
     build,
 };
 

@@ -15,6 +15,7 @@ pub static SPEC: KindSpec = KindSpec {
         doc: "free text",
     }],
     sends: &[],
+    receives: &["comment"],
     build,
 };
 

@@ -23,6 +23,7 @@ pub static SPEC: KindSpec = KindSpec {
         required: false,
         doc: "the generated secret",
     }],
+    receives: &["length"],
     build,
 };
 

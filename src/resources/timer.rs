@@ -22,6 +22,7 @@ pub static SPEC: KindSpec = KindSpec {
         doc: "seconds between events (at least 1)",
     }],
     sends: &[],
+    receives: &[],
     build,
 };
 

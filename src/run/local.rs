@@ -17,7 +17,7 @@ pub(super) struct Local {
     engine_cancel: CancellationToken,
     source: Task<()>,
     source_cancel: CancellationToken,
-    publisher: Task<Result<(), crate::world::WorldError>>,
+    publisher: Task<()>,
     publish_cancel: CancellationToken,
 }
 
@@ -90,9 +90,7 @@ impl Local {
         self.engine_cancel.cancel();
         let status = (&mut self.engine.0).await.unwrap_or_default();
         self.publish_cancel.cancel();
-        if let Ok(Err(e)) = (&mut self.publisher.0).await {
-            tracing::warn!("converged state: {e}");
-        }
+        let _ = (&mut self.publisher.0).await;
         status
     }
 }

@@ -123,3 +123,86 @@ fn bad_remote_input_exits_2_before_connecting() {
     );
     assert!(!out.stderr.contains("connecting"), "{}", out.stderr);
 }
+
+/// Lines of `out.stderr` that start with `mgmt: {graph}:`, i.e. the graph
+/// errors with their positions, in order.
+fn positioned(stderr: &str, graph: &std::path::Path) -> Vec<String> {
+    let prefix = format!("mgmt: {}:", graph.display());
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+// See: #2 (validation: missing required field, wrong type, duplicate
+// resource, Send/Recv field and type mismatch, a cycle naming its
+// resources; one file reports all of them, exit 2, nothing applied)
+#[test]
+fn every_kind_of_bad_input_in_one_file_is_reported() {
+    let d = Dir::new();
+    let lines = [
+        "graph: bad",
+        "resources:",
+        "  exec:",
+        "  - name: nocmd",
+        "    shell: /bin/sh",
+        "  timer:",
+        "  - name: t",
+        "    interval: soon",
+        "  noop:",
+        "  - name: dup",
+        "  - name: dup",
+        "  - name: c1",
+        "  - name: c2",
+        "  password:",
+        "  - name: pw",
+        "  file:",
+        "  - name: f",
+        &format!("    path: {}", d.p("f")),
+        "    content: x",
+        "edges:",
+        "- name: badfield",
+        "  from: {kind: password, name: pw}",
+        "  to: {kind: file, name: f}",
+        "  send: secret",
+        "  recv: contents",
+        "- name: badtype",
+        "  from: {kind: password, name: pw}",
+        "  to: {kind: file, name: f}",
+        "  send: length",
+        "  recv: content",
+        "- {name: there, from: {kind: noop, name: c1}, to: {kind: noop, name: c2}}",
+        "- {name: back, from: {kind: noop, name: c2}, to: {kind: noop, name: c1}}",
+    ];
+    let g = d.write("bad.yaml", &(lines.join("\n") + "\n"));
+    let out = run(mgmt().args(["run", "-t", "1", "--file"]).arg(&g), LIMIT);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let errs = positioned(&out.stderr, &g);
+    let expected = [
+        "4:5: exec[nocmd]: missing required field cmd",
+        "8:15: timer[t]: interval: expected an integer",
+        "11:11: duplicate resource noop[dup]; the first one is at",
+        "24:9: edge \"badfield\": send: password has no field \"secret\" to send; it can send: length, password",
+        "25:9: edge \"badfield\": recv: file has no field \"contents\" to receive; it can receive: content,",
+        "30:9: edge \"badtype\": password[pw].length is an integer but file[f].content is a string",
+        "32:3: dependency cycle: noop[c1] -> noop[c2] -> noop[c1]",
+    ];
+    for want in expected {
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "no error starting with {want:?} in:\n{}",
+            out.stderr
+        );
+    }
+    assert_eq!(errs.len(), expected.len(), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "{} error(s) in the graph; nothing was applied",
+            expected.len()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(!d.path().join("f").exists(), "nothing may be applied");
+}

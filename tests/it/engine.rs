@@ -357,6 +357,34 @@ fn live_reload_swaps_the_graph() {
     );
 }
 
+// See: #2 (live reload of a Send/Recv receiver: the same password lands
+// in the file at its new path, not an empty file)
+#[test]
+fn live_reload_redelivers_the_password() {
+    let d = Dir::new();
+    let graph = |path: &str| {
+        format!(
+            "graph: pw\nresources:\n  password:\n  - name: pw\n    length: 24\n  file:\n  - name: secret\n    path: {}\nedges:\n- name: e\n  from: {{kind: password, name: pw}}\n  to: {{kind: file, name: secret}}\n  send: password\n  recv: content\n",
+            d.p(path)
+        )
+    };
+    let g = d.write("g.yaml", &graph("one"));
+    let mut p = Proc::spawn(mgmt().args(["run", "-t", "2", "--file"]).arg(&g));
+    p.wait_line(&format!("wrote 24 bytes to {}", d.p("one")), LIMIT);
+    std::fs::write(&g, graph("two")).unwrap();
+    p.wait_line("graph changed", LIMIT);
+    p.wait_line(&format!("wrote 24 bytes to {}", d.p("two")), LIMIT);
+    assert_eq!(p.wait(LIMIT), 0, "exits by convergence");
+    let one = d.read("one").unwrap();
+    assert_eq!(
+        d.read("two").as_deref(),
+        Some(one.as_str()),
+        "same password"
+    );
+    let log = p.lines_so_far().join("\n");
+    assert_eq!(log.matches("generated a password").count(), 1, "{log}");
+}
+
 // See: #2 (SIGINT mid-run stops running commands, exit 0)
 #[test]
 fn sigint_stops_a_running_command_cleanly() {
@@ -372,4 +400,184 @@ fn sigint_stops_a_running_command_cleanly() {
     assert_eq!(p.wait(LIMIT), 0);
     let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
     assert!(!alive, "the command's shell {pid} survived");
+}
+
+// See: #2 (file state: absent removes the file and keeps it away)
+#[test]
+fn state_absent_removes_a_file_and_keeps_it_away() {
+    let d = Dir::new();
+    d.write("gone", "old");
+    let g = d.write(
+        "g.yaml",
+        &format!(
+            "graph: absent\nresources:\n  file:\n  - name: gone\n    path: {}\n    state: absent\n",
+            d.p("gone")
+        ),
+    );
+    let mut p = Proc::spawn(mgmt().args(["run", "-t", "30", "--file"]).arg(&g));
+    let removed = format!("file[gone]: removed {}", d.p("gone"));
+    p.wait_line(&removed, LIMIT);
+    assert!(!d.path().join("gone").exists());
+    // Created again from outside: the watcher sees it and it goes again.
+    d.write("gone", "back");
+    p.wait_line(&removed, LIMIT);
+    assert!(!d.path().join("gone").exists());
+    p.signal(Signal::SIGINT);
+    assert_eq!(p.wait(LIMIT), 0);
+}
+
+// See: #2 (msg logs its body when applied and says so on a refresh)
+#[test]
+fn msg_logs_its_body_and_refreshes() {
+    let d = Dir::new();
+    // Already right: the first apply changes nothing, so no refresh at start.
+    d.write("conf", "v1\n");
+    let g = d.write(
+        "g.yaml",
+        &format!(
+            r#"graph: msg
+resources:
+  file:
+  - name: conf
+    path: {conf}
+    content: "v1\n"
+  msg:
+  - name: hello
+    body: "hello from the graph"
+edges:
+- name: e
+  from: {{kind: file, name: conf}}
+  to: {{kind: msg, name: hello}}
+  notify: true
+"#,
+            conf = d.p("conf")
+        ),
+    );
+    let mut p = Proc::spawn(mgmt().args(["run", "-t", "30", "--file"]).arg(&g));
+    p.wait_line("msg[hello]: hello from the graph", LIMIT);
+    p.wait_line("settled:", LIMIT);
+    std::fs::write(d.path().join("conf"), "edited").unwrap();
+    p.wait_line("file[conf]: wrote 3 bytes", LIMIT);
+    p.wait_line("msg[hello]: received a refresh", LIMIT);
+    p.signal(Signal::SIGINT);
+    assert_eq!(p.wait(LIMIT), 0);
+    let log = p.lines_so_far().join("\n");
+    assert_eq!(log.matches("received a refresh").count(), 1, "{log}");
+    assert_eq!(log.matches("file[conf]: wrote").count(), 1, "{log}");
+}
+
+// See: #2 (meta.noop on one resource: it reports and changes nothing, the
+// others apply)
+#[test]
+fn meta_noop_leaves_that_resource_alone() {
+    let d = Dir::new();
+    d.write("kept", "old");
+    let g = d.write(
+        "g.yaml",
+        &format!(
+            "graph: metanoop\nresources:\n  file:\n  - name: kept\n    path: {}\n    content: new\n    meta: {{noop: true}}\n  - name: made\n    path: {}\n    content: made\n",
+            d.p("kept"),
+            d.p("made")
+        ),
+    );
+    let out = run(mgmt().args(["run", "-t", "1", "--file"]).arg(&g), LIMIT);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(d.read("kept").as_deref(), Some("old"), "{}", out.stderr);
+    assert_eq!(d.read("made").as_deref(), Some("made"));
+    assert!(
+        out.stderr.contains(&format!(
+            "file[kept]: would write 3 bytes to {}",
+            d.p("kept")
+        )),
+        "{}",
+        out.stderr
+    );
+}
+
+// See: #2 (SIGTERM stops cleanly: running commands killed, exit 0)
+#[test]
+fn sigterm_stops_cleanly() {
+    let d = Dir::new();
+    let g = d.write(
+        "g.yaml",
+        &format!("graph: long\nresources:\n  exec:\n  - name: long\n    cmd: \"echo $$ > {pid}; echo started; sleep 300\"\n", pid = d.p("pid")),
+    );
+    let mut p = Proc::spawn(mgmt().args(["run", "--file"]).arg(&g));
+    p.wait_line("exec[long]: started", LIMIT);
+    let pid: i32 = d.read("pid").unwrap().trim().parse().unwrap();
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait(LIMIT), 0);
+    let log = p.lines_so_far().join("\n");
+    assert!(log.contains("terminated; stopping"), "{log}");
+    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    assert!(!alive, "the command's shell {pid} survived");
+}
+
+// See: #2 (--max-runtime stops a run that would never exit by itself)
+#[test]
+fn max_runtime_stops_the_run() {
+    let d = Dir::new();
+    let g = d.write("g.yaml", &files_graph(&d));
+    let start = Instant::now();
+    let out = run(
+        mgmt().args(["run", "--max-runtime", "2", "--file"]).arg(&g),
+        LIMIT,
+    );
+    let took = start.elapsed();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--max-runtime reached; stopping"),
+        "{}",
+        out.stderr
+    );
+    assert!(took >= Duration::from_secs(2), "exited after {took:?}");
+    assert_eq!(d.read("a").as_deref(), Some("alpha\n"));
+}
+
+// See: #2 (--no-watch: an edit of the graph file is not applied)
+#[test]
+fn no_watch_ignores_an_edit() {
+    let d = Dir::new();
+    let graph = |content: &str| {
+        format!(
+            "graph: nowatch\nresources:\n  file:\n  - name: a\n    path: {}\n    content: {content}\n",
+            d.p("a")
+        )
+    };
+    let g = d.write("g.yaml", &graph("one"));
+    let mut p = Proc::spawn(
+        mgmt()
+            .args(["run", "--no-watch", "-t", "3", "--file"])
+            .arg(&g),
+    );
+    p.wait_line(&format!("wrote 3 bytes to {}", d.p("a")), LIMIT);
+    // Written well before the run converges (3 s after its last change);
+    // with watching on, "graph changed" follows within milliseconds.
+    std::fs::write(&g, graph("two")).unwrap();
+    assert_eq!(p.wait(LIMIT), 0);
+    let log = p.lines_so_far().join("\n");
+    assert!(!log.contains("graph changed"), "{log}");
+    assert_eq!(d.read("a").as_deref(), Some("one"));
+}
+
+// See: #2 (with -t -1 the run says when it has settled and stays up until
+// a signal: what bench/engine.py measures idle CPU on)
+#[test]
+fn never_exiting_run_logs_settled_and_stays_up() {
+    let d = Dir::new();
+    let g = d.write("g.yaml", &files_graph(&d));
+    let mut p = Proc::spawn(mgmt().args(["run", "-t", "-1", "--file"]).arg(&g));
+    p.wait_line(
+        "settled: 4 resources checked, 3 changes so far, 0 failed",
+        LIMIT,
+    );
+    assert_eq!(d.read("b").as_deref(), Some("beta\n"));
+    p.signal(Signal::SIGINT);
+    assert_eq!(p.wait(LIMIT), 0);
+    let log = p.lines_so_far().join("\n");
+    assert!(
+        log.contains("interrupted; stopping"),
+        "alive until the signal: {log}"
+    );
+    assert!(!log.contains("converged:"), "{log}");
 }

@@ -8,21 +8,18 @@ use crate::util::{mgmt, Dir, Proc};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// mgmt's remote2a/remote2b example with its paths moved into `d/<host>/`.
+/// mgmt's `examples/remote2<host>.yaml` with its `/tmp/` paths moved into
+/// `d/<host>/`; nothing else is changed.
 fn example(d: &Dir, host: &str) -> std::path::PathBuf {
-    let src = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/remote2a.yaml"
-    ))
-    .unwrap();
+    let path = format!("{}/examples/remote2{host}.yaml", env!("CARGO_MANIFEST_DIR"));
+    let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert!(src.contains("\"/tmp/"), "{path} no longer uses /tmp/ paths");
     let dir = d.p(host);
     std::fs::create_dir_all(&dir).unwrap();
-    let g = src
-        .replace("/tmp/", &format!("{dir}/"))
-        .replace("file1a", &format!("file1{host}"))
-        .replace("file2a", &format!("file2{host}"))
-        .replace("host a", &format!("host {host}"));
-    d.write(&format!("remote2{host}.yaml"), &g)
+    d.write(
+        &format!("remote2{host}.yaml"),
+        &src.replace("\"/tmp/", &format!("\"{dir}/")),
+    )
 }
 
 /// `mgmt run` as a client of the store at `url` (no store of its own).
