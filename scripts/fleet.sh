@@ -6,7 +6,8 @@
 #   scripts/fleet.sh down DIR     stop exactly the sshd processes recorded in DIR, remove DIR
 #   scripts/fleet.sh status DIR   show the recorded sshd processes
 #
-# Host x (1..N) is the loopback address $FLEET_NET.x (default 127.0.1.x) on
+# Host x (1..N) is the loopback address $FLEET_NET.x (default 127.0.1.x; a
+# 10.x.y prefix with FLEET_IN_NETNS=1 inside a network namespace) on
 # port $FLEET_PORT (default 2222). Each host has its own home DIR/home-x: a
 # `Match LocalAddress` block sets HOME there (SetEnv) and forces a wrapper
 # (DIR/force.sh) that cds there and runs the client's command, or for SFTP
@@ -84,7 +85,14 @@ cmd_up() {
   [ -n "$n" ] && [ -n "$dir" ] || usage
   [[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 254 ] || die "N must be 1..254 (got '$n')"
   [[ $PORT =~ ^[0-9]+$ ]] && [ "$PORT" -ge 1024 ] && [ "$PORT" -le 65535 ] || die "FLEET_PORT must be 1024..65535"
-  [[ $NET =~ ^127\.[0-9]{1,3}\.[0-9]{1,3}$ ]] || die "FLEET_NET must be a loopback /24 prefix like 127.0.1 (got '$NET')"
+  if [[ $NET =~ ^10\.[0-9]{1,3}\.[0-9]{1,3}$ ]] && [ "${FLEET_IN_NETNS:-}" = 1 ]; then
+    # A private prefix only inside a network namespace of our own (bench/
+    # gateway.sh makes one), never on the machine's own network.
+    [ "$(readlink /proc/self/ns/net)" != "$(readlink /proc/1/ns/net)" ] ||
+      die "FLEET_NET $NET is allowed only inside a network namespace (ip netns exec NS ...)"
+  else
+    [[ $NET =~ ^127\.[0-9]{1,3}\.[0-9]{1,3}$ ]] || die "FLEET_NET must be a loopback /24 prefix like 127.0.1 (got '$NET')"
+  fi
   [ "$NET" != 127.0.0 ] || die "FLEET_NET 127.0.0 would collide with 127.0.0.1 (a system sshd, localhost services): use 127.0.1"
   [ "$(id -u)" = 0 ] || die "run as root: sshd needs root for privilege separation (sudo bash scripts/fleet.sh up $n $dir)"
   [ -x "$SSHD" ] || die "$SSHD not found: run 'bash scripts/deps.sh' (or apt-get install -y openssh-server)"

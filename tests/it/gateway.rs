@@ -6,7 +6,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::remote_run::{eventually, mgmt_children, procs_with, read, remote_cmd, LIMIT};
+use crate::remote_run::{
+    eventually, mgmt_children, parent_pid, procs_with, read, remote_cmd, LIMIT,
+};
 use crate::util::sshd::{keygen, Agent, SshdFleet};
 use crate::util::{Dir, Proc};
 
@@ -218,17 +220,6 @@ fn a_gateway_with_a_wrong_host_key_fails_its_group_only() {
     }
 }
 
-/// The parent pid of `pid`.
-fn ppid(pid: i32) -> i32 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // "pid (comm) state ppid ...": comm may hold spaces, so split after ')'.
-    stat.rsplit(')')
-        .next()
-        .and_then(|rest| rest.split_whitespace().nth(1))
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0)
-}
-
 /// A run through gateway 1 to `hosts`, once mgmt runs on all of them; the
 /// dir holds the graphs.
 fn waiting_for_the_tree(fleet: &SshdFleet, hosts: &[usize]) -> (Proc, Dir) {
@@ -291,7 +282,7 @@ fn a_killed_gateway_connection_stops_its_subtree() {
     let (mut p, _d) = waiting_for_the_tree(&fleet, &[2, 3]);
     // The sshd process serving the gateway's session: its parent.
     let gw = mgmt_children(fleet.ip(1));
-    let session = ppid(gw[0]);
+    let session = parent_pid(gw[0]);
     assert!(session > 1, "no parent for the gateway's mgmt");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(session),
@@ -306,4 +297,34 @@ fn a_killed_gateway_connection_stops_its_subtree() {
         assert_eq!(row(&log, &route)[2], "failed:", "{log}");
     }
     nothing_left(&fleet, &[2, 3], &[2, 3]);
+}
+
+// See: #5 (an edit of a graph on the initiator reaches the hosts behind
+// the gateway, without restarting anything)
+#[test]
+fn an_edit_reaches_hosts_behind_a_gateway() {
+    let fleet = SshdFleet::start(2);
+    let d = Dir::new();
+    let target = fleet.home(2).join("edited");
+    let graph = |content: &str| {
+        format!(
+            "graph: live\nremote: {}\nvia: [{}]\nresources:\n  file:\n  - name: f\n    path: {}\n    content: {content:?}\n",
+            fleet.url(2),
+            fleet.url(1),
+            target.display()
+        )
+    };
+    let g = d.write("g.yaml", &graph("one"));
+    let mut p = Proc::spawn(&mut remote_cmd(&fleet, &[&g], &[]));
+    p.wait_line(&format!("wrote 3 bytes to {}", target.display()), LIMIT);
+    std::fs::write(&g, graph("two!")).unwrap();
+    p.wait_line(&format!("wrote 4 bytes to {}", target.display()), LIMIT);
+    assert_eq!(read(&target).as_deref(), Some("two!"));
+    let log = p.lines_so_far().join("\n");
+    assert!(
+        !log.contains("stdin closed"),
+        "a child was restarted:\n{log}"
+    );
+    p.signal(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(p.wait(LIMIT), 0, "{log}");
 }

@@ -316,12 +316,20 @@ fn failing_hosts_fail_alone_with_their_reason() {
         })
         .collect();
     let known = d.write("known_hosts", &kh);
-    // Host 5 is told to use a key sshd does not accept.
+    // Host 5 is told to use a key sshd does not accept; the others get the
+    // right one the same way (an `-i` key would be tried on host 5 too).
     let wrong = d.path().join("wrong_key");
     crate::util::sshd::keygen(&wrong);
+    let others: Vec<&str> = (1..=4).map(|i| fleet.ip(i)).collect();
     let ssh_config = d.write(
         "ssh_config",
-        &format!("Host {}\n  IdentityFile {}\n", fleet.ip(5), wrong.display()),
+        &format!(
+            "Host {}\n  IdentityFile {}\nHost {}\n  IdentityFile {}\n",
+            fleet.ip(5),
+            wrong.display(),
+            others.join(" "),
+            fleet.client_key.display()
+        ),
     );
     // Host 6: nothing listens there.
     let unreachable = format!("ssh://root@127.{}.{}.250:{}", 200, 201, fleet.port());
@@ -339,9 +347,7 @@ fn failing_hosts_fail_alone_with_their_reason() {
             "--remote",
         ])
         .arg(&g);
-    c.arg("--identity")
-        .arg(&fleet.client_key)
-        .arg("--known-hosts")
+    c.arg("--known-hosts")
         .arg(&known)
         .arg("--ssh-config")
         .arg(&ssh_config);
@@ -545,4 +551,90 @@ fn a_dropped_link_stops_the_child() {
         "the child outlived its link: {:?}",
         procs_with(&needle)
     );
+}
+
+// See: #4 (a second ^C exits at once; the children stop by themselves
+// when their link goes)
+#[test]
+fn a_second_interrupt_exits_at_once() {
+    let fleet = SshdFleet::start(1);
+    let d = Dir::new();
+    let g = one_noop_graph(&d, "g.yaml", &[fleet.url(1)]);
+    let mut p = Proc::spawn(&mut remote_cmd(&fleet, &[&g], &[]));
+    assert!(eventually(LIMIT, || !mgmt_children(fleet.ip(1)).is_empty()));
+    p.signal(nix::sys::signal::Signal::SIGINT);
+    p.wait_line("] stopping", LIMIT);
+    p.signal(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(p.wait(LIMIT), 130, "{}", p.lines_so_far().join("\n"));
+    let needle = format!("--hostname {}", fleet.ip(1));
+    assert!(
+        eventually(Duration::from_secs(30), || procs_with(&needle).is_empty()),
+        "the child outlived its link"
+    );
+}
+
+// See: #4 (the initiator's own --file graph counts in the converged rule)
+#[test]
+fn a_local_graph_and_remote_hosts_converge_together() {
+    let fleet = SshdFleet::start(1);
+    let d = Dir::new();
+    let g = one_noop_graph(&d, "g.yaml", &[fleet.url(1)]);
+    let here = d.p("here");
+    let local = d.write(
+        "local.yaml",
+        &format!("graph: local\nresources:\n  file:\n  - name: here\n    path: {here}\n    content: \"local\\n\"\n"),
+    );
+    let mut cmd = remote_cmd(&fleet, &[&g], &["--converged-timeout", "1"]);
+    cmd.arg("--file").arg(&local);
+    let mut p = Proc::spawn(&mut cmd);
+    let code = p.wait(LIMIT);
+    let log = p.lines_so_far().join("\n");
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(read(Path::new(&here)).as_deref(), Some("local\n"));
+    assert_eq!(row(&log, fleet.ip(1))[2], "converged", "{log}");
+}
+
+// See: #4 (one host's link dropping fails that host only; the others run on)
+#[test]
+fn a_dropped_link_fails_that_host_and_the_rest_go_on() {
+    let fleet = SshdFleet::start(2);
+    let d = Dir::new();
+    let g = one_noop_graph(&d, "g.yaml", &[fleet.url(1), fleet.url(2)]);
+    let mut p = Proc::spawn(&mut remote_cmd(&fleet, &[&g], &[]));
+    for i in [1, 2] {
+        assert!(eventually(LIMIT, || !mgmt_children(fleet.ip(i)).is_empty()));
+    }
+    // Kill the sshd process serving host 1's session: that link drops.
+    let child = mgmt_children(fleet.ip(1))[0];
+    let session = parent_pid(child);
+    assert!(session > 1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(session),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    p.wait_line(&format!("[{}] failed", fleet.ip(1)), LIMIT);
+    assert!(
+        !mgmt_children(fleet.ip(2)).is_empty(),
+        "host 2 was stopped too"
+    );
+    p.signal(nix::sys::signal::Signal::SIGINT);
+    let code = p.wait(LIMIT);
+    let log = p.lines_so_far().join("\n");
+    assert_eq!(code, 1, "{log}");
+    assert_eq!(row(&log, fleet.ip(1))[2], "failed:", "{log}");
+    assert_eq!(row(&log, fleet.ip(2))[2], "stopped", "{log}");
+    let needle = format!("--hostname {}", fleet.ip(1));
+    assert!(eventually(Duration::from_secs(30), || procs_with(&needle).is_empty()));
+}
+
+/// The parent pid of `pid` (0 when it is gone).
+pub(crate) fn parent_pid(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // "pid (comm) state ppid ...": comm may hold spaces, so split after ')'.
+    stat.rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
 }
