@@ -109,13 +109,14 @@ throttle() {
 run_case() {
   local id=$1; shift
   if [ -n "$SKIP" ] && [[ $id =~ $SKIP ]]; then return; fi
-  local log=$OUT/$id.log
+  local log=$OUT/${id//\//-}.log
   echo "== $id"
   local status=0
   env -u SSH_AUTH_SOCK /usr/bin/time -o "$work/time" -f '%e %U %S %M' \
     "$BIN" run "$@" --cconns "$CONC" --converged-timeout 0 \
     --identity "$fleet/id_ed25519" --known-hosts "$fleet/known_hosts" > "$log.out" 2> "$log" || status=$?
-  read -r wall user sys rss < "$work/time"
+  # time(1) puts "Command exited with non-zero status N" first on failure.
+  read -r wall user sys rss < <(tail -n 1 "$work/time")
   local binary wire ok
   binary=$(sed -n 's/^binary sent: [^(]*(\([0-9]*\) B) from here.*/\1/p' "$log")
   wire=$(sed -n 's/^wire sent: [^(]*(\([0-9]*\) B) from here.*/\1/p' "$log")

@@ -183,7 +183,7 @@ async fn supervise(
 /// Shows one record from below; returns the event it means for the run.
 fn take_record(ui: &crate::ui::Ui, gw: &str, r: Record, below: &mut Below) -> Option<HostEvent> {
     match r {
-        Record::Stage { route, stage } => ui.stage(&route, stage.into()),
+        Record::Stage { route, stage } => ui.stage(&route, stage),
         Record::Line {
             route,
             stderr,

@@ -33,7 +33,7 @@ pub const MARK: &str = "\u{1e}mgmt:";
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum Record {
     /// The host moved to a stage.
-    Stage { route: String, stage: WireStage },
+    Stage { route: String, stage: Stage },
     /// One line of the host's output.
     Line {
         route: String,
@@ -48,23 +48,6 @@ pub enum Record {
     },
     /// The host's summary row, sent once when the gateway finishes.
     Report(WireRow),
-}
-
-/// A [`Stage`] on the wire.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "s", rename_all = "snake_case")]
-pub enum WireStage {
-    Queued,
-    Connecting,
-    Authenticating,
-    Copying { sent: u64, total: u64 },
-    Cached,
-    Starting,
-    Running,
-    Converged,
-    Stopping,
-    Done,
-    Failed { why: String },
 }
 
 /// A [`SummaryRow`] on the wire, with the hop's timings.
@@ -152,45 +135,6 @@ impl Record {
     }
 }
 
-impl From<&Stage> for WireStage {
-    fn from(s: &Stage) -> Self {
-        match s {
-            Stage::Queued => WireStage::Queued,
-            Stage::Connecting => WireStage::Connecting,
-            Stage::Authenticating => WireStage::Authenticating,
-            Stage::Copying { sent, total } => WireStage::Copying {
-                sent: *sent,
-                total: *total,
-            },
-            Stage::Cached => WireStage::Cached,
-            Stage::Starting => WireStage::Starting,
-            Stage::Running => WireStage::Running,
-            Stage::Converged => WireStage::Converged,
-            Stage::Stopping => WireStage::Stopping,
-            Stage::Done => WireStage::Done,
-            Stage::Failed(why) => WireStage::Failed { why: why.clone() },
-        }
-    }
-}
-
-impl From<WireStage> for Stage {
-    fn from(s: WireStage) -> Self {
-        match s {
-            WireStage::Queued => Stage::Queued,
-            WireStage::Connecting => Stage::Connecting,
-            WireStage::Authenticating => Stage::Authenticating,
-            WireStage::Copying { sent, total } => Stage::Copying { sent, total },
-            WireStage::Cached => Stage::Cached,
-            WireStage::Starting => Stage::Starting,
-            WireStage::Running => Stage::Running,
-            WireStage::Converged => Stage::Converged,
-            WireStage::Stopping => Stage::Stopping,
-            WireStage::Done => Stage::Done,
-            WireStage::Failed { why } => Stage::Failed(why),
-        }
-    }
-}
-
 impl WireRow {
     pub fn from_row(row: &SummaryRow) -> Self {
         let (result, why) = match &row.result {
@@ -241,7 +185,7 @@ mod tests {
         let recs = [
             Record::Stage {
                 route: "web3".into(),
-                stage: WireStage::Copying { sent: 5, total: 10 },
+                stage: Stage::Copying { sent: 5, total: 10 },
             },
             Record::Line {
                 route: "gw2/web3".into(),

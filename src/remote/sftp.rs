@@ -204,6 +204,9 @@ impl Hint for UploadError {
     }
 }
 
+/// How long one SFTP request may wait for its answer.
+const SFTP_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// An SFTP session on one host.
 pub struct Sftp {
     sftp: SftpSession,
@@ -278,6 +281,12 @@ impl Sftp {
                 source: e,
             })
         })?;
+        // russh-sftp gives up on a request after 10 s by default. On a slow
+        // uplink shared by many hosts' pipelined writes an acknowledgement
+        // can take longer than that without anything being wrong (measured:
+        // 50 uploads at once over 100 Mbit/s); a dead link is found by the
+        // SSH keepalive instead.
+        sftp.set_timeout(SFTP_REQUEST_TIMEOUT.as_secs());
         let home = sftp.canonicalize(".").await.map_err(|e| {
             err(UploadError::Sftp {
                 op: "realpath",

@@ -31,7 +31,7 @@ mod summary;
 
 pub use summary::{human_bytes, RowResult, SummaryRow};
 
-use crate::remote::route::{Record, WireRow, WireStage};
+use crate::remote::route::{Record, WireRow};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -41,8 +41,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use indicatif::ProgressDrawTarget;
 use tracing_subscriber::fmt::MakeWriter;
 
-/// Where a host is in its run, as shown to the operator.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a host is in its run, as shown to the operator. Serialised (for
+/// a gateway's route records) as `{"s": "copying", "v": {...}}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "s", content = "v", rename_all = "snake_case")]
 pub enum Stage {
     Queued,
     Connecting,
@@ -364,7 +366,7 @@ impl Ui {
         if changed {
             self.record(&Record::Stage {
                 route: host.into(),
-                stage: WireStage::from(&stage),
+                stage,
             });
         }
     }

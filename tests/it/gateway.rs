@@ -6,9 +6,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::remote_run::{
-    eventually, mgmt_children, parent_pid, procs_with, read, remote_cmd, LIMIT,
-};
+use crate::remote_run::{mgmt_children, parent_pid, procs_with, read, remote_cmd, LIMIT};
+use crate::util::eventually;
 use crate::util::sshd::{keygen, Agent, SshdFleet};
 use crate::util::{Dir, Proc};
 
@@ -317,14 +316,5 @@ fn an_edit_reaches_hosts_behind_a_gateway() {
     let g = d.write("g.yaml", &graph("one"));
     let mut p = Proc::spawn(&mut remote_cmd(&fleet, &[&g], &[]));
     p.wait_line(&format!("wrote 3 bytes to {}", target.display()), LIMIT);
-    std::fs::write(&g, graph("two!")).unwrap();
-    p.wait_line(&format!("wrote 4 bytes to {}", target.display()), LIMIT);
-    assert_eq!(read(&target).as_deref(), Some("two!"));
-    let log = p.lines_so_far().join("\n");
-    assert!(
-        !log.contains("stdin closed"),
-        "a child was restarted:\n{log}"
-    );
-    p.signal(nix::sys::signal::Signal::SIGINT);
-    assert_eq!(p.wait(LIMIT), 0, "{log}");
+    crate::remote_run::edit_lands_live(&mut p, &g, &graph("two!"), &target);
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::util::sshd::SshdFleet;
-use crate::util::{mgmt, Dir, Proc};
+use crate::util::{eventually, mgmt, Dir, Proc};
 
 pub(crate) const LIMIT: Duration = Duration::from_secs(120);
 
@@ -163,19 +163,6 @@ fn hex_runs(text: &str, len: usize) -> Vec<String> {
         .filter(|w| w.len() == len)
         .map(str::to_owned)
         .collect()
-}
-
-/// Polls a condition that has no event to wait on (another process's
-/// exit), with a bound; returns whether it became true.
-pub(crate) fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = std::time::Instant::now() + limit;
-    while std::time::Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    cond()
 }
 
 fn one_noop_graph(d: &Dir, name: &str, urls: &[String]) -> std::path::PathBuf {
@@ -392,16 +379,23 @@ fn an_edit_of_the_remote_graph_is_applied_on_the_host() {
     // An invalid edit is not sent.
     std::fs::write(&g, "graph: live\nresources:\n  potato: []\n").unwrap();
     p.wait_line("invalid edit not sent", LIMIT);
-    std::fs::write(&g, graph("two!")).unwrap();
+    edit_lands_live(&mut p, &g, &graph("two!"), &target);
+}
+
+/// Writes `text` (a graph whose file resource at `target` now holds
+/// "two!") to `g`, waits for the host to apply it, checks that no child was
+/// restarted, then stops the run with ^C (exit 0).
+pub(crate) fn edit_lands_live(p: &mut Proc, g: &Path, text: &str, target: &Path) {
+    std::fs::write(g, text).unwrap();
     p.wait_line(&format!("wrote 4 bytes to {}", target.display()), LIMIT);
-    assert_eq!(read(&target).as_deref(), Some("two!"));
+    assert_eq!(read(target).as_deref(), Some("two!"));
     let log = p.lines_so_far().join("\n");
     assert!(
         !log.contains("stdin closed"),
-        "the child was restarted:\n{log}"
+        "a child was restarted:\n{log}"
     );
     p.signal(nix::sys::signal::Signal::SIGINT);
-    assert_eq!(p.wait(LIMIT), 0);
+    assert_eq!(p.wait(LIMIT), 0, "{log}");
 }
 
 // See: #4 (the tunnel refuses a connection that does not present the secret)

@@ -223,3 +223,16 @@ impl Drop for Proc {
         }
     }
 }
+
+/// Polls a condition that has no event to wait on (another process's
+/// exit), with a bound; returns whether it became true.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
