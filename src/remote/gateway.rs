@@ -71,6 +71,12 @@ pub async fn run(
                 &shared, &gw, &p, graphs, &events, &cancel, &mut own, &mut below,
             )
             .await;
+            // Rows come only once the gateway finished its run: then its
+            // exit code 1 means a host below failed (that host's row says
+            // so), not the gateway.
+            if matches!(own.result, RowResult::Failed(_)) && !below.rows.is_empty() {
+                own.result = RowResult::Gateway;
+            }
             own.hop.connect_ms = p.connect.as_millis() as u64;
             own.hop.copy_ms = p.copy.as_millis() as u64;
             let wire = p.session.wire_sent();

@@ -318,3 +318,49 @@ fn an_edit_reaches_hosts_behind_a_gateway() {
     p.wait_line(&format!("wrote 3 bytes to {}", target.display()), LIMIT);
     crate::remote_run::edit_lands_live(&mut p, &g, &graph("two!"), &target);
 }
+
+// See: #5 (a host failing behind a working gateway fails alone, with the
+// gateway's own reason; the gateway's row still says gateway)
+#[test]
+fn a_host_failing_behind_a_gateway_fails_alone() {
+    let fleet = SshdFleet::start(3);
+    let d = Dir::new();
+    let gw = fleet.url(1);
+    let files = [
+        leaf(&d, &fleet, 2, std::slice::from_ref(&gw)),
+        leaf(&d, &fleet, 3, std::slice::from_ref(&gw)),
+    ];
+    // Host 3 is unknown: the gateway gets no known_hosts line for it.
+    let tag = format!("[{}]:{} ", fleet.ip(3), fleet.port());
+    let known: String = std::fs::read_to_string(&fleet.known_hosts)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with(&tag))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&fleet.known_hosts, known).unwrap();
+    let refs: Vec<&std::path::Path> = files.iter().map(|f| f.as_path()).collect();
+    let mut p = Proc::spawn(&mut remote_cmd(
+        &fleet,
+        &refs,
+        &["--converged-timeout", "2"],
+    ));
+    let code = p.wait(LIMIT);
+    let log = p.lines_so_far().join("\n");
+    assert_eq!(code, 1, "{log}");
+    let (two, three) = (
+        format!("{}/{}", fleet.ip(1), fleet.ip(2)),
+        format!("{}/{}", fleet.ip(1), fleet.ip(3)),
+    );
+    assert_eq!(row(&log, &two)[2], "converged", "{log}");
+    assert_eq!(row(&log, &three)[2], "failed:", "{log}");
+    assert_eq!(row(&log, fleet.ip(1))[2], "gateway", "{log}");
+    let full = log
+        .lines()
+        .find(|l| l.starts_with(&format!("{three}: ")))
+        .unwrap_or_else(|| panic!("no reason for {three}:\n{log}"));
+    assert!(
+        full.contains("is not in") && full.contains("known_hosts"),
+        "{full}"
+    );
+}
