@@ -77,11 +77,7 @@ pub async fn run(
             if matches!(own.result, RowResult::Failed(_)) && !below.rows.is_empty() {
                 own.result = RowResult::Gateway;
             }
-            own.hop.connect_ms = p.connect.as_millis() as u64;
-            own.hop.copy_ms = p.copy.as_millis() as u64;
-            let wire = p.session.wire_sent();
-            host::teardown(&shared, p).await;
-            own.wire_sent = wire.load(std::sync::atomic::Ordering::Relaxed);
+            host::finish_placed(&shared, p, &mut own).await;
         }
         Err(_) if cancel.is_cancelled() => {}
         Err(why) => own.result = RowResult::Failed(why),

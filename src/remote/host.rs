@@ -178,11 +178,7 @@ pub async fn run(
             events: events.clone(),
         };
         report.result = supervise(&shared, &p, launch, &cancel, &mut report).await;
-        report.hop.connect_ms = p.connect.as_millis() as u64;
-        report.hop.copy_ms = p.copy.as_millis() as u64;
-        let wire = p.session.wire_sent();
-        teardown(&shared, p).await;
-        report.wire_sent = wire.load(Ordering::Relaxed);
+        finish_placed(&shared, p, &mut report).await;
     }
     // Every host ends, placed or not: it no longer holds up convergence.
     let _ = events.send(HostEvent::Ended(name.clone())).await;
@@ -595,8 +591,18 @@ async fn bridge(mut tunnel: ReverseTunnel, secret: TunnelSecret, store: mpsc::Se
     }
 }
 
+/// Records the hop's set-up times, tears the host down, then records every
+/// byte its connection carried.
+pub(crate) async fn finish_placed(shared: &Shared, p: Placed, report: &mut HostReport) {
+    report.hop.connect_ms = p.connect.as_millis() as u64;
+    report.hop.copy_ms = p.copy.as_millis() as u64;
+    let wire = p.session.wire_sent();
+    teardown(shared, p).await;
+    report.wire_sent = wire.load(Ordering::Relaxed);
+}
+
 /// Removes what the run put on the host, in reverse order of set-up.
-pub(crate) async fn teardown(shared: &Shared, p: Placed) {
+async fn teardown(shared: &Shared, p: Placed) {
     if let Err(e) = p
         .sftp
         .remove_run_dir(&p.cached.prefix, &shared.run_id)

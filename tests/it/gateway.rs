@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::remote_run::{mgmt_children, parent_pid, procs_with, read, remote_cmd, LIMIT};
+use crate::remote_run::{mgmt_children, parent_pid, procs_with, read, remote_cmd, row, LIMIT};
 use crate::util::eventually;
 use crate::util::sshd::{keygen, Agent, SshdFleet};
 use crate::util::{Dir, Proc};
@@ -28,23 +28,6 @@ fn leaf(d: &Dir, fleet: &SshdFleet, i: usize, via: &[String]) -> PathBuf {
     )
 }
 
-/// The summary row whose route is `route`: [host, route, result, sent, cache].
-fn row(log: &str, route: &str) -> Vec<String> {
-    let w: Vec<&str> = log
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|w| w.len() >= 7 && w[1] == route)
-        .unwrap_or_else(|| panic!("no summary row for {route} in:\n{log}"));
-    let n = w.len();
-    vec![
-        w[0].into(),
-        w[1].into(),
-        w[2].into(),
-        w[n - 4..n - 2].join(" "),
-        w[n - 2].into(),
-    ]
-}
-
 /// The exact byte counts of the summary's "binary sent:" line, per hop.
 fn bytes_per_hop(log: &str) -> Vec<u64> {
     let line = log
@@ -55,6 +38,15 @@ fn bytes_per_hop(log: &str) -> Vec<u64> {
         .skip(1)
         .map(|p| p.split(" B)").next().unwrap().parse().unwrap())
         .collect()
+}
+
+/// `mgmt run --remote` of `files` with `--converged-timeout 2`, to its end:
+/// the exit code and the log.
+fn run_to_the_end(fleet: &SshdFleet, files: &[PathBuf]) -> (i32, String) {
+    let refs: Vec<&std::path::Path> = files.iter().map(|f| f.as_path()).collect();
+    let mut p = Proc::spawn(&mut remote_cmd(fleet, &refs, &["--converged-timeout", "2"]));
+    let code = p.wait(LIMIT);
+    (code, p.lines_so_far().join("\n"))
 }
 
 fn no_keys_in_home(fleet: &SshdFleet, i: usize) {
@@ -190,14 +182,7 @@ fn a_gateway_with_a_wrong_host_key_fails_its_group_only() {
         })
         .collect();
     std::fs::write(&fleet.known_hosts, known).unwrap();
-    let refs: Vec<&std::path::Path> = files.iter().map(|f| f.as_path()).collect();
-    let mut p = Proc::spawn(&mut remote_cmd(
-        &fleet,
-        &refs,
-        &["--converged-timeout", "2"],
-    ));
-    let code = p.wait(LIMIT);
-    let log = p.lines_so_far().join("\n");
+    let (code, log) = run_to_the_end(&fleet, &files);
     assert_eq!(code, 1, "{log}");
     for i in [3, 4] {
         assert_eq!(
@@ -339,14 +324,7 @@ fn a_host_failing_behind_a_gateway_fails_alone() {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(&fleet.known_hosts, known).unwrap();
-    let refs: Vec<&std::path::Path> = files.iter().map(|f| f.as_path()).collect();
-    let mut p = Proc::spawn(&mut remote_cmd(
-        &fleet,
-        &refs,
-        &["--converged-timeout", "2"],
-    ));
-    let code = p.wait(LIMIT);
-    let log = p.lines_so_far().join("\n");
+    let (code, log) = run_to_the_end(&fleet, &files);
     assert_eq!(code, 1, "{log}");
     let (two, three) = (
         format!("{}/{}", fleet.ip(1), fleet.ip(2)),
