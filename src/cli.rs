@@ -152,4 +152,15 @@ pub struct RunArgs {
     /// on every store connection (internal: set by the parent).
     #[arg(long, hide = true, requires = "seeds")]
     pub tunnel_secret_stdin: bool,
+
+    /// The per-run directory the parent made on this host for this process
+    /// (its graphs); removed when the run ends, so that a child whose link
+    /// was cut leaves nothing behind (internal: set by the parent).
+    #[arg(
+        long,
+        hide = true,
+        value_name = "DIR",
+        requires = "tunnel_secret_stdin"
+    )]
+    pub run_dir: Option<std::path::PathBuf>,
 }

@@ -81,6 +81,8 @@ pub struct Config {
     pub depth: u32,
     /// The store is reached through a tunnel that wants the secret from stdin.
     pub tunnel_secret_stdin: bool,
+    /// `--run-dir`: removed when the run ends.
+    pub run_dir: Option<PathBuf>,
     /// `--remote` graphs and how to reach their hosts.
     pub remote: Option<Plan>,
 }
@@ -149,6 +151,7 @@ impl Config {
             store,
             depth: args.depth,
             tunnel_secret_stdin: args.tunnel_secret_stdin,
+            run_dir: args.run_dir.clone(),
             remote,
         })
     }

@@ -189,6 +189,9 @@ pub async fn run(cfg: Config, ui: Ui, cancel: CancellationToken) -> anyhow::Resu
             ui.trace(&rows);
         }
     }
+    if let Some(dir) = &cfg.run_dir {
+        remove_run_dir(dir);
+    }
     if let Some(e) = failure {
         return Err(e);
     }
@@ -259,6 +262,25 @@ async fn connect_world(
     let url = seeds.first().context("--seeds is empty")?;
     let world = World::connect_tunnel(url, &secret, &cfg.hostname).await?;
     Ok((world, Some(secret)))
+}
+
+/// Removes the per-run directory the parent made for this process: its
+/// files (the parent makes no subdirectories there), the directory, and
+/// `run/` above it if that is now empty. Whatever fails is left for the
+/// parent's own cleanup, which tolerates a directory already gone.
+fn remove_run_dir(dir: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_file()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    if std::fs::remove_dir(dir).is_ok() {
+        if let Some(parent) = dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
 }
 
 /// Where the hosts' tunnel connections go: the embedded store, or, in a

@@ -233,7 +233,7 @@ fn take_record(ui: &crate::ui::Ui, gw: &str, r: Record, below: &mut Below) -> Op
 /// The gateway's command line: its group's graphs and the run's flags.
 fn gateway_args(shared: &Shared, gw: &GatewayPlan, dir: &str) -> Vec<String> {
     let plan = &shared.plan;
-    let mut a = words(&["run", "--hostname", &gw.name]);
+    let mut a = words(&["run", "--hostname", &gw.name, "--run-dir", dir]);
     for i in 0..gw.files.len() {
         a.extend(words(&["--remote", &format!("{dir}/g{i}.yaml")]));
     }

@@ -540,6 +540,9 @@ async fn kill(p: &Placed, child: &RemoteChild, signal: KillSignal) {
 /// becomes the tunnel port).
 fn child_args(shared: &Shared, host: &HostPlan, graph: &str) -> Vec<String> {
     let mut a = words(&["run", "--hostname", &host.name, "--file", graph]);
+    if let Some((dir, _)) = graph.rsplit_once('/') {
+        a.extend(words(&["--run-dir", dir]));
+    }
     a.extend(common_args(shared));
     a
 }

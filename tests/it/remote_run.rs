@@ -546,6 +546,14 @@ fn a_dropped_link_stops_the_child() {
         "the child outlived its link: {:?}",
         procs_with(&needle)
     );
+    // The child removed its own per-run files: nobody else could.
+    let run = fleet.home(1).join(".cache/mgmt/run");
+    assert!(
+        eventually(Duration::from_secs(30), || std::fs::read_dir(&run)
+            .map(|d| d.count() == 0)
+            .unwrap_or(true)),
+        "per-run files left after the link dropped"
+    );
 }
 
 // See: #4 (a second ^C exits at once; the children stop by themselves
