@@ -237,11 +237,8 @@ fn nothing_left(fleet: &SshdFleet, hosts: &[usize], clean: &[usize]) {
         );
     }
     for i in clean {
-        let run = fleet.home(*i).join(".cache/mgmt/run");
         assert!(
-            eventually(Duration::from_secs(30), || std::fs::read_dir(&run)
-                .map(|d| d.count() == 0)
-                .unwrap_or(true)),
+            crate::remote_run::run_files_go(&fleet.home(*i)),
             "per-run files left on host {i}"
         );
     }

@@ -547,13 +547,20 @@ fn a_dropped_link_stops_the_child() {
         procs_with(&needle)
     );
     // The child removed its own per-run files: nobody else could.
-    let run = fleet.home(1).join(".cache/mgmt/run");
     assert!(
-        eventually(Duration::from_secs(30), || std::fs::read_dir(&run)
-            .map(|d| d.count() == 0)
-            .unwrap_or(true)),
+        run_files_go(&fleet.home(1)),
         "per-run files left after the link dropped"
     );
+}
+
+/// Whether `home`'s per-run directories are gone (or empty) within 30 s.
+pub(crate) fn run_files_go(home: &Path) -> bool {
+    let run = home.join(".cache/mgmt/run");
+    eventually(Duration::from_secs(30), || {
+        std::fs::read_dir(&run)
+            .map(|d| d.count() == 0)
+            .unwrap_or(true)
+    })
 }
 
 // See: #4 (a second ^C exits at once; the children stop by themselves
