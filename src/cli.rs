@@ -25,6 +25,52 @@ pub enum Command {
     /// Apply a resource graph here and keep it applied.
     #[command(visible_alias = "r")]
     Run(RunArgs),
+    /// Serve many emulated SSH hosts from this one process (for measuring
+    /// runs at scale); each runs the real engine for `mgmt run` in-process.
+    Emulate(EmulateArgs),
+}
+
+/// Flags of `mgmt emulate`.
+#[derive(Debug, Args, Clone)]
+pub struct EmulateArgs {
+    /// How many hosts to emulate.
+    #[arg(long, value_name = "N")]
+    pub hosts: usize,
+
+    /// The first host's address; the others follow it (127.0.0.0/8 only).
+    #[arg(long, value_name = "ADDR", default_value = "127.20.0.1")]
+    pub first_address: std::net::Ipv4Addr,
+
+    /// The SSH port every host listens on.
+    #[arg(long, default_value_t = 2222)]
+    pub port: u16,
+
+    /// Directory holding every host's files (`ROOT/<host>/`, its home is
+    /// `ROOT/<host>/home`) and the uploads, stored once per content.
+    #[arg(long, value_name = "DIR")]
+    pub root: PathBuf,
+
+    /// Public keys allowed to log in (OpenSSH format, one per line).
+    #[arg(long, value_name = "FILE")]
+    pub authorized_keys: PathBuf,
+
+    /// Write the hosts' keys here, as known_hosts lines.
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts_out: PathBuf,
+
+    /// Write the hosts' URLs here, one `ssh://USER@ADDR:PORT` per line.
+    #[arg(long, value_name = "FILE")]
+    pub hosts_out: Option<PathBuf>,
+
+    /// Rewrite this JSON file every second with per-host and total
+    /// counters (connections, bytes in and out, children, converged).
+    #[arg(long, value_name = "FILE")]
+    pub stats: Option<PathBuf>,
+
+    /// The user named in the URLs written to --hosts-out (any user is
+    /// accepted with an authorized key).
+    #[arg(long, default_value = "root")]
+    pub user: String,
 }
 
 /// Flags of `mgmt run`.

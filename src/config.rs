@@ -85,6 +85,9 @@ pub struct Config {
     pub run_dir: Option<PathBuf>,
     /// `--remote` graphs and how to reach their hosts.
     pub remote: Option<Plan>,
+    /// Where `file` resources' absolute paths are rooted: `/`, or a host's
+    /// own directory when `mgmt emulate` runs many hosts in one process.
+    pub root: PathBuf,
 }
 
 impl Config {
@@ -153,6 +156,7 @@ impl Config {
             tunnel_secret_stdin: args.tunnel_secret_stdin,
             run_dir: args.run_dir.clone(),
             remote,
+            root: "/".into(),
         })
     }
 }

@@ -22,9 +22,12 @@
 //!   tunnel) and the fan-out that runs a graph on many hosts, directly or
 //!   through gateways (route records, an agent served to gateways).
 //! - [`ui`]: progress bars, prefixed host lines, the end-of-run summary.
+//! - [`emulate`]: `mgmt emulate`, many SSH hosts in one process, each
+//!   running the real engine in-process, for measuring runs at scale.
 
 pub mod cli;
 pub mod config;
+pub mod emulate;
 pub mod engine;
 pub mod fswatch;
 pub mod graph;

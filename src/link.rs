@@ -98,9 +98,61 @@ pub async fn stop_on_eof<R: AsyncRead + Unpin>(
     root.cancel();
 }
 
+/// Opens one byte stream to the parent's end of the tunnel. A real child
+/// dials the forwarded port over TCP; a host emulated in-process
+/// (`mgmt emulate`) opens the SSH channel itself.
+pub type Dial = std::sync::Arc<
+    dyn Fn() -> futures::future::BoxFuture<'static, std::io::Result<DialStream>> + Send + Sync,
+>;
+
+/// What a [`Dial`] returns.
+pub type DialStream = Box<dyn Duplex>;
+
+/// A byte stream both ways.
+pub trait Duplex: AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Duplex for T {}
+
+/// How a child (`--depth` >= 1) is joined to its parent: its stdin, and how
+/// to reach the tunnel (`None`: TCP to the `--seeds` URL).
+pub struct ParentLink {
+    pub stdin: Box<dyn AsyncRead + Send + Unpin>,
+    pub dial: Option<Dial>,
+    /// Kept equal to the local engine's converged state, for whoever runs
+    /// this child in-process (the emulator's counters).
+    pub engine_converged: Option<Arc<AtomicBool>>,
+}
+
+impl ParentLink {
+    /// A real process's link: its stdin, TCP to the tunnel port.
+    pub fn stdio() -> ParentLink {
+        ParentLink {
+            stdin: Box::new(tokio::io::stdin()),
+            dial: None,
+            engine_converged: None,
+        }
+    }
+}
+
+/// The [`Dial`] of a real child: TCP to `addr` (`host:port`).
+pub fn tcp_dial(addr: String) -> Dial {
+    std::sync::Arc::new(move || {
+        let addr = addr.clone();
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect(&addr).await?;
+            stream.set_nodelay(true)?;
+            Ok(Box::new(stream) as DialStream)
+        })
+    })
+}
+
 /// An etcd client whose every connection to `url` (`http://host:port`)
-/// starts with the secret preamble.
-pub async fn connect_store(url: &str, secret: &Secret) -> Result<etcd_client::Client, LinkError> {
+/// starts with the secret preamble; `dial` opens the connections (default:
+/// TCP to `url`).
+pub async fn connect_store(
+    url: &str,
+    secret: &Secret,
+    dial: Option<Dial>,
+) -> Result<etcd_client::Client, LinkError> {
     let bad = |reason: String| LinkError::Url {
         url: url.to_owned(),
         reason,
@@ -117,11 +169,11 @@ pub async fn connect_store(url: &str, secret: &Secret) -> Result<etcd_client::Cl
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5));
     let preamble = secret.0.clone();
+    let dial = dial.unwrap_or_else(|| tcp_dial(addr));
     let connector = tower::service_fn(move |_uri: tonic::transport::Uri| {
-        let (addr, preamble) = (addr.clone(), preamble.clone());
+        let (dial, preamble) = (dial.clone(), preamble.clone());
         async move {
-            let mut stream = tokio::net::TcpStream::connect(&addr).await?;
-            stream.set_nodelay(true)?;
+            let mut stream = dial().await?;
             stream.write_all(preamble.as_bytes()).await?;
             Ok::<_, std::io::Error>(TokioIo::new(stream))
         }

@@ -13,7 +13,10 @@ use mgmt::config::{Config, ConfigError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Command::Run(args) = &cli.command;
+    let args = match &cli.command {
+        Command::Run(args) => args,
+        Command::Emulate(args) => return emulate(cli.verbose, args),
+    };
     // Logs go through the UI so they never tear progress bars or host lines.
     // A gateway (a remote run started by another) reports to its parent in
     // route records instead of drawing bars.
@@ -69,6 +72,54 @@ fn main() -> ExitCode {
         }
     });
     // Don't wait for blocking threads (e.g. a stuck inotify read) at exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    ExitCode::from(code)
+}
+
+/// `mgmt emulate`: serve until SIGINT or SIGTERM. In-process children log
+/// here, so only warnings by default.
+fn emulate(verbose: u8, args: &mgmt::cli::EmulateArgs) -> ExitCode {
+    let default = match verbose {
+        0 => "warn",
+        1 => "mgmt=info,warn",
+        _ => "mgmt=debug,info",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let opts = mgmt::emulate::Options {
+        hosts: args.hosts,
+        first: args.first_address,
+        port: args.port,
+        root: args.root.clone(),
+        authorized_keys: args.authorized_keys.clone(),
+        known_hosts: args.known_hosts_out.clone(),
+        hosts_file: args.hosts_out.clone(),
+        stats: args.stats.clone(),
+        user: args.user.clone(),
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mgmt: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = rt.block_on(async {
+        let root = CancellationToken::new();
+        let signals = tokio::spawn(mgmt::shutdown::on_signals(root.clone()));
+        let r = mgmt::emulate::run(opts, root).await;
+        signals.abort();
+        match r {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("mgmt emulate: {e}");
+                2
+            }
+        }
+    });
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     ExitCode::from(code)
 }

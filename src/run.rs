@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, StoreMode};
 use crate::engine::Status;
+use crate::link::ParentLink;
 use crate::remote::fanout::{self, TunnelConn, Wiring};
 use crate::remote::host::{ChildFlags, HostEvent, HostReport};
 use crate::remote::tunnel::TunnelSecret;
@@ -79,15 +80,32 @@ impl<T> Drop for Task<T> {
 /// Runs until converged (with a timeout), cancelled, out of time, or (for
 /// remote runs without a local graph) every host ended.
 pub async fn run(cfg: Config, ui: Ui, cancel: CancellationToken) -> anyhow::Result<Outcome> {
+    run_linked(cfg, ui, cancel, ParentLink::stdio()).await
+}
+
+/// [`run`], with the link to the parent given (a child's stdin and its way
+/// to the tunnel): how `mgmt emulate` runs a host's child in-process.
+pub async fn run_linked(
+    cfg: Config,
+    ui: Ui,
+    cancel: CancellationToken,
+    link: ParentLink,
+) -> anyhow::Result<Outcome> {
     let store_cancel = CancellationToken::new();
     let (seeds, store) = start_store(&cfg.store, &store_cancel).await?;
     // Set when the run ends because the cluster converged: by the run loop
     // here, or, in a gateway, by its parent's word on stdin.
     let converged_flag = Arc::new(AtomicBool::new(false));
-    let (mut world, secret) = connect_world(&cfg, &seeds, &cancel, &converged_flag).await?;
+    let dial = link.dial.clone();
+    let engine_converged = link.engine_converged.clone();
+    let (mut world, secret) = connect_world(&cfg, &seeds, &cancel, &converged_flag, link).await?;
     let mut local = match &cfg.file {
         Some(file) => Some(local::Local::start(&cfg, file, world.clone()).await?),
         None => None,
+    };
+    let _mirror = match (&local, engine_converged) {
+        (Some(l), Some(flag)) => Some(Task(tokio::spawn(mirror_converged(l.status.clone(), flag)))),
+        _ => None,
     };
 
     let remote_cancel = CancellationToken::new();
@@ -103,7 +121,7 @@ pub async fn run(cfg: Config, ui: Ui, cancel: CancellationToken) -> anyhow::Resu
         let (tunnels_tx, tunnels_rx) = mpsc::channel(64);
         tunnel_server = Some(serve_tunnels(
             &store,
-            &seeds,
+            (&seeds, dial),
             &secret,
             tunnels_rx,
             &store_cancel,
@@ -202,6 +220,17 @@ pub async fn run(cfg: Config, ui: Ui, cancel: CancellationToken) -> anyhow::Resu
     })
 }
 
+/// Keeps `flag` equal to the engine's converged state.
+async fn mirror_converged(mut status: watch::Receiver<Status>, flag: Arc<AtomicBool>) {
+    loop {
+        let converged = status.borrow_and_update().converged;
+        flag.store(converged, Ordering::Relaxed);
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 fn summary(hosts: &[HostReport]) -> Vec<SummaryRow> {
     hosts
         .iter()
@@ -240,11 +269,12 @@ async fn connect_world(
     seeds: &[String],
     root: &CancellationToken,
     converged: &Arc<AtomicBool>,
+    link: ParentLink,
 ) -> anyhow::Result<(World, Option<crate::link::Secret>)> {
     if cfg.depth == 0 {
         return Ok((World::connect(seeds, &cfg.hostname).await?, None));
     }
-    let stdin = tokio::io::stdin();
+    let stdin = link.stdin;
     if !cfg.tunnel_secret_stdin {
         tokio::spawn(crate::link::stop_on_eof(
             stdin,
@@ -260,8 +290,8 @@ async fn connect_world(
         converged.clone(),
     ));
     let url = seeds.first().context("--seeds is empty")?;
-    let world = World::connect_tunnel(url, &secret, &cfg.hostname).await?;
-    Ok((world, Some(secret)))
+    let client = crate::link::connect_store(url, &secret, link.dial).await?;
+    Ok((World::from_client(client, &cfg.hostname), Some(secret)))
 }
 
 /// Removes the per-run directory the parent made for this process: its
@@ -287,7 +317,7 @@ fn remove_run_dir(dir: &std::path::Path) {
 /// gateway, on up the tunnel it was started through.
 fn serve_tunnels(
     store: &Option<StoreHandle>,
-    seeds: &[String],
+    (seeds, dial): (&[String], Option<crate::link::Dial>),
     secret: &Option<crate::link::Secret>,
     tunnels: mpsc::Receiver<crate::remote::Stream>,
     cancel: &CancellationToken,
@@ -311,9 +341,10 @@ fn serve_tunnels(
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .to_owned();
+    let dial = dial.unwrap_or_else(|| crate::link::tcp_dial(upstream));
     let secret = TunnelSecret::inherited(secret);
     Ok(Task(tokio::spawn(crate::remote::tunnel::relay(
-        tunnels, upstream, secret, c,
+        tunnels, dial, secret, c,
     ))))
 }
 

@@ -79,7 +79,7 @@ impl World {
         hostname: &str,
     ) -> Result<World, crate::link::LinkError> {
         Ok(World::from_client(
-            crate::link::connect_store(url, secret).await?,
+            crate::link::connect_store(url, secret, None).await?,
             hostname,
         ))
     }

@@ -44,7 +44,7 @@ pub mod sftp;
 pub mod ssh;
 pub mod target;
 pub mod tunnel;
-mod wire;
+pub(crate) mod wire;
 
 use std::fmt;
 

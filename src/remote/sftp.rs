@@ -118,6 +118,32 @@ impl CachedBinary {
         ))
     }
 
+    /// The inverse of [`Self::launch_command`]: the cache directory, the
+    /// expected hash and the arguments of a launch command line, or `None`
+    /// if `cmd` is not exactly one (`mgmt emulate` runs only these).
+    pub fn parse_launch(cmd: &str) -> Option<(String, String, Vec<String>)> {
+        let rest = cmd.strip_prefix("cd ")?;
+        let (dir_q, rest) = rest.split_once(" && { h=$(openssl dgst ")?;
+        let (_, rest) = rest.split_once("[ \"${h%% *}\" = ")?;
+        let (sha_q, rest) = rest.split_once(" ] && exec ./")?;
+        let argv_q = rest.strip_prefix(BIN_NAME)?.strip_prefix(' ')?;
+        let dir = single_word(dir_q)?;
+        let sha = single_word(sha_q)?;
+        let argv_q = argv_q.rsplit_once("; echo ")?.0;
+        let args = shlex::split(argv_q)?;
+        let probe = CachedBinary {
+            prefix: String::new(),
+            dir: dir.clone(),
+            path: String::new(),
+            sha256: sha.clone(),
+            hit: true,
+            bytes_sent: 0,
+            fallback: false,
+        };
+        // Only a command this process would have built is accepted.
+        (probe.launch_command(&args)? == cmd).then_some((dir, sha, args))
+    }
+
     /// Start the binary with `args` through [`Self::launch_command`].
     pub async fn launch<S: AsRef<str>>(
         &self,
@@ -135,6 +161,11 @@ impl CachedBinary {
         };
         session.exec(&cmd, opts).await
     }
+}
+
+fn single_word(quoted: &str) -> Option<String> {
+    let mut w = shlex::split(quoted)?;
+    (w.len() == 1).then(|| w.remove(0))
 }
 
 /// Why an upload or cleanup failed.
@@ -769,6 +800,35 @@ mod launch_tests {
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
         )
+    }
+
+    #[test]
+    fn a_launch_command_parses_back_to_its_parts() {
+        let cached = CachedBinary {
+            prefix: "/h/.cache/mgmt".into(),
+            dir: "/h/.cache/mgmt/bin/ab cd".into(),
+            path: String::new(),
+            sha256: "ab".repeat(32),
+            hit: true,
+            bytes_sent: 0,
+            fallback: false,
+        };
+        let args = [
+            "run",
+            "--file",
+            "/x y/g.yaml; echo",
+            "--seeds=http://127.0.0.1:{port}",
+        ];
+        let cmd = cached.launch_command(&args).expect("quotable");
+        let (dir, sha, got) = CachedBinary::parse_launch(&cmd).expect("parses");
+        assert_eq!(
+            (dir.as_str(), sha.as_str()),
+            (cached.dir.as_str(), cached.sha256.as_str())
+        );
+        assert_eq!(got, args);
+        // Anything else is refused, including a launch with a tail added.
+        assert!(CachedBinary::parse_launch(&format!("{cmd}; rm -rf /")).is_none());
+        assert!(CachedBinary::parse_launch("cd /tmp && ls").is_none());
     }
 
     #[test]

@@ -231,6 +231,9 @@ pub(crate) struct Shared {
     pub(crate) tasks: TaskTracker,
     /// Cancels the proxy tasks.
     pub(crate) cancel: CancellationToken,
+    /// Resolves when russh's session task has ended (its handler dropped),
+    /// so every byte it will ever write has been counted.
+    pub(crate) ended: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
 }
 
 /// The russh client handler: host key check and channels the server opens.
@@ -238,6 +241,8 @@ pub(crate) struct ClientHandler {
     host: String,
     port: u16,
     known: KnownHosts,
+    /// Dropped with the handler, when the session task ends.
+    _ended: tokio::sync::oneshot::Sender<()>,
     shared: Arc<Shared>,
 }
 
@@ -415,11 +420,14 @@ pub async fn connect_with(
         attempt += 1;
         timings.attempts = attempt;
         let shared = Arc::new(Shared::default());
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
+        *super::lock(&shared.ended) = Some(ended_rx);
         let handler = ClientHandler {
             host: target.host.clone(),
             port: target.port,
             known: settings.known_hosts.clone(),
             shared: shared.clone(),
+            _ended: ended_tx,
         };
         let sent = shared.wire_sent.clone();
         let once = handshake(&addrs, config.clone(), handler, sent, &mut timings);
@@ -747,7 +755,24 @@ impl RemoteChild {
 }
 
 /// The marker before the pid line of `report_pid`.
-const PID_MARKER: &str = "mgmt-pid:";
+pub(crate) const PID_MARKER: &str = "mgmt-pid:";
+
+/// `command` run so that its pid is printed first (`exec` keeps the pid:
+/// the one printed is the one that runs the command).
+fn pid_wrapped(command: &str) -> String {
+    format!(
+        "echo {PID_MARKER}$$ && exec /bin/sh -c {}",
+        super::shell_quote(command).unwrap_or_default()
+    )
+}
+
+/// The inverse of [`pid_wrapped`]: the command inside, if `line` is one.
+pub(crate) fn pid_unwrapped(line: &str) -> Option<String> {
+    let quoted = line.strip_prefix(&format!("echo {PID_MARKER}$$ && exec /bin/sh -c "))?;
+    let mut words = shlex::split(quoted)?;
+    let command = (words.len() == 1).then(|| words.remove(0))?;
+    (pid_wrapped(&command) == line).then_some(command)
+}
 
 impl Session {
     /// The host this session is connected to.
@@ -796,12 +821,7 @@ impl Session {
             channel.agent_forward(false).await.map_err(start)?;
         }
         let line = if opts.report_pid {
-            // `exec` keeps the pid: the one printed is the one that runs
-            // the command.
-            format!(
-                "echo {PID_MARKER}$$ && exec /bin/sh -c {}",
-                super::shell_quote(command).unwrap_or_default()
-            )
+            pid_wrapped(command)
         } else {
             command.to_owned()
         };
@@ -880,6 +900,13 @@ impl Session {
             .await
         {
             tracing::debug!(host = %self.id, error = %e, "disconnect");
+        }
+        // The session task sends its last packets after `disconnect`
+        // returns; wait for it so the wire count is final.
+        let ended = super::lock(&self.shared.ended).take();
+        if let Some(ended) = ended {
+            drop(self.handle);
+            let _ = tokio::time::timeout(Duration::from_secs(2), ended).await;
         }
     }
 }

@@ -249,11 +249,11 @@ pub(crate) async fn proxy_agent(mut channel: Stream, socket: &Path) -> std::io::
 
 /// A gateway's side of the tunnel chain: every connection its children
 /// made (already past [`check_preamble`]) is carried to the gateway's own
-/// tunnel at `upstream` (`host:port`), presenting the secret there first,
+/// tunnel (opened by `upstream`), presenting the secret there first,
 /// until `cancel`. One task per connection, all stopped on return.
 pub async fn relay(
     mut incoming: mpsc::Receiver<Stream>,
-    upstream: String,
+    upstream: crate::link::Dial,
     secret: TunnelSecret,
     cancel: tokio_util::sync::CancellationToken,
 ) {
@@ -269,11 +269,12 @@ pub async fn relay(
         };
         let (upstream, secret) = (upstream.clone(), secret.clone());
         conns.spawn(async move {
-            let mut up = match tokio::net::TcpStream::connect(&upstream).await {
+            let mut up = match upstream().await {
                 Ok(up) => up,
-                Err(e) => return tracing::warn!("tunnel relay: cannot reach {upstream}: {e}"),
+                Err(e) => {
+                    return tracing::warn!("tunnel relay: cannot reach the parent's tunnel: {e}")
+                }
             };
-            let _ = up.set_nodelay(true);
             if up.write_all(secret.preamble()).await.is_ok() {
                 let _ = tokio::io::copy_bidirectional(&mut stream, &mut up).await;
             }

@@ -10,15 +10,29 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// A stream whose writes are counted in `sent`.
+/// A stream whose writes are counted in `sent` (and reads in `received`).
 pub(crate) struct Counted<S> {
     inner: S,
     sent: Arc<AtomicU64>,
+    received: Option<Arc<AtomicU64>>,
 }
 
 impl<S> Counted<S> {
     pub(crate) fn new(inner: S, sent: Arc<AtomicU64>) -> Self {
-        Self { inner, sent }
+        Self {
+            inner,
+            sent,
+            received: None,
+        }
+    }
+
+    /// Counts both ways.
+    pub(crate) fn both(inner: S, sent: Arc<AtomicU64>, received: Arc<AtomicU64>) -> Self {
+        Self {
+            inner,
+            sent,
+            received: Some(received),
+        }
     }
 }
 
@@ -28,7 +42,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), Some(received)) = (&r, &self.received) {
+            let n = buf.filled().len() - before;
+            received.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
     }
 }
 

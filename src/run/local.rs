@@ -48,7 +48,7 @@ impl Local {
         let engine_cfg = engine::Config {
             noop: cfg.noop,
             converged_timeout: cfg.converged_timeout,
-            root: "/".into(),
+            root: cfg.root.clone(),
         };
         let engine = Task(tokio::spawn(engine::run(
             engine_cfg,

@@ -1,0 +1,126 @@
+//! The commands an emulated host runs: exactly those `mgmt` sends, nothing
+//! else. The launch of a cached binary (its hash checked first, as the
+//! shell would) becomes an in-process child ([`super::child`]); `kill`
+//! signals such a child by its emulated pid; `id -u`, `sha256sum -- PATH`
+//! and `mv -f -- A B` are answered inside the host's directory. Any other
+//! command line fails with exit code 127 and says why on stderr.
+
+use std::sync::Arc;
+
+use russh::server::Msg;
+use russh::{ChannelReadHalf, ChannelWriteHalf};
+
+use super::child::{self, ChildCtx};
+use crate::remote::sftp::{CachedBinary, VERIFY_FAILED_EXIT};
+
+/// What a command writes back, and its exit code.
+pub(crate) struct Out<'a> {
+    pub write: &'a ChannelWriteHalf<Msg>,
+}
+
+impl Out<'_> {
+    pub async fn stdout(&self, text: &str) {
+        let _ = self.write.data_bytes(text.as_bytes().to_vec()).await;
+    }
+
+    pub async fn stderr(&self, text: &str) {
+        let _ = self
+            .write
+            .extended_data_bytes(1, text.as_bytes().to_vec())
+            .await;
+    }
+}
+
+/// Runs `line` (an exec request) to its end; returns its exit code.
+pub(crate) async fn run(
+    ctx: ChildCtx,
+    line: &str,
+    read: ChannelReadHalf,
+    write: Arc<ChannelWriteHalf<Msg>>,
+) -> u32 {
+    let out = Out { write: &write };
+    let (pid, command) = match crate::remote::ssh::pid_unwrapped(line) {
+        Some(inner) => {
+            let pid = ctx.emu.next_pid();
+            out.stdout(&format!("{}{pid}\n", crate::remote::ssh::PID_MARKER))
+                .await;
+            (pid, inner)
+        }
+        None => (ctx.emu.next_pid(), line.to_owned()),
+    };
+    if let Some((dir, sha, args)) = CachedBinary::parse_launch(&command) {
+        let Some(dir) = ctx.host.jail.resolve(&dir) else {
+            out.stderr("mgmt emulate: the cache directory is outside this host\n")
+                .await;
+            return 126;
+        };
+        let bin = dir.join("mgmt");
+        match ctx.emu.blobs.sha256(&bin) {
+            Ok(h) if h == sha => {}
+            _ => {
+                let msg = format!(
+                    "mgmt: {}/mgmt is missing or failed its sha-256 check; not running it\n",
+                    dir.display()
+                );
+                out.stderr(&msg).await;
+                return VERIFY_FAILED_EXIT;
+            }
+        }
+        return child::run(ctx.clone(), pid, bin, args, read, write.clone()).await;
+    }
+    let Some(words) = shlex::split(&command) else {
+        return refuse(&out, &command).await;
+    };
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["id", "-u"] => {
+            out.stdout(&format!("{}\n", nix::unistd::getuid())).await;
+            0
+        }
+        ["kill", signal, pid] => kill(&ctx, signal, pid),
+        ["sha256sum", "--", path] => match ctx.host.jail.resolve(path) {
+            Some(p) => match ctx.emu.blobs.sha256(&p) {
+                Ok(h) => {
+                    out.stdout(&format!("{h}  {path}\n")).await;
+                    0
+                }
+                Err(e) => {
+                    out.stderr(&format!("sha256sum: {path}: {e}\n")).await;
+                    1
+                }
+            },
+            None => 1,
+        },
+        ["mv", "-f", "--", from, to] => {
+            let (Some(from), Some(to)) = (ctx.host.jail.resolve(from), ctx.host.jail.resolve(to))
+            else {
+                return 1;
+            };
+            u32::from(std::fs::rename(from, to).is_err())
+        }
+        _ => refuse(&out, &command).await,
+    }
+}
+
+async fn refuse(out: &Out<'_>, command: &str) -> u32 {
+    let shown: String = command.chars().take(200).collect();
+    out.stderr(&format!(
+        "mgmt emulate: this emulated host runs only the commands mgmt sends \
+         (launch of a cached binary, kill, id -u, sha256sum, mv); refused: {shown}\n"
+    ))
+    .await;
+    127
+}
+
+/// `kill -INT|-TERM|-KILL PID`: 0 if that child of this host was signalled.
+fn kill(ctx: &ChildCtx, signal: &str, pid: &str) -> u32 {
+    let Ok(pid) = pid.parse::<u32>() else {
+        return 1;
+    };
+    let hard = match signal {
+        "-INT" | "-TERM" => false,
+        "-KILL" => true,
+        _ => return 1,
+    };
+    u32::from(!ctx.host.signal(pid, hard))
+}
