@@ -197,6 +197,9 @@ pub async fn run_linked(
         None => None,
     };
     store_cancel.cancel();
+    if let Some((store, _)) = &store {
+        log_store_stats(&store.stats());
+    }
     for task in tunnel_server.into_iter().chain(store.map(|(_, t)| t)) {
         let _ = (&mut { task }.0).await;
     }
@@ -218,6 +221,22 @@ pub async fn run_linked(
         hosts,
         reason,
     })
+}
+
+/// What the embedded store served during the run, in one line.
+fn log_store_stats(s: &crate::store::Stats) {
+    tracing::info!(
+        "store: {} puts, {} ranges, {} txns, {} deletes, {} watch events sent; {} keys, {} leases, about {} KiB at revision {}",
+        s.puts,
+        s.ranges,
+        s.txns,
+        s.deletes,
+        s.watch_events_sent,
+        s.keys,
+        s.leases,
+        s.approx_bytes / 1024,
+        s.revision
+    );
 }
 
 /// Keeps `flag` equal to the engine's converged state.

@@ -8,11 +8,11 @@
 //! it is refused as a permission error. Each host starts with `home/` and
 //! `tmp/`.
 //!
-//! Written files are stored once per content: an upload goes to a
-//! temporary file in the shared blob directory while it is hashed, and on
-//! close becomes a hard link to `<root>/.blobs/<sha256>` (moved there if it
-//! is new). 10,000 hosts receiving the same binary use one copy of it on
-//! disk. A blob is shared, so nothing here ever writes into an existing
+//! Written files are stored once per content: an upload is held in memory
+//! (or, past [`SPILL`], in a temporary file) while it is hashed, and on
+//! close becomes a hard link to `<root>/.blobs/<sha256>`, written only if
+//! that content is new. 10,000 hosts receiving the same binary use one copy
+//! of it on disk, and the other 9,999 copies never touch the disk. A blob is shared, so nothing here ever writes into an existing
 //! file: every write makes a new one.
 
 use std::collections::HashMap;
@@ -27,6 +27,9 @@ use russh_sftp::protocol::{
     Attrs, Data, File, FileAttributes, Handle, Name, OpenFlags, Status, StatusCode, Version,
 };
 use sha2::{Digest, Sha256};
+
+/// Uploads larger than this go to a temporary file instead of memory.
+const SPILL: usize = 32 << 20;
 
 /// Contents stored once, by SHA-256, and the hashes already computed.
 pub(crate) struct Blobs {
@@ -53,14 +56,24 @@ impl Blobs {
             .join(format!("{}-{n}", std::process::id()))
     }
 
-    /// Makes `target` a link to the blob holding `tmp`'s content (`sha`),
-    /// moving `tmp` into the store if that content is new.
-    fn commit(&self, tmp: &Path, sha: &str, target: &Path) -> std::io::Result<()> {
+    /// Makes `target` a link to the blob of `body` (`sha`), storing the
+    /// content first if it is new.
+    fn commit(&self, body: Body, sha: &str, target: &Path) -> std::io::Result<()> {
         let blob = self.dir.join(sha);
-        if fs::hard_link(tmp, &blob).is_err() && !blob.exists() {
-            fs::rename(tmp, &blob)?;
+        match body {
+            Body::Memory(bytes) if !blob.exists() => {
+                let tmp = self.tmp_path();
+                fs::write(&tmp, &bytes)?;
+                fs::rename(&tmp, &blob)?;
+            }
+            Body::Memory(_) => {}
+            Body::File(_, tmp) => {
+                if !blob.exists() {
+                    fs::rename(&tmp, &blob)?;
+                }
+                let _ = fs::remove_file(&tmp);
+            }
         }
-        let _ = fs::remove_file(tmp);
         // Link under a temporary name, then rename over the target, so a
         // reader never sees the target missing.
         let staged = self.tmp_path();
@@ -147,13 +160,72 @@ enum Open {
     Dir(Option<Vec<File>>),
 }
 
-/// A file being written: into a temporary blob, hashed as it comes.
+/// A file being written, hashed as it comes.
 struct Upload {
-    file: fs::File,
-    tmp: PathBuf,
+    body: Body,
     target: PathBuf,
     hasher: Option<Sha256>,
     next: u64,
+    mode: Option<u32>,
+}
+
+/// Where an upload's bytes are until it is closed.
+enum Body {
+    Memory(Vec<u8>),
+    File(fs::File, PathBuf),
+}
+
+impl Body {
+    fn write_at(&mut self, blobs: &Blobs, data: &[u8], offset: u64) -> std::io::Result<()> {
+        let end = offset as usize + data.len();
+        if let Body::Memory(bytes) = self {
+            if end <= SPILL {
+                if bytes.len() < end {
+                    bytes.resize(end, 0);
+                }
+                bytes[offset as usize..end].copy_from_slice(data);
+                return Ok(());
+            }
+            let tmp = blobs.tmp_path();
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            *self = Body::File(f, tmp);
+        }
+        match self {
+            Body::File(f, _) => f.write_all_at(data, offset),
+            Body::Memory(_) => Ok(()),
+        }
+    }
+
+    fn sha256(&self, blobs: &Blobs) -> std::io::Result<String> {
+        match self {
+            Body::Memory(bytes) => Ok(hex::encode(Sha256::digest(bytes))),
+            Body::File(_, tmp) => blobs.sha256(tmp),
+        }
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            Body::Memory(b) => b.len() as u64,
+            Body::File(f, _) => f.metadata().map(|m| m.len()).unwrap_or(0),
+        }
+    }
+}
+
+impl Upload {
+    fn write(&mut self, blobs: &Blobs, data: &[u8], offset: u64) -> std::io::Result<()> {
+        self.body.write_at(blobs, data, offset)?;
+        if offset == self.next {
+            if let Some(h) = self.hasher.as_mut() {
+                h.update(data);
+            }
+            self.next += data.len() as u64;
+        } else {
+            // Out of order: hash the whole content at close instead.
+            self.hasher = None;
+        }
+        Ok(())
+    }
 }
 
 /// The SFTP server of one session.
@@ -205,36 +277,35 @@ impl SftpServer {
     }
 
     fn start_upload(&self, target: PathBuf, flags: OpenFlags) -> Reply<Upload> {
-        let tmp = self.blobs.tmp_path();
-        let mut file = fs::File::create(&tmp).map_err(|e| io_code(&e))?;
-        let mut hasher = Sha256::new();
-        let mut next = 0;
-        if !flags.contains(OpenFlags::TRUNCATE) && target.is_file() {
+        let mut up = Upload {
+            body: Body::Memory(Vec::new()),
+            target,
+            hasher: Some(Sha256::new()),
+            next: 0,
+            mode: None,
+        };
+        if !flags.contains(OpenFlags::TRUNCATE) && up.target.is_file() {
             // Copy-on-write: the old content (possibly a shared blob) is
             // copied, never written into.
-            let old = fs::read(&target).map_err(|e| io_code(&e))?;
-            file.write_all(&old).map_err(|e| io_code(&e))?;
-            hasher.update(&old);
-            next = old.len() as u64;
+            let old = fs::read(&up.target).map_err(|e| io_code(&e))?;
+            up.write(&self.blobs, &old, 0).map_err(|e| io_code(&e))?;
         }
-        Ok(Upload {
-            file,
-            tmp,
-            target,
-            hasher: Some(hasher),
-            next,
-        })
+        Ok(up)
     }
 
     fn finish_upload(&self, u: Upload) -> Reply<()> {
-        drop(u.file);
         let sha = match u.hasher {
-            Some(h) => hex::encode(h.finalize()),
-            None => self.blobs.sha256(&u.tmp).map_err(|e| io_code(&e))?,
+            Some(h) if u.next == u.body.len() => hex::encode(h.finalize()),
+            _ => u.body.sha256(&self.blobs).map_err(|e| io_code(&e))?,
         };
         self.blobs
-            .commit(&u.tmp, &sha, &u.target)
-            .map_err(|e| io_code(&e))
+            .commit(u.body, &sha, &u.target)
+            .map_err(|e| io_code(&e))?;
+        if let Some(mode) = u.mode {
+            fs::set_permissions(&u.target, fs::Permissions::from_mode(mode))
+                .map_err(|e| io_code(&e))?;
+        }
+        Ok(())
     }
 }
 
@@ -324,18 +395,8 @@ impl russh_sftp::server::Handler for SftpServer {
         let Some(Open::Write(u)) = self.handles.get_mut(&handle) else {
             return Err(StatusCode::Failure);
         };
-        u.file
-            .write_all_at(&data, offset)
+        u.write(&self.blobs, &data, offset)
             .map_err(|e| io_code(&e))?;
-        if offset == u.next {
-            if let Some(h) = u.hasher.as_mut() {
-                h.update(&data);
-            }
-            u.next += data.len() as u64;
-        } else {
-            // Out of order: hash the whole file at close instead.
-            u.hasher = None;
-        }
         Ok(ok(id))
     }
 
@@ -357,13 +418,17 @@ impl russh_sftp::server::Handler for SftpServer {
 
     async fn fstat(&mut self, id: u32, handle: String) -> Reply<Attrs> {
         let md = match self.handles.get(&handle) {
-            Some(Open::Read(f)) => f.metadata(),
-            Some(Open::Write(u)) => u.file.metadata(),
+            Some(Open::Read(f)) => f.metadata().map_err(|e| io_code(&e))?,
+            Some(Open::Write(u)) => {
+                let mut attrs = FileAttributes::empty();
+                attrs.size = Some(u.body.len());
+                return Ok(Attrs { id, attrs });
+            }
             _ => return Err(StatusCode::Failure),
         };
         Ok(Attrs {
             id,
-            attrs: attrs_of(&md.map_err(|e| io_code(&e))?),
+            attrs: attrs_of(&md),
         })
     }
 
@@ -377,10 +442,10 @@ impl russh_sftp::server::Handler for SftpServer {
     }
 
     async fn fsetstat(&mut self, id: u32, handle: String, attrs: FileAttributes) -> Reply<Status> {
-        if let (Some(Open::Write(u)), Some(mode)) = (self.handles.get(&handle), attrs.permissions) {
-            u.file
-                .set_permissions(fs::Permissions::from_mode(mode & 0o7777))
-                .map_err(|e| io_code(&e))?;
+        if let (Some(Open::Write(u)), Some(mode)) =
+            (self.handles.get_mut(&handle), attrs.permissions)
+        {
+            u.mode = Some(mode & 0o7777);
         }
         Ok(ok(id))
     }
@@ -461,8 +526,8 @@ mod tests {
             let mut up = server
                 .start_upload(target.clone(), OpenFlags::TRUNCATE)
                 .unwrap();
-            up.file.write_all(b"same bytes").unwrap();
-            up.hasher.as_mut().unwrap().update(b"same bytes");
+            up.write(&blobs, b"same ", 0).unwrap();
+            up.write(&blobs, b"bytes", 5).unwrap();
             server.finish_upload(up).unwrap();
             links.push(fs::metadata(&target).unwrap().ino());
         }
