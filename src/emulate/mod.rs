@@ -260,8 +260,10 @@ pub async fn run(opts: Options, cancel: CancellationToken) -> Result<(), Emulate
             listener, cfg, emu, host, cancel,
         ))));
     }
-    println!(
-        "mgmt emulate: {} host(s) on {}..{} port {}; known_hosts: {}",
+    // On stderr with the logs; scripts can also wait for the known_hosts
+    // file, written once every host listens.
+    eprintln!(
+        "mgmt emulate: serving {} host(s) on {}..{} port {}; known_hosts: {}",
         hosts.len(),
         addrs[0],
         addrs[addrs.len() - 1],

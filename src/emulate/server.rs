@@ -37,16 +37,19 @@ impl Conn {
         }
     }
 
+    /// Accepts a key of the `authorized_keys` file; counts the others.
     fn authorized(&self, key: &russh::keys::PublicKey) -> Auth {
-        match self
+        if self
             .emu
             .authorized
             .iter()
             .any(|k| k.key_data() == key.key_data())
         {
-            true => Auth::Accept,
-            false => Auth::reject(),
+            return Auth::Accept;
         }
+        let refused = &self.host.counters.auth_refused;
+        refused.fetch_add(1, Ordering::Relaxed);
+        Auth::reject()
     }
 }
 
@@ -66,14 +69,7 @@ impl russh::server::Handler for Conn {
         _user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        let auth = self.authorized(key.public_key);
-        if matches!(auth, Auth::Reject { .. }) {
-            self.host
-                .counters
-                .auth_refused
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(auth)
+        Ok(self.authorized(key.public_key))
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
