@@ -11,16 +11,21 @@
 //! - `/_mgmt/converged/<host>`: `true` or `false`, attached to a lease the
 //!   process keeps alive, so a host that dies stops counting.
 //!
+//! Collecting reads and watches only the prefixes the entries' hostname
+//! globs allow ([`collect`]) and follows them incrementally ([`Follower`]).
+//!
 //! This module does not decide when to export or what converged means; the
 //! run loop does. Reading or watching these keys never touches the engine,
 //! so it never counts as activity.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions, WatchResponse,
-    WatchStream,
+    Client, ConnectOptions, EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    WatchResponse, WatchStream,
 };
 use serde_yaml_ng::{Mapping, Value};
 use tokio::sync::watch;
@@ -29,13 +34,24 @@ use tokio_util::sync::CancellationToken;
 use crate::graph::{Collect, Meta, Pos, ResourceDecl};
 use crate::resources;
 
+mod collect;
 mod converged;
+mod follow;
+#[cfg(test)]
+pub(crate) mod testing;
+
+pub use collect::glob_match;
+pub use follow::Follower;
 
 pub const EXPORTED: &str = "/_mgmt/exported/";
 pub const CONVERGED: &str = "/_mgmt/converged/";
 
 /// How long a host's converged key outlives a silent host.
 const LEASE_TTL_SECS: i64 = 10;
+/// Gets per read transaction: etcd refuses more than 128 operations in one
+/// (`--max-txn-ops`); a longer list of prefixes is read in several, at the
+/// first one's revision.
+const TXN_MAX_GETS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorldError {
@@ -54,6 +70,26 @@ pub enum WorldError {
 pub struct World {
     client: Client,
     hostname: String,
+    /// Shared by every clone, so a run's collect traffic can be counted.
+    counters: Arc<Counters>,
+}
+
+/// Store requests made for collecting (see [`World::collect_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CollectStats {
+    /// Read transactions under `/_mgmt/exported/`.
+    pub reads: u64,
+    /// Watchers created under `/_mgmt/exported/` (one per prefix).
+    pub watches: u64,
+    /// Watch events received by a [`Follower`].
+    pub events: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    reads: AtomicU64,
+    watches: AtomicU64,
+    events: AtomicU64,
 }
 
 impl World {
@@ -88,6 +124,7 @@ impl World {
         World {
             client,
             hostname: hostname.to_owned(),
+            counters: Arc::default(),
         }
     }
 
@@ -135,51 +172,87 @@ impl World {
     }
 
     /// Every exported resource matching a `collect` entry, from every host
-    /// (this one included), with the entry's pattern applied.
+    /// (this one included), with the entry's pattern applied. One fresh
+    /// read of the entries' prefixes; [`Follower`] keeps such a result
+    /// current without reading again.
     pub async fn collect(&mut self, collect: &[Collect]) -> Result<Vec<ResourceDecl>, WorldError> {
         if collect.is_empty() {
             return Ok(Vec::new());
         }
-        let resp = self
-            .client
-            .get(EXPORTED, Some(GetOptions::new().with_prefix()))
+        let prefixes = collect::prefixes(collect);
+        let (kvs, _) = self
+            .read_exported(&prefixes, |k| collect::matches(collect, k))
             .await?;
-        let mut out: BTreeMap<(&'static str, String), (String, ResourceDecl)> = BTreeMap::new();
-        for kv in resp.kvs() {
-            let key = String::from_utf8_lossy(kv.key());
-            let Some((host, kind, name)) = split_key(&key) else {
-                continue;
-            };
-            for c in collect.iter().filter(|c| c.kind.eq_ignore_ascii_case(kind)) {
-                if c.hostname.as_deref().is_some_and(|g| !glob_match(g, host)) {
+        Ok(collect::resolve(collect, &kvs))
+    }
+
+    /// The keys under `prefixes` that `keep` accepts, with their values,
+    /// all read at one revision, which is returned with them.
+    async fn read_exported(
+        &mut self,
+        prefixes: &[String],
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<(BTreeMap<String, Vec<u8>>, i64), WorldError> {
+        let mut out = BTreeMap::new();
+        // 0 reads the latest revision; later chunks read the first's.
+        let mut rev = 0;
+        for chunk in prefixes.chunks(TXN_MAX_GETS) {
+            let opts = GetOptions::new().with_prefix().with_revision(rev);
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|p| TxnOp::get(p.as_str(), Some(opts.clone())))
+                .collect();
+            self.counters.reads.fetch_add(1, Ordering::Relaxed);
+            let resp = self.client.txn(Txn::new().and_then(ops)).await?;
+            if rev == 0 {
+                rev = resp.header().map_or(0, |h| h.revision());
+            }
+            for op in resp.op_responses() {
+                let TxnOpResponse::Get(get) = op else {
                     continue;
-                }
-                match decode(kind, name, kv.value(), c.pattern.as_deref()) {
-                    Ok(decl) => {
-                        let slot = (decl.kind, decl.name.clone());
-                        match out.get(&slot) {
-                            Some((other, prev)) if prev.params != decl.params => {
-                                tracing::warn!("{}: exported by both {other} and {host} with different fields; using {other}'s", decl.id());
-                            }
-                            Some(_) => {}
-                            None => {
-                                out.insert(slot, (host.to_owned(), decl));
-                            }
-                        }
+                };
+                for kv in get.kvs() {
+                    let key = String::from_utf8_lossy(kv.key());
+                    if keep(&key) {
+                        out.insert(key.into_owned(), kv.value().to_vec());
                     }
-                    Err(e) => tracing::warn!("{key}: cannot collect: {e}"),
                 }
             }
         }
-        Ok(out.into_values().map(|(_, d)| d).collect())
+        Ok((out, rev))
     }
 
-    /// A stream with an event for every change under `/_mgmt/exported/`.
-    pub async fn watch_exported(&mut self) -> Result<WatchStream, WorldError> {
-        Ok(self
+    /// One watch stream with a watcher per prefix, from revision `from`.
+    async fn watch_exported(
+        &mut self,
+        prefixes: &[String],
+        from: i64,
+    ) -> Result<WatchStream, WorldError> {
+        let opts = WatchOptions::new().with_prefix().with_start_revision(from);
+        let (first, rest) = prefixes
+            .split_first()
+            .ok_or_else(|| etcd_client::Error::WatchError("nothing to watch".into()))?;
+        self.counters.watches.fetch_add(1, Ordering::Relaxed);
+        let mut stream = self
             .client
-            .watch(EXPORTED, Some(WatchOptions::new().with_prefix()))
-            .await?)
+            .watch(first.as_str(), Some(opts.clone()))
+            .await?;
+        for p in rest {
+            self.counters.watches.fetch_add(1, Ordering::Relaxed);
+            stream.watch(p.as_str(), Some(opts.clone())).await?;
+        }
+        Ok(stream)
+    }
+
+    /// What this handle and its clones asked of the store under
+    /// `/_mgmt/exported/` for collecting, so far.
+    pub fn collect_stats(&self) -> CollectStats {
+        let c = &self.counters;
+        CollectStats {
+            reads: c.reads.load(Ordering::Relaxed),
+            watches: c.watches.load(Ordering::Relaxed),
+            events: c.events.load(Ordering::Relaxed),
+        }
     }
 
     /// Every host's published converged state, and the revision it was
@@ -258,17 +331,6 @@ pub fn apply_converged(map: &mut BTreeMap<String, bool>, resp: &WatchResponse) -
     changed
 }
 
-/// `<host>/resources/<kind>/<name>` after the prefix.
-fn split_key(key: &str) -> Option<(&str, &str, &str)> {
-    let rest = key.strip_prefix(EXPORTED)?;
-    let mut parts = rest.splitn(4, '/');
-    let host = parts.next()?;
-    (parts.next()? == "resources").then_some(())?;
-    let kind = parts.next()?;
-    let name = parts.next()?;
-    Some((host, kind, name))
-}
-
 fn encode(r: &ResourceDecl) -> String {
     let mut m = r.params.clone();
     let mut meta = Mapping::new();
@@ -343,50 +405,9 @@ fn decode(
     })
 }
 
-/// Shell-style glob: `*` any run of characters, `?` any one character.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            pi += 1;
-            mark = ti;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("web*", "web12"));
-        assert!(glob_match("*", ""));
-        assert!(glob_match("h?st-*-a", "host-12-a"));
-        assert!(!glob_match("web?", "web12"));
-        assert!(!glob_match("db*", "web1"));
-    }
-
-    #[test]
-    fn keys_split_into_host_kind_name() {
-        assert_eq!(
-            split_key("/_mgmt/exported/h1/resources/file/a/b"),
-            Some(("h1", "file", "a/b"))
-        );
-        assert_eq!(split_key("/_mgmt/exported/h1/other/file/a"), None);
-    }
 
     #[test]
     fn file_pattern_sets_the_directory() {

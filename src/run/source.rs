@@ -3,9 +3,11 @@
 //!
 //! On an edit of the file (live reload), the new graph is validated first:
 //! an invalid edit is reported and the running graph stays. A valid one
-//! re-exports this host's `@@` resources and re-collects. On a change under
-//! `/_mgmt/exported/`, collected resources are read again. The engine gets a
-//! new graph only when the result differs from what it runs.
+//! re-exports this host's `@@` resources and follows its `collect:` entries
+//! (a changed list changes what is read and watched). Collected resources
+//! come from a [`Follower`]: one read, then watch events on the prefixes the
+//! entries select, nothing at all without entries. The engine gets a new
+//! graph only when the result differs from what it runs.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,14 +19,17 @@ use crate::config::GraphFile;
 use crate::engine::Desired;
 use crate::fswatch::PathWatch;
 use crate::graph::{self, Graph, ResourceDecl};
-use crate::world::{World, WorldError};
+use crate::world::{Follower, World, WorldError};
 
 pub(super) struct Source {
     path: PathBuf,
     /// The text of the graph file that `local` was parsed from.
     text: String,
     local: Graph,
+    /// What `follow` last handed out.
     collected: Vec<ResourceDecl>,
+    /// Follows `local.collect`; re-pointed on each valid edit.
+    follow: Follower,
     world: World,
     /// `--noop`: nothing is exported (as mgmt does).
     noop: bool,
@@ -44,6 +49,7 @@ impl Source {
             text: file.text.clone(),
             local: file.graph.clone(),
             collected: Vec::new(),
+            follow: Follower::new(world.clone()),
             world,
             noop,
             last: Desired::default(),
@@ -54,7 +60,8 @@ impl Source {
     /// Exports, collects, and returns the first graph to run.
     pub async fn initial(&mut self) -> Result<Desired, WorldError> {
         self.export().await?;
-        self.collected = self.world.collect(&self.local.collect).await?;
+        self.follow.follow(&self.local.collect).await?;
+        self.collected = self.follow.collected();
         self.last = self.desired();
         Ok(self.last.clone())
     }
@@ -96,15 +103,8 @@ impl Source {
     }
 
     /// Follows file edits (through `file_watch`, armed by the caller before
-    /// the first graph was read) and exported resources until cancelled.
+    /// the first graph was read) and collected resources until cancelled.
     pub async fn run(mut self, mut file_watch: Option<PathWatch>, cancel: CancellationToken) {
-        let mut exported = match self.world.watch_exported().await {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!("cannot watch exported resources: {e}");
-                None
-            }
-        };
         // An edit made before the watch was armed has no event: look once.
         if file_watch.is_some() && !self.reread().await {
             return;
@@ -124,16 +124,8 @@ impl Source {
                         return;
                     }
                 }
-                msg = next(&mut exported) => {
-                    if let Err(e) = msg {
-                        tracing::warn!("watching exported resources stopped: {e}");
-                        exported = None;
-                        continue;
-                    }
-                    match self.world.collect(&self.local.collect).await {
-                        Ok(c) => self.collected = c,
-                        Err(e) => tracing::warn!("cannot collect exported resources: {e}"),
-                    }
+                collected = self.follow.changed() => {
+                    self.collected = collected;
                     if !self.push().await {
                         return;
                     }
@@ -171,8 +163,8 @@ impl Source {
                 if let Err(e) = self.export().await {
                     tracing::warn!("cannot export resources: {e}");
                 }
-                match self.world.collect(&self.local.collect).await {
-                    Ok(c) => self.collected = c,
+                match self.follow.follow(&self.local.collect).await {
+                    Ok(()) => self.collected = self.follow.collected(),
                     Err(e) => tracing::warn!("cannot collect exported resources: {e}"),
                 }
                 self.push().await
@@ -195,14 +187,57 @@ async fn changed(w: &mut Option<PathWatch>) -> Result<(), crate::fswatch::WatchE
     }
 }
 
-async fn next(w: &mut Option<etcd_client::WatchStream>) -> Result<(), etcd_client::Error> {
-    match w {
-        Some(w) => match w.message().await? {
-            Some(_) => Ok(()),
-            None => Err(etcd_client::Error::WatchError(
-                "the store closed the watch".into(),
-            )),
-        },
-        None => std::future::pending().await,
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::world::testing::Served;
+    use crate::world::CollectStats;
+
+    const EXPORTS: &str =
+        "graph: g\nresources:\n  file:\n  - name: \"@@f\"\n    path: /srv/f\n    content: hi\n";
+
+    fn graph_file(collect: &str) -> GraphFile {
+        let text = format!("{EXPORTS}{collect}");
+        let graph = graph::parse_str(&text, "g.yaml").expect("valid graph");
+        GraphFile {
+            path: "g.yaml".into(),
+            text,
+            graph,
+        }
+    }
+
+    // The 10,000-host case: a host that collects nothing must not watch.
+    #[tokio::test]
+    async fn without_collect_entries_nothing_is_read_or_watched() {
+        let served = Served::start().await;
+        let world = served.world("lone").await;
+        let (tx, _rx) = mpsc::channel(4);
+        let mut source = Source::new(&graph_file(""), world.clone(), false, tx);
+        source.initial().await.expect("initial");
+        // Cancelled first: run arms whatever it arms, then returns.
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        source.run(None, cancel).await;
+        assert_eq!(world.collect_stats(), CollectStats::default());
+        served.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_edit_of_the_collect_list_changes_what_is_watched() {
+        let served = Served::start().await;
+        let world = served.world("h1").await;
+        let (tx, _rx) = mpsc::channel(4);
+        let mut source = Source::new(&graph_file(""), world.clone(), false, tx);
+        source.initial().await.expect("initial");
+        let collect = "collect:\n- kind: file\n  hostname: \"h?\"\n";
+        assert!(source.reload(format!("{EXPORTS}{collect}")).await);
+        let s = world.collect_stats();
+        assert_eq!((s.reads, s.watches), (1, 1));
+        // Its own export matches `h?`: collected, but the local one wins.
+        assert_eq!(source.collected.len(), 1);
+        assert!(source.reload(EXPORTS.to_owned()).await);
+        assert!(source.collected.is_empty());
+        assert_eq!(world.collect_stats(), s);
+        served.stop().await;
     }
 }

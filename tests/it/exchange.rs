@@ -1,6 +1,8 @@
 //! Two processes exchanging data through the embedded store, no SSH
 //! (issue #3 point 4): host a embeds the store, host b is its client; both
-//! export a file and collect every exported file.
+//! export a file and collect every exported file. Then the world layer's
+//! collecting on its own, against both our store and a real etcd: hostname
+//! globs, the incremental follower, and what it asks of the store.
 
 use std::time::Duration;
 
@@ -163,9 +165,8 @@ async fn collect_filters_by_exporting_host(url: String) {
     assert_eq!(names(web), ["from-web2=/in/web2"]);
 }
 
-// See: #3, #6 (collect filters on the exporting host)
-#[tokio::test]
-async fn collect_hostname_glob_against_ours() {
+/// Runs `test` against our embedded store, served on a bound listener.
+async fn against_ours<F: std::future::Future<Output = ()>>(test: impl FnOnce(String) -> F) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let store = mgmt::store::Store::new(mgmt::store::Config::default());
@@ -174,9 +175,15 @@ async fn collect_hostname_glob_against_ours() {
         let cancel = cancel.clone();
         async move { store.serve(listener, cancel).await }
     });
-    collect_filters_by_exporting_host(url).await;
+    test(url).await;
     cancel.cancel();
     server.await.unwrap().unwrap();
+}
+
+// See: #3, #6 (collect filters on the exporting host)
+#[tokio::test]
+async fn collect_hostname_glob_against_ours() {
+    against_ours(collect_filters_by_exporting_host).await;
 }
 
 // See: #3 (the world layer works against a real etcd too)
@@ -184,4 +191,195 @@ async fn collect_hostname_glob_against_ours() {
 async fn collect_hostname_glob_against_etcd() {
     let etcd = crate::util::etcd::Etcd::start().await;
     collect_filters_by_exporting_host(etcd.endpoint.clone()).await;
+}
+
+async fn connect(url: &str, host: &str) -> mgmt::world::World {
+    mgmt::world::World::connect(&[url.to_owned()], host)
+        .await
+        .expect("connect")
+}
+
+fn collect_entry(hostname: Option<&str>, pattern: Option<&str>) -> mgmt::graph::Collect {
+    mgmt::graph::Collect {
+        kind: "file",
+        pattern: pattern.map(str::to_owned),
+        hostname: hostname.map(str::to_owned),
+        pos: Default::default(),
+    }
+}
+
+/// `name=content` of each collected resource, sorted.
+fn contents(got: &[mgmt::graph::ResourceDecl]) -> Vec<String> {
+    let mut v: Vec<String> = got
+        .iter()
+        .map(|d| {
+            let content = d.params.get("content").and_then(|p| p.as_str());
+            format!("{}={}", d.name, content.unwrap_or("").trim_end())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The next result of `f`, with a guard against a hang.
+async fn next_change(f: &mut mgmt::world::Follower) -> Vec<String> {
+    let got = tokio::time::timeout(LIMIT, f.changed())
+        .await
+        .expect("a change within the limit");
+    contents(&got)
+}
+
+/// A `web?` collector follows web1 and web2 through the watch (appear,
+/// change, disappear) and never sees db1's or webserver's exports; db1 is
+/// not even watched.
+async fn follower_sees_only_its_glob(url: String) {
+    let collector = connect(&url, "collector").await;
+    let mut hosts = Vec::new();
+    for h in ["web1", "web2", "db1", "webserver"] {
+        hosts.push(connect(&url, h).await);
+    }
+    let [web1, web2, db1, webserver] = &mut hosts[..] else {
+        unreachable!()
+    };
+    db1.export(&[&file_decl("from-db1", "/srv/db1")])
+        .await
+        .unwrap();
+    let mut f = mgmt::world::Follower::new(collector.clone());
+    f.follow(&[collect_entry(Some("web?"), None)])
+        .await
+        .unwrap();
+    assert!(f.collected().is_empty());
+    web1.export(&[&file_decl("a", "/srv/a")]).await.unwrap();
+    assert_eq!(next_change(&mut f).await, ["a=a"]);
+    web2.export(&[&file_decl("b", "/srv/b")]).await.unwrap();
+    assert_eq!(next_change(&mut f).await, ["a=a", "b=b"]);
+    let mut changed = file_decl("a", "/srv/a");
+    changed.params.insert("content".into(), "a2\n".into());
+    web1.export(&[&changed]).await.unwrap();
+    assert_eq!(next_change(&mut f).await, ["a=a2", "b=b"]);
+    // Neither reaches the result: webserver is under the `web` prefix but
+    // fails the glob; db1 is outside the watched range altogether.
+    webserver
+        .export(&[&file_decl("w", "/srv/w")])
+        .await
+        .unwrap();
+    db1.export(&[&file_decl("from-db1", "/srv/db1-2")])
+        .await
+        .unwrap();
+    web2.export(&[]).await.unwrap();
+    assert_eq!(next_change(&mut f).await, ["a=a2"]);
+    let stats = collector.collect_stats();
+    // web1 ×2, web2 ×2 and webserver's put; db1's events never arrive.
+    assert_eq!(
+        stats,
+        mgmt::world::CollectStats {
+            reads: 1,
+            watches: 1,
+            events: 5
+        }
+    );
+}
+
+// See: collect-scale (watch only the glob's prefix)
+#[tokio::test]
+async fn follower_sees_only_its_glob_against_ours() {
+    against_ours(follower_sees_only_its_glob).await;
+}
+
+// See: collect-scale
+#[tokio::test]
+async fn follower_sees_only_its_glob_against_etcd() {
+    let etcd = crate::util::etcd::Etcd::start().await;
+    follower_sees_only_its_glob(etcd.endpoint.clone()).await;
+}
+
+/// A host without `collect:` entries reads and watches nothing, even
+/// while others export.
+async fn no_entries_no_requests(url: String) {
+    let lone = connect(&url, "lone").await;
+    let mut other = connect(&url, "web1").await;
+    let mut f = mgmt::world::Follower::new(lone.clone());
+    f.follow(&[]).await.unwrap();
+    other.export(&[&file_decl("a", "/srv/a")]).await.unwrap();
+    assert!(lone.clone().collect(&[]).await.unwrap().is_empty());
+    assert!(futures::FutureExt::now_or_never(f.changed()).is_none());
+    assert_eq!(lone.collect_stats(), Default::default());
+}
+
+// See: collect-scale (no collect entries, no watch)
+#[tokio::test]
+async fn no_entries_no_requests_against_ours() {
+    against_ours(no_entries_no_requests).await;
+}
+
+// See: collect-scale
+#[tokio::test]
+async fn no_entries_no_requests_against_etcd() {
+    let etcd = crate::util::etcd::Etcd::start().await;
+    no_entries_no_requests(etcd.endpoint.clone()).await;
+}
+
+/// After a run of puts and deletes from many hosts, the follower's result
+/// is what a fresh full read gives, conflicts and patterns included.
+async fn incremental_equals_fresh(url: String) {
+    let mut collector = connect(&url, "collector").await;
+    let entries = [
+        collect_entry(Some("h1?"), Some("/in/")),
+        collect_entry(Some("h1*"), None),
+        collect_entry(Some("h2"), None),
+    ];
+    let mut f = mgmt::world::Follower::new(collector.clone());
+    let mut hosts = Vec::new();
+    for h in ["h10", "h11", "h12", "h2", "h20", "h3"] {
+        hosts.push(connect(&url, h).await);
+    }
+    // Half before the first read, half after, so both paths are covered.
+    for (i, w) in hosts.iter_mut().enumerate() {
+        if i == 3 {
+            f.follow(&entries).await.unwrap();
+        }
+        let own = file_decl(&format!("own-{i}"), &format!("/srv/{i}"));
+        // The same name from every host, with different fields: a conflict.
+        let shared = file_decl(&format!("shared-{i}"), "/srv/shared");
+        let mut shared = shared;
+        shared.name = "shared".into();
+        w.export(&[&own, &shared]).await.unwrap();
+    }
+    for step in 0..12usize {
+        let w = &mut hosts[step % 6];
+        let kept = file_decl(&format!("step-{step}"), &format!("/srv/s{step}"));
+        match step % 3 {
+            0 => w.export(&[&kept]).await.unwrap(),
+            1 => w.export(&[]).await.unwrap(),
+            _ => w.export(&[&kept, &file_decl("x", "/srv/x")]).await.unwrap(),
+        };
+    }
+    // Events come in revision order: once this one is in, all are.
+    let sentinel = file_decl("sentinel", "/srv/sentinel");
+    hosts[0].export(&[&sentinel]).await.unwrap();
+    loop {
+        if next_change(&mut f)
+            .await
+            .iter()
+            .any(|n| n == "sentinel=sentinel")
+        {
+            break;
+        }
+    }
+    let fresh = collector.collect(&entries).await.unwrap();
+    assert!(!fresh.is_empty());
+    assert_eq!(f.collected(), fresh);
+}
+
+// See: collect-scale (incremental map)
+#[tokio::test]
+async fn incremental_equals_fresh_against_ours() {
+    against_ours(incremental_equals_fresh).await;
+}
+
+// See: collect-scale
+#[tokio::test]
+async fn incremental_equals_fresh_against_etcd() {
+    let etcd = crate::util::etcd::Etcd::start().await;
+    incremental_equals_fresh(etcd.endpoint.clone()).await;
 }
