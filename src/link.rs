@@ -167,7 +167,9 @@ pub async fn connect_store(
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5));
+        // Generous: the SSH keepalive already finds a dead link, and a
+        // tunnel through loaded gateways can be slow to answer a ping.
+        .keep_alive_timeout(Duration::from_secs(20));
     let preamble = secret.0.clone();
     let dial = dial.unwrap_or_else(|| tcp_dial(addr));
     let connector = tower::service_fn(move |_uri: tonic::transport::Uri| {

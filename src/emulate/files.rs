@@ -8,12 +8,15 @@
 //! it is refused as a permission error. Each host starts with `home/` and
 //! `tmp/`.
 //!
-//! Written files are stored once per content: an upload is held in memory
-//! (or, past [`SPILL`], in a temporary file) while it is hashed, and on
-//! close becomes a hard link to `<root>/.blobs/<sha256>`, written only if
-//! that content is new. 10,000 hosts receiving the same binary use one copy
-//! of it on disk, and the other 9,999 copies never touch the disk. A blob is shared, so nothing here ever writes into an existing
-//! file: every write makes a new one.
+//! Written files are stored once per content, as hard links to
+//! `<root>/.blobs/<sha256>`. An upload into a directory named after a known
+//! blob's hash (the binary cache is laid out that way) is compared with
+//! that blob as it arrives and, while it matches, neither held nor hashed:
+//! 10,000 hosts receiving the same binary cost one copy on disk and no
+//! memory. Other uploads are held in memory up to [`SPILL`], then in a
+//! temporary file, hashed as they come, and stored if their content is new.
+//! A blob is shared, so nothing here ever writes into an existing file:
+//! every write makes a new one.
 
 use std::collections::HashMap;
 use std::fs;
@@ -29,7 +32,7 @@ use russh_sftp::protocol::{
 use sha2::{Digest, Sha256};
 
 /// Uploads larger than this go to a temporary file instead of memory.
-const SPILL: usize = 32 << 20;
+const SPILL: usize = 1 << 20;
 
 /// Contents stored once, by SHA-256, and the hashes already computed.
 pub(crate) struct Blobs {
@@ -73,12 +76,32 @@ impl Blobs {
                 }
                 let _ = fs::remove_file(&tmp);
             }
+            Body::Same { .. } => {}
         }
+        self.link(sha, target)
+    }
+
+    /// Makes `target` a link to the stored blob `sha`.
+    fn link(&self, sha: &str, target: &Path) -> std::io::Result<()> {
+        let blob = self.dir.join(sha);
         // Link under a temporary name, then rename over the target, so a
         // reader never sees the target missing.
         let staged = self.tmp_path();
         fs::hard_link(&blob, &staged)?;
         fs::rename(&staged, target)
+    }
+
+    /// The blob an upload to `target` is expected to be: one named like a
+    /// directory on its path (`.../bin/<sha256>/...`), if it is stored.
+    fn candidate(&self, target: &Path) -> Option<(fs::File, String)> {
+        target.ancestors().find_map(|dir| {
+            let name = dir.file_name()?.to_str()?;
+            if name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            let file = fs::File::open(self.dir.join(name)).ok()?;
+            Some((file, name.to_owned()))
+        })
     }
 
     /// The SHA-256 of the file at `path`, computed once per version of it.
@@ -171,12 +194,25 @@ struct Upload {
 
 /// Where an upload's bytes are until it is closed.
 enum Body {
+    /// So far byte for byte the start of this blob (`len` bytes of it).
+    Same {
+        blob: fs::File,
+        sha: String,
+        len: u64,
+    },
     Memory(Vec<u8>),
     File(fs::File, PathBuf),
 }
 
 impl Body {
     fn write_at(&mut self, blobs: &Blobs, data: &[u8], offset: u64) -> std::io::Result<()> {
+        if let Body::Same { blob, len, .. } = self {
+            if offset == *len && starts_with_at(blob, data, offset)? {
+                *len += data.len() as u64;
+                return Ok(());
+            }
+            self.unshare(blobs)?;
+        }
         let end = offset as usize + data.len();
         if let Body::Memory(bytes) = self {
             if end <= SPILL {
@@ -193,7 +229,30 @@ impl Body {
         }
         match self {
             Body::File(f, _) => f.write_all_at(data, offset),
-            Body::Memory(_) => Ok(()),
+            _ => Ok(()),
+        }
+    }
+
+    /// A body that stopped matching its blob: what matched so far is
+    /// copied out of the blob into a body of its own.
+    fn unshare(&mut self, blobs: &Blobs) -> std::io::Result<()> {
+        if let Body::Same { blob, len, .. } = self {
+            let mut prefix = Vec::new();
+            std::io::Read::take(&mut *blob, *len).read_to_end(&mut prefix)?;
+            *self = Body::Memory(Vec::new());
+            self.write_at(blobs, &prefix, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Whether this is a whole known blob (the upload is complete).
+    fn known(&self) -> Option<&str> {
+        match self {
+            Body::Same { blob, sha, len } => {
+                let size = blob.metadata().map(|m| m.len()).ok()?;
+                (size == *len).then_some(sha.as_str())
+            }
+            _ => None,
         }
     }
 
@@ -201,6 +260,7 @@ impl Body {
         match self {
             Body::Memory(bytes) => Ok(hex::encode(Sha256::digest(bytes))),
             Body::File(_, tmp) => blobs.sha256(tmp),
+            Body::Same { .. } => Err(std::io::Error::other("a partial blob has no hash")),
         }
     }
 
@@ -208,13 +268,24 @@ impl Body {
         match self {
             Body::Memory(b) => b.len() as u64,
             Body::File(f, _) => f.metadata().map(|m| m.len()).unwrap_or(0),
+            Body::Same { len, .. } => *len,
         }
     }
 }
 
 impl Upload {
     fn write(&mut self, blobs: &Blobs, data: &[u8], offset: u64) -> std::io::Result<()> {
+        let was_same = matches!(self.body, Body::Same { .. });
         self.body.write_at(blobs, data, offset)?;
+        if was_same {
+            // Not hashed while it matches a blob; if it stopped matching,
+            // the whole content is hashed at close.
+            self.next = offset + data.len() as u64;
+            if !matches!(self.body, Body::Same { .. }) {
+                self.hasher = None;
+            }
+            return Ok(());
+        }
         if offset == self.next {
             if let Some(h) = self.hasher.as_mut() {
                 h.update(data);
@@ -277,8 +348,14 @@ impl SftpServer {
     }
 
     fn start_upload(&self, target: PathBuf, flags: OpenFlags) -> Reply<Upload> {
+        let body = match self.blobs.candidate(&target) {
+            Some((blob, sha)) if flags.contains(OpenFlags::TRUNCATE) => {
+                Body::Same { blob, sha, len: 0 }
+            }
+            _ => Body::Memory(Vec::new()),
+        };
         let mut up = Upload {
-            body: Body::Memory(Vec::new()),
+            body,
             target,
             hasher: Some(Sha256::new()),
             next: 0,
@@ -293,7 +370,13 @@ impl SftpServer {
         Ok(up)
     }
 
-    fn finish_upload(&self, u: Upload) -> Reply<()> {
+    fn finish_upload(&self, mut u: Upload) -> Reply<()> {
+        if let Some(sha) = u.body.known().map(str::to_owned) {
+            self.blobs.link(&sha, &u.target).map_err(|e| io_code(&e))?;
+            return set_mode(&u.target, u.mode);
+        }
+        // A shorter upload than the blob: store what came.
+        u.body.unshare(&self.blobs).map_err(|e| io_code(&e))?;
         let sha = match u.hasher {
             Some(h) if u.next == u.body.len() => hex::encode(h.finalize()),
             _ => u.body.sha256(&self.blobs).map_err(|e| io_code(&e))?,
@@ -301,12 +384,29 @@ impl SftpServer {
         self.blobs
             .commit(u.body, &sha, &u.target)
             .map_err(|e| io_code(&e))?;
-        if let Some(mode) = u.mode {
-            fs::set_permissions(&u.target, fs::Permissions::from_mode(mode))
-                .map_err(|e| io_code(&e))?;
-        }
-        Ok(())
+        set_mode(&u.target, u.mode)
     }
+}
+
+fn set_mode(target: &Path, mode: Option<u32>) -> Reply<()> {
+    if let Some(mode) = mode {
+        fs::set_permissions(target, fs::Permissions::from_mode(mode)).map_err(|e| io_code(&e))?;
+    }
+    Ok(())
+}
+
+/// Whether `file` holds `data` at `offset`.
+fn starts_with_at(file: &fs::File, data: &[u8], offset: u64) -> std::io::Result<bool> {
+    let mut have = vec![0u8; data.len()];
+    let mut got = 0;
+    while got < have.len() {
+        let n = file.read_at(&mut have[got..], offset + got as u64)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        got += n;
+    }
+    Ok(have == data)
 }
 
 fn attrs_of(md: &fs::Metadata) -> FileAttributes {
@@ -535,5 +635,50 @@ mod tests {
         let sha = hex::encode(Sha256::digest(b"same bytes"));
         assert!(dir.path().join(".blobs").join(&sha).is_file());
         assert_eq!(blobs.sha256(&dir.path().join("a/home/f")).unwrap(), sha);
+    }
+
+    #[test]
+    fn an_upload_into_a_known_blobs_directory_is_compared_not_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Arc::new(Blobs::new(dir.path().join(".blobs")).unwrap());
+        let content = b"the binary".repeat(1000);
+        let sha = hex::encode(Sha256::digest(&content));
+        std::fs::write(dir.path().join(".blobs").join(&sha), &content).unwrap();
+        let jail = Jail::new(dir.path().join("h")).unwrap();
+        let server = SftpServer::new(jail.clone(), blobs.clone());
+        let bin = jail.home.join("bin").join(&sha);
+        fs::create_dir_all(&bin).unwrap();
+        // Same bytes: never held, linked to the blob.
+        let mut up = server
+            .start_upload(bin.join("a"), OpenFlags::TRUNCATE)
+            .unwrap();
+        for (k, chunk) in content.chunks(4096).enumerate() {
+            up.write(&blobs, chunk, (k * 4096) as u64).unwrap();
+            assert!(matches!(up.body, Body::Same { .. }));
+        }
+        server.finish_upload(up).unwrap();
+        let blob_ino = fs::metadata(dir.path().join(".blobs").join(&sha))
+            .unwrap()
+            .ino();
+        assert_eq!(fs::metadata(bin.join("a")).unwrap().ino(), blob_ino);
+        // Different bytes half-way: stored as a blob of their own.
+        let mut other = content.clone();
+        other[5000] ^= 1;
+        let mut up = server
+            .start_upload(bin.join("b"), OpenFlags::TRUNCATE)
+            .unwrap();
+        for (k, chunk) in other.chunks(4096).enumerate() {
+            up.write(&blobs, chunk, (k * 4096) as u64).unwrap();
+        }
+        server.finish_upload(up).unwrap();
+        assert_eq!(fs::read(bin.join("b")).unwrap(), other);
+        assert_ne!(fs::metadata(bin.join("b")).unwrap().ino(), blob_ino);
+        // A truncated one likewise.
+        let mut up = server
+            .start_upload(bin.join("c"), OpenFlags::TRUNCATE)
+            .unwrap();
+        up.write(&blobs, &content[..100], 0).unwrap();
+        server.finish_upload(up).unwrap();
+        assert_eq!(fs::read(bin.join("c")).unwrap(), &content[..100]);
     }
 }

@@ -1035,6 +1035,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_pid_wrapper_unwraps_to_the_command_it_wraps() {
+        let cmd = "cd '/a b' && exec ./mgmt run 'x'\''y'";
+        let line = pid_wrapped(cmd);
+        assert_eq!(pid_unwrapped(&line).as_deref(), Some(cmd));
+        assert_eq!(
+            pid_unwrapped("echo mgmt-pid:$$ && exec /bin/sh -c ls; rm x"),
+            None
+        );
+        assert_eq!(pid_unwrapped("ls"), None);
+    }
+
+    #[test]
     fn lines_are_never_torn() {
         let mut b = LineBuf::default();
         assert!(b.push(b"hel").is_empty());

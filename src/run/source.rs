@@ -21,6 +21,10 @@ use crate::fswatch::PathWatch;
 use crate::graph::{self, Graph, ResourceDecl};
 use crate::world::{Follower, World, WorldError};
 
+/// How long the first export and collect may keep failing before the run
+/// gives up.
+const INITIAL_PATIENCE: Duration = Duration::from_secs(60);
+
 pub(super) struct Source {
     path: PathBuf,
     /// The text of the graph file that `local` was parsed from.
@@ -58,7 +62,25 @@ impl Source {
     }
 
     /// Exports, collects, and returns the first graph to run.
+    /// A store that is slow for a moment (a loaded tunnel, a keepalive
+    /// missed) is retried with back-off for up to [`INITIAL_PATIENCE`].
     pub async fn initial(&mut self) -> Result<Desired, WorldError> {
+        let deadline = tokio::time::Instant::now() + INITIAL_PATIENCE;
+        let mut pause = Duration::from_millis(200);
+        loop {
+            match self.try_initial().await {
+                Ok(d) => return Ok(d),
+                Err(e) if tokio::time::Instant::now() + pause < deadline => {
+                    tracing::warn!("{e}; retrying in {pause:?}");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn try_initial(&mut self) -> Result<Desired, WorldError> {
         self.export().await?;
         self.follow.follow(&self.local.collect).await?;
         self.collected = self.follow.collected();
