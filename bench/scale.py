@@ -175,13 +175,14 @@ def bench_size(args, n, layout):
     emu = Emulator(args, work, n + gateways, first)
     rows = []
     try:
-        cases = ["warm"] if args.cold_max and n > args.cold_max else []
-        cases = ["cold", "warm"] if not cases else ["warm-only"]
+        cold = not (args.cold_max and n > args.cold_max)
+        cases = ["cold", "warm"] if cold else ["warm-only"]
         for case in cases:
             if case == "warm-only":
-                # Cold copies skipped at this size: one run fills the
-                # caches (not measured), then the warm run is measured.
-                run_once(args, work, files, emu, "fill")
+                # Cold copies skipped at this size: the caches are filled
+                # as a previous run would have left them (hard links to
+                # the binary), then the warm run is measured.
+                seed_caches(args, work, n + gateways, first)
                 case = "warm"
             r = run_once(args, work, files, emu, case)
             r.update({"hosts": n, "layout": layout, "gateways": gateways})
@@ -192,6 +193,23 @@ def bench_size(args, n, layout):
         if not args.keep:
             subprocess.run(["rm", "-rf", work])
     return rows
+
+
+def seed_caches(args, work, hosts, first):
+    import hashlib
+    h = hashlib.sha256()
+    with open(args.bin, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    sha = h.hexdigest()
+    for i in range(hosts):
+        d = os.path.join(work, "root", addr(first, i), "home", ".cache", "mgmt", "bin", sha)
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        for p in [d, os.path.dirname(d), os.path.dirname(os.path.dirname(d))]:
+            os.chmod(p, 0o700)
+        target = os.path.join(d, "mgmt")
+        if not os.path.exists(target):
+            os.link(args.bin, target)
 
 
 def table(rows):
