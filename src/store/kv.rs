@@ -75,7 +75,7 @@ pub(crate) struct Event {
 
 /// A key interval in etcd's encoding: `end` empty means the single key
 /// `start`, `end == "\0"` means every key `>= start`, otherwise `[start, end)`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct KeyRange {
     pub start: Vec<u8>,
     pub end: Vec<u8>,
@@ -386,6 +386,24 @@ impl Kv {
         let events = std::mem::take(&mut self.pending);
         self.log.push_back(events);
         Some(self.rev)
+    }
+
+    /// The committed revisions after `after`, oldest first, with their
+    /// events; `None` when some of them are no longer in the log (compacted
+    /// by the same write that committed them).
+    pub fn revisions_after(&self, after: i64) -> Option<impl Iterator<Item = (i64, &[Event])>> {
+        if after + 1 < self.log_start {
+            return None;
+        }
+        let skip = (after + 1 - self.log_start) as usize;
+        let first = after + 1;
+        Some(
+            self.log
+                .iter()
+                .skip(skip)
+                .enumerate()
+                .map(move |(i, evs)| (first + i as i64, evs.as_slice())),
+        )
     }
 
     /// Compacts history at `c`: see the module invariants.

@@ -7,8 +7,9 @@
 //! calls, [`Stats`] and [`StoreError`]. The rest is private:
 //! `kv.rs` (revisions, versions, event log, compaction), `apply.rs` (request
 //! semantics, txn, lease attachment), `lease.rs` (lease table), `expiry.rs`
-//! (lease timer), `watch.rs` (watch streams and back-pressure) and
-//! `service.rs` (the gRPC trait impls and error mapping).
+//! (lease timer), `watch.rs` (watch streams and back-pressure),
+//! `dispatch.rs` (which streams a commit wakes) and `service.rs` (the gRPC
+//! trait impls and error mapping).
 //!
 //! Not here: persistence (the store lives as long as the initiating process;
 //! nothing is written to disk), clustering, and etcd's Auth API (its server
@@ -21,6 +22,7 @@
 )]
 
 mod apply;
+mod dispatch;
 mod error;
 mod expiry;
 mod kv;
@@ -45,6 +47,7 @@ use tokio_util::task::TaskTracker;
 pub use error::StoreError;
 
 use apply::State;
+use dispatch::Registry;
 use service::Service;
 
 /// etcd adds this much to `max_request_bytes` for the gRPC receive limit, so
@@ -95,6 +98,9 @@ pub struct Stats {
     pub deletes: u64,
     /// Events delivered to watchers (one event to two watchers counts two).
     pub watch_events_sent: u64,
+    /// Times a commit woke a watch stream; a commit wakes only the streams
+    /// with a watcher whose range holds a key it wrote.
+    pub watch_wakeups: u64,
     pub watches_open: u64,
     pub leases: u64,
     /// Live keys at the current revision.
@@ -112,6 +118,7 @@ pub(crate) struct Counters {
     pub txns: AtomicU64,
     pub deletes: AtomicU64,
     pub watch_events: AtomicU64,
+    pub watch_wakeups: AtomicU64,
     pub watches_open: AtomicU64,
 }
 
@@ -121,8 +128,12 @@ pub(crate) struct Shared {
     /// All data. A std mutex: no critical section awaits.
     state: Mutex<State>,
     /// The last committed revision. Sent under the state lock after each
-    /// commit; every watch stream task holds a receiver and wakes on change.
+    /// commit, so it can be read without that lock; nobody subscribes (watch
+    /// streams are woken through `dispatch` instead).
     pub rev_tx: tokio_watch::Sender<i64>,
+    /// Watchers' ranges by stream, checked at each commit to wake the
+    /// streams it concerns. Lock order: `state`, then `dispatch`.
+    dispatch: Mutex<Registry>,
     /// Wakes the lease timers when a grant may bring the next deadline forward.
     pub lease_changed: Notify,
     pub counters: Counters,
@@ -139,7 +150,14 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs a write and publishes the new revision to watchers, in order.
+    /// Locks the watch registry; hold the state lock first when taking both.
+    pub fn dispatch(&self) -> MutexGuard<'_, Registry> {
+        self.dispatch.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs a write, publishes the new revision and, still under the state
+    /// lock (so no watcher registers in between), wakes the watch streams
+    /// the committed keys concern.
     pub fn write<R>(&self, f: impl FnOnce(&mut State) -> R) -> (R, i64) {
         let mut st = self.lock();
         let before = st.kv.rev();
@@ -147,6 +165,14 @@ impl Shared {
         let rev = st.kv.rev();
         if rev != before {
             self.rev_tx.send_replace(rev);
+            let mut reg = self.dispatch();
+            let woken = match st.kv.revisions_after(before) {
+                Some(revs) => revs.map(|(r, evs)| reg.committed(r, evs)).sum(),
+                None => reg.wake_all(before + 1),
+            };
+            self.counters
+                .watch_wakeups
+                .fetch_add(woken, Ordering::Relaxed);
         }
         (r, rev)
     }
@@ -194,6 +220,7 @@ impl Store {
                 cfg,
                 state: Mutex::new(state),
                 rev_tx,
+                dispatch: Mutex::new(Registry::default()),
                 lease_changed: Notify::new(),
                 counters: Counters::default(),
                 cluster_id: rand::random::<u64>() >> 1,
@@ -274,6 +301,7 @@ impl Store {
             txns: c.txns.load(Ordering::Relaxed),
             deletes: c.deletes.load(Ordering::Relaxed),
             watch_events_sent: c.watch_events.load(Ordering::Relaxed),
+            watch_wakeups: c.watch_wakeups.load(Ordering::Relaxed),
             watches_open: c.watches_open.load(Ordering::Relaxed),
             leases: st.leases.len() as u64,
             keys: st.kv.live_keys() as u64,

@@ -14,10 +14,16 @@
 //! Nothing is lost or duplicated silently: a watcher's events are sent in
 //! revision order, each exactly once, and a revision is never split.
 //!
-//! Cost: every commit wakes every stream task, which takes the state lock
-//! and reads the log once per watcher, so a commit costs O(streams +
-//! watchers) whether or not their ranges match; there is no index of
-//! watchers by key range. `dispatch_cost_by_watcher_count` measures it.
+//! Wake-ups: a commit wakes only the streams with a watcher whose range
+//! holds a key it wrote (`dispatch.rs` keeps that index and marks each such
+//! stream with the first revision that touched it). A woken stream takes the
+//! state lock once per round and reads the log only for watchers that may
+//! have events; the others jump over the revisions nobody marked. So a
+//! commit costs O(matching streams), and a woken stream O(its watchers);
+//! `dispatch_cost_by_watcher_count` measures it. Progress notifications and
+//! catching up from an older revision do not depend on wake-ups: the first
+//! runs on the stream's timer, the second loops until every watcher is at
+//! the head of the log.
 //!
 //! Not handled here: fragmenting huge responses (`fragment`), which etcd
 //! 3.4 only does when the client asks; responses are bounded instead.
@@ -27,10 +33,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use etcd_client::proto::{PbEvent, PbWatchRequest, PbWatchRequestUnion, PbWatchResponse};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
+use super::dispatch::StreamId;
 use super::kv::{Event, KeyRange, LogRead};
 use super::Shared;
 
@@ -53,13 +60,17 @@ struct Watcher {
     range: KeyRange,
     /// The next revision this watcher has not seen yet.
     next: i64,
+    /// The first revision whose commit was checked against this watcher's
+    /// range (the one after its creation): marks say nothing about older ones.
+    checked_from: i64,
     prev_kv: bool,
     no_put: bool,
     no_delete: bool,
     progress_notify: bool,
 }
 
-/// The state of one Watch RPC; owned by its task.
+/// The state of one Watch RPC; owned by its task. Dropping it takes the
+/// stream and its ranges out of the dispatch registry.
 pub(crate) struct WatchStream {
     shared: Arc<Shared>,
     /// Responses to the client; bounded, its receiver is the gRPC body.
@@ -67,6 +78,19 @@ pub(crate) struct WatchStream {
     cancel: CancellationToken,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
+    /// This stream in the dispatch registry.
+    id: StreamId,
+    /// Notified by commits that touch one of our ranges; we are its only waiter.
+    woken: Arc<Notify>,
+    /// The head revision at our last `take` of the registry's mark: every
+    /// commit after it that touched our ranges is marked there.
+    taken: i64,
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        self.shared.dispatch().close(self.id);
+    }
 }
 
 impl WatchStream {
@@ -75,24 +99,28 @@ impl WatchStream {
         tx: mpsc::Sender<Result<PbWatchResponse, Status>>,
         cancel: CancellationToken,
     ) -> WatchStream {
+        let (id, woken) = shared.dispatch().open();
         WatchStream {
             shared,
             tx,
             cancel,
             watchers: BTreeMap::new(),
             next_id: 0,
+            id,
+            woken,
+            taken: 0,
         }
     }
 
     /// Runs until the client closes its side, stops reading for good (the
     /// response receiver is dropped), or the server is cancelled.
     pub async fn run(mut self, mut reqs: Streaming<PbWatchRequest>) {
-        let mut rev_rx = self.shared.rev_tx.subscribe();
+        let woken = self.woken.clone();
         let mut progress = tokio::time::interval(self.shared.cfg.watch_progress_interval);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         progress.tick().await; // the first tick is immediate
         loop {
-            if !self.catch_up().await {
+            if self.catch_up().await.is_none() {
                 break;
             }
             tokio::select! {
@@ -106,11 +134,7 @@ impl WatchStream {
                     }
                     Ok(None) | Err(_) => break,
                 },
-                changed = rev_rx.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                }
+                _ = woken.notified() => {}
                 _ = progress.tick() => {
                     if !self.progress_notify().await {
                         break;
@@ -141,73 +165,21 @@ impl WatchStream {
     async fn handle(&mut self, req: PbWatchRequest) -> bool {
         match req.request_union {
             Some(PbWatchRequestUnion::CreateRequest(c)) => {
-                let rev = self.shared.rev();
-                let refuse = |reason: String| PbWatchResponse {
-                    header: self.header(rev),
-                    watch_id: -1,
-                    created: true,
-                    canceled: true,
-                    cancel_reason: reason,
-                    ..Default::default()
-                };
-                let limit = self.shared.cfg.max_watches_per_stream;
-                if self.watchers.len() >= limit {
-                    let reason = format!("mgmt: too many watches on this stream (limit {limit}); cancel some or open another stream");
-                    return self.send(refuse(reason)).await;
-                }
-                let key = if c.key.is_empty() { vec![0] } else { c.key };
-                let range = KeyRange::new(&key, &c.range_end);
-                if !c.range_end.is_empty() && c.range_end != [0] && key >= c.range_end {
-                    return self.send(refuse(EMPTY_RANGE.to_string())).await;
-                }
-                let id = if c.watch_id != 0 {
-                    if self.watchers.contains_key(&c.watch_id) {
-                        return self.send(refuse(DUPLICATE_ID.to_string())).await;
-                    }
-                    c.watch_id
-                } else {
-                    while self.watchers.contains_key(&self.next_id) {
-                        self.next_id += 1;
-                    }
-                    self.next_id += 1;
-                    self.next_id - 1
-                };
-                let next = if c.start_revision > 0 {
-                    c.start_revision
-                } else {
-                    rev + 1
-                };
-                self.watchers.insert(
-                    id,
-                    Watcher {
-                        range,
-                        next,
-                        prev_kv: c.prev_kv,
-                        no_put: c.filters.contains(&FILTER_NOPUT),
-                        no_delete: c.filters.contains(&FILTER_NODELETE),
-                        progress_notify: c.progress_notify,
-                    },
-                );
-                self.shared
-                    .counters
-                    .watches_open
-                    .fetch_add(1, Ordering::Relaxed);
-                self.send(PbWatchResponse {
-                    header: self.header(rev),
-                    watch_id: id,
-                    created: true,
-                    ..Default::default()
+                self.create(Create {
+                    key: c.key,
+                    range_end: c.range_end,
+                    watch_id: c.watch_id,
+                    start_revision: c.start_revision,
+                    prev_kv: c.prev_kv,
+                    progress_notify: c.progress_notify,
+                    filters: c.filters,
                 })
                 .await
             }
             Some(PbWatchRequestUnion::CancelRequest(c)) => {
-                if self.watchers.remove(&c.watch_id).is_none() {
+                if !self.remove(c.watch_id) {
                     return true; // etcd 3.4 is silent about unknown ids
                 }
-                self.shared
-                    .counters
-                    .watches_open
-                    .fetch_sub(1, Ordering::Relaxed);
                 let rev = self.shared.rev();
                 self.send(PbWatchResponse {
                     header: self.header(rev),
@@ -218,9 +190,11 @@ impl WatchStream {
                 .await
             }
             Some(PbWatchRequestUnion::ProgressRequest(_)) => {
-                // Every watcher is caught up here (catch_up ran before this
-                // request was read), so the current revision is a valid bound.
-                let rev = self.shared.rev();
+                // Bring every watcher to the head first: only then is the
+                // revision a valid bound for all of them.
+                let Some(rev) = self.catch_up().await else {
+                    return false;
+                };
                 self.send(PbWatchResponse {
                     header: self.header(rev),
                     watch_id: -1,
@@ -232,8 +206,92 @@ impl WatchStream {
         }
     }
 
+    async fn create(&mut self, c: Create) -> bool {
+        let refuse = |reason: String| PbWatchResponse {
+            header: self.header(self.shared.rev()),
+            watch_id: -1,
+            created: true,
+            canceled: true,
+            cancel_reason: reason,
+            ..Default::default()
+        };
+        let limit = self.shared.cfg.max_watches_per_stream;
+        if self.watchers.len() >= limit {
+            let reason = format!("mgmt: too many watches on this stream (limit {limit}); cancel some or open another stream");
+            return self.send(refuse(reason)).await;
+        }
+        let key = if c.key.is_empty() { vec![0] } else { c.key };
+        let range = KeyRange::new(&key, &c.range_end);
+        if !c.range_end.is_empty() && c.range_end != [0] && key >= c.range_end {
+            return self.send(refuse(EMPTY_RANGE.to_string())).await;
+        }
+        let id = if c.watch_id != 0 {
+            if self.watchers.contains_key(&c.watch_id) {
+                return self.send(refuse(DUPLICATE_ID.to_string())).await;
+            }
+            c.watch_id
+        } else {
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id += 1;
+            self.next_id - 1
+        };
+        // Registered under the state lock, with the revision read there: the
+        // commits after `rev` are exactly those checked against the range.
+        let rev = {
+            let st = self.shared.lock();
+            self.shared.dispatch().watch(self.id, &range);
+            st.kv.rev()
+        };
+        let next = if c.start_revision > 0 {
+            c.start_revision
+        } else {
+            rev + 1
+        };
+        self.watchers.insert(
+            id,
+            Watcher {
+                range,
+                next,
+                checked_from: rev + 1,
+                prev_kv: c.prev_kv,
+                no_put: c.filters.contains(&FILTER_NOPUT),
+                no_delete: c.filters.contains(&FILTER_NODELETE),
+                progress_notify: c.progress_notify,
+            },
+        );
+        self.shared
+            .counters
+            .watches_open
+            .fetch_add(1, Ordering::Relaxed);
+        self.send(PbWatchResponse {
+            header: self.header(rev),
+            watch_id: id,
+            created: true,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Forgets watcher `id` and its range; false if there was none.
+    fn remove(&mut self, id: i64) -> bool {
+        let Some(w) = self.watchers.remove(&id) else {
+            return false;
+        };
+        self.shared.dispatch().unwatch(self.id, &w.range);
+        self.shared
+            .counters
+            .watches_open
+            .fetch_sub(1, Ordering::Relaxed);
+        true
+    }
+
     async fn progress_notify(&mut self) -> bool {
-        let rev = self.shared.rev();
+        // Watchers nobody woke are still at old positions: catch up first.
+        let Some(rev) = self.catch_up().await else {
+            return false;
+        };
         let ids: Vec<i64> = self
             .watchers
             .iter()
@@ -254,47 +312,18 @@ impl WatchStream {
     }
 
     /// Sends every watcher the events it has not seen, in rounds of at most
-    /// one bounded response per watcher, until all are at the head of the log.
-    async fn catch_up(&mut self) -> bool {
+    /// one bounded response per watcher, until all are at the head of the
+    /// log. Returns that head, or `None` when the stream must stop.
+    async fn catch_up(&mut self) -> Option<i64> {
         loop {
-            let head = self.shared.rev();
-            let mut out: Vec<(i64, Result<Vec<Event>, i64>)> = Vec::new();
-            let rev = {
-                let st = self.shared.lock();
-                for (id, w) in self.watchers.iter_mut().filter(|(_, w)| w.next <= head) {
-                    match st.kv.read_log(
-                        w.next,
-                        &w.range,
-                        MAX_REVS_PER_RESPONSE,
-                        MAX_BYTES_PER_RESPONSE,
-                    ) {
-                        LogRead::Compacted(c) => out.push((*id, Err(c))),
-                        LogRead::Events { mut events, next } => {
-                            w.next = next;
-                            events.retain(|e| {
-                                let put = e.cur.is_live();
-                                !(put && w.no_put || !put && w.no_delete)
-                            });
-                            if !events.is_empty() {
-                                out.push((*id, Ok(events)));
-                            }
-                        }
-                    }
-                }
-                st.kv.rev()
-            };
-            if out.is_empty() {
-                return true;
+            let (rev, behind, out) = self.read_round();
+            if out.is_empty() && !behind {
+                return Some(rev);
             }
             for (id, batch) in out {
                 let resp = match batch {
                     Err(compact) => {
-                        if self.watchers.remove(&id).is_some() {
-                            self.shared
-                                .counters
-                                .watches_open
-                                .fetch_sub(1, Ordering::Relaxed);
-                        }
+                        self.remove(id);
                         PbWatchResponse {
                             header: self.header(rev),
                             watch_id: id,
@@ -318,11 +347,75 @@ impl WatchStream {
                     }
                 };
                 if !self.send(resp).await {
-                    return false;
+                    return None;
                 }
             }
         }
     }
+
+    /// One round of `catch_up` under the state lock: the head revision,
+    /// whether a watcher is still behind it, and each watcher's next batch
+    /// (`Err` with the compaction point when its history is gone).
+    ///
+    /// Watchers whose positions are past our last `take` and not older than
+    /// their registration jump over the revisions up to the registry's mark
+    /// (or the head when unmarked) without reading the log: every commit in
+    /// between was checked against their ranges and none matched. Watchers
+    /// further back (a `start_revision` in the past, or a batch that stopped
+    /// short) read the log as before.
+    fn read_round(&mut self) -> (i64, bool, Vec<Batch>) {
+        let mut out = Vec::new();
+        let mut behind = false;
+        let st = self.shared.lock();
+        let head = st.kv.rev();
+        let clean_to = self.shared.dispatch().take(self.id).map_or(head, |d| d - 1);
+        for (id, w) in self.watchers.iter_mut() {
+            if w.next > self.taken && w.next >= w.checked_from && w.next <= clean_to {
+                w.next = clean_to + 1;
+            }
+            if w.next > head {
+                continue;
+            }
+            let read = st.kv.read_log(
+                w.next,
+                &w.range,
+                MAX_REVS_PER_RESPONSE,
+                MAX_BYTES_PER_RESPONSE,
+            );
+            match read {
+                LogRead::Compacted(c) => out.push((*id, Err(c))),
+                LogRead::Events { mut events, next } => {
+                    w.next = next;
+                    behind |= next <= head;
+                    events.retain(|e| {
+                        let put = e.cur.is_live();
+                        !(put && w.no_put || !put && w.no_delete)
+                    });
+                    if !events.is_empty() {
+                        out.push((*id, Ok(events)));
+                    }
+                }
+            }
+        }
+        self.taken = head;
+        (head, behind, out)
+    }
+}
+
+/// One watcher's next response: its events, or the compaction point that
+/// cancels it.
+type Batch = (i64, Result<Vec<Event>, i64>);
+
+/// The fields of a create request that `handle` passes on (etcd-client does
+/// not export the request's own type).
+struct Create {
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    watch_id: i64,
+    start_revision: i64,
+    prev_kv: bool,
+    progress_notify: bool,
+    filters: Vec<i32>,
 }
 
 fn to_pb(e: &Event, prev_kv: bool) -> PbEvent {

@@ -114,6 +114,7 @@ conformance!(
     many_watches_on_one_stream,
     garbage_connection_does_not_hurt_others,
     concurrent_compare_and_swap,
+    many_streams_each_get_their_own_events,
 );
 
 async fn client(ep: &str) -> Client {
@@ -1147,6 +1148,52 @@ async fn concurrent_compare_and_swap(ep: String) {
     }
 }
 
+/// Streams in `many_streams_each_get_their_own_events`.
+const PREFIX_STREAMS: usize = 1000;
+
+/// 1000 watch streams, each with one watcher on its own prefix (the shape of
+/// an emulated fleet), over connections of 100 streams. One write to each
+/// prefix: every stream gets exactly its event; a second round shows that
+/// nothing else was queued before it.
+async fn many_streams_each_get_their_own_events(ep: String) {
+    let mut clients = Vec::new();
+    for _ in 0..PREFIX_STREAMS.div_ceil(100) {
+        clients.push(client(&ep).await);
+    }
+    let mut streams = Vec::new();
+    for i in 0..PREFIX_STREAMS {
+        let c = &mut clients[i / 100];
+        let opts = Some(WatchOptions::new().with_prefix());
+        let mut ws = c.watch(format!("h/{i:04}/"), opts).await.expect("watch");
+        assert!(next_msg(&mut ws).await.created());
+        streams.push(ws);
+    }
+    for round in 1..=2 {
+        // Writers in parallel, so etcd can batch its fsyncs.
+        let writes = clients.iter().enumerate().map(|(j, c)| {
+            let mut c = c.clone();
+            async move {
+                let mut revs = Vec::new();
+                for i in (j * 100..(j + 1) * 100).filter(|&i| i < PREFIX_STREAMS) {
+                    let r = c.put(format!("h/{i:04}/k{round}"), "v", None).await;
+                    revs.push((i, rev_of(r.expect("put").header())));
+                }
+                revs
+            }
+        });
+        let mut revs = futures::future::join_all(writes).await.concat();
+        revs.sort();
+        for (ws, (i, rev)) in streams.iter_mut().zip(revs) {
+            let got = events(ws, 1).await;
+            assert_eq!(
+                (got[0].1.as_str(), got[0].2),
+                (format!("h/{i:04}/k{round}").as_str(), rev),
+                "stream {i}, round {round}"
+            );
+        }
+    }
+}
+
 // ---- Limits and back-pressure: ours only -----------------------------------
 
 async fn ours_with(cfg: Config) -> Ours {
@@ -1402,4 +1449,141 @@ async fn ours_serve_incoming_over_duplex_pipes() {
         .expect("join")
         .expect("serve_incoming ends cleanly");
     assert_eq!(store.stats().puts, 1);
+}
+
+/// A commit wakes only the watch streams with a watcher whose range holds a
+/// key it wrote, counted by `Stats::watch_wakeups` before the write is
+/// answered: a write under `/a/` leaves a stream on `/b/` asleep. Covers each
+/// range shape: prefix, single key, from-key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ours_write_wakes_only_the_streams_it_concerns() {
+    let s = ours_with(Config::default()).await;
+    guard(async {
+        let mut c = client(&s.endpoint).await;
+        let prefix = || Some(WatchOptions::new().with_prefix());
+        let mut a = c.watch("/a/", prefix()).await.expect("watch");
+        let mut b = c.watch("/b/", prefix()).await.expect("watch");
+        let mut k = c.watch("/k", None).await.expect("watch");
+        let from = Some(WatchOptions::new().with_from_key());
+        let mut y = c.watch("/y", from).await.expect("watch");
+        for ws in [&mut a, &mut b, &mut k, &mut y] {
+            assert!(next_msg(ws).await.created());
+        }
+        let wakeups = || s.store.stats().watch_wakeups;
+        let revs = |evs: Vec<(EventType, String, i64, Option<String>)>| {
+            evs.into_iter().map(|e| e.2).collect::<Vec<_>>()
+        };
+        assert_eq!(wakeups(), 0);
+        c.put("/a/1", "x", None).await.expect("put"); // 2
+        assert_eq!(wakeups(), 1, "only the stream on /a/ is woken");
+        c.put("/c", "x", None).await.expect("put"); // 3: nobody's
+        c.put("/a", "x", None).await.expect("put"); // 4: not under /a/
+        assert_eq!(wakeups(), 1);
+        c.put("/b/1", "x", None).await.expect("put"); // 5
+        assert_eq!(wakeups(), 2);
+        c.put("/k", "x", None).await.expect("put"); // 6
+        assert_eq!(wakeups(), 3);
+        c.put("/z", "x", None).await.expect("put"); // 7
+        assert_eq!(wakeups(), 4);
+        // Each stream got exactly its events. Having sent them, it has taken
+        // its wake-up mark, so the next write that concerns it wakes it again.
+        assert_eq!(revs(events(&mut a, 1).await), [2]);
+        assert_eq!(revs(events(&mut b, 1).await), [5]);
+        assert_eq!(revs(events(&mut k, 1).await), [6]);
+        assert_eq!(revs(events(&mut y, 1).await), [7]);
+        // One revision under two prefixes wakes both streams, once each.
+        let txn = Txn::new().and_then([txn_put("/a/2", "x"), txn_put("/b/2", "x")]);
+        c.txn(txn).await.expect("txn"); // 8
+        assert_eq!(wakeups(), 6);
+        assert_eq!(revs(events(&mut a, 1).await), [8]);
+        assert_eq!(revs(events(&mut b, 1).await), [8]);
+        c.put("/a/3", "x", None).await.expect("put"); // 9
+        c.put("/b/3", "x", None).await.expect("put"); // 10
+        c.put("/k", "y", None).await.expect("put"); // 11
+        c.put("/y1", "x", None).await.expect("put"); // 12
+        assert_eq!(wakeups(), 10);
+        assert_eq!(revs(events(&mut a, 1).await), [9]);
+        assert_eq!(revs(events(&mut b, 1).await), [10]);
+        assert_eq!(revs(events(&mut k, 1).await), [11]);
+        assert_eq!(revs(events(&mut y, 1).await), [12]);
+    })
+    .await;
+    s.stop().await;
+}
+
+/// The 1000-stream scenario against ours, and each write woke exactly one
+/// stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ours_each_write_wakes_one_of_many_streams() {
+    let s = ours_with(Config::default()).await;
+    guard(many_streams_each_get_their_own_events(s.endpoint.clone())).await;
+    assert_eq!(s.store.stats().watch_wakeups, 2 * PREFIX_STREAMS as u64);
+    s.stop().await;
+}
+
+/// Watchers created while another client writes as fast as it can get every
+/// event from their start revision: none falls between reading the revision
+/// it starts after and registering its range. Each round opens a new stream
+/// with a watcher from now and one replaying from a little earlier, and
+/// drops it after; every revision is a put under the watched prefix, so
+/// each watcher must see consecutive revisions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ours_watch_created_during_writes_misses_nothing() {
+    const ROUNDS: usize = 300;
+    let s = ours_with(Config {
+        retain_revisions: 1_000_000,
+        ..Config::default()
+    })
+    .await;
+    guard(async {
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn({
+            let mut w = client(&s.endpoint).await;
+            let stop = stop.clone();
+            async move {
+                let mut n = 0u64;
+                while !stop.is_cancelled() {
+                    w.put(format!("r/{}", n % 100), "v", None)
+                        .await
+                        .expect("put");
+                    n += 1;
+                }
+            }
+        });
+        let mut c = client(&s.endpoint).await;
+        for round in 0..ROUNDS {
+            let prefix = || WatchOptions::new().with_prefix();
+            let mut ws = c.watch("r/", Some(prefix())).await.expect("watch");
+            let m = next_msg(&mut ws).await;
+            assert!(m.created() && m.watch_id() == 0, "{m:?}");
+            let from_now = rev_of(m.header()) + 1;
+            let from_past = (from_now - 3).max(2);
+            let past = prefix().with_start_revision(from_past).with_watch_id(1);
+            ws.watch("r/", Some(past)).await.expect("send");
+            // The next revision each watcher must deliver.
+            let mut next = [from_now, from_past];
+            let mut until = None;
+            while until.is_none_or(|u| next.iter().any(|&n| n <= u)) {
+                let m = next_msg(&mut ws).await;
+                assert!(!m.canceled(), "round {round}: {m:?}");
+                if m.created() {
+                    // Everything committed by now must reach both watchers.
+                    until = Some(s.store.stats().revision);
+                }
+                let id = m.watch_id() as usize;
+                for e in m.events() {
+                    let r = e.kv().expect("kv").mod_revision();
+                    assert_eq!(
+                        r, next[id],
+                        "round {round}: watcher {id} skipped a revision"
+                    );
+                    next[id] = r + 1;
+                }
+            }
+        }
+        stop.cancel();
+        writer.await.expect("writer");
+    })
+    .await;
+    s.stop().await;
 }
