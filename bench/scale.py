@@ -98,7 +98,7 @@ class Emulator:
             args.bin, "emulate", "--hosts=%d" % hosts, "--first-address=%s" % addr(first, 0),
             "--port=%d" % PORT, "--root", os.path.join(work, "root"),
             "--authorized-keys", os.path.join(work, "key.pub"), "--known-hosts-out", self.kh,
-            "--stats", os.path.join(work, "stats.json"),
+            "--stats", os.path.join(work, "stats.json"), "--shared-listener",
         ]
         self.log = open(os.path.join(work, "emulate.log"), "w")
         self.p = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)

@@ -106,6 +106,7 @@ fn emulate(verbose: u8, args: &mgmt::cli::EmulateArgs) -> ExitCode {
         hosts_file: args.hosts_out.clone(),
         stats: args.stats.clone(),
         user: args.user.clone(),
+        shared_listener: args.shared_listener,
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

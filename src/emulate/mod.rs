@@ -19,6 +19,7 @@ mod agent;
 mod child;
 mod exec;
 mod files;
+mod listen;
 mod server;
 
 use std::collections::HashMap;
@@ -50,6 +51,9 @@ pub struct Options {
     pub stats: Option<PathBuf>,
     /// The user named in the URLs of `hosts_file`.
     pub user: String,
+    /// One socket on `0.0.0.0:port` for every host (loopback peers only)
+    /// instead of one listener per host.
+    pub shared_listener: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -206,7 +210,7 @@ pub async fn run(opts: Options, cancel: CancellationToken) -> Result<(), Emulate
     if opts.hosts == 0 || opts.hosts > 1_000_000 {
         return Err(EmulateError::Count(opts.hosts));
     }
-    raise_open_files(opts.hosts)?;
+    raise_open_files(opts.hosts, !opts.shared_listener)?;
     let addrs = addresses(opts.first, opts.hosts)?;
     std::fs::create_dir_all(&opts.root).map_err(io_err("--root", &opts.root))?;
     let emu = Arc::new(Emulator {
@@ -218,9 +222,9 @@ pub async fn run(opts: Options, cancel: CancellationToken) -> Result<(), Emulate
         ports: AtomicU32::new(0),
     });
     let mut hosts = Vec::with_capacity(addrs.len());
+    let mut served = HashMap::with_capacity(addrs.len());
     let mut known = String::new();
     let mut urls = String::new();
-    let mut listeners = Vec::with_capacity(addrs.len());
     for addr in &addrs {
         let name = addr.to_string();
         let top = opts.root.join(&name);
@@ -233,32 +237,28 @@ pub async fn run(opts: Options, cancel: CancellationToken) -> Result<(), Emulate
         let public = key.public_key().to_openssh().unwrap_or_default();
         known.push_str(&format!("{entry} {public}\n"));
         urls.push_str(&format!("ssh://{}@{name}:{}\n", opts.user, opts.port));
-        let sock = SocketAddr::from((*addr, opts.port));
-        let listener = std::net::TcpListener::bind(sock)
-            .map_err(|source| EmulateError::Listen { addr: sock, source })?;
-        listener
-            .set_nonblocking(true)
-            .map_err(io_err("listen", &top))?;
-        listeners.push((listener, server_config(key)));
-        hosts.push(Arc::new(Host {
+        let host = Arc::new(Host {
             name,
             jail,
             counters: Counters::default(),
             children: Mutex::new(HashMap::new()),
-        }));
+        });
+        let cfg = server_config(key);
+        served.insert(
+            *addr,
+            listen::Served {
+                host: host.clone(),
+                cfg,
+            },
+        );
+        hosts.push(host);
     }
+    let served = Arc::new(served);
+    let tasks = bind(&opts, &addrs, &served, &emu, &cancel)?;
+    crate::remote::ssh::serve_locally(listen::local_dial(served, emu.clone(), opts.port));
     write_file(&opts.known_hosts, &known, "--known-hosts-out")?;
     if let Some(p) = &opts.hosts_file {
         write_file(p, &urls, "--hosts-out")?;
-    }
-    let mut tasks = Vec::with_capacity(hosts.len());
-    for ((listener, cfg), host) in listeners.into_iter().zip(&hosts) {
-        let listener = tokio::net::TcpListener::from_std(listener)
-            .map_err(io_err("listen", &host.jail.top))?;
-        let (emu, host, cancel) = (emu.clone(), host.clone(), cancel.clone());
-        tasks.push(Abort(tokio::spawn(accept(
-            listener, cfg, emu, host, cancel,
-        ))));
     }
     // On stderr with the logs; scripts can also wait for the known_hosts
     // file, written once every host listens.
@@ -323,41 +323,39 @@ fn stats(hosts: &[Arc<Host>]) -> serde_json::Value {
     serde_json::json!({ "hosts": hosts.len(), "totals": totals, "per_host": per_host })
 }
 
-async fn accept(
-    listener: tokio::net::TcpListener,
-    cfg: Arc<russh::server::Config>,
-    emu: Arc<Emulator>,
-    host: Arc<Host>,
-    cancel: CancellationToken,
-) {
-    loop {
-        let stream = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!("{}: accept: {e}", host.name);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        host.counters.connections.fetch_add(1, Ordering::Relaxed);
-        let c = &host.counters;
-        let counted =
-            crate::remote::wire::Counted::both(stream, c.bytes_out.clone(), c.bytes_in.clone());
-        let handler = server::Conn::new(emu.clone(), host.clone());
-        let cfg = cfg.clone();
-        tokio::spawn(async move {
-            match russh::server::run_stream(cfg, counted, handler).await {
-                Ok(session) => {
-                    let _ = session.await;
-                }
-                Err(e) => tracing::debug!("ssh handshake: {e}"),
-            }
-        });
+/// Listens for every host, per host or on one shared socket.
+fn bind(
+    opts: &Options,
+    addrs: &[Ipv4Addr],
+    served: &Arc<HashMap<Ipv4Addr, listen::Served>>,
+    emu: &Arc<Emulator>,
+    cancel: &CancellationToken,
+) -> Result<Vec<Abort>, EmulateError> {
+    let listen = |sock: SocketAddr| {
+        let l = std::net::TcpListener::bind(sock)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(tokio::net::TcpListener::from_std);
+        l.map_err(|source| EmulateError::Listen { addr: sock, source })
+    };
+    if opts.shared_listener {
+        let l = listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, opts.port)))?;
+        let pick = listen::by_destination(served.clone());
+        let task = tokio::spawn(listen::accept(l, emu.clone(), cancel.clone(), pick));
+        return Ok(vec![Abort(task)]);
     }
+    let mut tasks = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let l = listen(SocketAddr::from((*addr, opts.port)))?;
+        let one = served[addr].clone();
+        let pick = move |_: &tokio::net::TcpStream, _| Some(one.clone());
+        tasks.push(Abort(tokio::spawn(listen::accept(
+            l,
+            emu.clone(),
+            cancel.clone(),
+            pick,
+        ))));
+    }
+    Ok(tasks)
 }
 
 fn server_config(key: russh::keys::PrivateKey) -> Arc<russh::server::Config> {
@@ -428,11 +426,12 @@ fn write_file(path: &std::path::Path, text: &str, what: &'static str) -> Result<
     std::fs::rename(&tmp, path).map_err(io_err(what, path))
 }
 
-/// Each host needs a listener, its connections and its children's; say so
-/// before starting when the limit cannot be raised that far.
-fn raise_open_files(hosts: usize) -> Result<(), EmulateError> {
+/// Each host needs its connection (and a listener of its own unless they
+/// share one); say so before starting when the limit cannot be raised.
+fn raise_open_files(hosts: usize, listener_each: bool) -> Result<(), EmulateError> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let need = hosts as u64 * 4 + 1024;
+    // A connection per host, and a listener each unless shared.
+    let need = hosts as u64 * (1 + u64::from(listener_each)) + 1024;
     let fail = |reason: String| EmulateError::Files {
         hosts,
         need,
@@ -442,6 +441,9 @@ fn raise_open_files(hosts: usize) -> Result<(), EmulateError> {
     if soft >= need {
         return Ok(());
     }
-    setrlimit(Resource::RLIMIT_NOFILE, need, hard.max(need))
-        .map_err(|e| fail(format!("{e} (hard limit {hard}; raise it with ulimit -Hn)")))
+    setrlimit(Resource::RLIMIT_NOFILE, need, hard.max(need)).map_err(|e| {
+        fail(format!(
+            "{e} (hard limit {hard}; raise it with ulimit -Hn, or use --shared-listener)"
+        ))
+    })
 }

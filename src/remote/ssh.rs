@@ -151,6 +151,10 @@ impl ClientSettings {
 
     fn russh_config(&self) -> client::Config {
         client::Config {
+            // What a host may send before we read it (its output, store
+            // traffic) is bounded by this window per channel; a slow
+            // terminal slows the host down instead of growing memory.
+            window_size: CHANNEL_WINDOW,
             nodelay: true,
             keepalive_interval: self.keepalive,
             keepalive_max: self.keepalive_max,
@@ -159,6 +163,10 @@ impl ClientSettings {
         }
     }
 }
+
+/// The receive window of each channel: the most a host can have in
+/// flight towards this process on one channel.
+pub const CHANNEL_WINDOW: u32 = 1 << 20;
 
 /// Why a connection could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -488,6 +496,34 @@ pub async fn connect_with(
     })
 }
 
+/// Gives an in-memory stream to a server this process runs itself for
+/// that address, or `None` (see [`serve_locally`]).
+pub type LocalDial =
+    Box<dyn Fn(std::net::SocketAddr) -> Option<crate::link::DialStream> + Send + Sync>;
+
+static LOCAL_DIAL: std::sync::OnceLock<LocalDial> = std::sync::OnceLock::new();
+
+/// Makes connections to the addresses `dial` answers in-memory streams
+/// instead of sockets. Only `mgmt emulate` calls it, so that its in-process
+/// gateways reach its emulated hosts without two descriptors per
+/// connection; a process that never calls it always uses TCP.
+pub fn serve_locally(dial: LocalDial) {
+    let _ = LOCAL_DIAL.set(dial);
+}
+
+async fn open_stream(addrs: &[std::net::SocketAddr]) -> std::io::Result<crate::link::DialStream> {
+    if let Some(dial) = LOCAL_DIAL.get() {
+        if let Some(s) = addrs.iter().find_map(|a| dial(*a)) {
+            return Ok(s);
+        }
+    }
+    let stream = tokio::net::TcpStream::connect(addrs).await?;
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "set_nodelay failed");
+    }
+    Ok(Box::new(stream))
+}
+
 enum HandshakeError {
     Tcp(std::io::Error),
     Ssh(russh::Error),
@@ -501,12 +537,7 @@ async fn handshake(
     timings: &mut ConnectTimings,
 ) -> Result<Handle<ClientHandler>, HandshakeError> {
     let t = Instant::now();
-    let stream = tokio::net::TcpStream::connect(addrs)
-        .await
-        .map_err(HandshakeError::Tcp)?;
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(error = %e, "set_nodelay failed");
-    }
+    let stream = open_stream(addrs).await.map_err(HandshakeError::Tcp)?;
     timings.tcp = t.elapsed();
     let t = Instant::now();
     let stream = super::wire::Counted::new(stream, sent);

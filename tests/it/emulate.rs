@@ -24,7 +24,7 @@ struct Emu {
 
 impl Emu {
     /// `n` hosts on a random block of 127.0.0.0/8 and a random port.
-    fn start(n: usize) -> Emu {
+    fn start(n: usize, shared_listener: bool) -> Emu {
         let d = Dir::new();
         keygen(&d.path().join("key"));
         keygen(&d.path().join("stranger"));
@@ -49,6 +49,9 @@ impl Emu {
                 .arg(d.path().join("known_hosts"))
                 .arg("--stats")
                 .arg(d.path().join("stats.json"));
+            if shared_listener {
+                c.arg("--shared-listener");
+            }
             let mut proc = Proc::spawn(&mut c);
             let ready = eventually(Duration::from_secs(60), || {
                 d.path().join("known_hosts").exists()
@@ -132,11 +135,16 @@ fn seed_cache(emu: &Emu, i: usize, sha: &str) {
 /// Host `i` is `h<i>`: it writes two files, exports one value and collects
 /// the values of its decade (`h12?` for h120..h129).
 fn graph(emu: &Emu, d: &Dir, i: usize) -> PathBuf {
+    graph_via(emu, d, i, "")
+}
+
+/// [`graph`], with a `via:` line (or none).
+fn graph_via(emu: &Emu, d: &Dir, i: usize, via: &str) -> PathBuf {
     let name = format!("h{i:03}");
     d.write(
         &format!("{name}.yaml"),
         &format!(
-            "graph: {name}\nhostname: {name}\nresources:\n  file:\n  - name: a\n    path: /tmp/a\n    content: \"a of {name}\\n\"\n  - name: b\n    path: /tmp/b\n    content: \"b of {name}\\n\"\n  - name: \"@@v-{name}\"\n    path: /tmp/v-{name}\n    content: \"value of {name}\\n\"\ncollect:\n- kind: file\n  hostname: \"h{decade:02}?\"\n  pattern: /tmp/\nremote: {url}\n",
+            "graph: {name}\nhostname: {name}\nresources:\n  file:\n  - name: a\n    path: /tmp/a\n    content: \"a of {name}\\n\"\n  - name: b\n    path: /tmp/b\n    content: \"b of {name}\\n\"\n  - name: \"@@v-{name}\"\n    path: /tmp/v-{name}\n    content: \"value of {name}\\n\"\ncollect:\n- kind: file\n  hostname: \"h{decade:02}?\"\n  pattern: /tmp/\nremote: {url}\n{via}",
             decade = i / 10,
             url = emu.url(i)
         ),
@@ -158,7 +166,7 @@ fn wire_sent(log: &[String]) -> u64 {
 #[test]
 fn two_hundred_emulated_hosts_converge_with_their_own_files() {
     const N: usize = 200;
-    let emu = Emu::start(N);
+    let emu = Emu::start(N, false);
     let d = Dir::new();
     let bin = std::fs::read(env!("CARGO_BIN_EXE_mgmt")).unwrap();
     let sha = hex::encode(sha2::Sha256::digest(&bin));
@@ -255,7 +263,8 @@ fn ssh(emu: &Emu, key: &str, command: &str) -> std::process::Output {
 // commands)
 #[test]
 fn the_emulator_refuses_unknown_keys_and_other_commands() {
-    let mut emu = Emu::start(1);
+    // One shared socket for every host: the mode 10,000 hosts need.
+    let mut emu = Emu::start(1, true);
     // OpenSSH's client, with the host key the emulator wrote: an arbitrary
     // command is refused, clearly; what mgmt sends is answered.
     let out = ssh(&emu, "key", "ls /");
@@ -287,4 +296,60 @@ fn the_emulator_refuses_unknown_keys_and_other_commands() {
     assert_eq!(emu.stats()["totals"]["children_started"].as_u64(), Some(0));
     emu.proc.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(emu.proc.wait(Duration::from_secs(20)), 0);
+}
+
+// See: #6 (through gateways: emulated gateways run the real `mgmt run
+// --remote` child in-process and reach their hosts with the forwarded agent)
+#[test]
+fn twenty_emulated_hosts_converge_behind_two_emulated_gateways() {
+    const N: usize = 20;
+    let emu = Emu::start(N + 2, true);
+    let d = Dir::new();
+    let bin = std::fs::read(env!("CARGO_BIN_EXE_mgmt")).unwrap();
+    let sha = hex::encode(sha2::Sha256::digest(&bin));
+    for i in 0..N + 2 {
+        seed_cache(&emu, i, &sha);
+    }
+    let files: Vec<PathBuf> = (0..N)
+        .map(|i| {
+            let gw = emu.url(N + i % 2);
+            graph_via(&emu, &d, i, &format!("via: [{gw}]\n"))
+        })
+        .collect();
+    let mut c = emu.run(&files, "key");
+    c.arg("--converged-timeout=2");
+    let mut p = Proc::spawn(&mut c);
+    let code = p.wait(Duration::from_secs(300));
+    let log = p.lines_so_far();
+    assert_eq!(code, 0, "log:\n{}", log.join("\n"));
+    assert!(log
+        .iter()
+        .any(|l| l.contains(&format!("{N} converged, 0 failed"))));
+    for i in 0..N {
+        let tmp = emu.root(i).join("tmp");
+        let values = std::fs::read_dir(&tmp)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("v-"))
+            .count();
+        assert_eq!(
+            values, 10,
+            "host {i} collects its decade across both gateways"
+        );
+    }
+    // Each gateway ran one child, each host one, all ended; no key file
+    // exists on a gateway (the agent was forwarded).
+    let settled = eventually(Duration::from_secs(10), || {
+        emu.stats()["totals"]["children_running"].as_u64() == Some(0)
+    });
+    assert!(settled);
+    let s = emu.stats();
+    assert_eq!(s["totals"]["children_started"].as_u64(), Some(N as u64 + 2));
+    for g in [N, N + 1] {
+        assert_eq!(
+            s["per_host"][emu.addr(g)]["children_started"].as_u64(),
+            Some(1)
+        );
+        assert!(!emu.home(g).join(".ssh").exists());
+    }
 }
