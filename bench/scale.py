@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 
-PORT = 2222
+PORT = 2299
 
 
 def addr(first, i):

@@ -430,6 +430,16 @@ async fn wait_converged(
     };
     let me = world.hostname().to_owned();
     let mut events_open = true;
+    // The remote hosts not converged now, kept up to date event by event:
+    // counting them afresh on each event would cost O(hosts) per event.
+    let mut unconverged: std::collections::HashSet<String> = match &peers {
+        Peers::Hosts(set) => set
+            .keys()
+            .filter(|h| map.get(*h) != Some(&true))
+            .cloned()
+            .collect(),
+        _ => Default::default(),
+    };
     loop {
         let mine = status
             .as_deref_mut()
@@ -443,7 +453,7 @@ async fn wait_converged(
             let waiting = match &peers {
                 Peers::None => 0,
                 Peers::Published => map.iter().filter(|(h, c)| !**c && **h != me).count(),
-                Peers::Hosts(set) => set.keys().filter(|h| map.get(*h) != Some(&true)).count(),
+                Peers::Hosts(_) => unconverged.len(),
             };
             if waiting == 0 {
                 return Ok(());
@@ -456,8 +466,13 @@ async fn wait_converged(
                 for host in crate::world::apply_converged(&mut map, &resp?) {
                     if let Peers::Hosts(set) = &peers {
                         if let Some(route) = set.get(&host) {
-                            let stage = if map.get(&host) == Some(&true) { Stage::Converged } else { Stage::Running };
-                            ui.stage(route, stage);
+                            let done = map.get(&host) == Some(&true);
+                            if done {
+                                unconverged.remove(&host);
+                            } else {
+                                unconverged.insert(host.clone());
+                            }
+                            ui.stage(route, if done { Stage::Converged } else { Stage::Running });
                         }
                     }
                 }
@@ -467,6 +482,7 @@ async fn wait_converged(
                     if let Peers::Hosts(set) = &mut peers {
                         set.remove(&h);
                     }
+                    unconverged.remove(&h);
                 }
                 Some(HostEvent::Running(_)) => {}
                 None => events_open = false,

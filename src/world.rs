@@ -47,7 +47,7 @@ pub const EXPORTED: &str = "/_mgmt/exported/";
 pub const CONVERGED: &str = "/_mgmt/converged/";
 
 /// How long a host's converged key outlives a silent host.
-const LEASE_TTL_SECS: i64 = 10;
+const LEASE_TTL_SECS: i64 = 30;
 /// Gets per read transaction: etcd refuses more than 128 operations in one
 /// (`--max-txn-ops`); a longer list of prefixes is read in several, at the
 /// first one's revision.

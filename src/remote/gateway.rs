@@ -24,7 +24,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::host::{
-    self, common_args, words, HostEvent, HostReport, Launch, Placed, Shared, Synced, STDIN_GRACE,
+    self, common_args, words, HostEvent, HostReport, Launch, Placed, Shared, Synced,
+    GRACE_PER_HOST, STDIN_GRACE,
 };
 use super::plan::GatewayPlan;
 use super::route::Record;
@@ -175,7 +176,10 @@ async fn supervise(
             .map(|(i, g)| synced_file(i, g, gw))
             .collect(),
         agent: true,
-        stdin_grace: STDIN_GRACE + LEVEL_GRACE * levels,
+        // The gateway first stops its own hosts, with graces of its own.
+        stdin_grace: shared.grace(STDIN_GRACE)
+            + LEVEL_GRACE * levels
+            + GRACE_PER_HOST * gw.leaves.len() as u32,
         on_line: &mut on_line,
         events: events.clone(),
     };

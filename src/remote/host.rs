@@ -33,6 +33,18 @@ use crate::ui::{RowResult, Stage, Ui};
 pub(crate) const STDIN_GRACE: Duration = Duration::from_secs(2);
 /// How long a child may take to stop after SIGINT before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Added to both graces per host this process stops: thousands of hosts
+/// stopping at once share this machine (and the store), so each may take
+/// longer, and signalling them early would only add load.
+pub(crate) const GRACE_PER_HOST: Duration = Duration::from_millis(1);
+
+impl Shared {
+    /// `base`, stretched by how many hosts and gateways this run stops.
+    pub(crate) fn grace(&self, base: Duration) -> Duration {
+        let n = self.plan.hosts.len() + self.plan.gateways.len();
+        base + GRACE_PER_HOST * n as u32
+    }
+}
 /// How long a tunnel client has to present the secret.
 const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -173,7 +185,7 @@ pub async fn run(
                 rest: None,
             }],
             agent: false,
-            stdin_grace: STDIN_GRACE,
+            stdin_grace: shared.grace(STDIN_GRACE),
             on_line: &mut on_line,
             events: events.clone(),
         };
@@ -470,9 +482,9 @@ async fn follow(
                 tracing::debug!("{label}: the child is still running; sending {signal:?} to its pid");
                 kill(p, child, signal).await;
                 if signal == KillSignal::Int {
-                    next_signal = Some((tokio::time::Instant::now() + STOP_GRACE, KillSignal::Kill));
+                    next_signal = Some((tokio::time::Instant::now() + shared.grace(STOP_GRACE), KillSignal::Kill));
                 } else {
-                    tracing::warn!("{label}: the child did not stop within {STOP_GRACE:?} of SIGINT; killed it");
+                    tracing::warn!("{label}: the child did not stop within {:?} of SIGINT; killed it", shared.grace(STOP_GRACE));
                 }
             }
         }
