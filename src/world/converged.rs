@@ -87,8 +87,11 @@ impl Leases for EtcdLeases {
         self.0.put(key, value, Some(opts)).await.map(drop)
     }
 
+    /// Bounded: when the link to the store is gone, the lease expires by
+    /// itself, and a stop must not wait for the dead connection to time out.
     async fn revoke(&mut self, lease: i64) {
-        let _ = self.0.lease_revoke(lease).await;
+        let revoke = self.0.lease_revoke(lease);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), revoke).await;
     }
 }
 
