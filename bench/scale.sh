@@ -19,7 +19,10 @@ BIN=${MGMT_BIN:-$HERE/target/x86_64-unknown-linux-musl/release/mgmt}
 die() { echo "bench/scale.sh: $*" >&2; exit 1; }
 [ -x "$BIN" ] || die "no mgmt binary at $BIN: cargo build --release --target x86_64-unknown-linux-musl (or set MGMT_BIN)"
 command -v ssh-keygen >/dev/null || die "needs ssh-keygen (apt-get install -y openssh-client)"
-if ! python3 -c 'import matplotlib' 2>/dev/null; then
+# Debian's python3, where apt puts matplotlib (not a pyenv one on PATH).
+PY=python3
+[ -x /usr/bin/python3 ] && PY=/usr/bin/python3
+if ! "$PY" -c 'import matplotlib' 2>/dev/null; then
   [ "$(id -u)" = 0 ] || die "needs python3-matplotlib (run as root to install it)"
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-matplotlib >/dev/null
 fi
@@ -30,6 +33,6 @@ if [ "$(cat /proc/sys/fs/inotify/max_user_watches)" -lt "$need" ]; then
   echo "bench/scale.sh: raising fs.inotify.max_user_watches to $need for the emulated hosts" >&2
   sysctl -qw fs.inotify.max_user_watches=$need
 fi
-exec python3 "$HERE/bench/scale.py" --bin "$BIN" --sizes "$SIZES" --via "$G" \
+exec "$PY" "$HERE/bench/scale.py" --bin "$BIN" --sizes "$SIZES" --via "$G" \
   --cold-max "${COLD_MAX:-0}" --workdir "${WORKDIR:-/tmp}" \
   --json "$HERE/docs/scale.json" --png "$HERE/docs/scale.png"

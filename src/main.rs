@@ -50,6 +50,29 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    with_runtime(|root| async move {
+        match mgmt::run::run(cfg, ui, root).await {
+            Ok(outcome) => {
+                for f in outcome.failed() {
+                    eprintln!("mgmt: failed: {f}");
+                }
+                outcome.exit_code()
+            }
+            Err(e) => {
+                eprintln!("mgmt: {e:#}");
+                1
+            }
+        }
+    })
+}
+
+/// Runs `job` on a multi-threaded runtime with signals cancelling its
+/// root token; its result is the exit code.
+fn with_runtime<F, Fut>(job: F) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = u8>,
+{
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -63,20 +86,9 @@ fn main() -> ExitCode {
     let code = rt.block_on(async {
         let root = CancellationToken::new();
         let signals = tokio::spawn(mgmt::shutdown::on_signals(root.clone()));
-        let result = mgmt::run::run(cfg, ui, root).await;
+        let code = job(root).await;
         signals.abort();
-        match result {
-            Ok(outcome) => {
-                for f in outcome.failed() {
-                    eprintln!("mgmt: failed: {f}");
-                }
-                outcome.exit_code()
-            }
-            Err(e) => {
-                eprintln!("mgmt: {e:#}");
-                1
-            }
-        }
+        code
     });
     // Don't wait for blocking threads (e.g. a stuck inotify read) at exit.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -108,28 +120,15 @@ fn emulate(verbose: u8, args: &mgmt::cli::EmulateArgs) -> ExitCode {
         user: args.user.clone(),
         shared_listener: args.shared_listener,
     };
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("mgmt: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let code = rt.block_on(async {
-        let root = CancellationToken::new();
-        let signals = tokio::spawn(mgmt::shutdown::on_signals(root.clone()));
-        let r = mgmt::emulate::run(opts, root).await;
-        signals.abort();
-        match r {
+    with_runtime(|root| async move {
+        match mgmt::emulate::run(opts, root).await {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("mgmt emulate: {e}");
                 2
             }
         }
-    });
-    rt.shutdown_timeout(std::time::Duration::from_secs(1));
-    ExitCode::from(code)
+    })
 }
 
 /// A remote child (`child`) logs without timestamps: its parent prints

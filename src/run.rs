@@ -99,8 +99,13 @@ pub async fn run_linked(
     let dial = link.dial.clone();
     let engine_converged = link.engine_converged.clone();
     let (mut world, secret) = connect_world(&cfg, &seeds, &cancel, &converged_flag, link).await?;
+    // A stop while the graph is starting (its first export may be
+    // retrying against a store that is gone) skips to the stop below.
     let mut local = match &cfg.file {
-        Some(file) => Some(local::Local::start(&cfg, file, world.clone()).await?),
+        Some(file) => tokio::select! {
+            l = local::Local::start(&cfg, file, world.clone()) => Some(l?),
+            _ = cancel.cancelled() => None,
+        },
         None => None,
     };
     let _mirror = match (&local, engine_converged) {

@@ -151,6 +151,18 @@ fn graph_via(emu: &Emu, d: &Dir, i: usize, via: &str) -> PathBuf {
     )
 }
 
+/// The collected values (`v-*` files) in a host's `tmp`, sorted.
+fn values(tmp: &Path) -> Vec<String> {
+    let mut got: Vec<String> = std::fs::read_dir(tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|f| f.starts_with("v-"))
+        .collect();
+    got.sort();
+    got
+}
+
 /// The exact byte count in the summary's `wire sent: ... (N B) from here`.
 fn wire_sent(log: &[String]) -> u64 {
     let line = log
@@ -192,13 +204,7 @@ fn two_hundred_emulated_hosts_converge_with_their_own_files() {
         let read = |f: &str| std::fs::read_to_string(tmp.join(f)).unwrap_or_default();
         assert_eq!(read("a"), format!("a of {name}\n"));
         assert_eq!(read("b"), format!("b of {name}\n"));
-        let mut got: Vec<String> = std::fs::read_dir(&tmp)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|f| f.starts_with("v-"))
-            .collect();
-        got.sort();
+        let got = values(&tmp);
         let want: Vec<String> = (i / 10 * 10..i / 10 * 10 + 10)
             .map(|j| format!("v-h{j:03}"))
             .collect();
@@ -327,15 +333,8 @@ fn twenty_emulated_hosts_converge_behind_two_emulated_gateways() {
         .any(|l| l.contains(&format!("{N} converged, 0 failed"))));
     for i in 0..N {
         let tmp = emu.root(i).join("tmp");
-        let values = std::fs::read_dir(&tmp)
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("v-"))
-            .count();
-        assert_eq!(
-            values, 10,
-            "host {i} collects its decade across both gateways"
-        );
+        let got = values(&tmp).len();
+        assert_eq!(got, 10, "host {i} collects its decade across both gateways");
     }
     // Each gateway ran one child, each host one, all ended; no key file
     // exists on a gateway (the agent was forwarded).
