@@ -465,15 +465,7 @@ mod tests {
             created += usize::from(m.created());
         }
         let start = Instant::now();
-        let writer = tokio::spawn({
-            let mut client = client.clone();
-            async move {
-                for i in 0..puts {
-                    let key = format!("w/{:05}/k", i % watchers);
-                    client.put(key, "v", None).await.expect("put");
-                }
-            }
-        });
+        let writer = spawn_writer(client.clone(), puts, watchers);
         let mut events = 0;
         while events < puts {
             let m = ws.message().await.expect("watch").expect("open");
@@ -484,6 +476,16 @@ mod tests {
         cancel.cancel();
         server.await.expect("join").expect("serve");
         took
+    }
+
+    /// Puts `puts` values round-robin under `w/<i>/k` for `n` prefixes.
+    fn spawn_writer(mut client: Client, puts: usize, n: usize) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            for i in 0..puts {
+                let key = format!("w/{:05}/k", i % n);
+                client.put(key, "v", None).await.expect("put");
+            }
+        })
     }
 
     /// As [`dispatch`], with `streams` watch streams of one watcher each
@@ -517,15 +519,7 @@ mod tests {
         }
         let mut merged = futures::stream::select_all(all);
         let start = Instant::now();
-        let writer = tokio::spawn({
-            let mut client = clients[0].clone();
-            async move {
-                for i in 0..puts {
-                    let key = format!("w/{:05}/k", i % streams);
-                    client.put(key, "v", None).await.expect("put");
-                }
-            }
-        });
+        let writer = spawn_writer(clients[0].clone(), puts, streams);
         let mut events = 0;
         while events < puts {
             let m = merged.next().await.expect("open").expect("watch");
