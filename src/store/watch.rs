@@ -439,10 +439,11 @@ mod tests {
 
     use crate::store::{Config, Store};
 
-    /// Time from the first of `puts` sequential puts to the last event, with
-    /// `watchers` watchers on distinct prefixes of one watch stream; each put
-    /// matches exactly one watcher, so only the watcher count varies.
-    async fn dispatch(watchers: usize, puts: usize) -> std::time::Duration {
+    type Served = tokio::task::JoinHandle<Result<(), crate::store::StoreError>>;
+
+    /// A store serving on a free loopback port: its URL, what stops it, and
+    /// its task.
+    async fn serve_store() -> (String, tokio_util::sync::CancellationToken, Served) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -453,6 +454,14 @@ mod tests {
             let cancel = cancel.clone();
             async move { store.serve(listener, cancel).await }
         });
+        (url, cancel, server)
+    }
+
+    /// Time from the first of `puts` sequential puts to the last event, with
+    /// `watchers` watchers on distinct prefixes of one watch stream; each put
+    /// matches exactly one watcher, so only the watcher count varies.
+    async fn dispatch(watchers: usize, puts: usize) -> std::time::Duration {
+        let (url, cancel, server) = serve_store().await;
         let mut client = Client::connect([url], None).await.expect("connect");
         let opts = || Some(WatchOptions::new().with_prefix());
         let mut ws = client.watch("w/00000/", opts()).await.expect("watch");
@@ -493,16 +502,7 @@ mod tests {
     /// most 100 streams.
     async fn dispatch_streams(streams: usize, puts: usize) -> std::time::Duration {
         use futures::StreamExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let store = Store::new(Config::default());
-        let server = tokio::spawn({
-            let cancel = cancel.clone();
-            async move { store.serve(listener, cancel).await }
-        });
+        let (url, cancel, server) = serve_store().await;
         let mut clients = Vec::new();
         for _ in 0..streams.div_ceil(100) {
             let c = Client::connect([url.clone()], None).await.expect("connect");
