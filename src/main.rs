@@ -14,11 +14,15 @@ use mgmt::config::{Config, ConfigError};
 /// musl's allocator is small but slow under many threads and keeps freed
 /// memory fragmented; a run holding thousands of SSH sessions (or an
 /// emulator holding thousands of hosts) spends less CPU and memory on
-/// mimalloc, which builds statically with the rest.
+/// mimalloc, which builds statically with the rest. (Without the default
+/// `mimalloc` feature the system allocator is used, e.g. for heap profilers
+/// that interpose `malloc`.)
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    no_huge_pages();
     let cli = Cli::parse();
     let args = match &cli.command {
         Command::Run(args) => args,
@@ -68,6 +72,17 @@ fn main() -> ExitCode {
 
 /// Runs `job` on a multi-threaded runtime with signals cancelling its
 /// root token; its result is the exit code.
+/// mimalloc asks for transparent huge pages on its arenas: every first touch
+/// of one then costs zeroing 2 MiB, which measured as a quarter of a host's
+/// CPU for a short `mgmt run` child, and counts 2 MiB of resident memory for
+/// a few bytes used. This process runs without them (commands started by
+/// `exec` resources get them back; see `resources::exec`).
+fn no_huge_pages() {
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        tracing::debug!("cannot turn off transparent huge pages: {e}");
+    }
+}
+
 fn with_runtime<F, Fut>(job: F) -> ExitCode
 where
     F: FnOnce(CancellationToken) -> Fut,

@@ -112,6 +112,7 @@ pub async fn run(plan: Plan, w: Wiring, cancel: CancellationToken) -> Vec<HostRe
         ui: w.ui,
         converged: w.converged,
         agent,
+        ended: Default::default(),
     });
     let mut tasks = JoinSet::new();
     for (i, h) in hosts.into_iter().enumerate() {

@@ -155,7 +155,14 @@ async fn supervise(
     let ui = shared.ui.clone();
     let mut on_line = |line: OutputLine| match line {
         OutputLine::Stdout(l) => match Record::decode(&l) {
-            Some(r) => take_record(&ui, label, r.under(label), below),
+            Some(r) => {
+                let ev = take_record(&ui, label, r.under(label), below);
+                if matches!(ev, Some(HostEvent::Ended(_))) {
+                    // A leaf below ended: this gateway's stop is progressing.
+                    shared.ended.mark();
+                }
+                ev
+            }
             None => {
                 ui.line(label, Stream::Stdout, &l);
                 None

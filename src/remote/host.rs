@@ -38,6 +38,31 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// longer, and signalling them early would only add load.
 pub(crate) const GRACE_PER_HOST: Duration = Duration::from_millis(1);
 
+/// When a host (here or below a gateway) last ended. A stop sequence that
+/// is still making progress (hosts keep ending) is not escalated: 10,000
+/// emulated hosts behind 10 gateways on two cores end over minutes, and
+/// signalling the slow half would only kill children that were stopping.
+/// A child is signalled once no host has ended for its whole grace.
+#[derive(Default)]
+pub struct StopClock(std::sync::Mutex<Option<Instant>>);
+
+impl StopClock {
+    /// A host ended just now.
+    pub fn mark(&self) {
+        if let Ok(mut last) = self.0.lock() {
+            *last = Some(Instant::now());
+        }
+    }
+
+    /// The later deadline for a signal due at `due`, if a host ended less
+    /// than `grace` ago; `None`: send it now.
+    fn postpone(&self, due: tokio::time::Instant, grace: Duration) -> Option<tokio::time::Instant> {
+        let last = (*self.0.lock().ok()?)?;
+        let later = tokio::time::Instant::from_std(last + grace);
+        (later > due).then_some(later)
+    }
+}
+
 impl Shared {
     /// `base`, stretched by how many hosts and gateways this run stops.
     pub(crate) fn grace(&self, base: Duration) -> Duration {
@@ -75,6 +100,8 @@ pub struct Shared {
     /// The agent socket gateways get access to (forwarded agent channels
     /// are proxied to it); `None`: no agent forwarding.
     pub agent: Option<std::path::PathBuf>,
+    /// Whether the stop is still progressing (see [`StopClock`]).
+    pub ended: Arc<StopClock>,
 }
 
 /// Told to the run loop as hosts come and go, for the converged rule.
@@ -193,6 +220,7 @@ pub async fn run(
         finish_placed(&shared, p, &mut report).await;
     }
     // Every host ends, placed or not: it no longer holds up convergence.
+    shared.ended.mark();
     let _ = events.send(HostEvent::Ended(name.clone())).await;
     shared.ui.host_event(&name, &name, false);
     if let RowResult::Failed(why) = &report.result {
@@ -452,9 +480,24 @@ async fn follow(
     // Stop sequence: stdin closed (the child stops by itself; no extra
     // session needed), then SIGINT by pid, then SIGKILL by pid.
     let mut next_signal: Option<(tokio::time::Instant, KillSignal)> = None;
+    // A `kill` runs in a channel of the same connection, while the child's
+    // output keeps being read: the connection delivers nothing else until
+    // that output is taken (a gateway stopping 1,000 hosts prints a lot).
+    let mut signalling: Option<
+        std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>,
+    > = None;
+    let pid = child.pid;
     let mut last_err = String::new();
     loop {
         tokio::select! {
+            () = async {
+                match signalling.as_mut() {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            }, if signalling.is_some() => {
+                signalling = None;
+            }
             line = child.next_line() => {
                 let Some(line) = line else { break };
                 if let OutputLine::Stderr(l) = &line {
@@ -478,9 +521,17 @@ async fn follow(
                 next_signal = Some((tokio::time::Instant::now() + launch.stdin_grace, KillSignal::Int));
             }
             _ = sleep_until(next_signal.map(|(at, _)| at)) => {
-                let Some((_, signal)) = next_signal.take() else { continue };
+                let Some((due, signal)) = next_signal.take() else { continue };
+                let grace = match signal {
+                    KillSignal::Int => launch.stdin_grace,
+                    _ => shared.grace(STOP_GRACE),
+                };
+                if let Some(later) = shared.ended.postpone(due, grace) {
+                    next_signal = Some((later, signal));
+                    continue;
+                }
                 tracing::debug!("{label}: the child is still running; sending {signal:?} to its pid");
-                kill(p, child, signal).await;
+                signalling = Some(Box::pin(kill(p, pid, signal)));
                 if signal == KillSignal::Int {
                     next_signal = Some((tokio::time::Instant::now() + shared.grace(STOP_GRACE), KillSignal::Kill));
                 } else {
@@ -540,8 +591,8 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 }
 
 /// Sends `signal` to the child by its own pid (never by name).
-async fn kill(p: &Placed, child: &RemoteChild, signal: KillSignal) {
-    if let Some(pid) = child.pid {
+async fn kill(p: &Placed, pid: Option<u32>, signal: KillSignal) {
+    if let Some(pid) = pid {
         if let Err(e) = p.session.kill(pid, signal).await {
             tracing::debug!("{}: kill {pid}: {e}", p.session.host());
         }
@@ -632,4 +683,24 @@ async fn teardown(shared: &Shared, p: Placed) {
     }
     p.sftp.close().await;
     p.session.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_that_progresses_postpones_signals() {
+        let clock = StopClock::default();
+        let now = tokio::time::Instant::now();
+        let grace = Duration::from_secs(2);
+        // Nobody ended yet: signal when due.
+        assert_eq!(clock.postpone(now, grace), None);
+        clock.mark();
+        // A host just ended: wait until a whole grace has passed since.
+        let later = clock.postpone(now, grace).expect("postponed");
+        assert!(later > now + Duration::from_secs(1), "{:?}", later - now);
+        // A deadline already past that point is kept.
+        assert_eq!(clock.postpone(now + Duration::from_secs(5), grace), None);
+    }
 }

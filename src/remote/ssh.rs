@@ -895,19 +895,22 @@ impl Session {
     /// Run a short command to completion, bounded by the session's command
     /// timeout, and collect its output.
     pub async fn run(&self, command: &str) -> Result<Output, HostError<ExecError>> {
-        let child = self.exec(command, ExecOptions::default()).await?;
-        let what = child.what.clone();
-        tokio::time::timeout(self.command_timeout, child.collect())
-            .await
-            .map_err(|_| {
-                HostError::new(
-                    &self.id,
-                    ExecError::Timeout {
-                        what,
-                        after: self.command_timeout,
-                    },
-                )
-            })
+        // Opening the channel is bounded too: a connection whose other
+        // channels are not being read delivers nothing.
+        let run = async {
+            let child = self.exec(command, ExecOptions::default()).await?;
+            Ok(child.collect().await)
+        };
+        match tokio::time::timeout(self.command_timeout, run).await {
+            Ok(r) => r,
+            Err(_) => Err(HostError::new(
+                &self.id,
+                ExecError::Timeout {
+                    what: command.split_whitespace().next().unwrap_or("").to_owned(),
+                    after: self.command_timeout,
+                },
+            )),
+        }
     }
 
     /// Send `signal` to remote process `pid` (from [`RemoteChild::pid`]) with

@@ -119,6 +119,16 @@ fn shell_command(shell: &str, cmd: &str) -> Command {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    // mgmt itself runs with transparent huge pages off (see main.rs); the
+    // operator's command gets the system's default back.
+    // SAFETY: the closure only makes one prctl(2) call, which is
+    // async-signal-safe, and touches no memory shared with the parent.
+    unsafe {
+        c.pre_exec(|| {
+            let _ = nix::sys::prctl::set_thp_disable(false);
+            Ok(())
+        });
+    }
     c
 }
 

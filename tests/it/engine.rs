@@ -590,3 +590,36 @@ fn never_exiting_run_logs_settled_and_stays_up() {
     );
     assert!(!log.contains("converged:"), "{log}");
 }
+
+// See: #4 (host CPU): mgmt runs without transparent huge pages, the
+// commands it starts get them back.
+#[test]
+fn huge_pages_are_off_for_mgmt_and_back_for_commands() {
+    let own = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if !own.contains("THP_enabled:") {
+        eprintln!("this kernel does not report THP_enabled; nothing to check");
+        return;
+    }
+    let d = Dir::new();
+    let g = d.write(
+        "g.yaml",
+        &format!(
+            "graph: thp\nresources:\n  exec:\n  - name: probe\n    cmd: \"grep THP_enabled /proc/$PPID/status > {parent}; grep THP_enabled /proc/self/status > {cmd}\"\n",
+            parent = d.p("parent"),
+            cmd = d.p("cmd"),
+        ),
+    );
+    let out = run(mgmt().args(["run", "-t", "1", "--file"]).arg(&g), LIMIT);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let read = |n: &str| std::fs::read_to_string(d.path().join(n)).expect(n);
+    assert_eq!(
+        read("parent").split_whitespace().last(),
+        Some("0"),
+        "mgmt itself"
+    );
+    assert_eq!(
+        read("cmd").split_whitespace().last(),
+        Some("1"),
+        "its command"
+    );
+}
