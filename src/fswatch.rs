@@ -12,6 +12,7 @@
 //! path it names.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -40,15 +41,27 @@ fn limit_hint(e: &notify::Error) -> &'static str {
 
 struct Sub {
     id: u64,
-    target: PathBuf,
     tx: mpsc::Sender<()>,
 }
 
 #[derive(Default)]
 struct Routes {
     next_id: u64,
-    /// Watched directory → subscribers to paths inside it.
-    by_dir: HashMap<PathBuf, Vec<Sub>>,
+    /// Watched directory → the name under it that leads to each target →
+    /// those subscribers. An event names one entry of a directory, so it
+    /// is routed without looking at the other subscribers there (10,000
+    /// graph files in one directory, and a log written next to them).
+    by_dir: HashMap<PathBuf, HashMap<OsString, Vec<Sub>>>,
+}
+
+/// The entry of `dir` on the way to `target` (`target` is inside `dir`).
+fn entry_towards(dir: &Path, target: &Path) -> OsString {
+    target
+        .strip_prefix(dir)
+        .ok()
+        .and_then(|rest| rest.components().next())
+        .map(|c| c.as_os_str().to_owned())
+        .unwrap_or_default()
 }
 
 struct Hub {
@@ -76,12 +89,22 @@ fn route(routes: &Mutex<Routes>, ev: notify::Event) {
     }
     let routes = lock(routes);
     for p in &ev.paths {
-        for dir in [p.parent(), Some(p.as_path())].into_iter().flatten() {
-            for sub in routes.by_dir.get(dir).into_iter().flatten() {
-                if sub.target.starts_with(p) {
-                    let _ = sub.tx.try_send(());
-                }
+        // An entry of a watched directory: its subscribers only.
+        if let (Some(dir), Some(name)) = (p.parent(), p.file_name()) {
+            let subs = routes.by_dir.get(dir).and_then(|d| d.get(name));
+            for sub in subs.into_iter().flatten() {
+                let _ = sub.tx.try_send(());
             }
+        }
+        // The watched directory itself (deleted, moved): all of them.
+        for sub in routes
+            .by_dir
+            .get(p.as_path())
+            .into_iter()
+            .flatten()
+            .flat_map(|(_, v)| v)
+        {
+            let _ = sub.tx.try_send(());
         }
     }
 }
@@ -89,6 +112,7 @@ fn route(routes: &Mutex<Routes>, ev: notify::Event) {
 /// Removes its subscription (and the directory watch, if last) when dropped.
 struct Subscription {
     dir: PathBuf,
+    entry: OsString,
     id: u64,
 }
 
@@ -100,11 +124,16 @@ impl Drop for Subscription {
         let mut watcher = lock(&h.watcher);
         let last = {
             let mut routes = lock(&h.routes);
-            let Some(subs) = routes.by_dir.get_mut(&self.dir) else {
+            let Some(entries) = routes.by_dir.get_mut(&self.dir) else {
                 return;
             };
-            subs.retain(|s| s.id != self.id);
-            let last = subs.is_empty();
+            if let Some(subs) = entries.get_mut(&self.entry) {
+                subs.retain(|s| s.id != self.id);
+                if subs.is_empty() {
+                    entries.remove(&self.entry);
+                }
+            }
+            let last = entries.is_empty();
             if last {
                 routes.by_dir.remove(&self.dir);
             }
@@ -143,17 +172,17 @@ fn subscribe(dir: &Path, target: &Path, tx: mpsc::Sender<()>) -> Result<Subscrip
     let mut routes = lock(&h.routes);
     routes.next_id += 1;
     let id = routes.next_id;
+    let entry = entry_towards(dir, target);
     routes
         .by_dir
         .entry(dir.to_path_buf())
         .or_default()
-        .push(Sub {
-            id,
-            target: target.to_path_buf(),
-            tx,
-        });
+        .entry(entry.clone())
+        .or_default()
+        .push(Sub { id, tx });
     Ok(Subscription {
         dir: dir.to_path_buf(),
+        entry,
         id,
     })
 }
@@ -213,4 +242,36 @@ fn arm(
     let (tx, rx) = mpsc::channel::<()>(1);
     let sub = subscribe(&dir, target, tx)?;
     Ok((dir, rx, sub))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    async fn woke(w: &mut PathWatch) -> bool {
+        tokio::time::timeout(Duration::from_secs(5), w.changed())
+            .await
+            .is_ok()
+    }
+
+    // An event reaches the watches of the entry it names, not the others in
+    // that directory; a watch on a path under a missing directory wakes
+    // when that directory appears.
+    #[tokio::test]
+    async fn events_reach_only_the_entry_they_name() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut a = PathWatch::new(&d.path().join("a")).expect("watch a");
+        let mut b = PathWatch::new(&d.path().join("b")).expect("watch b");
+        let mut deep = PathWatch::new(&d.path().join("sub/c")).expect("watch sub/c");
+        std::fs::write(d.path().join("a"), "1").expect("write a");
+        assert!(woke(&mut a).await, "a's watch");
+        std::fs::create_dir(d.path().join("sub")).expect("mkdir");
+        assert!(woke(&mut deep).await, "the watch under sub/");
+        // b saw nothing of either.
+        assert!(b.rx.try_recv().is_err(), "b woke for another entry");
+        std::fs::write(d.path().join("b"), "2").expect("write b");
+        assert!(woke(&mut b).await, "b's watch");
+    }
 }
