@@ -101,7 +101,7 @@ pub struct Shared {
     /// are proxied to it); `None`: no agent forwarding.
     pub agent: Option<std::path::PathBuf>,
     /// Whether the stop is still progressing (see [`StopClock`]).
-    pub ended: Arc<StopClock>,
+    pub ended: StopClock,
 }
 
 /// Told to the run loop as hosts come and go, for the converged rule.
