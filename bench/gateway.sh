@@ -24,6 +24,7 @@
 #
 # Knobs: MGMT_BIN (default target/x86_64-unknown-linux-musl/release/mgmt),
 # CONC=50, RATE=100mbit, SKIP=regex of case ids (e.g. SKIP=throttled),
+# ARGS=extra flags for every mgmt run (e.g. ARGS=--trace),
 # OUT (default /tmp/mgmt-bench-gateway). Needs root, iproute2, openssh-server.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,6 +33,7 @@ G=${2:-4}
 CONC=${CONC:-50}
 RATE=${RATE:-100mbit}
 SKIP=${SKIP:-}
+read -r -a extra <<< "${ARGS:-}"
 BIN=${MGMT_BIN:-$HERE/target/x86_64-unknown-linux-musl/release/mgmt}
 OUT=${OUT:-/tmp/mgmt-bench-gateway}
 NS=mgmt-bench-dc
@@ -114,7 +116,7 @@ run_case() {
   local status=0
   env -u SSH_AUTH_SOCK /usr/bin/time -o "$work/time" -f '%e %U %S %M' \
     "$BIN" run "$@" --cconns "$CONC" --converged-timeout 0 \
-    --identity "$fleet/id_ed25519" --known-hosts "$fleet/known_hosts" > "$log.out" 2> "$log" || status=$?
+    --identity "$fleet/id_ed25519" --known-hosts "$fleet/known_hosts" ${extra[@]+"${extra[@]}"} > "$log.out" 2> "$log" || status=$?
   # time(1) puts "Command exited with non-zero status N" first on failure.
   read -r wall user sys rss < <(tail -n 1 "$work/time")
   local binary wire ok

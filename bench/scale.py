@@ -15,9 +15,13 @@ the emulator's CPU over the run; how many hosts converged. Results go to
 JSON and a table; --png draws the per-host costs against N.
 
 Usage: bench/scale.py --bin MGMT --sizes 10,100,1000,10000 [--png FILE]
-       [--json FILE] [--cold-max N] [--via G] [--workdir DIR]
+       [--json FILE] [--cold-max N] [--via G] [--layouts L] [--perf PREFIX]
+       [--workdir DIR]
 --via G puts the same hosts behind G emulated gateways (each runs the real
-`mgmt run --remote` in-process) and runs both layouts side by side.
+`mgmt run --remote` in-process) and runs both layouts side by side;
+--layouts flat (or gateways) runs only one of them. --perf PREFIX attaches
+`perf record -g` to each initiator (PREFIX-<hosts>-<layout>-<case>.data;
+use a build with symbols: see README, "The cost curve").
 """
 
 import argparse
@@ -133,6 +137,11 @@ def run_once(args, work, files, emu, label):
     with open(err_path, "w") as err:
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
                              env=env)
+        perf = None
+        if args.perf:
+            out = "%s-%d-%s.data" % (args.perf, len(files), label)
+            perf = subprocess.Popen(["perf", "record", "-q", "-g", "-p", str(p.pid), "-o", out],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         peak_fds = 0
         while True:
             peak_fds = max(peak_fds, count_fds(p.pid))
@@ -143,6 +152,8 @@ def run_once(args, work, files, emu, label):
                 p.kill()
             time.sleep(0.2)
     wall = time.time() - t0
+    if perf:
+        perf.wait(120)  # it ends with the process it follows
     emu_cpu = proc_cpu(emu.p.pid) - emu_cpu0
     with open(err_path) as f:
         log = f.read()
@@ -184,7 +195,8 @@ def bench_size(args, n, layout):
                 # the binary), then the warm run is measured.
                 seed_caches(args, work, n + gateways, first)
                 case = "warm"
-            r = run_once(args, work, files, emu, case)
+            r = run_once(args, work, files, emu, "%s-%s" % (layout, case) if args.perf else case)
+            r["case"] = case
             r.update({"hosts": n, "layout": layout, "gateways": gateways})
             rows.append(r)
             print(json.dumps(r), flush=True)
@@ -257,6 +269,8 @@ def main():
     ap.add_argument("--bin", required=True)
     ap.add_argument("--sizes", default="10,100,1000,10000")
     ap.add_argument("--via", type=int, default=0, help="also run behind this many gateways")
+    ap.add_argument("--layouts", help="comma-separated: flat, gateways (default: flat, and gateways with --via)")
+    ap.add_argument("--perf", metavar="PREFIX", help="perf record each initiator into PREFIX-*.data")
     ap.add_argument("--cold-max", type=int, default=0, help="skip cold runs above this size")
     ap.add_argument("--cconns", type=int, default=64)
     ap.add_argument("--converged-timeout", type=int, default=3)
@@ -268,7 +282,8 @@ def main():
     args = ap.parse_args()
     rows = []
     for n in [int(s) for s in args.sizes.split(",")]:
-        for layout in ["flat"] + (["gateways"] if args.via else []):
+        layouts = args.layouts.split(",") if args.layouts else ["flat"] + (["gateways"] if args.via else [])
+        for layout in layouts:
             rows += bench_size(args, n, layout)
             if args.json:
                 with open(args.json, "w") as f:

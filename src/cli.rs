@@ -132,8 +132,8 @@ pub struct RunArgs {
     #[arg(long = "remote", value_name = "GRAPH.yaml")]
     pub remotes: Vec<PathBuf>,
 
-    /// How many hosts may be in set-up (connect, authenticate, copy) at
-    /// once; 0 means no cap. Running hosts do not hold a slot.
+    /// How many hosts may be in set-up (connect, authenticate, copy) or
+    /// clean-up at once; 0 means no cap. Running hosts do not hold a slot.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub cconns: usize,
 

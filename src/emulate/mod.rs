@@ -12,7 +12,7 @@
 //! file root `<root>/<host>/` ([`files`]), reaching the initiator's store
 //! through the real tunnel. Uploads are stored once per content.
 //!
-//! Counters (connections, bytes in and out, children running, converged)
+//! Counters (connections, bytes in and out, SFTP sessions, children running, converged)
 //! are kept per host and written as JSON to `--stats` every second.
 
 mod agent;
@@ -131,6 +131,8 @@ pub(crate) struct Counters {
     pub bytes_out: Arc<AtomicU64>,
     pub auth_refused: AtomicU64,
     pub children_started: AtomicU64,
+    /// SFTP sessions opened (the initiator parks its own after set-up).
+    pub sftp_sessions: AtomicU64,
 }
 
 struct ChildSlot {
@@ -199,6 +201,7 @@ impl Host {
             "bytes_out": c.bytes_out.load(Ordering::Relaxed),
             "auth_refused": c.auth_refused.load(Ordering::Relaxed),
             "children_started": c.children_started.load(Ordering::Relaxed),
+            "sftp_sessions": c.sftp_sessions.load(Ordering::Relaxed),
             "children_running": children.len(),
             "converged": children.values().filter(|s| s.converged.load(Ordering::Relaxed)).count(),
         })

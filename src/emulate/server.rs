@@ -140,6 +140,8 @@ impl russh::server::Handler for Conn {
             _ => return session.channel_failure(id),
         };
         session.channel_success(id)?;
+        let sessions = &self.host.counters.sftp_sessions;
+        sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let server = SftpServer::new(self.host.jail.clone(), self.emu.blobs.clone());
         russh_sftp::server::run(channel.into_stream(), server).await;
         Ok(())

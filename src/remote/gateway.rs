@@ -113,18 +113,12 @@ async fn place(
         put(shared, &p, &synced.name, text.as_bytes()).await?;
     }
     put(shared, &p, "known_hosts", gw.known_hosts.as_bytes()).await?;
+    p.sftp.park().await;
     Ok(p)
 }
 
 async fn put(shared: &Shared, p: &Placed, name: &str, data: &[u8]) -> Result<(), String> {
-    p.sftp
-        .put_run_file(
-            &p.session,
-            Some(&p.cached.prefix),
-            &shared.run_id,
-            name,
-            data,
-        )
+    p.put_run_file(&shared.run_id, name, data)
         .await
         .map(|_| ())
         .map_err(|e| host::explain(&e))

@@ -13,13 +13,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::plan::{HostPlan, Plan};
 use super::route::HopTimes;
-use super::sftp::{Sftp, VERIFY_FAILED_EXIT};
+use super::sftp::{Sftp, SftpSlot, VERIFY_FAILED_EXIT};
 use super::ssh::KillSignal;
 use super::tunnel::{ReverseTunnel, TunnelSecret};
 use super::{
@@ -143,11 +144,31 @@ impl HostReport {
 /// A host's set-up, kept for teardown.
 pub(crate) struct Placed {
     pub session: Session,
-    pub sftp: Sftp,
+    /// Parked once set-up is done; see [`SftpSlot`].
+    pub sftp: SftpSlot,
     pub cached: CachedBinary,
     /// How long connecting (with authentication) and copying took.
     pub connect: Duration,
     pub copy: Duration,
+    /// Set when the child exited 0: it removed its own run directory
+    /// (`--run-dir`), so the clean-up has nothing left to do there.
+    pub child_cleaned: AtomicBool,
+}
+
+impl Placed {
+    /// Writes `data` as `name` into the host's run directory (SFTP opened
+    /// again if it was parked; the caller parks it when done).
+    pub async fn put_run_file(
+        &self,
+        run_id: &str,
+        name: &str,
+        data: &[u8],
+    ) -> Result<String, super::HostError<super::UploadError>> {
+        let sftp = self.sftp.get(&self.session).await?;
+        let prefix = Some(self.cached.prefix.as_str());
+        sftp.put_run_file(&self.session, prefix, run_id, name, data)
+            .await
+    }
 }
 
 /// A file on the host kept in step with a local graph file.
@@ -242,17 +263,9 @@ async fn place(
     let _permit = setup_permit(shared, &host.name, cancel).await?;
     let placed = place_binary(shared, &host.name, &host.target, cancel).await?;
     let text = graph.borrow().clone();
-    placed
-        .sftp
-        .put_run_file(
-            &placed.session,
-            Some(&placed.cached.prefix),
-            &shared.run_id,
-            "graph.yaml",
-            text.as_bytes(),
-        )
-        .await
-        .map_err(|e| e.kind.to_string())?;
+    let put = placed.put_run_file(&shared.run_id, "graph.yaml", text.as_bytes());
+    put.await.map_err(|e| e.kind.to_string())?;
+    placed.sftp.park().await;
     // Still under the permit: tests measure the set-up concurrency with it.
     tracing::debug!("{}: set-up done", host.name);
     Ok(placed)
@@ -321,10 +334,11 @@ pub(crate) async fn place_binary(
     }
     Ok(Placed {
         session,
-        sftp,
+        sftp: SftpSlot::new(sftp),
         cached,
         connect,
         copy: t1.elapsed(),
+        child_cleaned: AtomicBool::new(false),
     })
 }
 
@@ -421,6 +435,9 @@ pub(crate) async fn supervise(
     };
     bridges.abort_all();
     let (status, last_err) = status;
+    if status == ExitStatus::Exited(0) {
+        p.child_cleaned.store(true, Ordering::Relaxed);
+    }
     match status {
         ExitStatus::Exited(0) if shared.converged.load(Ordering::SeqCst) => RowResult::Converged,
         ExitStatus::Exited(0) => RowResult::Stopped,
@@ -447,11 +464,13 @@ async fn replace_binary(
         Some(s) => s.clone().acquire_owned().await.ok(),
         None => None,
     };
-    let again = p
-        .sftp
+    let sftp = p.sftp.get(&p.session).await.map_err(|e| explain(&e))?;
+    let again = sftp
         .ensure_binary(&p.session, &bin.path, &bin.sha256, &opts)
         .await
         .map_err(|e| explain(&e))?;
+    drop(sftp);
+    p.sftp.park().await;
     report.bytes_sent += again.bytes_sent;
     report.cache_hit = Some(false);
     Ok(())
@@ -488,6 +507,9 @@ async fn follow(
     > = None;
     let pid = child.pid;
     let mut last_err = String::new();
+    // Made once: a gateway keeps a thousand files in step, and building a
+    // wait on each of them per output line was quadratic.
+    let mut changes = changes(&launch.synced);
     loop {
         tokio::select! {
             () = async {
@@ -507,8 +529,7 @@ async fn follow(
                     let _ = launch.events.send(ev).await;
                 }
             },
-            i = changed_any(&mut launch.synced), if !*stopping => {
-                let Some(i) = i else { continue };
+            Some(i) = changes.next(), if !*stopping => {
                 sync_file(shared, p, label, &mut launch.synced[i]).await;
             }
             _ = cancel.cancelled(), if !*stopping => {
@@ -543,18 +564,14 @@ async fn follow(
     (child.status().await, last_err)
 }
 
-/// Which synced file's source changed (`None`: that source is gone).
-async fn changed_any(synced: &mut [Synced]) -> Option<usize> {
-    if synced.is_empty() {
-        return std::future::pending().await;
-    }
-    let waits = synced.iter_mut().map(|s| Box::pin(s.source.changed()));
-    let (r, i, _) = futures::future::select_all(waits).await;
-    match r {
-        Ok(()) => Some(i),
-        // A closed source never changes again: wait on the others.
-        Err(_) => std::future::pending().await,
-    }
+/// The index of each synced file whose source changes, as it changes; a
+/// source that closes drops out.
+fn changes(synced: &[Synced]) -> futures::stream::SelectAll<BoxStream<'static, usize>> {
+    futures::stream::select_all(synced.iter().enumerate().map(|(i, s)| {
+        tokio_stream::wrappers::WatchStream::from_changes(s.source.clone())
+            .map(move |_| i)
+            .boxed()
+    }))
 }
 
 /// Puts the new text of a synced file on the host (atomically).
@@ -568,15 +585,9 @@ async fn sync_file(shared: &Shared, p: &Placed, label: &str, s: &mut Synced) {
         return;
     };
     let put = p
-        .sftp
-        .put_run_file(
-            &p.session,
-            Some(&p.cached.prefix),
-            &shared.run_id,
-            &s.name,
-            text.as_bytes(),
-        )
+        .put_run_file(&shared.run_id, &s.name, text.as_bytes())
         .await;
+    p.sftp.park().await;
     match put {
         Ok(_) => tracing::info!("{label}: {} updated", s.name),
         Err(e) => tracing::warn!("{label}: cannot update {}: {}", s.name, e.kind),
@@ -668,20 +679,34 @@ pub(crate) async fn finish_placed(shared: &Shared, p: Placed, report: &mut HostR
 }
 
 /// Removes what the run put on the host, in reverse order of set-up.
+/// Nothing to do over SFTP when the child exited 0 and the binary stays
+/// cached: the child removed its run directory itself. Otherwise under a
+/// `--cconns` permit like set-up: it opens SFTP again, and a stopping fleet
+/// would otherwise reopen it on every host at once.
 async fn teardown(shared: &Shared, p: Placed) {
-    if let Err(e) = p
-        .sftp
-        .remove_run_dir(&p.cached.prefix, &shared.run_id)
-        .await
-    {
-        tracing::warn!("{e}");
+    if shared.plan.caching && p.child_cleaned.load(Ordering::Relaxed) {
+        p.sftp.park().await;
+        p.session.close().await;
+        return;
     }
-    if !shared.plan.caching {
-        if let Err(e) = p.sftp.remove_binary(&p.cached).await {
-            tracing::warn!("{e}");
+    let _permit = match &shared.setup {
+        Some(s) => s.clone().acquire_owned().await.ok(),
+        None => None,
+    };
+    match p.sftp.get(&p.session).await {
+        Ok(sftp) => {
+            if let Err(e) = sftp.remove_run_dir(&p.cached.prefix, &shared.run_id).await {
+                tracing::warn!("{e}");
+            }
+            if !shared.plan.caching {
+                if let Err(e) = sftp.remove_binary(&p.cached).await {
+                    tracing::warn!("{e}");
+                }
+            }
         }
+        Err(e) => tracing::warn!("cannot clean up: {e}"),
     }
-    p.sftp.close().await;
+    p.sftp.park().await;
     p.session.close().await;
 }
 

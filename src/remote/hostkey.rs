@@ -1,11 +1,12 @@
 //! Server host key verification against a `known_hosts` file.
 //!
-//! The lookup itself is russh's (`[host]:port` entries for ports other than
-//! 22, hashed `|1|` entries, several keys per host). This module adds the
-//! policy ([`HostKeyPolicy`]), errors that carry the SHA-256 fingerprint, the
-//! exact `file:line` of a conflicting entry and what to do, and serialised
+//! The lookup is russh's rule (`[host]:port` entries for ports other than
+//! 22, hashed `|1|` entries, several keys per host) over the file parsed
+//! once ([`super::known_index`]). This module adds the policy
+//! ([`HostKeyPolicy`]), errors that carry the SHA-256 fingerprint, the exact
+//! `file:line` of a conflicting entry and what to do, and serialised
 //! appends for trust-on-first-use. It does not handle `@cert-authority` or
-//! `@revoked` markers (such lines never match a plain host name here).
+//! `@revoked` markers (such lines never match).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use std::sync::Mutex;
 
 use russh::keys::{HashAlg, PublicKey};
 
-use super::Hint;
+use super::{known_index, Hint};
 
 /// What to do with a key that known_hosts does not vouch for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -53,17 +54,21 @@ impl KnownHosts {
 /// well; targets with no entry are left out (the gateway's policy decides).
 pub fn entries_for(file: &Path, targets: &[super::Target]) -> String {
     let mut out: Vec<String> = Vec::new();
+    let Ok(index) = known_index::index_for(file) else {
+        return String::new();
+    };
     for t in targets {
-        let Ok(keys) = russh::keys::known_hosts::known_host_keys_path(&t.host, t.port, file) else {
-            continue;
-        };
+        let keys = index.lookup(&entry_name(&t.host, t.port));
         let pattern = if t.port == 22 {
             t.host.clone()
         } else {
             format!("[{}]:{}", t.host, t.port)
         };
         for (_, key) in keys {
-            let Ok(openssh) = key.to_openssh() else {
+            let Ok(openssh) = key
+                .map_err(|_| ())
+                .and_then(|k| k.to_openssh().map_err(|_| ()))
+            else {
                 continue;
             };
             let line = format!("{pattern} {openssh}");
@@ -117,14 +122,14 @@ pub enum HostKeyError {
         /// `[host]:port` or `host`.
         entry: String,
     },
-    /// The file could not be read or has a line russh cannot parse.
+    /// The file could not be read, or the host's own line does not parse.
     #[error("cannot check the host key against {path}", path = .path.display())]
     Read {
         /// The known_hosts file.
         path: PathBuf,
         /// The underlying error.
         #[source]
-        source: russh::keys::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// AcceptNew could not append to the file.
     #[error("cannot record the host key in {path}", path = .path.display())]
@@ -192,75 +197,60 @@ pub fn verify(
         return Ok(Verdict::Unchecked);
     }
     let path = &known.path;
-    match russh::keys::check_known_hosts_path(host, port, key, path) {
-        Ok(true) => Ok(Verdict::Known),
-        Ok(false) if known.policy == HostKeyPolicy::AcceptNew => {
+    match check(path, host, port, key)? {
+        true => Ok(Verdict::Known),
+        false if known.policy == HostKeyPolicy::AcceptNew => {
             let _guard = LEARN_LOCK.lock().unwrap_or_else(|p| p.into_inner());
             // Another connection to the same host may have learned it while
             // we waited: check again under the lock.
-            match russh::keys::check_known_hosts_path(host, port, key, path) {
-                Ok(true) => return Ok(Verdict::Known),
-                Ok(false) => {}
-                Err(e) => return Err(map_check_error(e, path, host, port, key)),
+            if check(path, host, port, key)? {
+                return Ok(Verdict::Known);
             }
+            let before = known_index::len_of(path);
             russh::keys::known_hosts::learn_known_hosts_path(host, port, key, path).map_err(
                 |source| HostKeyError::Learn {
                     path: path.clone(),
                     source,
                 },
             )?;
+            known_index::note_learned(path, before, &entry_name(host, port), key);
             tracing::info!(host, port, fingerprint = %fingerprint(key), path = %path.display(), "recorded new host key");
             Ok(Verdict::Learned)
         }
-        Ok(false) => Err(HostKeyError::Unknown {
+        false => Err(HostKeyError::Unknown {
             fingerprint: fingerprint(key),
             algorithm: key.algorithm().to_string(),
             path: path.clone(),
             entry: entry_name(host, port),
         }),
-        Err(e) => Err(map_check_error(e, path, host, port, key)),
     }
 }
 
-fn map_check_error(
-    e: russh::keys::Error,
-    path: &Path,
-    host: &str,
-    port: u16,
-    key: &PublicKey,
-) -> HostKeyError {
-    match e {
-        russh::keys::Error::KeyChanged { line } => HostKeyError::Changed {
-            fingerprint: fingerprint(key),
-            path: path.to_owned(),
-            line: real_line(path, line),
-            entry: entry_name(host, port),
-        },
-        source => HostKeyError::Read {
-            path: path.to_owned(),
-            source,
-        },
-    }
-}
-
-/// russh numbers known_hosts lines without counting `#` comment lines; turn
-/// its number into the line an editor shows. Falls back to russh's number if
-/// the file changed under us.
-fn real_line(path: &Path, russh_line: usize) -> usize {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return russh_line;
+/// Whether `path` vouches for `key` (russh's rule: a recorded key of the
+/// same type that differs is a change, even if another line matches).
+fn check(path: &Path, host: &str, port: u16, key: &PublicKey) -> Result<bool, HostKeyError> {
+    let read_err = |source: Box<dyn std::error::Error + Send + Sync>| HostKeyError::Read {
+        path: path.to_owned(),
+        source,
     };
-    let mut counted = 0;
-    for (i, l) in text.split_inclusive('\n').enumerate() {
-        if l.starts_with('#') {
+    let index = known_index::index_for(path).map_err(|e| read_err(Box::new(e)))?;
+    let mut known = false;
+    for (line, recorded) in index.lookup(&entry_name(host, port)) {
+        let recorded = recorded.map_err(|e| read_err(format!("line {line}: {e}").into()))?;
+        if recorded.algorithm() != key.algorithm() {
             continue;
         }
-        counted += 1;
-        if counted == russh_line {
-            return i + 1;
+        if recorded != *key {
+            return Err(HostKeyError::Changed {
+                fingerprint: fingerprint(key),
+                path: path.to_owned(),
+                line,
+                entry: entry_name(host, port),
+            });
         }
+        known = true;
     }
-    russh_line
+    Ok(known)
 }
 
 impl fmt::Display for Verdict {
@@ -275,14 +265,8 @@ impl fmt::Display for Verdict {
 
 #[cfg(test)]
 mod tests {
+    use super::super::known_index::test_keys::{key, KEY_A, KEY_B};
     use super::*;
-
-    const KEY_A: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
-    const KEY_B: &str = "AAAAC3NzaC1lZDI1NTE5AAAAILIG2T/B0l0gaqj3puu510tu9N1OkQ4znY3LYuEm5zCF";
-
-    fn key(b64: &str) -> PublicKey {
-        russh::keys::parse_public_key_base64(b64).expect("test key")
-    }
 
     #[test]
     fn changed_key_names_the_real_line() {

@@ -38,6 +38,7 @@ pub mod fanout;
 pub mod gateway;
 pub mod host;
 pub mod hostkey;
+pub(crate) mod known_index;
 pub mod plan;
 pub mod route;
 pub mod sftp;

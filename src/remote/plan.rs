@@ -268,13 +268,13 @@ fn targets(
 ) -> Result<Targets, PlanError> {
     let mut errors = Vec::new();
     let mut files: Vec<GraphFile> = Vec::new();
-    let mut seen_paths = Vec::new();
+    // A set: with 10,000 files a list made this loop quadratic.
+    let mut seen_paths = std::collections::HashSet::new();
     for p in paths {
         let canon = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
-        if seen_paths.contains(&canon) {
+        if !seen_paths.insert(canon) {
             continue;
         }
-        seen_paths.push(canon);
         match GraphFile::load(p) {
             Ok(f) => files.push(f),
             Err(GraphErrors(e)) => errors.extend(e),

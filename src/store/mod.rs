@@ -26,6 +26,7 @@ mod dispatch;
 mod error;
 mod expiry;
 mod kv;
+mod lean;
 mod lease;
 mod service;
 mod watch;
@@ -275,8 +276,16 @@ impl Store {
         let limit = self.shared.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
         let result = tonic::transport::Server::builder()
             .add_service(PbKvServer::new(svc.clone()).max_decoding_message_size(limit))
-            .add_service(PbWatchServer::new(svc.clone()).max_decoding_message_size(limit))
-            .add_service(PbLeaseServer::new(svc.clone()).max_decoding_message_size(limit))
+            .add_service(lean::Lean::new(
+                PbWatchServer::new(svc.clone()).max_decoding_message_size(limit),
+                svc.clone(),
+                limit,
+            ))
+            .add_service(lean::Lean::new(
+                PbLeaseServer::new(svc.clone()).max_decoding_message_size(limit),
+                svc.clone(),
+                limit,
+            ))
             .add_service(PbMaintenanceServer::new(svc.clone()).max_decoding_message_size(limit))
             .add_service(PbClusterServer::new(svc).max_decoding_message_size(limit))
             .serve_with_incoming_shutdown(Box::pin(incoming), cancel.cancelled_owned())

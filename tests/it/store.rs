@@ -110,6 +110,7 @@ conformance!(
     lease_keep_alive_time_to_live_revoke,
     unknown_lease_ids,
     oversized_request,
+    streams_carry_messages_far_over_their_first_buffers,
     status_and_members,
     many_watches_on_one_stream,
     garbage_connection_does_not_hurt_others,
@@ -142,6 +143,19 @@ async fn next_msg(ws: &mut WatchStream) -> WatchResponse {
         .expect("watch response in time")
         .expect("watch stream ok")
         .expect("watch stream open")
+}
+
+/// Sends one keep-alive and returns its answer.
+async fn keep_alive_once(
+    keeper: &mut etcd_client::LeaseKeeper,
+    acks: &mut etcd_client::LeaseKeepAliveStream,
+) -> etcd_client::LeaseKeepAliveResponse {
+    keeper.keep_alive().await.expect("send keep-alive");
+    tokio::time::timeout(MSG_TIMEOUT, acks.message())
+        .await
+        .expect("keep-alive answer in time")
+        .expect("keep-alive stream ok")
+        .expect("keep-alive stream open")
 }
 
 /// Reads watch responses until `n` events arrived; returns
@@ -891,12 +905,7 @@ async fn lease_keep_alive_time_to_live_revoke(ep: String) {
 
     // Keep a alive while b runs out: the event of b's expiry is the clock.
     let (mut keeper, mut stream) = c.lease_keep_alive(a.id()).await.expect("keep alive");
-    keeper.keep_alive().await.expect("send keep-alive");
-    let r = tokio::time::timeout(MSG_TIMEOUT, stream.message())
-        .await
-        .expect("in time")
-        .expect("ok")
-        .expect("open");
+    let r = keep_alive_once(&mut keeper, &mut stream).await;
     assert_eq!((r.id(), r.ttl()), (a.id(), 3));
     let mut ws = c.watch("b1", None).await.expect("watch");
     assert!(next_msg(&mut ws).await.created());
@@ -904,8 +913,7 @@ async fn lease_keep_alive_time_to_live_revoke(ep: String) {
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                keeper.keep_alive().await.expect("send keep-alive");
-                let r = tokio::time::timeout(MSG_TIMEOUT, stream.message()).await.expect("in time").expect("ok").expect("open");
+                let r = keep_alive_once(&mut keeper, &mut stream).await;
                 assert_eq!(r.ttl(), 3, "lease a stays alive");
             }
             m = ws.message() => {
@@ -932,12 +940,7 @@ async fn lease_keep_alive_time_to_live_revoke(ep: String) {
         Code::NotFound,
         "etcdserver: requested lease not found",
     );
-    keeper.keep_alive().await.expect("send keep-alive");
-    let r = tokio::time::timeout(MSG_TIMEOUT, stream.message())
-        .await
-        .expect("in time")
-        .expect("ok")
-        .expect("open");
+    let r = keep_alive_once(&mut keeper, &mut stream).await;
     assert_eq!(r.ttl(), 0, "keep-alive of a revoked lease answers TTL 0");
 }
 
@@ -1002,6 +1005,47 @@ async fn oversized_request(ep: String) {
             .len(),
         1024 * 1024
     );
+}
+
+/// Watch and keep-alive streams start with small buffers in ours: requests
+/// and events much larger than that arrive whole and in order.
+async fn streams_carry_messages_far_over_their_first_buffers(ep: String) {
+    let mut c = client(&ep).await;
+    // A 64 KiB key in the watch's create request.
+    let long = format!("w/{}", "k".repeat(64 * 1024));
+    let mut ws = c
+        .watch(long.as_str(), Some(WatchOptions::new().with_prefix()))
+        .await
+        .expect("watch with a 64 KiB key");
+    assert!(next_msg(&mut ws).await.created());
+    // Events of 1 MiB, 1 byte and 300 KiB: one per response or batched.
+    let sizes = [1024 * 1024, 1, 300 * 1024];
+    for (i, n) in sizes.iter().enumerate() {
+        let key = format!("{long}/{i}");
+        c.put(key, vec![b'a' + i as u8; *n], None)
+            .await
+            .expect("put");
+    }
+    let mut got = Vec::new();
+    while got.len() < sizes.len() {
+        for e in next_msg(&mut ws).await.events() {
+            let v = e.kv().expect("kv").value();
+            assert!(v.iter().all(|b| *b == v[0]), "a value arrived mixed");
+            got.push((v[0], v.len()));
+        }
+    }
+    assert_eq!(
+        got,
+        vec![(b'a', sizes[0]), (b'b', sizes[1]), (b'c', sizes[2])]
+    );
+    // A keep-alive stream still answers each request.
+    let id = c.lease_grant(60, None).await.expect("grant").id();
+    let (mut keeper, mut acks) = c.lease_keep_alive(id).await.expect("keep-alive");
+    for _ in 0..3 {
+        let ack = keep_alive_once(&mut keeper, &mut acks).await;
+        assert_eq!(ack.id(), id);
+        assert!(ack.ttl() > 0);
+    }
 }
 
 async fn status_and_members(ep: String) {
