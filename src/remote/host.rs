@@ -287,6 +287,15 @@ pub(crate) async fn setup_permit(
     }
 }
 
+/// A `--cconns` slot for work after set-up (a replaced binary, a clean-up),
+/// which must happen even when the run is stopping; none without a cap.
+async fn slot(shared: &Shared) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    match &shared.setup {
+        Some(s) => s.clone().acquire_owned().await.ok(),
+        None => None,
+    }
+}
+
 fn stopping() -> String {
     "the run is stopping".to_string()
 }
@@ -460,10 +469,7 @@ async fn replace_binary(
         ..CacheOptions::default()
     };
     // A replacement is a copy like any other: under a set-up permit.
-    let _permit = match &shared.setup {
-        Some(s) => s.clone().acquire_owned().await.ok(),
-        None => None,
-    };
+    let _permit = slot(shared).await;
     let sftp = p.sftp.get(&p.session).await.map_err(|e| explain(&e))?;
     let again = sftp
         .ensure_binary(&p.session, &bin.path, &bin.sha256, &opts)
@@ -689,10 +695,7 @@ async fn teardown(shared: &Shared, p: Placed) {
         p.session.close().await;
         return;
     }
-    let _permit = match &shared.setup {
-        Some(s) => s.clone().acquire_owned().await.ok(),
-        None => None,
-    };
+    let _permit = slot(shared).await;
     match p.sftp.get(&p.session).await {
         Ok(sftp) => {
             if let Err(e) = sftp.remove_run_dir(&p.cached.prefix, &shared.run_id).await {

@@ -803,10 +803,10 @@ impl Sftp {
 /// A host's SFTP session, open only while it is used.
 ///
 /// Set-up copies and writes the graph, then parks the session: an open one
-/// costs the initiator about 40 KB per host for the whole run (its channel
-/// queues and state, heaptrack at 1,000 hosts), and after set-up it is only
-/// needed for a live edit, a replaced binary and the clean-up at the end.
-/// Those open it again (a channel and four round trips).
+/// held 27 KB of the initiator's heap per host for the whole run (heaptrack
+/// at 1,000 hosts), and after set-up it is only needed for a live edit, a
+/// replaced binary or a clean-up that is still needed. Those open it again
+/// (a channel and four round trips).
 pub(crate) struct SftpSlot(tokio::sync::Mutex<Option<Sftp>>);
 
 impl SftpSlot {
