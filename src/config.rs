@@ -4,12 +4,12 @@
 //! that every input error is found before anything starts (exit code 2).
 //! Nothing below [`crate::run`] sees the raw flags.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::RunArgs;
-use crate::graph::{self, Graph, GraphErrors};
-use crate::remote::plan::{Plan, PlanError};
+use crate::fleet::plan::{Plan, PlanError, PlanInputs};
+use crate::graph::{GraphErrors, GraphFile};
 
 /// An input error: nothing was started.
 #[derive(Debug, thiserror::Error)]
@@ -38,35 +38,6 @@ pub enum StoreMode {
     External { seeds: Vec<String> },
 }
 
-/// A graph file as it was read and validated.
-#[derive(Debug, Clone)]
-pub struct GraphFile {
-    /// As the user gave it.
-    pub path: PathBuf,
-    /// The text that was parsed (live reload compares edits with it).
-    pub text: String,
-    pub graph: Graph,
-}
-
-impl GraphFile {
-    pub fn load(path: &Path) -> Result<GraphFile, GraphErrors> {
-        let label = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            GraphErrors(vec![graph::GraphError {
-                file: label.clone(),
-                pos: None,
-                message: format!("cannot read the graph file: {e}"),
-            }])
-        })?;
-        let graph = graph::parse_str(&text, &label)?;
-        Ok(GraphFile {
-            path: path.to_path_buf(),
-            text,
-            graph,
-        })
-    }
-}
-
 /// Everything `mgmt run` needs, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -93,7 +64,13 @@ pub struct Config {
 impl Config {
     pub fn from_args(args: &RunArgs) -> Result<Config, ConfigError> {
         let file = args.file.as_deref().map(GraphFile::load).transpose()?;
-        let remote = crate::remote::plan::plan(args).map_err(|e| match e {
+        if !args.remotes.is_empty() && args.no_server && args.depth == 0 {
+            return Err(ConfigError::flag(
+                "--remote",
+                "needs the embedded store: drop --no-server and --seeds",
+            ));
+        }
+        let remote = crate::fleet::plan::plan(&plan_inputs(args)).map_err(|e| match e {
             PlanError::Graphs(g) => ConfigError::Graph(g),
             PlanError::Flag { flag, message } => ConfigError::Flag { flag, message },
         })?;
@@ -166,4 +143,23 @@ fn os_hostname() -> String {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".into())
+}
+
+/// The `--remote` side of the flags, for the fleet's plan.
+fn plan_inputs(args: &RunArgs) -> PlanInputs {
+    PlanInputs {
+        remotes: args.remotes.clone(),
+        via: args.via.clone(),
+        ssh_config: args.ssh_config.clone(),
+        remote_binary: args.remote_binary.clone(),
+        host_key_check: args.host_key_check.clone(),
+        known_hosts: args.known_hosts.clone(),
+        identities: args.identities.clone(),
+        allow_interactive: args.allow_interactive,
+        connect_timeout: args.connect_timeout,
+        cconns: args.cconns,
+        remote_prefix: args.remote_prefix.clone(),
+        caching: !args.no_caching,
+        trace: args.trace,
+    }
 }

@@ -7,35 +7,39 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: clap structs that mirror the flags, no I/O.
-//! - [`config`]: the validated configuration built from the flags.
-//! - [`run`]: top-level orchestration: store, engine, remotes; stop in order.
-//! - [`graph`]: the YAML graph format: parsing with positions, validation, DAG.
-//! - [`resources`]: one file per resource kind behind the [`resources::Resource`] trait.
-//! - [`engine`]: applies a graph, reacts to events, detects convergence, live reload.
-//! - [`store`]: the embedded etcd v3 compatible coordination store.
-//! - [`world`]: exported and collected resources and converged keys, on top of an etcd client.
-//! - [`shutdown`]: signals and the root cancellation token.
-//! - [`link`]: a remote child's link to its parent: secret on stdin, stop on EOF.
-//! - [`fswatch`]: one inotify instance shared by every path watch.
-//! - [`remote`]: the SSH layer (targets, host keys, auth, exec, SFTP cache,
-//!   tunnel) and the fan-out that runs a graph on many hosts, directly or
-//!   through gateways (route records, an agent served to gateways).
-//! - [`ui`]: progress bars, prefixed host lines, the end-of-run summary.
-//! - [`emulate`]: `mgmt emulate`, many SSH hosts in one process, each
-//!   running the real engine in-process, for measuring runs at scale.
+//! The rooms, from the bottom layer up. A room uses only rooms of lower
+//! layers, never one of its own layer or above, and no file uses a file
+//! that uses it back; `tests/it/layers.rs` reads this list and checks every
+//! path in `src/` against it.
+//!
+//! - layer 0, [`shutdown`]: signals and the root cancellation token.
+//! - layer 0, [`link`]: a remote child's link to its parent: secret on stdin, stop on EOF.
+//! - layer 0, [`fswatch`]: one inotify instance shared by every path watch.
+//! - layer 1, [`store`]: the embedded etcd v3 compatible coordination store.
+//! - layer 1, [`ssh`]: one host over one SSH connection: URL and ssh_config, host keys, auth, commands, SFTP and the binary cache, the tunnel, the served agent.
+//! - layer 1, [`ui`]: progress bars, prefixed host lines, the summary, and the route records a gateway writes.
+//! - layer 2, [`resources`]: one file per resource kind behind the [`resources::Resource`] trait.
+//! - layer 3, [`graph`]: the YAML graph format and graph files: parsing with positions, validation, DAG.
+//! - layer 4, [`engine`]: applies a graph, reacts to events, detects convergence, live reload.
+//! - layer 5, [`world`]: exported and collected resources and converged keys, on top of an etcd client.
+//! - layer 6, [`fleet`]: many hosts: the plan, one host's life, gateways, the fan-out under `--cconns`.
+//! - layer 7, [`cli`]: clap structs that mirror the flags, no I/O.
+//! - layer 8, [`config`]: the validated configuration built from the flags.
+//! - layer 9, [`run`]: top-level orchestration: store, engine, fleet; stop in order.
+//! - layer 10, [`emulate`]: `mgmt emulate`, many SSH hosts in one process, each running the real `run` in-process.
 
 pub mod cli;
 pub mod config;
 pub mod emulate;
 pub mod engine;
+pub mod fleet;
 pub mod fswatch;
 pub mod graph;
 pub mod link;
-pub mod remote;
 pub mod resources;
 pub mod run;
 pub mod shutdown;
+pub mod ssh;
 pub mod store;
 pub mod ui;
 pub mod world;

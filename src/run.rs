@@ -23,10 +23,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, StoreMode};
 use crate::engine::Status;
+use crate::fleet::fanout::{self, TunnelConn, Wiring};
+use crate::fleet::host::{ChildFlags, HostEvent, HostReport};
 use crate::link::ParentLink;
-use crate::remote::fanout::{self, TunnelConn, Wiring};
-use crate::remote::host::{ChildFlags, HostEvent, HostReport};
-use crate::remote::tunnel::TunnelSecret;
+use crate::ssh::tunnel::TunnelSecret;
 use crate::ui::{RowResult, Stage, SummaryRow, Ui};
 use crate::world::World;
 
@@ -343,7 +343,7 @@ fn serve_tunnels(
     store: &Option<StoreHandle>,
     (seeds, dial): (&[String], Option<crate::link::Dial>),
     secret: &Option<crate::link::Secret>,
-    tunnels: mpsc::Receiver<crate::remote::Stream>,
+    tunnels: mpsc::Receiver<crate::ssh::Stream>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Task<()>> {
     let c = cancel.clone();
@@ -367,7 +367,7 @@ fn serve_tunnels(
         .to_owned();
     let dial = dial.unwrap_or_else(|| crate::link::tcp_dial(upstream));
     let secret = TunnelSecret::inherited(secret);
-    Ok(Task(tokio::spawn(crate::remote::tunnel::relay(
+    Ok(Task(tokio::spawn(crate::ssh::tunnel::relay(
         tunnels, dial, secret, c,
     ))))
 }

@@ -20,8 +20,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::exec::Out;
-use super::{Emulator, Host};
+use super::{Emulator, Host, Out};
 use crate::cli::{Cli, Command};
 use crate::config::{Config, ConfigError};
 use crate::link::{Dial, DialStream, ParentLink};
@@ -152,7 +151,7 @@ fn dial(ctx: ChildCtx, port: u32) -> Dial {
     Arc::new(move || {
         let ctx = ctx.clone();
         Box::pin(async move {
-            if !crate::remote::lock(&ctx.forwards).contains(&port) {
+            if !crate::ssh::lock(&ctx.forwards).contains(&port) {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::ConnectionRefused,
                     format!("nothing is forwarded on port {port} of this host"),
@@ -179,7 +178,7 @@ async fn agent_for(ctx: &ChildCtx, cfg: &mut Config) -> Option<super::agent::Age
     if let Some(plan) = cfg.remote.as_mut() {
         let path = socket.as_ref().map(|s| s.path.clone());
         plan.settings.credentials =
-            crate::remote::auth::Credentials::new(crate::remote::auth::AuthSettings {
+            crate::ssh::auth::Credentials::new(crate::ssh::auth::AuthSettings {
                 agent_socket: path.clone(),
                 key_files: Vec::new(),
                 allow_interactive: false,

@@ -11,25 +11,8 @@ use russh::server::Msg;
 use russh::{ChannelReadHalf, ChannelWriteHalf};
 
 use super::child::{self, ChildCtx};
-use crate::remote::sftp::{CachedBinary, VERIFY_FAILED_EXIT};
-
-/// What a command writes back, and its exit code.
-pub(crate) struct Out<'a> {
-    pub write: &'a ChannelWriteHalf<Msg>,
-}
-
-impl Out<'_> {
-    pub async fn stdout(&self, text: &str) {
-        let _ = self.write.data_bytes(text.as_bytes().to_vec()).await;
-    }
-
-    pub async fn stderr(&self, text: &str) {
-        let _ = self
-            .write
-            .extended_data_bytes(1, text.as_bytes().to_vec())
-            .await;
-    }
-}
+use super::Out;
+use crate::ssh::launch::{CachedBinary, VERIFY_FAILED_EXIT};
 
 /// Runs `line` (an exec request) to its end; returns its exit code.
 pub(crate) async fn run(
@@ -39,10 +22,10 @@ pub(crate) async fn run(
     write: Arc<ChannelWriteHalf<Msg>>,
 ) -> u32 {
     let out = Out { write: &write };
-    let (pid, command) = match crate::remote::ssh::pid_unwrapped(line) {
+    let (pid, command) = match crate::ssh::session::pid_unwrapped(line) {
         Some(inner) => {
             let pid = ctx.emu.next_pid();
-            out.stdout(&format!("{}{pid}\n", crate::remote::ssh::PID_MARKER))
+            out.stdout(&format!("{}{pid}\n", crate::ssh::session::PID_MARKER))
                 .await;
             (pid, inner)
         }

@@ -113,7 +113,7 @@ impl Blobs {
             md.size(),
             md.mtime_nsec() + md.mtime() * 1_000_000_000,
         );
-        if let Some(h) = crate::remote::lock(&self.hashes).get(&key) {
+        if let Some(h) = crate::ssh::lock(&self.hashes).get(&key) {
             return Ok(h.clone());
         }
         let mut f = fs::File::open(path)?;
@@ -127,7 +127,7 @@ impl Blobs {
             hasher.update(&buf[..n]);
         }
         let h = hex::encode(hasher.finalize());
-        crate::remote::lock(&self.hashes).insert(key, h.clone());
+        crate::ssh::lock(&self.hashes).insert(key, h.clone());
         Ok(h)
     }
 }

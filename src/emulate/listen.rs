@@ -29,8 +29,7 @@ where
 {
     let c = &s.host.counters;
     c.connections.fetch_add(1, Ordering::Relaxed);
-    let counted =
-        crate::remote::wire::Counted::both(stream, c.bytes_out.clone(), c.bytes_in.clone());
+    let counted = crate::ssh::wire::Counted::both(stream, c.bytes_out.clone(), c.bytes_in.clone());
     let handler = server::Conn::new(emu.clone(), s.host.clone());
     let cfg = s.cfg.clone();
     tokio::spawn(async move {
@@ -93,7 +92,7 @@ pub(crate) fn local_dial(
     map: Arc<HashMap<Ipv4Addr, Served>>,
     emu: Arc<Emulator>,
     port: u16,
-) -> crate::remote::ssh::LocalDial {
+) -> crate::ssh::connect::LocalDial {
     Box::new(move |addr| {
         let SocketAddr::V4(a) = addr else {
             return None;

@@ -32,7 +32,7 @@ use std::time::Duration;
 use russh::keys::PublicKey;
 use tokio_util::sync::CancellationToken;
 
-use crate::remote::lock;
+use crate::ssh::lock;
 
 /// How the emulator is set up (`mgmt emulate` flags).
 #[derive(Debug, Clone)]
@@ -258,7 +258,7 @@ pub async fn run(opts: Options, cancel: CancellationToken) -> Result<(), Emulate
     }
     let served = Arc::new(served);
     let tasks = bind(&opts, &addrs, &served, &emu, &cancel)?;
-    crate::remote::ssh::serve_locally(listen::local_dial(served, emu.clone(), opts.port));
+    crate::ssh::connect::serve_locally(listen::local_dial(served, emu.clone(), opts.port));
     write_file(&opts.known_hosts, &known, "--known-hosts-out")?;
     if let Some(p) = &opts.hosts_file {
         write_file(p, &urls, "--hosts-out")?;
@@ -449,4 +449,22 @@ fn raise_open_files(hosts: usize, listener_each: bool) -> Result<(), EmulateErro
             "{e} (hard limit {hard}; raise it with ulimit -Hn, or use --shared-listener)"
         ))
     })
+}
+
+/// Where an emulated command writes its stdout and stderr.
+pub(crate) struct Out<'a> {
+    pub write: &'a russh::ChannelWriteHalf<russh::server::Msg>,
+}
+
+impl Out<'_> {
+    pub async fn stdout(&self, text: &str) {
+        let _ = self.write.data_bytes(text.as_bytes().to_vec()).await;
+    }
+
+    pub async fn stderr(&self, text: &str) {
+        let _ = self
+            .write
+            .extended_data_bytes(1, text.as_bytes().to_vec())
+            .await;
+    }
 }

@@ -159,7 +159,7 @@ impl russh::server::Handler for Conn {
         if *port == 0 {
             *port = self.emu.next_port();
         }
-        crate::remote::lock(&self.forwards).push(*port);
+        crate::ssh::lock(&self.forwards).push(*port);
         Ok(true)
     }
 
@@ -169,7 +169,7 @@ impl russh::server::Handler for Conn {
         port: u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        crate::remote::lock(&self.forwards).retain(|p| *p != port);
+        crate::ssh::lock(&self.forwards).retain(|p| *p != port);
         Ok(true)
     }
 }

@@ -12,9 +12,10 @@
 use std::collections::HashMap;
 
 use super::dag::Dag;
-use super::parse::read_kind;
 use super::pos::Node;
-use super::report::{read_bool, read_list, read_map, read_name, unknown_key, Errors, Key};
+use super::report::{
+    read_bool, read_kind, read_list, read_map, read_name, unknown_key, Errors, Key,
+};
 use super::{Edge, Located, Pos, ResourceDecl, VertexRef};
 use crate::resources::lookup;
 

@@ -8,6 +8,7 @@
 
 pub mod dag;
 mod edge;
+mod file;
 pub mod parse;
 mod pos;
 mod report;
@@ -17,6 +18,7 @@ mod tests;
 
 use std::fmt;
 
+pub use file::GraphFile;
 pub use parse::{parse_file, parse_str};
 
 /// A position in a YAML file, both numbers 1-based as editors show them.

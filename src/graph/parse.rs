@@ -6,16 +6,17 @@
 //! top-level keys and `collect:` here, `resources:` in [`super::resource`],
 //! `edges:` and cycles in [`super::edge`]. Nothing is applied and no URL is
 //! parsed here (`remote:` and `via:` stay strings with positions for the
-//! remote layer to check).
+//! fleet's plan to check).
 
 use std::path::Path;
 
 use serde_yaml_ng::Value;
 
 use super::pos::{self, Node, PosNode};
-use super::report::{read_list, read_map, read_name, read_str, unknown_key, Errors, Key};
+use super::report::{
+    read_kind, read_list, read_map, read_name, read_str, unknown_key, Errors, Key,
+};
 use super::{edge, resource, Collect, Graph, GraphError, GraphErrors, Located, Pos};
-use crate::resources::{kind_names, lookup};
 
 /// The top-level keys, in the order the docs present them.
 const TOP_KEYS: &[&str] = &[
@@ -276,24 +277,4 @@ fn read_collect(item: Node<'_>, errs: &mut Errors) -> Option<Collect> {
         hostname,
         pos: item.pos().unwrap_or_default(),
     })
-}
-
-/// A kind name, case-insensitively, as its canonical spelling.
-pub(crate) fn read_kind(node: Node<'_>, what: &str, errs: &mut Errors) -> Option<&'static str> {
-    let name = read_str(node, what, errs)?;
-    match lookup(&name) {
-        Some(spec) => Some(spec.kind),
-        None => {
-            errs.at(node.pos(), unknown_kind(&name));
-            None
-        }
-    }
-}
-
-/// The message for a kind no [`crate::resources::KINDS`] entry has.
-pub(crate) fn unknown_kind(name: &str) -> String {
-    format!(
-        "unknown resource kind {name:?}; expected one of: {}",
-        kind_names().join(", ")
-    )
 }

@@ -11,7 +11,7 @@ use serde_yaml_ng::Value;
 
 use super::pos::Node;
 use super::{GraphError, GraphErrors, Pos};
-use crate::resources::FieldType;
+use crate::resources::{kind_names, lookup, FieldType};
 
 /// Every error found so far in one file.
 pub(crate) struct Errors {
@@ -217,4 +217,24 @@ pub(crate) fn unknown_key(key: &Key<'_>, what: &str, known: &[&str], errs: &mut 
             known.join(", ")
         ),
     );
+}
+
+/// A kind name, case-insensitively, as its canonical spelling.
+pub(crate) fn read_kind(node: Node<'_>, what: &str, errs: &mut Errors) -> Option<&'static str> {
+    let name = read_str(node, what, errs)?;
+    match lookup(&name) {
+        Some(spec) => Some(spec.kind),
+        None => {
+            errs.at(node.pos(), unknown_kind(&name));
+            None
+        }
+    }
+}
+
+/// The message for a kind no [`crate::resources::KINDS`] entry has.
+pub(crate) fn unknown_kind(name: &str) -> String {
+    format!(
+        "unknown resource kind {name:?}; expected one of: {}",
+        kind_names().join(", ")
+    )
 }

@@ -12,9 +12,10 @@ use std::collections::HashMap;
 
 use serde_yaml_ng::{Mapping, Value};
 
-use super::parse::unknown_kind;
 use super::pos::Node;
-use super::report::{check_type, read_bool, read_int, read_list, read_map, read_name, Errors, Key};
+use super::report::{
+    check_type, read_bool, read_int, read_list, read_map, read_name, unknown_kind, Errors, Key,
+};
 use super::{Meta, Pos, ResourceDecl};
 use crate::resources::{lookup, KindSpec};
 

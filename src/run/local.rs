@@ -5,8 +5,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{source, Task};
-use crate::config::{Config, GraphFile};
+use crate::config::Config;
 use crate::engine::{self, Status};
+use crate::graph::GraphFile;
 use crate::world::World;
 
 /// The running local graph; [`Local::stop`] stops it in order.

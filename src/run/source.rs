@@ -15,9 +15,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::GraphFile;
 use crate::engine::Desired;
 use crate::fswatch::PathWatch;
+use crate::graph::GraphFile;
 use crate::graph::{self, Graph, ResourceDecl};
 use crate::world::{Follower, World, WorldError};
 

@@ -20,18 +20,22 @@
 //! so a flood of remote output costs one redraw per line; the bars are few
 //! (see `bars`), which keeps that bounded.
 //!
-//! This module does not decide stages or results (that is `remote` and
+//! This module does not decide stages or results (that is `fleet` and
 //! `run`), nor exit codes (`main`), nor set up `tracing` (`main` does, with
 //! [`Ui::make_writer`] as the writer). It does not split a byte stream into
 //! lines either: callers hand it whole lines.
 
 mod bars;
 mod log;
+pub mod route;
+mod stage;
 mod summary;
 
-pub use summary::{human_bytes, RowResult, SummaryRow};
+pub use stage::Stage;
+pub use summary::{human_bytes, HopTimes, RowResult, SummaryRow};
 
-use crate::remote::route::{Record, WireRow};
+use route::{Record, WireRow};
+use stage::{percent, STAGES, STAGE_NAMES};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -40,95 +44,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use indicatif::ProgressDrawTarget;
 use tracing_subscriber::fmt::MakeWriter;
-
-/// Where a host is in its run, as shown to the operator. Serialised (for
-/// a gateway's route records) as `{"s": "copying", "v": {...}}`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "s", content = "v", rename_all = "snake_case")]
-pub enum Stage {
-    Queued,
-    Connecting,
-    Authenticating,
-    Copying {
-        sent: u64,
-        total: u64,
-    },
-    /// The binary was already on the host: nothing to copy.
-    Cached,
-    Starting,
-    Running,
-    Converged,
-    Stopping,
-    Done,
-    Failed(String),
-}
-
-/// How many [`Stage`] variants there are; see [`Stage::index`].
-const STAGES: usize = 11;
-const STAGE_NAMES: [&str; STAGES] = [
-    "queued",
-    "connecting",
-    "authenticating",
-    "copying",
-    "cached",
-    "starting",
-    "running",
-    "converged",
-    "stopping",
-    "done",
-    "failed",
-];
-
-impl Stage {
-    /// Position in [`STAGE_NAMES`], for counting hosts per stage.
-    fn index(&self) -> usize {
-        match self {
-            Stage::Queued => 0,
-            Stage::Connecting => 1,
-            Stage::Authenticating => 2,
-            Stage::Copying { .. } => 3,
-            Stage::Cached => 4,
-            Stage::Starting => 5,
-            Stage::Running => 6,
-            Stage::Converged => 7,
-            Stage::Stopping => 8,
-            Stage::Done => 9,
-            Stage::Failed(_) => 10,
-        }
-    }
-
-    /// Stages that are short and worth watching: these get a spinner, and
-    /// in the many-hosts view these are the hosts that keep a bar.
-    fn is_setup(&self) -> bool {
-        matches!(
-            self,
-            Stage::Connecting
-                | Stage::Authenticating
-                | Stage::Copying { .. }
-                | Stage::Cached
-                | Stage::Starting
-                | Stage::Stopping
-        )
-    }
-}
-
-/// `queued`, `copying 42%`, `failed: reason`, …
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Stage::Copying { sent, total } => write!(f, "copying {}%", percent(*sent, *total)),
-            Stage::Failed(reason) => write!(f, "failed: {reason}"),
-            other => f.write_str(STAGE_NAMES[other.index()]),
-        }
-    }
-}
-
-fn percent(sent: u64, total: u64) -> u64 {
-    if total == 0 {
-        return 100;
-    }
-    (u128::from(sent.min(total)) * 100 / u128::from(total)) as u64
-}
 
 /// Which of the remote child's streams a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,7 +83,7 @@ struct Inner {
     /// `None`: plain mode.
     bars: Option<bars::Bars>,
     /// A gateway's UI: stages, host lines and the summary go to stdout as
-    /// route records for the parent (see [`crate::remote::route`]).
+    /// route records for the parent (see [`crate::ui::route`]).
     records: bool,
 }
 

@@ -6,6 +6,27 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
+/// How long one hop's set-up steps took, for `--trace`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HopTimes {
+    pub connect_ms: u64,
+    pub copy_ms: u64,
+    pub start_ms: u64,
+}
+
+impl HopTimes {
+    pub fn from_durations(connect: Duration, copy: Duration, start: Duration) -> Self {
+        let ms = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
+        Self {
+            connect_ms: ms(connect),
+            copy_ms: ms(copy),
+            start_ms: ms(start),
+        }
+    }
+}
+
 /// How one host's run ended, as shown in the summary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RowResult {
@@ -33,7 +54,7 @@ pub struct SummaryRow {
     pub cache_hit: Option<bool>,
     pub elapsed: Duration,
     /// This hop's set-up timings (`--trace`).
-    pub hop: crate::remote::route::HopTimes,
+    pub hop: HopTimes,
     /// Bytes the sending end wrote to this hop's SSH connection, all told.
     pub wire_sent: u64,
 }

@@ -6,6 +6,7 @@ mod emulate;
 mod engine;
 mod exchange;
 mod gateway;
+mod layers;
 mod remote;
 mod remote_run;
 mod store;

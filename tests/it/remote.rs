@@ -7,14 +7,18 @@ use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mgmt::remote::auth::{AuthMethod, AuthSettings, Credentials};
-use mgmt::remote::hostkey::{HostKeyError, HostKeyPolicy, Verdict};
-use mgmt::remote::sftp::{sha256_file, CacheOptions, Sftp, VERIFY_FAILED_EXIT};
-use mgmt::remote::ssh::{KillSignal, Output};
-use mgmt::remote::target::{SshConfigFile, Target};
-use mgmt::remote::tunnel::{check_preamble, PreambleError, TunnelSecret};
-use mgmt::remote::{
+use mgmt::ssh::auth::{AuthMethod, AuthSettings, Credentials};
+use mgmt::ssh::hostkey::{HostKeyError, HostKeyPolicy, Verdict};
+use mgmt::ssh::target::{SshConfigFile, Target};
+use mgmt::ssh::tunnel::{check_preamble, PreambleError, TunnelSecret};
+use mgmt::ssh::{child::Output, session::KillSignal};
+use mgmt::ssh::{
     connect, shell_join, ConnectError, ExecOptions, ExitStatus, OutputLine, Pacer, Session,
+};
+use mgmt::ssh::{
+    launch::VERIFY_FAILED_EXIT,
+    sftp::{sha256_file, Sftp},
+    CacheOptions,
 };
 
 use crate::util::sshd::{keygen, Agent, FleetOptions, SshdFleet};
@@ -766,7 +770,7 @@ async fn thirty_parallel(fleet: &SshdFleet, pacer: Option<std::sync::Arc<Pacer>>
             let o = s.run("echo ok").await.map_err(|e| e.to_string());
             let attempts = s.timings.attempts;
             s.close().await;
-            Ok::<_, mgmt::remote::HostError<ConnectError>>((attempts, o))
+            Ok::<_, mgmt::ssh::HostError<ConnectError>>((attempts, o))
         });
     }
     let mut attempts = Vec::new();
@@ -1110,10 +1114,7 @@ async fn cancelled_upload_leaves_no_partial_file() {
             .ensure_binary(&s, &local, &hash, &opts)
             .await
             .expect_err("cancelled");
-        assert!(
-            matches!(e.kind, mgmt::remote::UploadError::Cancelled),
-            "{e}"
-        );
+        assert!(matches!(e.kind, mgmt::ssh::UploadError::Cancelled), "{e}");
         let dir = fleet.home(1).join(".cache/mgmt/bin").join(&hash);
         let left: Vec<_> = std::fs::read_dir(&dir).expect("ls").collect();
         assert!(left.is_empty(), "{left:?}");

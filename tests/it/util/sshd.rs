@@ -20,10 +20,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use mgmt::remote::auth::{AuthSettings, Credentials};
-use mgmt::remote::hostkey::{HostKeyPolicy, KnownHosts};
-use mgmt::remote::target::{SshConfigFile, Target};
-use mgmt::remote::ClientSettings;
+use mgmt::ssh::auth::{AuthSettings, Credentials};
+use mgmt::ssh::hostkey::{HostKeyPolicy, KnownHosts};
+use mgmt::ssh::target::{SshConfigFile, Target};
+use mgmt::ssh::ClientSettings;
 use rand::Rng;
 
 const SSHD: &str = "/usr/sbin/sshd";

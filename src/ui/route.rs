@@ -1,7 +1,7 @@
 //! Route records: how a gateway tells its parent what happens below it.
 //!
 //! A gateway is `mgmt run --remote ...` started over SSH at depth 1 or more.
-//! Instead of progress bars and a summary table, its [`crate::ui::Ui`] writes
+//! Instead of progress bars and a summary table, its [`super::Ui`] writes
 //! one record per line on stdout: a host's stage, a line of a host's output,
 //! a host starting or ending (for the cluster-wide converged rule), and at
 //! the end one report row per host. The parent reads them off the gateway's
@@ -15,13 +15,15 @@
 //! prints is the gateway's own output and is shown under its name.
 //!
 //! This module only encodes and decodes; what a record means is decided by
-//! the UI (writing) and `gateway` (reading).
+//! the UI (writing) and `fleet::gateway` (reading), so the fleet depends
+//! on this module and this module on nothing of the fleet's.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ui::{RowResult, Stage, SummaryRow};
+use super::stage::Stage;
+use super::summary::{HopTimes, RowResult, SummaryRow};
 
 /// The first bytes of every record line.
 pub const MARK: &str = "\u{1e}mgmt:";
@@ -66,25 +68,6 @@ pub struct WireRow {
     pub hop: HopTimes,
     #[serde(default)]
     pub wire_sent: u64,
-}
-
-/// How long one hop's set-up steps took, for `--trace`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HopTimes {
-    pub connect_ms: u64,
-    pub copy_ms: u64,
-    pub start_ms: u64,
-}
-
-impl HopTimes {
-    pub fn from_durations(connect: Duration, copy: Duration, start: Duration) -> Self {
-        let ms = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
-        Self {
-            connect_ms: ms(connect),
-            copy_ms: ms(copy),
-            start_ms: ms(start),
-        }
-    }
 }
 
 impl Record {

@@ -8,7 +8,7 @@
 //! with `via:` shortened by one hop (`g0.yaml`, `g1.yaml`, ...) and the
 //! initiator's known_hosts lines for every target behind it; agent access is
 //! forwarded so it authenticates onward with keys that stay here. What it
-//! prints on stdout are route records ([`super::route`]): they become the
+//! prints on stdout are route records ([`crate::ui::route`]): they become the
 //! stages, output lines, converged-rule events and summary rows of the hosts
 //! behind it, under `gw/host` routes. When the gateway fails, every host of
 //! its group fails "via gw: reason"; the other groups go on.
@@ -28,8 +28,8 @@ use super::host::{
     GRACE_PER_HOST, STDIN_GRACE,
 };
 use super::plan::GatewayPlan;
-use super::route::Record;
-use super::OutputLine;
+use crate::ssh::OutputLine;
+use crate::ui::route::Record;
 use crate::ui::{RowResult, Stage, Stream};
 
 /// How long each level of a subtree may take to stop after its stdin

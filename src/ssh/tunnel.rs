@@ -9,33 +9,24 @@
 //! connect, so the caller must run each stream through [`check_preamble`]
 //! (the child writes the run's [`TunnelSecret`] first) before the bytes
 //! reach the store. What the stream is bridged to is the caller's business.
-//! Agent channels opened by the server are proxied to the local agent
-//! socket (see `Session::set_agent_forwarding`).
+//! (Agent channels the server opens are the handler's: see
+//! `Session::set_agent_forwarding`.)
 
 use std::fmt;
-use std::path::Path;
 use std::time::Duration;
 
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
-use super::ssh::{Session, Stream};
+use super::handler::{Forwarded, Stream};
+use super::session::Session;
 use super::{Hint, HostError};
 
 /// Bytes of randomness in a [`TunnelSecret`].
 const SECRET_BYTES: usize = 32;
 /// Length of the preamble on the wire: the secret in lowercase hex.
 pub const PREAMBLE_LEN: usize = SECRET_BYTES * 2;
-
-/// A connection that arrived through the reverse forward.
-pub(crate) struct Forwarded {
-    pub(crate) stream: Stream,
-    /// `address:port` the remote client connected to.
-    pub(crate) connected: String,
-    /// `address:port` of the remote client.
-    pub(crate) originator: String,
-}
 
 /// Why the forward could not be set up or torn down.
 #[derive(Debug, thiserror::Error)]
@@ -237,14 +228,6 @@ pub async fn check_preamble<S: AsyncRead + Unpin>(
     } else {
         Err(PreambleError::Mismatch)
     }
-}
-
-/// Copy an agent channel to and from the local agent socket until either
-/// side closes.
-pub(crate) async fn proxy_agent(mut channel: Stream, socket: &Path) -> std::io::Result<()> {
-    let mut agent = tokio::net::UnixStream::connect(socket).await?;
-    tokio::io::copy_bidirectional(&mut channel, &mut agent).await?;
-    Ok(())
 }
 
 /// A gateway's side of the tunnel chain: every connection its children

@@ -16,14 +16,14 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::agent::OwnAgent;
 use super::gateway;
 use super::host::{self, ChildFlags, HostEvent, HostReport, Shared};
 use super::plan::Plan;
-use super::tunnel::TunnelSecret;
-use super::Stream;
 use crate::fswatch::PathWatch;
 use crate::graph;
+use crate::ssh::agent::OwnAgent;
+use crate::ssh::tunnel::TunnelSecret;
+use crate::ssh::Stream;
 use crate::ui::Ui;
 
 /// A tunnel connection as the store's server sees it.

@@ -1,5 +1,6 @@
-//! The SSH layer: everything the initiator does to one host over one SSH
-//! connection, and nothing about fleets.
+//! The SSH layer: everything done to one host over one SSH connection, and
+//! nothing about fleets. It imports nothing from the fleet, the UI, `run`,
+//! `config` or the graph (`tests/it/layers.rs` checks it).
 //!
 //! A host is reached in this order, and each step has its own module and its
 //! own error type:
@@ -7,25 +8,26 @@
 //! - [`target`]: `ssh://[user[:password]@]host[:port]` plus `~/.ssh/config`
 //!   into a [`Target`]; passwords live in a [`Secret`] that never prints.
 //! - [`hostkey`]: the server key against `known_hosts` (`Strict`,
-//!   `AcceptNew`, `Off`), with the fingerprint, the file:line and a hint.
+//!   `AcceptNew`, `Off`), with the fingerprint, the file:line and a hint;
+//!   each file parsed once into a [`known_index`].
 //! - [`auth`]: ssh-agent, key files (loaded once, shared by every host), the
 //!   URL password, then an optional prompt serialised across all hosts.
-//! - [`ssh`]: [`connect`] (timeout, bounded retry of handshake resets) and a
-//!   [`Session`] that runs commands with line-by-line output, a pid to stop
-//!   them by, and stdin kept open until the caller closes it.
-//! - [`sftp`]: the content-addressed binary cache, per-run files, cleanup.
-//! - [`tunnel`]: the reverse TCP forward back to the embedded store, the
-//!   secret preamble check, and agent forwarding.
+//! - [`connect`]: the dial (timeout, pacing per address, bounded retry of
+//!   handshake resets), through the russh [`handler`] that checks the key
+//!   and takes the channels the server opens; bytes counted by [`wire`].
+//! - [`session`]: a [`Session`] that runs commands, with a pid to stop them
+//!   by and stdin kept open until the caller closes it; each running
+//!   command is a [`child`] whose output arrives line by whole line.
+//! - [`sftp`]: the SFTP client; on top of it the content-addressed binary
+//!   [`cache`] and the per-run files ([`runfiles`]); [`launch`] runs the
+//!   cached binary only after its hash checked out on the host.
+//! - [`tunnel`]: the reverse TCP forward back to the embedded store and the
+//!   secret preamble check; [`agent`] is the ssh-agent served to gateways.
 //!
-//! On top of these, the fleet: [`plan`] (everything decided before any
-//! connection), [`host`] (one host's life), [`gateway`] (one gateway and the
-//! group behind it, with [`route`] records and the [`agent`] served to it)
-//! and [`fanout`] (all of them at once, at most `--cconns` in set-up).
-//!
-//! What the SSH layer itself does not do: concurrency caps across hosts,
-//! progress bars and the run's lifecycle; those belong to the fan-out that
-//! calls it. Every fallible operation returns a [`HostError`] that names the
-//! host and carries a per-operation error kind with a [`Hint`].
+//! What this layer does not do: concurrency caps across hosts, progress and
+//! the run's lifecycle; those belong to `fleet`, which calls it. Every
+//! fallible operation returns a [`HostError`] that names the host and
+//! carries a per-operation error kind with a [`Hint`].
 
 #![cfg_attr(
     not(test),
@@ -34,15 +36,16 @@
 
 pub mod agent;
 pub mod auth;
-pub mod fanout;
-pub mod gateway;
-pub mod host;
+pub mod cache;
+pub mod child;
+pub mod connect;
+pub(crate) mod handler;
 pub mod hostkey;
 pub(crate) mod known_index;
-pub mod plan;
-pub mod route;
+pub mod launch;
+pub mod runfiles;
+pub mod session;
 pub mod sftp;
-pub mod ssh;
 pub mod target;
 pub mod tunnel;
 pub(crate) mod wire;
@@ -50,12 +53,14 @@ pub(crate) mod wire;
 use std::fmt;
 
 pub use auth::{AuthError, Credentials};
+pub use cache::CacheOptions;
+pub use child::{ExitStatus, OutputLine, RemoteChild};
+pub use connect::{connect, ClientSettings, ConnectError, Pacer};
+pub use handler::Stream;
 pub use hostkey::{HostKeyError, HostKeyPolicy};
-pub use sftp::{CacheOptions, CachedBinary, UploadError};
-pub use ssh::{
-    connect, ClientSettings, ConnectError, ExecError, ExecOptions, ExitStatus, OutputLine, Pacer,
-    RemoteChild, Session, Stream,
-};
+pub use launch::CachedBinary;
+pub use session::{ExecError, ExecOptions, Session};
+pub use sftp::UploadError;
 pub use target::{Secret, Target, TargetError};
 pub use tunnel::{check_preamble, PreambleError, ReverseTunnel, TunnelError};
 

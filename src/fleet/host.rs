@@ -19,14 +19,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::plan::{HostPlan, Plan};
-use super::route::HopTimes;
-use super::sftp::{Sftp, SftpSlot, VERIFY_FAILED_EXIT};
-use super::ssh::KillSignal;
-use super::tunnel::{ReverseTunnel, TunnelSecret};
-use super::{
+use crate::ssh::launch::VERIFY_FAILED_EXIT;
+use crate::ssh::session::KillSignal;
+use crate::ssh::sftp::{Sftp, SftpSlot};
+use crate::ssh::tunnel::{ReverseTunnel, TunnelSecret};
+use crate::ssh::{
     check_preamble, CacheOptions, CachedBinary, ExecOptions, ExitStatus, OutputLine, RemoteChild,
     Session, Stream,
 };
+use crate::ui::HopTimes;
 use crate::ui::{RowResult, Stage, Ui};
 
 /// How long a child may take to stop by itself once its stdin is closed,
@@ -163,7 +164,7 @@ impl Placed {
         run_id: &str,
         name: &str,
         data: &[u8],
-    ) -> Result<String, super::HostError<super::UploadError>> {
+    ) -> Result<String, crate::ssh::HostError<crate::ssh::UploadError>> {
         let sftp = self.sftp.get(&self.session).await?;
         let prefix = Some(self.cached.prefix.as_str());
         sftp.put_run_file(&self.session, prefix, run_id, name, data)
@@ -305,7 +306,7 @@ fn stopping() -> String {
 pub(crate) async fn place_binary(
     shared: &Shared,
     label: &str,
-    target: &super::Target,
+    target: &crate::ssh::Target,
     cancel: &CancellationToken,
 ) -> Result<Placed, String> {
     let ui = &shared.ui;
@@ -315,7 +316,7 @@ pub(crate) async fn place_binary(
     // checks `cancel` between writes and removes its temporary file.
     let session = tokio::select! {
         _ = cancel.cancelled() => return Err(stopping()),
-        r = super::ssh::connect_with(target, &shared.plan.settings, || {
+        r = crate::ssh::connect::connect_with(target, &shared.plan.settings, || {
             ui.stage(label, Stage::Authenticating)
         }) => r.map_err(|e| explain(&e))?,
     };
@@ -352,7 +353,9 @@ pub(crate) async fn place_binary(
 }
 
 /// The error and its sources on one line, then the hint.
-pub(crate) fn explain<E: std::error::Error + super::Hint>(e: &super::HostError<E>) -> String {
+pub(crate) fn explain<E: std::error::Error + crate::ssh::Hint>(
+    e: &crate::ssh::HostError<E>,
+) -> String {
     let mut msg = e.kind.to_string();
     let mut src = e.kind.source();
     while let Some(s) = src {

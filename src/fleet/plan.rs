@@ -14,13 +14,11 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::auth::AuthSettings;
-use super::hostkey::{HostKeyPolicy, KnownHosts};
-use super::target::{local_user, SshConfigFile, Target};
-use super::{ClientSettings, Credentials, Pacer};
-use crate::cli::RunArgs;
-use crate::config::GraphFile;
-use crate::graph::{GraphError, GraphErrors, Located};
+use crate::graph::{GraphError, GraphErrors, GraphFile, Located};
+use crate::ssh::auth::AuthSettings;
+use crate::ssh::hostkey::{HostKeyPolicy, KnownHosts};
+use crate::ssh::target::{local_user, SshConfigFile, Target};
+use crate::ssh::{ClientSettings, Credentials, Pacer};
 
 /// Pending connections allowed per sshd address: OpenSSH's default
 /// `MaxStartups 10:30:100` starts dropping at 10.
@@ -143,16 +141,35 @@ pub enum PlanError {
     Flag { flag: &'static str, message: String },
 }
 
+/// What a plan is built from: the `--remote` side of the flags, as parsed
+/// (config fills it in; the fleet never sees the command line itself).
+#[derive(Debug, Clone, Default)]
+pub struct PlanInputs {
+    /// `--remote` graph files.
+    pub remotes: Vec<PathBuf>,
+    /// `--via`: gateways for graphs without a `via:`.
+    pub via: Vec<String>,
+    pub ssh_config: Option<PathBuf>,
+    pub remote_binary: Option<PathBuf>,
+    /// `strict`, `accept-new` or `off`.
+    pub host_key_check: String,
+    pub known_hosts: Option<PathBuf>,
+    /// `-i` key files.
+    pub identities: Vec<PathBuf>,
+    pub allow_interactive: bool,
+    /// Seconds.
+    pub connect_timeout: u64,
+    pub cconns: usize,
+    pub remote_prefix: Option<String>,
+    /// `!--no-caching`.
+    pub caching: bool,
+    pub trace: bool,
+}
+
 /// Builds the plan for `args.remotes`; `None` when there are none.
-pub fn plan(args: &RunArgs) -> Result<Option<Plan>, PlanError> {
+pub fn plan(args: &PlanInputs) -> Result<Option<Plan>, PlanError> {
     if args.remotes.is_empty() {
         return Ok(None);
-    }
-    if args.no_server && args.depth == 0 {
-        return Err(flag(
-            "--remote",
-            "needs the embedded store: drop --no-server and --seeds",
-        ));
     }
     let ssh_config = match &args.ssh_config {
         Some(p) => SshConfigFile::load(p),
@@ -201,7 +218,7 @@ pub fn plan(args: &RunArgs) -> Result<Option<Plan>, PlanError> {
         .filter(|_| auth.key_files.is_empty());
     let key_files = match auth.key_files.is_empty() {
         false => auth.key_files.clone(),
-        true => super::auth::default_key_paths(),
+        true => crate::ssh::auth::default_key_paths(),
     };
     let mut settings = ClientSettings::new(known_hosts, Credentials::new(auth));
     settings.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
@@ -214,7 +231,7 @@ pub fn plan(args: &RunArgs) -> Result<Option<Plan>, PlanError> {
         cconns: args.cconns,
         binary: Arc::new(binary),
         prefix: args.remote_prefix.clone(),
-        caching: !args.no_caching,
+        caching: args.caching,
         onward: Onward {
             connect_timeout: args.connect_timeout,
             host_key_check: args.host_key_check.clone(),
@@ -251,7 +268,7 @@ impl Group {
             files: self.files,
             rest: self.rest,
             leaves: self.leaves,
-            known_hosts: super::hostkey::entries_for(known_hosts, &self.behind),
+            known_hosts: crate::ssh::hostkey::entries_for(known_hosts, &self.behind),
         }
     }
 }

@@ -1,0 +1,93 @@
+//! The stages a host goes through, as the operator sees them, and how each
+//! is named on a progress line.
+
+use std::fmt;
+
+/// Where a host is in its run, as shown to the operator. Serialised (for
+/// a gateway's route records) as `{"s": "copying", "v": {...}}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "s", content = "v", rename_all = "snake_case")]
+pub enum Stage {
+    Queued,
+    Connecting,
+    Authenticating,
+    Copying {
+        sent: u64,
+        total: u64,
+    },
+    /// The binary was already on the host: nothing to copy.
+    Cached,
+    Starting,
+    Running,
+    Converged,
+    Stopping,
+    Done,
+    Failed(String),
+}
+
+/// How many [`Stage`] variants there are; see [`Stage::index`].
+pub(super) const STAGES: usize = 11;
+pub(super) const STAGE_NAMES: [&str; STAGES] = [
+    "queued",
+    "connecting",
+    "authenticating",
+    "copying",
+    "cached",
+    "starting",
+    "running",
+    "converged",
+    "stopping",
+    "done",
+    "failed",
+];
+
+impl Stage {
+    /// Position in [`STAGE_NAMES`], for counting hosts per stage.
+    pub(super) fn index(&self) -> usize {
+        match self {
+            Stage::Queued => 0,
+            Stage::Connecting => 1,
+            Stage::Authenticating => 2,
+            Stage::Copying { .. } => 3,
+            Stage::Cached => 4,
+            Stage::Starting => 5,
+            Stage::Running => 6,
+            Stage::Converged => 7,
+            Stage::Stopping => 8,
+            Stage::Done => 9,
+            Stage::Failed(_) => 10,
+        }
+    }
+
+    /// Stages that are short and worth watching: these get a spinner, and
+    /// in the many-hosts view these are the hosts that keep a bar.
+    pub(super) fn is_setup(&self) -> bool {
+        matches!(
+            self,
+            Stage::Connecting
+                | Stage::Authenticating
+                | Stage::Copying { .. }
+                | Stage::Cached
+                | Stage::Starting
+                | Stage::Stopping
+        )
+    }
+}
+
+/// `queued`, `copying 42%`, `failed: reason`, …
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stage::Copying { sent, total } => write!(f, "copying {}%", percent(*sent, *total)),
+            Stage::Failed(reason) => write!(f, "failed: {reason}"),
+            other => f.write_str(STAGE_NAMES[other.index()]),
+        }
+    }
+}
+
+pub(super) fn percent(sent: u64, total: u64) -> u64 {
+    if total == 0 {
+        return 100;
+    }
+    (u128::from(sent.min(total)) * 100 / u128::from(total)) as u64
+}
