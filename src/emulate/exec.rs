@@ -22,10 +22,10 @@ pub(crate) async fn run(
     write: Arc<ChannelWriteHalf<Msg>>,
 ) -> u32 {
     let out = Out { write: &write };
-    let (pid, command) = match crate::ssh::session::pid_unwrapped(line) {
+    let (pid, command) = match crate::ssh::child::pid_unwrapped(line) {
         Some(inner) => {
             let pid = ctx.emu.next_pid();
-            out.stdout(&format!("{}{pid}\n", crate::ssh::session::PID_MARKER))
+            out.stdout(&format!("{}{pid}\n", crate::ssh::child::PID_MARKER))
                 .await;
             (pid, inner)
         }

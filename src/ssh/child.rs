@@ -8,7 +8,9 @@ use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::AbortOnDropHandle;
 
-use super::session::{ExecError, PID_MARKER};
+use std::time::Duration;
+
+use super::{shell_quote, Hint};
 
 /// The longest line passed on in one piece; longer output is split at this
 /// size so that a remote that never prints a newline cannot grow our memory.
@@ -210,6 +212,75 @@ pub(super) async fn pump(
     let _ = status_tx.send(status);
 }
 
+/// Why a command could not be started or driven.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// Opening the channel or sending the exec request failed.
+    #[error("cannot start {what:?}")]
+    Start {
+        /// The program (first word) only, never the arguments.
+        what: String,
+        /// The channel error.
+        #[source]
+        source: russh::Error,
+    },
+    /// An argument contains a NUL byte and cannot be passed to a shell.
+    #[error("an argument of {what:?} contains a NUL byte; not running it")]
+    BadArgument {
+        /// The program.
+        what: String,
+    },
+    /// The command did not print its pid before ending.
+    #[error("{what:?} ended before reporting its pid")]
+    NoPid {
+        /// The program.
+        what: String,
+    },
+    /// Writing to or closing stdin failed (the command has exited?).
+    #[error("cannot write to the remote command's stdin")]
+    Stdin(#[source] russh::Error),
+    /// A helper command did not finish in time.
+    #[error("{what:?} did not finish within {after:?}")]
+    Timeout {
+        /// The program.
+        what: String,
+        /// The bound.
+        after: Duration,
+    },
+}
+
+impl Hint for ExecError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            Self::Start { .. } | Self::NoPid { .. } => Some(
+                "the connection may have dropped, or sshd limits sessions (MaxSessions)".into(),
+            ),
+            Self::Stdin(_) | Self::BadArgument { .. } => None,
+            Self::Timeout { .. } => Some("the host may be overloaded; retry".into()),
+        }
+    }
+}
+
+/// The marker before the pid line of `report_pid`.
+pub(crate) const PID_MARKER: &str = "mgmt-pid:";
+
+/// `command` run so that its pid is printed first (`exec` keeps the pid:
+/// the one printed is the one that runs the command).
+pub(super) fn pid_wrapped(command: &str) -> String {
+    format!(
+        "echo {PID_MARKER}$$ && exec /bin/sh -c {}",
+        shell_quote(command).unwrap_or_default()
+    )
+}
+
+/// The inverse of [`pid_wrapped`]: the command inside, if `line` is one.
+pub(crate) fn pid_unwrapped(line: &str) -> Option<String> {
+    let quoted = line.strip_prefix(&format!("echo {PID_MARKER}$$ && exec /bin/sh -c "))?;
+    let mut words = shlex::split(quoted)?;
+    let command = (words.len() == 1).then(|| words.remove(0))?;
+    (pid_wrapped(&command) == line).then_some(command)
+}
+
 /// Hands one line to the reader. Once the reader has gone, `deliver` turns
 /// false and the pump only drains the channel, for the exit status.
 async fn deliver_line(
@@ -274,6 +345,18 @@ impl LineBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pid_wrapper_unwraps_to_the_command_it_wraps() {
+        let cmd = "cd '/a b' && exec ./mgmt run 'x'\''y'";
+        let line = pid_wrapped(cmd);
+        assert_eq!(pid_unwrapped(&line).as_deref(), Some(cmd));
+        assert_eq!(
+            pid_unwrapped("echo mgmt-pid:$$ && exec /bin/sh -c ls; rm x"),
+            None
+        );
+        assert_eq!(pid_unwrapped("ls"), None);
+    }
 
     #[test]
     fn lines_are_never_torn() {

@@ -31,7 +31,7 @@ use russh::client::{self, Handle};
 use super::auth::Credentials;
 use super::handler::{ClientHandler, Shared};
 use super::hostkey::{HostKeyError, KnownHosts};
-use super::session::Session;
+use super::session::{ConnectTimings, Session};
 use super::target::Target;
 use super::{Hint, HostError};
 
@@ -197,19 +197,6 @@ impl Hint for ConnectError {
             Self::AuthTimeout(_) => Some("check the host's sshd (slow PAM or DNS lookups)".into()),
         }
     }
-}
-
-/// Timings of a connection, for the summary and benchmarks.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ConnectTimings {
-    /// Handshake attempts made (1 without retries).
-    pub attempts: u32,
-    /// TCP connect, last attempt.
-    pub tcp: Duration,
-    /// SSH version exchange + key exchange + host key check, last attempt.
-    pub handshake: Duration,
-    /// Authentication.
-    pub auth: Duration,
 }
 
 /// Connect to `target`, verify its host key and authenticate.

@@ -3,8 +3,9 @@
 //! corrupt or truncated binary never runs ([`CachedBinary::launch_command`]),
 //! and its inverse for `mgmt emulate` ([`CachedBinary::parse_launch`]).
 
+use super::child::ExecError;
 use super::child::RemoteChild;
-use super::session::{ExecError, ExecOptions, Session};
+use super::session::{ExecOptions, Session};
 use super::{shell_join, shell_quote, HostError};
 
 /// Exit code of [`CachedBinary::launch_command`] when the binary fails its

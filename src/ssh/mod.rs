@@ -54,12 +54,12 @@ use std::fmt;
 
 pub use auth::{AuthError, Credentials};
 pub use cache::CacheOptions;
-pub use child::{ExitStatus, OutputLine, RemoteChild};
+pub use child::{ExecError, ExitStatus, Output, OutputLine, RemoteChild};
 pub use connect::{connect, ClientSettings, ConnectError, Pacer};
 pub use handler::Stream;
 pub use hostkey::{HostKeyError, HostKeyPolicy};
 pub use launch::CachedBinary;
-pub use session::{ExecError, ExecOptions, Session};
+pub use session::{ExecOptions, KillSignal, Session};
 pub use sftp::UploadError;
 pub use target::{Secret, Target, TargetError};
 pub use tunnel::{check_preamble, PreambleError, ReverseTunnel, TunnelError};

@@ -23,12 +23,24 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::AbortOnDropHandle;
 
 use super::auth::AuthMethod;
-use super::child::{pump, Output, RemoteChild};
-use super::connect::ConnectTimings;
+use super::child::{pid_wrapped, pump, ExecError, Output, RemoteChild};
 use super::handler::{ClientHandler, Shared};
 use super::hostkey::Verdict;
 use super::target::Target;
-use super::{Hint, HostError, HostId};
+use super::{HostError, HostId};
+
+/// Timings of a connection, for the summary and benchmarks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnectTimings {
+    /// Handshake attempts made (1 without retries).
+    pub attempts: u32,
+    /// TCP connect, last attempt.
+    pub tcp: Duration,
+    /// SSH version exchange + key exchange + host key check, last attempt.
+    pub handshake: Duration,
+    /// Authentication.
+    pub auth: Duration,
+}
 
 /// An authenticated SSH connection to one host.
 pub struct Session {
@@ -89,55 +101,6 @@ impl Default for ExecOptions {
     }
 }
 
-/// Why a command could not be started or driven.
-#[derive(Debug, thiserror::Error)]
-pub enum ExecError {
-    /// Opening the channel or sending the exec request failed.
-    #[error("cannot start {what:?}")]
-    Start {
-        /// The program (first word) only, never the arguments.
-        what: String,
-        /// The channel error.
-        #[source]
-        source: russh::Error,
-    },
-    /// An argument contains a NUL byte and cannot be passed to a shell.
-    #[error("an argument of {what:?} contains a NUL byte; not running it")]
-    BadArgument {
-        /// The program.
-        what: String,
-    },
-    /// The command did not print its pid before ending.
-    #[error("{what:?} ended before reporting its pid")]
-    NoPid {
-        /// The program.
-        what: String,
-    },
-    /// Writing to or closing stdin failed (the command has exited?).
-    #[error("cannot write to the remote command's stdin")]
-    Stdin(#[source] russh::Error),
-    /// A helper command did not finish in time.
-    #[error("{what:?} did not finish within {after:?}")]
-    Timeout {
-        /// The program.
-        what: String,
-        /// The bound.
-        after: Duration,
-    },
-}
-
-impl Hint for ExecError {
-    fn hint(&self) -> Option<String> {
-        match self {
-            Self::Start { .. } | Self::NoPid { .. } => Some(
-                "the connection may have dropped, or sshd limits sessions (MaxSessions)".into(),
-            ),
-            Self::Stdin(_) | Self::BadArgument { .. } => None,
-            Self::Timeout { .. } => Some("the host may be overloaded; retry".into()),
-        }
-    }
-}
-
 /// Signals [`Session::kill`] can send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KillSignal {
@@ -157,26 +120,6 @@ impl KillSignal {
             Self::Kill => "-KILL",
         }
     }
-}
-
-/// The marker before the pid line of `report_pid`.
-pub(crate) const PID_MARKER: &str = "mgmt-pid:";
-
-/// `command` run so that its pid is printed first (`exec` keeps the pid:
-/// the one printed is the one that runs the command).
-fn pid_wrapped(command: &str) -> String {
-    format!(
-        "echo {PID_MARKER}$$ && exec /bin/sh -c {}",
-        super::shell_quote(command).unwrap_or_default()
-    )
-}
-
-/// The inverse of [`pid_wrapped`]: the command inside, if `line` is one.
-pub(crate) fn pid_unwrapped(line: &str) -> Option<String> {
-    let quoted = line.strip_prefix(&format!("echo {PID_MARKER}$$ && exec /bin/sh -c "))?;
-    let mut words = shlex::split(quoted)?;
-    let command = (words.len() == 1).then(|| words.remove(0))?;
-    (pid_wrapped(&command) == line).then_some(command)
 }
 
 impl Session {
@@ -316,22 +259,5 @@ impl Session {
             drop(self.handle);
             let _ = tokio::time::timeout(Duration::from_secs(2), ended).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_pid_wrapper_unwraps_to_the_command_it_wraps() {
-        let cmd = "cd '/a b' && exec ./mgmt run 'x'\''y'";
-        let line = pid_wrapped(cmd);
-        assert_eq!(pid_unwrapped(&line).as_deref(), Some(cmd));
-        assert_eq!(
-            pid_unwrapped("echo mgmt-pid:$$ && exec /bin/sh -c ls; rm x"),
-            None
-        );
-        assert_eq!(pid_unwrapped("ls"), None);
     }
 }

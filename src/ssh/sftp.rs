@@ -15,7 +15,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::session::{ExecError, Session};
+use super::child::ExecError;
+use super::session::Session;
 use super::{shell_join, Hint, HostError, HostId};
 
 /// Bytes per SFTP write call; russh-sftp pipelines them.

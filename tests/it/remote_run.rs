@@ -60,8 +60,7 @@ fn remote2a_remote2b_exchange_then_converge() {
         &[&a, &b],
         &["--converged-timeout", "2"],
     ));
-    let code = p.wait(LIMIT);
-    let log = p.lines_so_far().join("\n");
+    let (code, log) = finish(&mut p, LIMIT);
     if std::env::var_os("MGMT_TEST_LOG").is_some() {
         eprintln!("{log}");
     }
@@ -135,7 +134,7 @@ pub(crate) fn procs_with(needle: &str) -> Vec<i32> {
 /// Pids of the mgmt children themselves (the binary, after the launch
 /// shell's `exec`) running for host `ip`.
 pub(crate) fn mgmt_children(ip: &str) -> Vec<i32> {
-    procs_with(&format!("--hostname {ip}"))
+    procs_with(&hostname_arg(ip))
         .into_iter()
         .filter(|pid| cmdline(*pid).starts_with("./mgmt run "))
         .collect()
@@ -174,6 +173,45 @@ fn one_noop_graph(d: &Dir, name: &str, urls: &[String]) -> std::path::PathBuf {
     )
 }
 
+/// A fleet of `hosts` hosts and `mgmt run --remote` of one noop graph on all
+/// of them, with `extra` arguments; the dir holds the graph, so keep it.
+fn noop_run(hosts: usize, extra: &[&str]) -> (SshdFleet, Dir, Proc) {
+    let fleet = SshdFleet::start(hosts);
+    let d = Dir::new();
+    let urls: Vec<String> = (1..=hosts).map(|i| fleet.url(i)).collect();
+    let g = one_noop_graph(&d, "g.yaml", &urls);
+    let p = Proc::spawn(&mut remote_cmd(&fleet, &[&g], extra));
+    (fleet, d, p)
+}
+
+/// Waits for the run to exit: its exit code and its log.
+fn finish(p: &mut Proc, limit: Duration) -> (i32, String) {
+    let code = p.wait(limit);
+    (code, p.lines_so_far().join("\n"))
+}
+
+/// Stops the run with ^C and checks that it exits 0.
+fn interrupt(p: &mut Proc) {
+    p.signal(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(p.wait(LIMIT), 0, "{}", p.lines_so_far().join("\n"));
+}
+
+/// The argument in the command line of the children for host `ip`.
+fn hostname_arg(ip: &str) -> String {
+    format!("--hostname {ip}")
+}
+
+/// Whether an mgmt child runs for host `ip` within [`LIMIT`].
+fn child_runs(ip: &str) -> bool {
+    eventually(LIMIT, || !mgmt_children(ip).is_empty())
+}
+
+/// Whether every process for host `ip` is gone within 30 s.
+fn children_gone(ip: &str) -> bool {
+    let needle = hostname_arg(ip);
+    eventually(Duration::from_secs(30), || procs_with(&needle).is_empty())
+}
+
 // See: #4 (cache: the second run sends no binary bytes; a corrupt cached binary is replaced, never run)
 #[test]
 fn second_run_hits_the_cache_and_a_corrupt_binary_is_replaced() {
@@ -187,8 +225,7 @@ fn second_run_hits_the_cache_and_a_corrupt_binary_is_replaced() {
             &[&g],
             &["--converged-timeout", "0"],
         ));
-        let code = p.wait(LIMIT);
-        (code, p.lines_so_far().join("\n"))
+        finish(&mut p, LIMIT)
     };
     let (code, log) = run();
     assert_eq!(code, 0, "{log}");
@@ -228,14 +265,7 @@ fn second_run_hits_the_cache_and_a_corrupt_binary_is_replaced() {
 // See: #4 (--no-caching leaves nothing behind)
 #[test]
 fn no_caching_leaves_nothing_on_the_host() {
-    let fleet = SshdFleet::start(1);
-    let d = Dir::new();
-    let g = one_noop_graph(&d, "g.yaml", &[fleet.url(1)]);
-    let mut p = Proc::spawn(&mut remote_cmd(
-        &fleet,
-        &[&g],
-        &["--converged-timeout", "0", "--no-caching"],
-    ));
+    let (fleet, _d, mut p) = noop_run(1, &["--converged-timeout", "0", "--no-caching"]);
     assert_eq!(p.wait(LIMIT), 0, "{}", p.lines_so_far().join("\n"));
     let cache = fleet.home(1).join(".cache/mgmt");
     assert!(
@@ -248,17 +278,9 @@ fn no_caching_leaves_nothing_on_the_host() {
 // See: #4 (50 hosts from one graph, --cconns 8: never more than 8 in set-up)
 #[test]
 fn fifty_hosts_with_a_set_up_cap_of_eight() {
-    let fleet = SshdFleet::start(50);
-    let d = Dir::new();
-    let urls: Vec<String> = (1..=50).map(|i| fleet.url(i)).collect();
-    let g = one_noop_graph(&d, "g.yaml", &urls);
-    let mut p = Proc::spawn(&mut remote_cmd(
-        &fleet,
-        &[&g],
-        &["-v", "--cconns", "8", "--converged-timeout", "1"],
-    ));
-    let code = p.wait(Duration::from_secs(300));
-    let log = p.lines_so_far().join("\n");
+    let extra = ["-v", "--cconns", "8", "--converged-timeout", "1"];
+    let (_fleet, _d, mut p) = noop_run(50, &extra);
+    let (code, log) = finish(&mut p, Duration::from_secs(300));
     assert_eq!(code, 0, "{log}");
     // "connecting" is printed after the permit is taken, "set-up done"
     // before it is released: the overlap of those intervals is the cap.
@@ -339,9 +361,7 @@ fn failing_hosts_fail_alone_with_their_reason() {
         .arg(&known)
         .arg("--ssh-config")
         .arg(&ssh_config);
-    let mut p = Proc::spawn(&mut c);
-    let code = p.wait(LIMIT);
-    let log = p.lines_so_far().join("\n");
+    let (code, log) = finish(&mut Proc::spawn(&mut c), LIMIT);
     assert_eq!(code, 1, "{log}");
     assert_eq!(row(&log, fleet.ip(1))[2], "converged", "{log}");
     assert_eq!(row(&log, fleet.ip(2))[2], "converged", "{log}");
@@ -402,15 +422,12 @@ pub(crate) fn edit_lands_live(p: &mut Proc, g: &Path, text: &str, target: &Path)
 // See: #4 (the tunnel refuses a connection that does not present the secret)
 #[test]
 fn the_tunnel_refuses_connections_without_the_secret() {
-    let fleet = SshdFleet::start(1);
-    let d = Dir::new();
-    let g = one_noop_graph(&d, "g.yaml", &[fleet.url(1)]);
-    let mut p = Proc::spawn(&mut remote_cmd(&fleet, &[&g], &[]));
+    let (fleet, _d, mut p) = noop_run(1, &[]);
     p.wait_line("] running", LIMIT);
     // The child's command line holds the tunnel port (never the secret).
     // Read it from /proc, which shows an empty command line for an instant
     // while the launch shell execs the binary: look until it is there.
-    let needle = format!("--hostname {}", fleet.ip(1));
+    let needle = hostname_arg(fleet.ip(1));
     let mut port = None;
     let found = eventually(LIMIT, || {
         port = procs_with(&needle)
@@ -448,17 +465,13 @@ fn the_tunnel_refuses_connections_without_the_secret() {
     });
     assert!(refused, "a client without the secret reached the store");
     p.wait_line("tunnel connection from", LIMIT);
-    p.signal(nix::sys::signal::Signal::SIGINT);
-    assert_eq!(p.wait(LIMIT), 0, "{}", p.lines_so_far().join("\n"));
+    interrupt(&mut p);
 }
 
 // See: #4 (^C during the run: no mgmt process left on any host, per-run files removed)
 #[test]
 fn interrupt_during_the_run_leaves_nothing_behind() {
-    let fleet = SshdFleet::start(2);
-    let d = Dir::new();
-    let g = one_noop_graph(&d, "g.yaml", &[fleet.url(1), fleet.url(2)]);
-    let mut p = Proc::spawn(&mut remote_cmd(&fleet, &[&g], &[]));
+    let (fleet, _d, mut p) = noop_run(2, &[]);
     p.wait_all(
         &[
             &format!("[{}] running", fleet.ip(1)),
@@ -467,16 +480,12 @@ fn interrupt_during_the_run_leaves_nothing_behind() {
         LIMIT,
     );
     for i in [1, 2] {
-        assert!(
-            eventually(LIMIT, || !mgmt_children(fleet.ip(i)).is_empty()),
-            "mgmt never ran on host {i}"
-        );
+        assert!(child_runs(fleet.ip(i)), "mgmt never ran on host {i}");
     }
-    p.signal(nix::sys::signal::Signal::SIGINT);
-    assert_eq!(p.wait(LIMIT), 0, "{}", p.lines_so_far().join("\n"));
+    interrupt(&mut p);
     for i in [1, 2] {
         assert!(
-            procs_with(&format!("--hostname {}", fleet.ip(i))).is_empty(),
+            procs_with(&hostname_arg(fleet.ip(i))).is_empty(),
             "a child survived on host {i}"
         );
         assert!(
@@ -503,8 +512,7 @@ fn interrupt_during_the_copy_leaves_nothing_behind() {
             .arg(&big),
     );
     p.wait_line("copying", LIMIT);
-    p.signal(nix::sys::signal::Signal::SIGINT);
-    assert_eq!(p.wait(LIMIT), 0, "{}", p.lines_so_far().join("\n"));
+    interrupt(&mut p);
     let bin = fleet.home(1).join(".cache/mgmt/bin");
     let left: Vec<_> = walk(&bin)
         .into_iter()
@@ -528,23 +536,16 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 // See: #4 (killing the SSH connection makes the child exit by itself)
 #[test]
 fn a_dropped_link_stops_the_child() {
-    let fleet = SshdFleet::start(1);
-    let d = Dir::new();
-    let g = one_noop_graph(&d, "g.yaml", &[fleet.url(1)]);
-    let mut p = Proc::spawn(&mut remote_cmd(&fleet, &[&g], &[]));
+    let (fleet, _d, mut p) = noop_run(1, &[]);
     p.wait_line("] running", LIMIT);
-    let needle = format!("--hostname {}", fleet.ip(1));
-    assert!(
-        eventually(LIMIT, || !mgmt_children(fleet.ip(1)).is_empty()),
-        "mgmt never ran on the host"
-    );
+    assert!(child_runs(fleet.ip(1)), "mgmt never ran on the host");
     // SIGKILL: no clean stop, the connections just drop.
     p.signal(nix::sys::signal::Signal::SIGKILL);
     p.wait(LIMIT);
     assert!(
-        eventually(Duration::from_secs(30), || procs_with(&needle).is_empty()),
+        children_gone(fleet.ip(1)),
         "the child outlived its link: {:?}",
-        procs_with(&needle)
+        procs_with(&hostname_arg(fleet.ip(1)))
     );
     // The child removed its own per-run files: nobody else could.
     assert!(
@@ -567,20 +568,13 @@ pub(crate) fn run_files_go(home: &Path) -> bool {
 // when their link goes)
 #[test]
 fn a_second_interrupt_exits_at_once() {
-    let fleet = SshdFleet::start(1);
-    let d = Dir::new();
-    let g = one_noop_graph(&d, "g.yaml", &[fleet.url(1)]);
-    let mut p = Proc::spawn(&mut remote_cmd(&fleet, &[&g], &[]));
-    assert!(eventually(LIMIT, || !mgmt_children(fleet.ip(1)).is_empty()));
+    let (fleet, _d, mut p) = noop_run(1, &[]);
+    assert!(child_runs(fleet.ip(1)));
     p.signal(nix::sys::signal::Signal::SIGINT);
     p.wait_line("] stopping", LIMIT);
     p.signal(nix::sys::signal::Signal::SIGINT);
     assert_eq!(p.wait(LIMIT), 130, "{}", p.lines_so_far().join("\n"));
-    let needle = format!("--hostname {}", fleet.ip(1));
-    assert!(
-        eventually(Duration::from_secs(30), || procs_with(&needle).is_empty()),
-        "the child outlived its link"
-    );
+    assert!(children_gone(fleet.ip(1)), "the child outlived its link");
 }
 
 // See: #4 (the initiator's own --file graph counts in the converged rule)
@@ -596,9 +590,7 @@ fn a_local_graph_and_remote_hosts_converge_together() {
     );
     let mut cmd = remote_cmd(&fleet, &[&g], &["--converged-timeout", "1"]);
     cmd.arg("--file").arg(&local);
-    let mut p = Proc::spawn(&mut cmd);
-    let code = p.wait(LIMIT);
-    let log = p.lines_so_far().join("\n");
+    let (code, log) = finish(&mut Proc::spawn(&mut cmd), LIMIT);
     assert_eq!(code, 0, "{log}");
     assert_eq!(read(Path::new(&here)).as_deref(), Some("local\n"));
     assert_eq!(row(&log, fleet.ip(1))[2], "converged", "{log}");
@@ -607,12 +599,9 @@ fn a_local_graph_and_remote_hosts_converge_together() {
 // See: #4 (one host's link dropping fails that host only; the others run on)
 #[test]
 fn a_dropped_link_fails_that_host_and_the_rest_go_on() {
-    let fleet = SshdFleet::start(2);
-    let d = Dir::new();
-    let g = one_noop_graph(&d, "g.yaml", &[fleet.url(1), fleet.url(2)]);
-    let mut p = Proc::spawn(&mut remote_cmd(&fleet, &[&g], &[]));
+    let (fleet, _d, mut p) = noop_run(2, &[]);
     for i in [1, 2] {
-        assert!(eventually(LIMIT, || !mgmt_children(fleet.ip(i)).is_empty()));
+        assert!(child_runs(fleet.ip(i)));
     }
     // Kill the sshd process serving host 1's session: that link drops.
     let child = mgmt_children(fleet.ip(1))[0];
@@ -629,13 +618,11 @@ fn a_dropped_link_fails_that_host_and_the_rest_go_on() {
         "host 2 was stopped too"
     );
     p.signal(nix::sys::signal::Signal::SIGINT);
-    let code = p.wait(LIMIT);
-    let log = p.lines_so_far().join("\n");
+    let (code, log) = finish(&mut p, LIMIT);
     assert_eq!(code, 1, "{log}");
     assert_eq!(row(&log, fleet.ip(1))[2], "failed:", "{log}");
     assert_eq!(row(&log, fleet.ip(2))[2], "stopped", "{log}");
-    let needle = format!("--hostname {}", fleet.ip(1));
-    assert!(eventually(Duration::from_secs(30), || procs_with(&needle).is_empty()));
+    assert!(children_gone(fleet.ip(1)));
 }
 
 /// The parent pid of `pid` (0 when it is gone).
