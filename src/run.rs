@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, StoreMode};
 use crate::engine::Status;
 use crate::fleet::fanout::{self, TunnelConn, Wiring};
-use crate::fleet::host::{ChildFlags, HostEvent, HostReport};
+use crate::fleet::shared::{ChildFlags, HostEvent, HostReport};
 use crate::link::ParentLink;
 use crate::ssh::tunnel::TunnelSecret;
 use crate::ui::{RowResult, Stage, SummaryRow, Ui};

@@ -17,8 +17,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::gateway;
-use super::host::{self, ChildFlags, HostEvent, HostReport, Shared};
+use super::host;
 use super::plan::Plan;
+use super::shared::{ChildFlags, HostEvent, HostReport, Shared};
 use crate::fswatch::PathWatch;
 use crate::graph;
 use crate::ssh::agent::OwnAgent;

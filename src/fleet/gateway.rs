@@ -23,11 +23,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::host::{
-    self, common_args, words, HostEvent, HostReport, Launch, Placed, Shared, Synced,
-    GRACE_PER_HOST, STDIN_GRACE,
-};
+use super::place::{self, Placed};
 use super::plan::GatewayPlan;
+use super::shared::{HostEvent, HostReport, Shared, GRACE_PER_HOST, STDIN_GRACE};
+use super::supervise::{self, common_args, words, Launch, Synced};
 use crate::ssh::OutputLine;
 use crate::ui::route::Record;
 use crate::ui::{RowResult, Stage, Stream};
@@ -78,7 +77,7 @@ pub async fn run(
             if matches!(own.result, RowResult::Failed(_)) && !below.rows.is_empty() {
                 own.result = RowResult::Gateway;
             }
-            host::finish_placed(&shared, p, &mut own).await;
+            place::finish_placed(&shared, p, &mut own).await;
         }
         Err(_) if cancel.is_cancelled() => {}
         Err(why) => own.result = RowResult::Failed(why),
@@ -103,8 +102,8 @@ async fn place(
     graphs: &[watch::Receiver<Arc<String>>],
     cancel: &CancellationToken,
 ) -> Result<Placed, String> {
-    let _permit = host::setup_permit(shared, &gw.name, cancel).await?;
-    let p = host::place_binary(shared, &gw.name, &gw.target, cancel).await?;
+    let _permit = place::setup_permit(shared, &gw.name, cancel).await?;
+    let p = place::place_binary(shared, &gw.name, &gw.target, cancel).await?;
     for (i, source) in graphs.iter().enumerate() {
         let synced = synced_file(i, source.clone(), gw);
         let text = synced
@@ -121,7 +120,7 @@ async fn put(shared: &Shared, p: &Placed, name: &str, data: &[u8]) -> Result<(),
     p.put_run_file(&shared.run_id, name, data)
         .await
         .map(|_| ())
-        .map_err(|e| host::explain(&e))
+        .map_err(|e| place::explain(&e))
 }
 
 fn synced_file(i: usize, source: watch::Receiver<Arc<String>>, gw: &GatewayPlan) -> Synced {
@@ -184,7 +183,7 @@ async fn supervise(
         on_line: &mut on_line,
         events: events.clone(),
     };
-    host::supervise(shared, p, launch, cancel, own).await
+    supervise::supervise(shared, p, launch, cancel, own).await
 }
 
 /// Shows one record from below; returns the event it means for the run.

@@ -7,10 +7,13 @@
 //!   settings built. Errors here are input errors (exit 2).
 //! - [`fanout`]: all hosts and gateways at once, at most `--cconns` in
 //!   set-up, each in its own task under the run's cancellation token.
-//! - [`host`]: one host's life: connect, copy (cached), tunnel, launch,
-//!   follow its output and the local graph file, stop, clean up.
+//! - [`host`]: one host's life, in two halves shared with gateways:
+//!   [`place`] (the set-up permit, connect, the binary in its cache, and the
+//!   clean-up at the end) and [`supervise`] (tunnel, launch, output, graph
+//!   files kept in step, the stop by pid).
 //! - [`gateway`]: one gateway and the group behind it, whose progress comes
 //!   back as route records ([`crate::ui::route`]).
+//! - [`shared`]: what every host task shares, and what each reports back.
 //!
 //! The fleet reports to the UI through the types `ui` owns (stages, summary
 //! rows, route records); the UI never calls back into the fleet.
@@ -23,4 +26,7 @@
 pub mod fanout;
 pub mod gateway;
 pub mod host;
+pub mod place;
 pub mod plan;
+pub mod shared;
+pub mod supervise;

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::launch::{CachedBinary, BIN_NAME};
 use super::session::Session;
-use super::sftp::{is_not_found, random_suffix, Progress, Sftp, UploadError};
+use super::sftp::{is_not_found, random_suffix, Progress, Sftp, Transfer, UploadError};
 use super::{shell_quote, HostError};
 
 /// Options of [`Sftp::ensure_binary`].
@@ -298,9 +298,11 @@ impl Sftp {
                 &mut src,
                 &tmp,
                 &final_path,
-                size,
-                opts.progress.as_ref(),
-                opts.cancel.as_ref(),
+                Transfer {
+                    size,
+                    progress: opts.progress.as_ref(),
+                    cancel: opts.cancel.as_ref(),
+                },
             )
             .await;
         if result.is_err() {

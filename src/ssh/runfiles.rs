@@ -3,7 +3,7 @@
 //! with `--no-caching` the cached binary too.
 
 use super::session::Session;
-use super::sftp::{check_name, is_not_found, random_suffix, Sftp, UploadError};
+use super::sftp::{check_name, is_not_found, random_suffix, Sftp, Transfer, UploadError};
 use super::HostError;
 
 impl Sftp {
@@ -34,9 +34,11 @@ impl Sftp {
                 &mut src,
                 &tmp,
                 &final_path,
-                data.len() as u64,
-                None,
-                None,
+                Transfer {
+                    size: data.len() as u64,
+                    progress: None,
+                    cancel: None,
+                },
             )
             .await;
         if r.is_err() {

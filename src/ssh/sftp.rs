@@ -92,6 +92,15 @@ impl Hint for UploadError {
     }
 }
 
+/// One upload's expected size, and what it reports to (both optional): a
+/// progress callback, and a token checked between writes.
+#[derive(Clone, Copy)]
+pub(super) struct Transfer<'a> {
+    pub size: u64,
+    pub progress: Option<&'a Progress>,
+    pub cancel: Option<&'a CancellationToken>,
+}
+
 /// How long one SFTP request may wait for its answer.
 const SFTP_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
@@ -238,9 +247,7 @@ impl Sftp {
         src: &mut R,
         tmp: &str,
         final_path: &str,
-        size: u64,
-        progress: Option<&Progress>,
-        cancel: Option<&CancellationToken>,
+        t: Transfer<'_>,
     ) -> Result<u64, UploadError> {
         let attrs = FileAttributes {
             permissions: Some(0o700),
@@ -258,7 +265,7 @@ impl Sftp {
         let mut buf = vec![0u8; CHUNK];
         let mut sent: u64 = 0;
         loop {
-            if cancel.is_some_and(|c| c.is_cancelled()) {
+            if t.cancel.is_some_and(|c| c.is_cancelled()) {
                 return Err(UploadError::Cancelled);
             }
             let n = src
@@ -278,7 +285,7 @@ impl Sftp {
                 source: e.into(),
             })?;
             sent += n as u64;
-            if let Some(p) = progress {
+            if let Some(p) = t.progress {
                 p(sent);
             }
         }
@@ -294,10 +301,10 @@ impl Sftp {
             .map_err(Self::sftp_err("stat", tmp))?
             .size
             .unwrap_or(0);
-        if got != size || sent != size {
+        if got != t.size || sent != t.size {
             return Err(UploadError::SizeMismatch {
                 path: tmp.to_owned(),
-                expected: size,
+                expected: t.size,
                 got,
             });
         }

@@ -1,0 +1,207 @@
+//! A host's remote state, set up and torn down: the `--cconns` set-up
+//! permit, the connection, the binary in its cache (copied or found), and
+//! at the end the removal of the per-run files (and the binary with
+//! `--no-caching`), in reverse order of set-up. Used for hosts and gateways
+//! alike; what runs there is [`super::supervise`]'s.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::shared::{HostReport, Shared};
+use crate::ssh::sftp::{Sftp, SftpSlot};
+use crate::ssh::{CacheOptions, CachedBinary, Session};
+use crate::ui::Stage;
+
+/// A host's set-up, kept for teardown.
+pub(crate) struct Placed {
+    pub session: Session,
+    /// Parked once set-up is done; see [`SftpSlot`].
+    pub sftp: SftpSlot,
+    pub cached: CachedBinary,
+    /// How long connecting (with authentication) and copying took.
+    pub connect: Duration,
+    pub copy: Duration,
+    /// Set when the child exited 0: it removed its own run directory
+    /// (`--run-dir`), so the clean-up has nothing left to do there.
+    pub child_cleaned: AtomicBool,
+}
+
+impl Placed {
+    /// Writes `data` as `name` into the host's run directory (SFTP opened
+    /// again if it was parked; the caller parks it when done).
+    pub async fn put_run_file(
+        &self,
+        run_id: &str,
+        name: &str,
+        data: &[u8],
+    ) -> Result<String, crate::ssh::HostError<crate::ssh::UploadError>> {
+        let sftp = self.sftp.get(&self.session).await?;
+        let prefix = Some(self.cached.prefix.as_str());
+        sftp.put_run_file(&self.session, prefix, run_id, name, data)
+            .await
+    }
+}
+
+/// Waits for a `--cconns` set-up slot (none without a cap).
+pub(crate) async fn setup_permit(
+    shared: &Shared,
+    label: &str,
+    cancel: &CancellationToken,
+) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, String> {
+    shared.ui.stage(label, Stage::Queued);
+    match &shared.setup {
+        Some(s) => tokio::select! {
+            _ = cancel.cancelled() => Err(stopping()),
+            p = s.clone().acquire_owned() => Ok(Some(p.map_err(|_| stopping())?)),
+        },
+        None => Ok(None),
+    }
+}
+
+/// A `--cconns` slot for work after set-up (a replaced binary, a clean-up),
+/// which must happen even when the run is stopping; none without a cap.
+async fn slot(shared: &Shared) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    match &shared.setup {
+        Some(s) => s.clone().acquire_owned().await.ok(),
+        None => None,
+    }
+}
+
+fn stopping() -> String {
+    "the run is stopping".to_string()
+}
+
+/// Connects to `target` and makes sure the binary is in its cache (shown
+/// under `label`); the caller holds the set-up permit.
+pub(crate) async fn place_binary(
+    shared: &Shared,
+    label: &str,
+    target: &crate::ssh::Target,
+    cancel: &CancellationToken,
+) -> Result<Placed, String> {
+    let ui = &shared.ui;
+    ui.stage(label, Stage::Connecting);
+    let t0 = Instant::now();
+    // Dropping a connect half-way is harmless; the copy below instead
+    // checks `cancel` between writes and removes its temporary file.
+    let session = tokio::select! {
+        _ = cancel.cancelled() => return Err(stopping()),
+        r = crate::ssh::connect::connect_with(target, &shared.plan.settings, || {
+            ui.stage(label, Stage::Authenticating)
+        }) => r.map_err(|e| explain(&e))?,
+    };
+    let connect = t0.elapsed();
+    let t1 = Instant::now();
+    let sftp = Sftp::open(&session).await.map_err(|e| explain(&e))?;
+    let total = shared.plan.binary.size;
+    let progress_ui = ui.clone();
+    let progress_name = label.to_string();
+    let opts = CacheOptions {
+        prefix: shared.plan.prefix.clone(),
+        verify_hit: false,
+        progress: Some(Arc::new(move |sent| {
+            progress_ui.stage(&progress_name, Stage::Copying { sent, total })
+        })),
+        cancel: Some(cancel.clone()),
+    };
+    let bin = &shared.plan.binary;
+    let cached = sftp
+        .ensure_binary(&session, &bin.path, &bin.sha256, &opts)
+        .await
+        .map_err(|e| explain(&e))?;
+    if cached.hit {
+        ui.stage(label, Stage::Cached);
+    }
+    Ok(Placed {
+        session,
+        sftp: SftpSlot::new(sftp),
+        cached,
+        connect,
+        copy: t1.elapsed(),
+        child_cleaned: AtomicBool::new(false),
+    })
+}
+
+/// Uploads the binary again after it failed its hash check at launch.
+pub(crate) async fn replace_binary(
+    shared: &Shared,
+    p: &Placed,
+    report: &mut HostReport,
+) -> Result<(), String> {
+    let bin = &shared.plan.binary;
+    let opts = CacheOptions {
+        prefix: shared.plan.prefix.clone(),
+        verify_hit: true,
+        ..CacheOptions::default()
+    };
+    // A replacement is a copy like any other: under a set-up permit.
+    let _permit = slot(shared).await;
+    let sftp = p.sftp.get(&p.session).await.map_err(|e| explain(&e))?;
+    let again = sftp
+        .ensure_binary(&p.session, &bin.path, &bin.sha256, &opts)
+        .await
+        .map_err(|e| explain(&e))?;
+    drop(sftp);
+    p.sftp.park().await;
+    report.bytes_sent += again.bytes_sent;
+    report.cache_hit = Some(false);
+    Ok(())
+}
+
+/// The error and its sources on one line, then the hint.
+pub(crate) fn explain<E: std::error::Error + crate::ssh::Hint>(
+    e: &crate::ssh::HostError<E>,
+) -> String {
+    let mut msg = e.kind.to_string();
+    let mut src = e.kind.source();
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    match e.hint() {
+        Some(h) => format!("{msg} (hint: {h})"),
+        None => msg,
+    }
+}
+
+/// Records the hop's set-up times, tears the host down, then records every
+/// byte its connection carried.
+pub(crate) async fn finish_placed(shared: &Shared, p: Placed, report: &mut HostReport) {
+    report.hop.connect_ms = p.connect.as_millis() as u64;
+    report.hop.copy_ms = p.copy.as_millis() as u64;
+    let wire = p.session.wire_sent();
+    teardown(shared, p).await;
+    report.wire_sent = wire.load(Ordering::Relaxed);
+}
+
+/// Removes what the run put on the host, in reverse order of set-up.
+/// Nothing to do over SFTP when the child exited 0 and the binary stays
+/// cached: the child removed its run directory itself. Otherwise under a
+/// `--cconns` permit like set-up: it opens SFTP again, and a stopping fleet
+/// would otherwise reopen it on every host at once.
+async fn teardown(shared: &Shared, p: Placed) {
+    if shared.plan.caching && p.child_cleaned.load(Ordering::Relaxed) {
+        p.sftp.park().await;
+        p.session.close().await;
+        return;
+    }
+    let _permit = slot(shared).await;
+    match p.sftp.get(&p.session).await {
+        Ok(sftp) => {
+            if let Err(e) = sftp.remove_run_dir(&p.cached.prefix, &shared.run_id).await {
+                tracing::warn!("{e}");
+            }
+            if !shared.plan.caching {
+                if let Err(e) = sftp.remove_binary(&p.cached).await {
+                    tracing::warn!("{e}");
+                }
+            }
+        }
+        Err(e) => tracing::warn!("cannot clean up: {e}"),
+    }
+    p.sftp.park().await;
+    p.session.close().await;
+}

@@ -1,0 +1,149 @@
+//! What every host task of a fan-out shares: the plan, the run's secret
+//! and flags, the set-up cap, the UI, and the clock that tells whether the
+//! stop is still progressing; and what a host task reports back (events for
+//! the converged rule, a summary row).
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, Semaphore};
+
+use super::plan::Plan;
+use crate::ssh::tunnel::TunnelSecret;
+use crate::ssh::Stream;
+use crate::ui::{HopTimes, RowResult, Ui};
+
+/// How long a child may take to stop by itself once its stdin is closed,
+/// before it gets SIGINT by its pid.
+pub(crate) const STDIN_GRACE: Duration = Duration::from_secs(2);
+/// How long a child may take to stop after SIGINT before SIGKILL.
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Added to both graces per host this process stops: thousands of hosts
+/// stopping at once share this machine (and the store), so each may take
+/// longer, and signalling them early would only add load.
+pub(crate) const GRACE_PER_HOST: Duration = Duration::from_millis(1);
+
+/// When a host (here or below a gateway) last ended. A stop sequence that
+/// is still making progress (hosts keep ending) is not escalated: 10,000
+/// emulated hosts behind 10 gateways on two cores end over minutes, and
+/// signalling the slow half would only kill children that were stopping.
+/// A child is signalled once no host has ended for its whole grace.
+#[derive(Default)]
+pub struct StopClock(std::sync::Mutex<Option<Instant>>);
+
+impl StopClock {
+    /// A host ended just now.
+    pub fn mark(&self) {
+        if let Ok(mut last) = self.0.lock() {
+            *last = Some(Instant::now());
+        }
+    }
+
+    /// The later deadline for a signal due at `due`, if a host ended less
+    /// than `grace` ago; `None`: send it now.
+    pub(crate) fn postpone(
+        &self,
+        due: tokio::time::Instant,
+        grace: Duration,
+    ) -> Option<tokio::time::Instant> {
+        let last = (*self.0.lock().ok()?)?;
+        let later = tokio::time::Instant::from_std(last + grace);
+        (later > due).then_some(later)
+    }
+}
+
+/// Flags passed on to every child.
+#[derive(Debug, Clone, Default)]
+pub struct ChildFlags {
+    pub converged_timeout: Option<u64>,
+    pub noop: bool,
+    pub no_watch: bool,
+    /// This process's depth (0: the initiator); children run at depth + 1.
+    pub depth: u32,
+}
+
+impl Shared {
+    /// `base`, stretched by how many hosts and gateways this run stops.
+    pub(crate) fn grace(&self, base: Duration) -> Duration {
+        let n = self.plan.hosts.len() + self.plan.gateways.len();
+        base + GRACE_PER_HOST * n as u32
+    }
+}
+
+/// What every host task shares.
+pub struct Shared {
+    pub plan: Plan,
+    /// Names this run's files on the hosts (`<prefix>/run/<run_id>/`).
+    pub run_id: String,
+    pub secret: TunnelSecret,
+    pub flags: ChildFlags,
+    /// Authenticated tunnel connections, handed to the embedded store.
+    pub tunnels: mpsc::Sender<Stream>,
+    /// `--cconns`; `None` for no cap.
+    pub setup: Option<Arc<Semaphore>>,
+    pub ui: Ui,
+    /// Set when the run ends because the cluster converged.
+    pub converged: Arc<AtomicBool>,
+    /// The agent socket gateways get access to (forwarded agent channels
+    /// are proxied to it); `None`: no agent forwarding.
+    pub agent: Option<std::path::PathBuf>,
+    /// Whether the stop is still progressing (see [`StopClock`]).
+    pub ended: StopClock,
+}
+
+/// Told to the run loop as hosts come and go, for the converged rule.
+#[derive(Debug)]
+pub enum HostEvent {
+    Running(String),
+    Ended(String),
+}
+
+/// One row of the summary.
+pub struct HostReport {
+    pub name: String,
+    /// `web3`, or `gw.dc1/web3` behind a gateway.
+    pub route: String,
+    pub result: RowResult,
+    pub bytes_sent: u64,
+    pub cache_hit: Option<bool>,
+    pub elapsed: Duration,
+    pub hop: HopTimes,
+    /// Bytes this process wrote to the host's SSH connection, all told.
+    pub wire_sent: u64,
+}
+
+impl HostReport {
+    pub(crate) fn new(name: &str, route: &str) -> Self {
+        HostReport {
+            name: name.into(),
+            route: route.into(),
+            result: RowResult::Stopped,
+            bytes_sent: 0,
+            cache_hit: None,
+            elapsed: Duration::ZERO,
+            hop: HopTimes::default(),
+            wire_sent: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_that_progresses_postpones_signals() {
+        let clock = StopClock::default();
+        let now = tokio::time::Instant::now();
+        let grace = Duration::from_secs(2);
+        // Nobody ended yet: signal when due.
+        assert_eq!(clock.postpone(now, grace), None);
+        clock.mark();
+        // A host just ended: wait until a whole grace has passed since.
+        let later = clock.postpone(now, grace).expect("postponed");
+        assert!(later > now + Duration::from_secs(1), "{:?}", later - now);
+        // A deadline already past that point is kept.
+        assert_eq!(clock.postpone(now + Duration::from_secs(5), grace), None);
+    }
+}

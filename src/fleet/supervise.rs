@@ -1,0 +1,318 @@
+//! A child running on a placed host: the reverse tunnel and its bridge to
+//! the store, the launch (a binary that fails its hash check is replaced
+//! once), its output streamed line by line, the graph files kept in step
+//! with the local ones, and the stop sequence: stdin closed, then SIGINT,
+//! then SIGKILL, each by the child's own pid, never escalated while the
+//! stop is still progressing.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{BoxStream, StreamExt};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::place::{explain, replace_binary, Placed};
+use super::shared::{HostEvent, HostReport, Shared, STOP_GRACE};
+use crate::ssh::launch::VERIFY_FAILED_EXIT;
+use crate::ssh::session::KillSignal;
+use crate::ssh::tunnel::{ReverseTunnel, TunnelSecret};
+use crate::ssh::{check_preamble, ExecOptions, ExitStatus, OutputLine, RemoteChild, Stream};
+use crate::ui::{RowResult, Stage};
+
+/// A file on the host kept in step with a local graph file.
+pub(crate) struct Synced {
+    /// Its name in the per-run directory.
+    pub name: String,
+    pub source: watch::Receiver<Arc<String>>,
+    /// For a gateway: the `via:` hops still ahead, written into the text.
+    pub rest: Option<Vec<String>>,
+}
+
+impl Synced {
+    /// The text to put on the host; `None` if it cannot be rewritten.
+    pub fn text(&self) -> Option<String> {
+        let text = self.source.borrow().clone();
+        match &self.rest {
+            None => Some(text.as_ref().clone()),
+            Some(rest) => super::plan::gateway_text(&text, rest),
+        }
+    }
+}
+
+/// What to run on a placed host, and how to read what it prints.
+pub(crate) struct Launch<'a> {
+    /// Display name in the UI.
+    pub label: &'a str,
+    /// The child's arguments, given the tunnel port on the host.
+    pub args: Vec<String>,
+    /// Files on the host kept in step with local ones.
+    pub synced: Vec<Synced>,
+    /// Forward agent access to the child (gateways).
+    pub agent: bool,
+    /// How long the child may take to stop by itself once its stdin is
+    /// closed, before it gets SIGINT (a gateway first stops its subtree).
+    pub stdin_grace: Duration,
+    /// Every line the child prints; may return an event for the run loop.
+    pub on_line: &'a mut (dyn FnMut(OutputLine) -> Option<HostEvent> + Send),
+    pub events: mpsc::Sender<HostEvent>,
+}
+
+/// Where `{port}` stands in [`Launch::args`] until the tunnel is open.
+pub(crate) const PORT_SLOT: &str = "{port}";
+
+/// Runs the child until it ends or the run stops; the host's result.
+pub(crate) async fn supervise(
+    shared: &Shared,
+    p: &Placed,
+    mut launch: Launch<'_>,
+    cancel: &CancellationToken,
+    report: &mut HostReport,
+) -> RowResult {
+    let ui = &shared.ui;
+    let label = launch.label;
+    let t0 = Instant::now();
+    let tunnel = match p.session.reverse_tunnel(64).await {
+        Ok(t) => t,
+        Err(e) => return RowResult::Failed(explain(&e)),
+    };
+    let port = tunnel.port.to_string();
+    let args: Vec<String> = launch
+        .args
+        .iter()
+        .map(|a| a.replace(PORT_SLOT, &port))
+        .collect();
+    let mut bridges = JoinSet::new();
+    bridges.spawn(bridge(
+        tunnel,
+        shared.secret.clone(),
+        shared.tunnels.clone(),
+    ));
+    if launch.agent {
+        p.session.set_agent_forwarding(shared.agent.clone());
+    }
+    ui.stage(label, Stage::Starting);
+    let mut replaced = false;
+    let mut stopping = false;
+    let status = loop {
+        let mut opts = exec_options(shared);
+        opts.agent_forward = launch.agent && shared.agent.is_some();
+        let mut child = match p.cached.launch(&p.session, &args, opts).await {
+            Ok(c) => c,
+            Err(e) => return RowResult::Failed(explain(&e)),
+        };
+        report.hop.start_ms = t0.elapsed().as_millis() as u64;
+        ui.stage(label, Stage::Running);
+        let (status, last_err) =
+            follow(shared, p, &mut child, &mut launch, cancel, &mut stopping).await;
+        if status == ExitStatus::Exited(VERIFY_FAILED_EXIT) && !replaced && !stopping {
+            // The cached binary failed its hash check at launch, so it was
+            // not run: replace it and launch once more.
+            replaced = true;
+            tracing::warn!("{label}: the cached binary failed its hash check; replacing it");
+            if let Err(why) = replace_binary(shared, p, report).await {
+                return RowResult::Failed(why);
+            }
+            continue;
+        }
+        break (status, last_err);
+    };
+    bridges.abort_all();
+    let (status, last_err) = status;
+    if status == ExitStatus::Exited(0) {
+        p.child_cleaned.store(true, Ordering::Relaxed);
+    }
+    match status {
+        ExitStatus::Exited(0) if shared.converged.load(Ordering::SeqCst) => RowResult::Converged,
+        ExitStatus::Exited(0) => RowResult::Stopped,
+        ExitStatus::Signaled { .. } if stopping => RowResult::Stopped,
+        other if last_err.is_empty() => RowResult::Failed(format!("the child ended: {other}")),
+        other => RowResult::Failed(format!("the child ended ({other}): {}", last_err.trim())),
+    }
+}
+
+fn exec_options(shared: &Shared) -> ExecOptions {
+    ExecOptions {
+        stdin: Some(shared.secret.stdin_line()),
+        close_stdin: false,
+        report_pid: true,
+        ..ExecOptions::default()
+    }
+}
+
+/// Streams the child's output, keeps its files in step, stops it when the
+/// run stops; returns its exit status and its last stderr line.
+async fn follow(
+    shared: &Shared,
+    p: &Placed,
+    child: &mut RemoteChild,
+    launch: &mut Launch<'_>,
+    cancel: &CancellationToken,
+    stopping: &mut bool,
+) -> (ExitStatus, String) {
+    let label = launch.label;
+    // Stop sequence: stdin closed (the child stops by itself; no extra
+    // session needed), then SIGINT by pid, then SIGKILL by pid.
+    let mut next_signal: Option<(tokio::time::Instant, KillSignal)> = None;
+    // A `kill` runs in a channel of the same connection, while the child's
+    // output keeps being read: the connection delivers nothing else until
+    // that output is taken (a gateway stopping 1,000 hosts prints a lot).
+    let mut signalling: Option<
+        std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>,
+    > = None;
+    let pid = child.pid;
+    let mut last_err = String::new();
+    // Made once: a gateway keeps a thousand files in step, and building a
+    // wait on each of them per output line was quadratic.
+    let mut changes = changes(&launch.synced);
+    loop {
+        tokio::select! {
+            () = async {
+                match signalling.as_mut() {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            }, if signalling.is_some() => {
+                signalling = None;
+            }
+            line = child.next_line() => {
+                let Some(line) = line else { break };
+                if let OutputLine::Stderr(l) = &line {
+                    last_err.clone_from(l);
+                }
+                if let Some(ev) = (launch.on_line)(line) {
+                    let _ = launch.events.send(ev).await;
+                }
+            },
+            Some(i) = changes.next(), if !*stopping => {
+                sync_file(shared, p, label, &mut launch.synced[i]).await;
+            }
+            _ = cancel.cancelled(), if !*stopping => {
+                *stopping = true;
+                shared.ui.stage(label, Stage::Stopping);
+                if shared.converged.load(Ordering::SeqCst) {
+                    let _ = child.write_stdin(crate::link::CONVERGED_LINE).await;
+                }
+                let _ = child.close_stdin().await;
+                next_signal = Some((tokio::time::Instant::now() + launch.stdin_grace, KillSignal::Int));
+            }
+            _ = sleep_until(next_signal.map(|(at, _)| at)) => {
+                let Some((due, signal)) = next_signal.take() else { continue };
+                let grace = match signal {
+                    KillSignal::Int => launch.stdin_grace,
+                    _ => shared.grace(STOP_GRACE),
+                };
+                if let Some(later) = shared.ended.postpone(due, grace) {
+                    next_signal = Some((later, signal));
+                    continue;
+                }
+                tracing::debug!("{label}: the child is still running; sending {signal:?} to its pid");
+                signalling = Some(Box::pin(kill(p, pid, signal)));
+                if signal == KillSignal::Int {
+                    next_signal = Some((tokio::time::Instant::now() + shared.grace(STOP_GRACE), KillSignal::Kill));
+                } else {
+                    tracing::warn!("{label}: the child did not stop within {:?} of SIGINT; killed it", shared.grace(STOP_GRACE));
+                }
+            }
+        }
+    }
+    (child.status().await, last_err)
+}
+
+/// The index of each synced file whose source changes, as it changes; a
+/// source that closes drops out.
+fn changes(synced: &[Synced]) -> futures::stream::SelectAll<BoxStream<'static, usize>> {
+    futures::stream::select_all(synced.iter().enumerate().map(|(i, s)| {
+        tokio_stream::wrappers::WatchStream::from_changes(s.source.clone())
+            .map(move |_| i)
+            .boxed()
+    }))
+}
+
+/// Puts the new text of a synced file on the host (atomically).
+async fn sync_file(shared: &Shared, p: &Placed, label: &str, s: &mut Synced) {
+    s.source.borrow_and_update();
+    let Some(text) = s.text() else {
+        tracing::warn!(
+            "{label}: cannot rewrite {} for the gateway; not sent",
+            s.name
+        );
+        return;
+    };
+    let put = p
+        .put_run_file(&shared.run_id, &s.name, text.as_bytes())
+        .await;
+    p.sftp.park().await;
+    match put {
+        Ok(_) => tracing::info!("{label}: {} updated", s.name),
+        Err(e) => tracing::warn!("{label}: cannot update {}: {}", s.name, e.kind),
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends `signal` to the child by its own pid (never by name).
+async fn kill(p: &Placed, pid: Option<u32>, signal: KillSignal) {
+    if let Some(pid) = pid {
+        if let Err(e) = p.session.kill(pid, signal).await {
+            tracing::debug!("{}: kill {pid}: {e}", p.session.host());
+        }
+    }
+}
+
+/// What every child gets: the store through the tunnel, its depth, the
+/// secret on stdin, and the run's flags.
+pub(crate) fn common_args(shared: &Shared) -> Vec<String> {
+    let depth = (shared.flags.depth + 1).to_string();
+    let seeds = format!("http://127.0.0.1:{PORT_SLOT}");
+    let mut a = words(&[
+        "--no-server",
+        "--seeds",
+        &seeds,
+        "--depth",
+        &depth,
+        "--tunnel-secret-stdin",
+    ]);
+    if let Some(t) = shared.flags.converged_timeout {
+        a.push(format!("--converged-timeout={t}"));
+    }
+    if shared.flags.noop {
+        a.push("--noop".into());
+    }
+    if shared.flags.no_watch {
+        a.push("--no-watch".into());
+    }
+    a
+}
+
+pub(crate) fn words(w: &[&str]) -> Vec<String> {
+    w.iter().map(|s| s.to_string()).collect()
+}
+
+/// How long a tunnel client has to present the secret.
+const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Hands every tunnel connection that presents the secret to the store;
+/// the others are dropped before a byte reaches it.
+async fn bridge(mut tunnel: ReverseTunnel, secret: TunnelSecret, store: mpsc::Sender<Stream>) {
+    let mut checks = JoinSet::new();
+    while let Some(inc) = tunnel.accept().await {
+        let (secret, store) = (secret.clone(), store.clone());
+        checks.spawn(async move {
+            match check_preamble(inc.stream, &secret, PREAMBLE_TIMEOUT).await {
+                Ok(s) => {
+                    let _ = store.send(s).await;
+                }
+                Err(e) => tracing::warn!("tunnel connection from {} refused: {e}", inc.originator),
+            }
+        });
+        while checks.try_join_next().is_some() {}
+    }
+}
