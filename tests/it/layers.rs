@@ -306,7 +306,7 @@ fn the_checker_sees_uses_circles_and_upward_edges() {
         graph.get(&key).is_some_and(|u| u.contains(&to))
     };
     assert!(uses("ssh/tunnel", "ssh/session"), "super:: path");
-    assert!(uses("fleet/host", "ssh/launch"), "crate:: path");
+    assert!(uses("fleet/supervise", "ssh/launch"), "crate:: path");
     assert!(
         uses("graph/parse", "graph/edge"),
         "brace group in super::{{…}}"
