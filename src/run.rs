@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, StoreMode};
 use crate::engine::Status;
 use crate::fleet::fanout::{self, TunnelConn, Wiring};
-use crate::fleet::shared::{ChildFlags, HostEvent, HostReport};
+use crate::fleet::shared::{ChildFlags, HostEvent};
 use crate::link::ParentLink;
 use crate::ssh::tunnel::TunnelSecret;
 use crate::ui::{RowResult, Stage, SummaryRow, Ui};
@@ -35,7 +35,7 @@ pub struct Outcome {
     /// The local graph's final status, when there was one.
     pub status: Option<Status>,
     /// One report per remote host.
-    pub hosts: Vec<HostReport>,
+    pub hosts: Vec<SummaryRow>,
     pub reason: StopReason,
 }
 
@@ -209,10 +209,9 @@ pub async fn run_linked(
         let _ = (&mut { task }.0).await;
     }
     if !hosts.is_empty() {
-        let rows = summary(&hosts);
-        ui.finish(&rows);
+        ui.finish(&hosts);
         if cfg.remote.as_ref().is_some_and(|p| p.onward.trace) {
-            ui.trace(&rows);
+            ui.trace(&hosts);
         }
     }
     if let Some(dir) = &cfg.run_dir {
@@ -253,22 +252,6 @@ async fn mirror_converged(mut status: watch::Receiver<Status>, flag: Arc<AtomicB
             return;
         }
     }
-}
-
-fn summary(hosts: &[HostReport]) -> Vec<SummaryRow> {
-    hosts
-        .iter()
-        .map(|h| SummaryRow {
-            host: h.name.clone(),
-            route: h.route.clone(),
-            result: h.result.clone(),
-            bytes_sent: h.bytes_sent,
-            cache_hit: h.cache_hit,
-            elapsed: h.elapsed,
-            hop: h.hop,
-            wire_sent: h.wire_sent,
-        })
-        .collect()
 }
 
 async fn engine_died(local: &mut Option<local::Local>) -> String {

@@ -19,13 +19,13 @@ use tokio_util::sync::CancellationToken;
 use super::gateway;
 use super::host;
 use super::plan::Plan;
-use super::shared::{ChildFlags, HostEvent, HostReport, Shared};
+use super::shared::{ChildFlags, HostEvent, Shared};
 use crate::fswatch::PathWatch;
 use crate::graph;
 use crate::ssh::agent::OwnAgent;
 use crate::ssh::tunnel::TunnelSecret;
 use crate::ssh::Stream;
-use crate::ui::Ui;
+use crate::ui::{SummaryRow, Ui};
 
 /// A tunnel connection as the store's server sees it.
 pub struct TunnelConn(pub Stream);
@@ -78,7 +78,7 @@ pub struct Wiring {
 /// Runs every host and gateway until `cancel`, or until every one has
 /// ended; returns one report per host (a gateway's own row followed by its
 /// group's), in plan order.
-pub async fn run(plan: Plan, w: Wiring, cancel: CancellationToken) -> Vec<HostReport> {
+pub async fn run(plan: Plan, w: Wiring, cancel: CancellationToken) -> Vec<SummaryRow> {
     let mut run_id = [0u8; 8];
     rand::fill(&mut run_id[..]);
     let setup = (plan.cconns > 0).then(|| Arc::new(Semaphore::new(plan.cconns)));
@@ -133,7 +133,7 @@ pub async fn run(plan: Plan, w: Wiring, cancel: CancellationToken) -> Vec<HostRe
             )
         });
     }
-    let mut reports: Vec<Vec<HostReport>> = (0..tasks.len()).map(|_| Vec::new()).collect();
+    let mut reports: Vec<Vec<SummaryRow>> = (0..tasks.len()).map(|_| Vec::new()).collect();
     while let Some(r) = tasks.join_next().await {
         if let Ok((i, rep)) = r {
             reports[i] = rep;

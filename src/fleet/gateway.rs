@@ -25,11 +25,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::place::{self, Placed};
 use super::plan::GatewayPlan;
-use super::shared::{HostEvent, HostReport, Shared, GRACE_PER_HOST, STDIN_GRACE};
+use super::shared::{HostEvent, Shared, GRACE_PER_HOST, STDIN_GRACE};
 use super::supervise::{self, common_args, words, Launch, Synced};
 use crate::ssh::OutputLine;
 use crate::ui::route::Record;
-use crate::ui::{RowResult, Stage, Stream};
+use crate::ui::{RowResult, Stage, Stream, SummaryRow};
 
 /// How long each level of a subtree may take to stop after its stdin
 /// closed: its own children's stdin grace, SIGINT and SIGKILL, and a margin.
@@ -39,7 +39,7 @@ const LEVEL_GRACE: Duration = Duration::from_secs(10);
 #[derive(Default)]
 struct Below {
     /// Rows reported by the gateway, routes already under its name.
-    rows: Vec<HostReport>,
+    rows: Vec<SummaryRow>,
     /// Hosts that started and have not ended yet.
     running: HashSet<String>,
     ended: HashSet<String>,
@@ -53,7 +53,7 @@ pub async fn run(
     graphs: Vec<watch::Receiver<Arc<String>>>,
     events: mpsc::Sender<HostEvent>,
     cancel: CancellationToken,
-) -> Vec<HostReport> {
+) -> Vec<SummaryRow> {
     let start = Instant::now();
     let label = gw.name.clone();
     let ui = shared.ui.clone();
@@ -61,7 +61,7 @@ pub async fn run(
     for leaf in &gw.leaves {
         ui.add_host(&format!("{label}/{leaf}"));
     }
-    let mut own = HostReport::new(&label, &label);
+    let mut own = SummaryRow::new(&label, &label);
     let mut below = Below::default();
     match place(&shared, &gw, &graphs, &cancel).await {
         Ok(p) => {
@@ -140,7 +140,7 @@ async fn supervise(
     graphs: Vec<watch::Receiver<Arc<String>>>,
     events: &mpsc::Sender<HostEvent>,
     cancel: &CancellationToken,
-    own: &mut HostReport,
+    own: &mut SummaryRow,
     below: &mut Below,
 ) -> RowResult {
     let dir = format!("{}/run/{}", p.cached.prefix, shared.run_id);
@@ -219,16 +219,7 @@ fn take_record(ui: &crate::ui::Ui, gw: &str, r: Record, below: &mut Below) -> Op
         Record::Report(w) => {
             let row = w.into_row();
             tracing::debug!("{gw}: report for {}", row.route);
-            below.rows.push(HostReport {
-                name: row.host,
-                route: row.route,
-                result: row.result,
-                bytes_sent: row.bytes_sent,
-                cache_hit: row.cache_hit,
-                elapsed: row.elapsed,
-                hop: row.hop,
-                wire_sent: row.wire_sent,
-            });
+            below.rows.push(row);
         }
     }
     None
@@ -271,11 +262,11 @@ fn gateway_args(shared: &Shared, gw: &GatewayPlan, dir: &str) -> Vec<String> {
 async fn finish_group(
     shared: &Shared,
     gw: &GatewayPlan,
-    own: &HostReport,
+    own: &SummaryRow,
     mut below: Below,
     events: &mpsc::Sender<HostEvent>,
     stopping: bool,
-) -> Vec<HostReport> {
+) -> Vec<SummaryRow> {
     let label = &gw.name;
     let why = match &own.result {
         RowResult::Failed(why) => format!("via {label}: {why}"),
@@ -285,7 +276,7 @@ async fn finish_group(
         .rows
         .iter()
         .filter(|r| r.result != RowResult::Gateway)
-        .map(|r| r.name.clone())
+        .map(|r| r.host.clone())
         .collect();
     for leaf in &gw.leaves {
         if !below.ended.contains(leaf) {
@@ -298,7 +289,7 @@ async fn finish_group(
             continue;
         }
         let route = format!("{label}/{leaf}");
-        let mut row = HostReport::new(leaf, &route);
+        let mut row = SummaryRow::new(leaf, &route);
         if stopping && !matches!(own.result, RowResult::Failed(_)) {
             row.result = RowResult::Stopped;
         } else {

@@ -21,10 +21,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::place::{finish_placed, place_binary, setup_permit, Placed};
 use super::plan::HostPlan;
-use super::shared::{HostEvent, HostReport, Shared, STDIN_GRACE};
+use super::shared::{HostEvent, Shared, STDIN_GRACE};
 use super::supervise::{common_args, supervise, words, Launch, Synced};
 use crate::ssh::OutputLine;
-use crate::ui::{RowResult, Stage};
+use crate::ui::{RowResult, Stage, SummaryRow};
 
 /// Runs one host to its end; never fails: failures become the report.
 pub async fn run(
@@ -33,10 +33,10 @@ pub async fn run(
     graph: watch::Receiver<Arc<String>>,
     events: mpsc::Sender<HostEvent>,
     cancel: CancellationToken,
-) -> HostReport {
+) -> SummaryRow {
     let start = Instant::now();
     let name = host.name.clone();
-    let mut report = HostReport::new(&name, &name);
+    let mut report = SummaryRow::new(&name, &name);
     let placed = match place(&shared, &host, &graph, &cancel).await {
         Ok(p) => Some(p),
         Err(_) if cancel.is_cancelled() => None,

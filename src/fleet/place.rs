@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::shared::{HostReport, Shared};
+use super::shared::Shared;
 use crate::ssh::sftp::{Sftp, SftpSlot};
 use crate::ssh::{CacheOptions, CachedBinary, Session};
-use crate::ui::Stage;
+use crate::ui::{Stage, SummaryRow};
 
 /// A host's set-up, kept for teardown.
 pub(crate) struct Placed {
@@ -129,7 +129,7 @@ pub(crate) async fn place_binary(
 pub(crate) async fn replace_binary(
     shared: &Shared,
     p: &Placed,
-    report: &mut HostReport,
+    report: &mut SummaryRow,
 ) -> Result<(), String> {
     let bin = &shared.plan.binary;
     let opts = CacheOptions {
@@ -169,7 +169,7 @@ pub(crate) fn explain<E: std::error::Error + crate::ssh::Hint>(
 
 /// Records the hop's set-up times, tears the host down, then records every
 /// byte its connection carried.
-pub(crate) async fn finish_placed(shared: &Shared, p: Placed, report: &mut HostReport) {
+pub(crate) async fn finish_placed(shared: &Shared, p: Placed, report: &mut SummaryRow) {
     report.hop.connect_ms = p.connect.as_millis() as u64;
     report.hop.copy_ms = p.copy.as_millis() as u64;
     let wire = p.session.wire_sent();

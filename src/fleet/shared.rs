@@ -1,7 +1,8 @@
 //! What every host task of a fan-out shares: the plan, the run's secret
 //! and flags, the set-up cap, the UI, and the clock that tells whether the
-//! stop is still progressing; and what a host task reports back (events for
-//! the converged rule, a summary row).
+//! stop is still progressing; and the events a host task reports for the
+//! converged rule (its result is the UI's [`SummaryRow`](crate::ui::SummaryRow),
+//! which the fleet fills in).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use tokio::sync::{mpsc, Semaphore};
 use super::plan::Plan;
 use crate::ssh::tunnel::TunnelSecret;
 use crate::ssh::Stream;
-use crate::ui::{HopTimes, RowResult, Ui};
+use crate::ui::Ui;
 
 /// How long a child may take to stop by itself once its stdin is closed,
 /// before it gets SIGINT by its pid.
@@ -97,35 +98,6 @@ pub struct Shared {
 pub enum HostEvent {
     Running(String),
     Ended(String),
-}
-
-/// One row of the summary.
-pub struct HostReport {
-    pub name: String,
-    /// `web3`, or `gw.dc1/web3` behind a gateway.
-    pub route: String,
-    pub result: RowResult,
-    pub bytes_sent: u64,
-    pub cache_hit: Option<bool>,
-    pub elapsed: Duration,
-    pub hop: HopTimes,
-    /// Bytes this process wrote to the host's SSH connection, all told.
-    pub wire_sent: u64,
-}
-
-impl HostReport {
-    pub(crate) fn new(name: &str, route: &str) -> Self {
-        HostReport {
-            name: name.into(),
-            route: route.into(),
-            result: RowResult::Stopped,
-            bytes_sent: 0,
-            cache_hit: None,
-            elapsed: Duration::ZERO,
-            hop: HopTimes::default(),
-            wire_sent: 0,
-        }
-    }
 }
 
 #[cfg(test)]

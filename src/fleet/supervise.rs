@@ -15,12 +15,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::place::{explain, replace_binary, Placed};
-use super::shared::{HostEvent, HostReport, Shared, STOP_GRACE};
+use super::shared::{HostEvent, Shared, STOP_GRACE};
 use crate::ssh::launch::VERIFY_FAILED_EXIT;
 use crate::ssh::session::KillSignal;
 use crate::ssh::tunnel::{ReverseTunnel, TunnelSecret};
 use crate::ssh::{check_preamble, ExecOptions, ExitStatus, OutputLine, RemoteChild, Stream};
-use crate::ui::{RowResult, Stage};
+use crate::ui::{RowResult, Stage, SummaryRow};
 
 /// A file on the host kept in step with a local graph file.
 pub(crate) struct Synced {
@@ -69,7 +69,7 @@ pub(crate) async fn supervise(
     p: &Placed,
     mut launch: Launch<'_>,
     cancel: &CancellationToken,
-    report: &mut HostReport,
+    report: &mut SummaryRow,
 ) -> RowResult {
     let ui = &shared.ui;
     let label = launch.label;

@@ -43,7 +43,7 @@ pub enum RowResult {
 /// One line of the summary table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SummaryRow {
-    /// Display name, e.g. `web3` or `gw.dc1/web3`.
+    /// The host's identity (its name in the store), e.g. `web3`.
     pub host: String,
     /// How the host was reached, e.g. `direct` or `gw.dc1`; empty shows `-`.
     pub route: String,
@@ -60,6 +60,21 @@ pub struct SummaryRow {
 }
 
 impl SummaryRow {
+    /// A row for a host that has not got anywhere yet: stopped, nothing
+    /// sent. The fleet fills it in as the host's run goes on.
+    pub fn new(host: &str, route: &str) -> Self {
+        SummaryRow {
+            host: host.into(),
+            route: route.into(),
+            result: RowResult::Stopped,
+            bytes_sent: 0,
+            cache_hit: None,
+            elapsed: Duration::ZERO,
+            hop: HopTimes::default(),
+            wire_sent: 0,
+        }
+    }
+
     /// How many hops from this machine: 1 direct, 2 behind one gateway.
     pub fn hops(&self) -> usize {
         self.route.split('/').count()
