@@ -113,10 +113,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]
     pub max_runtime: u64,
 
-    /// Address the embedded store listens on for clients (port 0 picks a
-    /// free port; the address chosen is logged).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
-    pub client_urls: String,
+    /// Address the embedded store listens on for other clients (port 0
+    /// picks a free port; the address chosen is logged). Default: 127.0.0.1:0
+    /// for a --file run; none for a --remote run, whose hosts reach the store
+    /// only through their authenticated tunnels. A listener answers anyone
+    /// who can connect, without credentials, as etcd does by default.
+    #[arg(long, value_name = "ADDR")]
+    pub client_urls: Option<String>,
 
     /// Use this etcd v3 store (ours or a real etcd) instead of embedding
     /// one; comma-separated URLs like http://127.0.0.1:2379. Needs --no-server.

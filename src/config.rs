@@ -32,8 +32,9 @@ impl ConfigError {
 /// Where the coordination store is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreMode {
-    /// Embedded in this process, listening on this address.
-    Embedded { listen: String },
+    /// Embedded in this process. This process's own client reaches it
+    /// in-process; `listen` is a TCP address for other clients, if any.
+    Embedded { listen: Option<String> },
     /// An external etcd v3 store (ours in another process, or a real etcd).
     External { seeds: Vec<String> },
 }
@@ -92,7 +93,7 @@ impl Config {
         };
         let store = match (args.no_server, args.seeds.is_empty()) {
             (false, true) => StoreMode::Embedded {
-                listen: args.client_urls.clone(),
+                listen: store_listener(args, remote.is_some()),
             },
             (true, false) => StoreMode::External {
                 seeds: args.seeds.clone(),
@@ -143,6 +144,22 @@ fn os_hostname() -> String {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".into())
+}
+
+/// Where the embedded store listens for other clients: `--client-urls`;
+/// by default loopback for a `--file` run, nowhere for a remote run (its
+/// hosts come through their tunnels, and a listener would serve any local
+/// user without credentials).
+fn store_listener(args: &RunArgs, remote: bool) -> Option<String> {
+    match (&args.client_urls, remote) {
+        (Some(addr), true) => {
+            tracing::warn!("--client-urls {addr}: the store of this remote run answers anyone who can connect there, without credentials");
+            Some(addr.clone())
+        }
+        (Some(addr), false) => Some(addr.clone()),
+        (None, true) => None,
+        (None, false) => Some("127.0.0.1:0".into()),
+    }
 }
 
 /// The `--remote` side of the flags, for the fleet's plan.

@@ -146,11 +146,12 @@ pub fn tcp_dial(addr: String) -> Dial {
 }
 
 /// An etcd client whose every connection to `url` (`http://host:port`)
-/// starts with the secret preamble; `dial` opens the connections (default:
-/// TCP to `url`).
+/// starts with the secret preamble (none for a connection that needs none,
+/// such as an in-memory pipe to this process's own store); `dial` opens the
+/// connections (default: TCP to `url`).
 pub async fn connect_store(
     url: &str,
-    secret: &Secret,
+    secret: Option<&Secret>,
     dial: Option<Dial>,
 ) -> Result<etcd_client::Client, LinkError> {
     let bad = |reason: String| LinkError::Url {
@@ -170,13 +171,15 @@ pub async fn connect_store(
         // Generous: the SSH keepalive already finds a dead link, and a
         // tunnel through loaded gateways can be slow to answer a ping.
         .keep_alive_timeout(Duration::from_secs(20));
-    let preamble = secret.0.clone();
+    let preamble = secret.map(|s| s.0.clone());
     let dial = dial.unwrap_or_else(|| tcp_dial(addr));
     let connector = tower::service_fn(move |_uri: tonic::transport::Uri| {
         let (dial, preamble) = (dial.clone(), preamble.clone());
         async move {
             let mut stream = dial().await?;
-            stream.write_all(preamble.as_bytes()).await?;
+            if let Some(p) = &preamble {
+                stream.write_all(p.as_bytes()).await?;
+            }
             Ok::<_, std::io::Error>(TokioIo::new(stream))
         }
     });

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, StoreMode};
 use crate::engine::Status;
-use crate::fleet::fanout::{self, TunnelConn, Wiring};
+use crate::fleet::fanout::{self, Wiring};
 use crate::fleet::shared::{ChildFlags, HostEvent};
 use crate::link::ParentLink;
 use crate::ssh::tunnel::TunnelSecret;
@@ -98,7 +98,9 @@ pub async fn run_linked(
     let converged_flag = Arc::new(AtomicBool::new(false));
     let dial = link.dial.clone();
     let engine_converged = link.engine_converged.clone();
-    let (mut world, secret) = connect_world(&cfg, &seeds, &cancel, &converged_flag, link).await?;
+    let local = store.as_ref().map(|h| h.local.clone());
+    let (mut world, secret) =
+        connect_world(&cfg, (&seeds, local), &cancel, &converged_flag, link).await?;
     // A stop while the graph is starting (its first export may be
     // retrying against a store that is gone) skips to the stop below.
     let mut local = match &cfg.file {
@@ -202,10 +204,11 @@ pub async fn run_linked(
         None => None,
     };
     store_cancel.cancel();
-    if let Some((store, _)) = &store {
-        log_store_stats(&store.stats());
+    if let Some(h) = &store {
+        log_store_stats(&h.store.stats());
     }
-    for task in tunnel_server.into_iter().chain(store.map(|(_, t)| t)) {
+    let store_tasks = store.map(|h| h.tasks).unwrap_or_default();
+    for task in tunnel_server.into_iter().chain(store_tasks) {
         let _ = (&mut { task }.0).await;
     }
     if !hosts.is_empty() {
@@ -273,11 +276,16 @@ async fn sleep_opt(d: Option<Duration>) {
 /// when it came on stdin (a gateway hands it down).
 async fn connect_world(
     cfg: &Config,
-    seeds: &[String],
+    (seeds, local): (&[String], Option<crate::link::Dial>),
     root: &CancellationToken,
     converged: &Arc<AtomicBool>,
     link: ParentLink,
 ) -> anyhow::Result<(World, Option<crate::link::Secret>)> {
+    if let Some(dial) = local {
+        // Our own store: in-process, no preamble, no socket.
+        let client = crate::link::connect_store(IN_PROCESS_URL, None, Some(dial)).await?;
+        return Ok((World::from_client(client, &cfg.hostname), None));
+    }
     if cfg.depth == 0 {
         return Ok((World::connect(seeds, &cfg.hostname).await?, None));
     }
@@ -297,7 +305,7 @@ async fn connect_world(
         converged.clone(),
     ));
     let url = seeds.first().context("--seeds is empty")?;
-    let client = crate::link::connect_store(url, &secret, link.dial).await?;
+    let client = crate::link::connect_store(url, Some(&secret), link.dial).await?;
     Ok((World::from_client(client, &cfg.hostname), Some(secret)))
 }
 
@@ -330,9 +338,9 @@ fn serve_tunnels(
     cancel: &CancellationToken,
 ) -> anyhow::Result<Task<()>> {
     let c = cancel.clone();
-    if let Some((store, _)) = store {
+    if let Some(StoreHandle { store, .. }) = store {
         let incoming = tokio_stream::wrappers::ReceiverStream::new(tunnels)
-            .map(|s| Ok::<_, std::io::Error>(TunnelConn(s)));
+            .map(|s| Ok::<_, std::io::Error>(crate::store::Conn(s)));
         let store = store.clone();
         return Ok(Task(tokio::spawn(async move {
             if let Err(e) = store.serve_incoming(incoming, c).await {
@@ -355,32 +363,86 @@ fn serve_tunnels(
     ))))
 }
 
-type StoreHandle = (crate::store::Store, Task<()>);
+/// The URL this process's own client names for its in-process store (the
+/// connector ignores it; it only has to be a valid URI).
+const IN_PROCESS_URL: &str = "http://in-process.invalid";
+
+/// The embedded store, the tasks serving it, and how this process's own
+/// client reaches it (in-process, never through a socket).
+struct StoreHandle {
+    store: crate::store::Store,
+    tasks: Vec<Task<()>>,
+    local: crate::link::Dial,
+}
 
 /// Starts the embedded store, or returns the external one's URLs.
 async fn start_store(
     mode: &StoreMode,
     cancel: &CancellationToken,
 ) -> anyhow::Result<(Vec<String>, Option<StoreHandle>)> {
-    match mode {
-        StoreMode::External { seeds } => Ok((seeds.clone(), None)),
-        StoreMode::Embedded { listen } => {
-            let addr = listen.trim_start_matches("http://").trim_end_matches('/');
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("--client-urls: cannot listen on {addr}"))?;
-            let local = listener.local_addr()?;
-            tracing::info!("store: listening on http://{local}");
-            let store = crate::store::Store::new(crate::store::Config::default());
-            let (s, cancel) = (store.clone(), cancel.clone());
-            let task = tokio::spawn(async move {
-                if let Err(e) = s.serve(listener, cancel).await {
-                    tracing::error!("store: {e}");
-                }
-            });
-            Ok((vec![format!("http://{local}")], Some((store, Task(task)))))
-        }
+    let listen = match mode {
+        StoreMode::External { seeds } => return Ok((seeds.clone(), None)),
+        StoreMode::Embedded { listen } => listen,
+    };
+    let store = crate::store::Store::new(crate::store::Config::default());
+    let (local, task) = serve_in_process(&store, cancel);
+    let mut tasks = vec![task];
+    let mut seeds = Vec::new();
+    if let Some(listen) = listen {
+        let addr = listen.trim_start_matches("http://").trim_end_matches('/');
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--client-urls: cannot listen on {addr}"))?;
+        let bound = listener.local_addr()?;
+        tracing::info!("store: listening on http://{bound}");
+        let (s, cancel) = (store.clone(), cancel.clone());
+        tasks.push(Task(tokio::spawn(async move {
+            if let Err(e) = s.serve(listener, cancel).await {
+                tracing::error!("store: {e}");
+            }
+        })));
+        seeds.push(format!("http://{bound}"));
     }
+    Ok((
+        seeds,
+        Some(StoreHandle {
+            store,
+            tasks,
+            local,
+        }),
+    ))
+}
+
+/// Serves in-memory pipes to `store`; the [`Dial`](crate::link::Dial)
+/// returned opens one. No other process can reach the store this way.
+fn serve_in_process(
+    store: &crate::store::Store,
+    cancel: &CancellationToken,
+) -> (crate::link::Dial, Task<()>) {
+    // A few at once at most: this process's own client reconnecting.
+    let (tx, rx) = mpsc::channel::<tokio::io::DuplexStream>(4);
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(rx)
+        .map(|s| Ok::<_, std::io::Error>(crate::store::Conn(s)));
+    let (s, c) = (store.clone(), cancel.clone());
+    let task = Task(tokio::spawn(async move {
+        if let Err(e) = s.serve_incoming(incoming, c).await {
+            tracing::error!("store (in-process): {e}");
+        }
+    }));
+    let dial: crate::link::Dial = Arc::new(move || {
+        let tx = tx.clone();
+        Box::pin(async move {
+            let (client, server) = tokio::io::duplex(256 * 1024);
+            tx.send(server).await.map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "the embedded store has stopped",
+                )
+            })?;
+            Ok(Box::new(client) as crate::link::DialStream)
+        })
+    });
+    (dial, task)
 }
 
 /// Whose converged state, besides this host's, ends the run.

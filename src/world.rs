@@ -115,7 +115,7 @@ impl World {
         hostname: &str,
     ) -> Result<World, crate::link::LinkError> {
         Ok(World::from_client(
-            crate::link::connect_store(url, secret, None).await?,
+            crate::link::connect_store(url, Some(secret), None).await?,
             hostname,
         ))
     }

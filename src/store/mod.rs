@@ -22,6 +22,7 @@
 )]
 
 mod apply;
+mod conn;
 mod dispatch;
 mod error;
 mod expiry;
@@ -45,6 +46,7 @@ use tokio::sync::{watch as tokio_watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use conn::Conn;
 pub use error::StoreError;
 
 use apply::State;

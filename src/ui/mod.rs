@@ -8,6 +8,10 @@
 //! hosts never tears, and nothing is queued: a slow terminal slows the
 //! callers down instead of growing memory.
 //!
+//! Hosts' text (their output lines, the reasons they failed) is shown with
+//! every control character but tab escaped ([`escape`]): a host must not be
+//! able to drive the operator's terminal.
+//!
 //! Where things go:
 //! - stage notices, [`Ui::println`], log events and the summary: stderr;
 //! - a remote child's stderr lines: stderr;
@@ -26,6 +30,7 @@
 //! lines either: callers hand it whole lines.
 
 mod bars;
+mod escape;
 mod log;
 pub mod route;
 mod stage;
@@ -34,6 +39,7 @@ mod summary;
 pub use stage::Stage;
 pub use summary::{human_bytes, HopTimes, RowResult, SummaryRow};
 
+use escape::escape_controls;
 use route::{Record, WireRow};
 use stage::{percent, STAGES, STAGE_NAMES};
 
@@ -440,7 +446,7 @@ fn prefixed(host: &str, text: &str) -> String {
         out.push(']');
         if !line.is_empty() {
             out.push(' ');
-            out.push_str(line);
+            out.push_str(&escape_controls(line));
         }
     }
     out

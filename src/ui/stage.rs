@@ -79,7 +79,9 @@ impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Stage::Copying { sent, total } => write!(f, "copying {}%", percent(*sent, *total)),
-            Stage::Failed(reason) => write!(f, "failed: {reason}"),
+            Stage::Failed(reason) => {
+                write!(f, "failed: {}", super::escape::escape_controls(reason))
+            }
             other => f.write_str(STAGE_NAMES[other.index()]),
         }
     }

@@ -282,7 +282,7 @@ fn full_reason(host: &str, reason: &str) -> String {
     let mut out = format!("{host}:");
     for (i, line) in reason.trim_end().lines().enumerate() {
         out.push_str(if i == 0 { " " } else { "\n  " });
-        out.push_str(line);
+        out.push_str(&super::escape::escape_controls(line));
     }
     out.push('\n');
     out

@@ -6,6 +6,8 @@ mod emulate;
 mod engine;
 mod exchange;
 mod gateway;
+mod hostile_output;
+mod hostile_store;
 mod layers;
 mod remote;
 mod remote_run;

@@ -175,7 +175,7 @@ fn one_noop_graph(d: &Dir, name: &str, urls: &[String]) -> std::path::PathBuf {
 
 /// A fleet of `hosts` hosts and `mgmt run --remote` of one noop graph on all
 /// of them, with `extra` arguments; the dir holds the graph, so keep it.
-fn noop_run(hosts: usize, extra: &[&str]) -> (SshdFleet, Dir, Proc) {
+pub(crate) fn noop_run(hosts: usize, extra: &[&str]) -> (SshdFleet, Dir, Proc) {
     let fleet = SshdFleet::start(hosts);
     let d = Dir::new();
     let urls: Vec<String> = (1..=hosts).map(|i| fleet.url(i)).collect();
@@ -191,7 +191,7 @@ fn finish(p: &mut Proc, limit: Duration) -> (i32, String) {
 }
 
 /// Stops the run with ^C and checks that it exits 0.
-fn interrupt(p: &mut Proc) {
+pub(crate) fn interrupt(p: &mut Proc) {
     p.signal(nix::sys::signal::Signal::SIGINT);
     assert_eq!(p.wait(LIMIT), 0, "{}", p.lines_so_far().join("\n"));
 }

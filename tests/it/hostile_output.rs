@@ -1,0 +1,59 @@
+//! A host's output cannot drive the operator's terminal (#13): control
+//! characters other than tab arrive escaped (`\x1b`), never raw.
+//!
+//! The hostile host is emulated with real parts: the binary shipped is
+//! `/bin/sh`, and a script named `run` is planted next to it in the host's
+//! cache, so the launch (`./mgmt run --hostname …`) runs that script, which
+//! prints what any compromised host could: an OSC title change, a screen
+//! clear, a bell.
+
+use std::os::unix::fs::PermissionsExt;
+
+use sha2::{Digest, Sha256};
+
+use crate::remote_run::{interrupt, remote_cmd, LIMIT};
+use crate::util::sshd::SshdFleet;
+use crate::util::{Dir, Proc};
+
+/// Prints on stderr (the initiator's stderr) and stdout (its stdout), then
+/// waits for stdin's EOF, as a child does.
+const SCRIPT: &str = "printf '\\033]0;pwned\\007\\033[2Jhostile host\\n' >&2
+printf '\\033[1Ahostile out\\033c\\n'
+exec cat >/dev/null
+";
+
+// See: #13 (hosts' output reached the terminal with escape sequences intact)
+#[test]
+fn control_characters_from_a_host_are_escaped() {
+    let fleet = SshdFleet::start(1);
+    let d = Dir::new();
+    let sh = std::fs::read("/bin/sh").expect("read /bin/sh");
+    let sha = hex::encode(Sha256::digest(&sh));
+    let cache = fleet.home(1).join(".cache/mgmt/bin").join(&sha);
+    std::fs::create_dir_all(&cache).unwrap();
+    let run = cache.join("run");
+    std::fs::write(&run, SCRIPT).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let g = d.write(
+        "g.yaml",
+        &format!(
+            "graph: g\nresources:\n  noop:\n  - name: n\nremote: {}\n",
+            fleet.url(1)
+        ),
+    );
+    let mut p = Proc::spawn(remote_cmd(&fleet, &[&g], &[]).args(["--remote-binary", "/bin/sh"]));
+    let line = p.wait_line("hostile host", LIMIT);
+    let log = p.lines_so_far().join("\n");
+    assert!(
+        line.contains("\\x1b]0;pwned\\x07\\x1b[2Jhostile host"),
+        "not escaped as expected: {line:?}"
+    );
+    assert!(
+        !log.contains(['\u{1b}', '\u{7}']),
+        "a raw control character reached the output: {log:?}"
+    );
+    interrupt(&mut p);
+    let out = p.stdout_rest();
+    assert!(out.contains("\\x1b[1Ahostile out\\x1bc"), "stdout: {out:?}");
+    assert!(!out.contains(['\u{1b}', '\u{7}']), "stdout: {out:?}");
+}
