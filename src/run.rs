@@ -145,7 +145,6 @@ pub async fn run_linked(
             tunnels: tunnels_tx,
             events: events_tx,
             converged: converged_flag.clone(),
-            secret: secret.as_ref().map(TunnelSecret::inherited),
         };
         fan = Some(Task(tokio::spawn(fanout::run(
             plan,
@@ -334,13 +333,13 @@ fn serve_tunnels(
     store: &Option<StoreHandle>,
     (seeds, dial): (&[String], Option<crate::link::Dial>),
     secret: &Option<crate::link::Secret>,
-    tunnels: mpsc::Receiver<crate::ssh::Stream>,
+    tunnels: mpsc::Receiver<(crate::ssh::Stream, Arc<crate::store::Speaker>)>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Task<()>> {
     let c = cancel.clone();
     if let Some(StoreHandle { store, .. }) = store {
         let incoming = tokio_stream::wrappers::ReceiverStream::new(tunnels)
-            .map(|s| Ok::<_, std::io::Error>(crate::store::Conn(s)));
+            .map(|(s, sp)| Ok::<_, std::io::Error>(crate::store::Conn::speaking_for(s, sp)));
         let store = store.clone();
         return Ok(Task(tokio::spawn(async move {
             if let Err(e) = store.serve_incoming(incoming, c).await {
@@ -358,6 +357,8 @@ fn serve_tunnels(
         .to_owned();
     let dial = dial.unwrap_or_else(|| crate::link::tcp_dial(upstream));
     let secret = TunnelSecret::inherited(secret);
+    // Upstream, the parent tags what this gateway relays as the gateway.
+    let tunnels = tokio_stream::wrappers::ReceiverStream::new(tunnels).map(|(s, _)| s);
     Ok(Task(tokio::spawn(crate::ssh::tunnel::relay(
         tunnels, dial, secret, c,
     ))))
@@ -422,7 +423,7 @@ fn serve_in_process(
     // A few at once at most: this process's own client reconnecting.
     let (tx, rx) = mpsc::channel::<tokio::io::DuplexStream>(4);
     let incoming = tokio_stream::wrappers::ReceiverStream::new(rx)
-        .map(|s| Ok::<_, std::io::Error>(crate::store::Conn(s)));
+        .map(|s| Ok::<_, std::io::Error>(crate::store::Conn::new(s)));
     let (s, c) = (store.clone(), cancel.clone());
     let task = Task(tokio::spawn(async move {
         if let Err(e) = s.serve_incoming(incoming, c).await {

@@ -20,7 +20,6 @@ use super::shared::{ChildFlags, HostEvent, Shared};
 use crate::fswatch::PathWatch;
 use crate::graph;
 use crate::ssh::agent::OwnAgent;
-use crate::ssh::tunnel::TunnelSecret;
 use crate::ssh::Stream;
 use crate::ui::{SummaryRow, Ui};
 
@@ -28,14 +27,12 @@ use crate::ui::{SummaryRow, Ui};
 pub struct Wiring {
     pub flags: ChildFlags,
     pub ui: Ui,
-    /// Authenticated tunnel connections go here (to the store).
-    pub tunnels: mpsc::Sender<Stream>,
+    /// Authenticated tunnel connections go here (to the store), with whom
+    /// each speaks for.
+    pub tunnels: mpsc::Sender<(Stream, Arc<crate::store::Speaker>)>,
     pub events: mpsc::Sender<HostEvent>,
     /// Set by the caller before cancelling when the cluster converged.
     pub converged: Arc<AtomicBool>,
-    /// The tunnel secret this process got from its parent (a gateway
-    /// hands the same one down); `None`: a fresh one for this run.
-    pub secret: Option<TunnelSecret>,
 }
 
 /// Runs every host and gateway until `cancel`, or until every one has
@@ -69,7 +66,6 @@ pub async fn run(plan: Plan, w: Wiring, cancel: CancellationToken) -> Vec<Summar
     let shared = Arc::new(Shared {
         plan,
         run_id: hex::encode(run_id),
-        secret: w.secret.unwrap_or_else(TunnelSecret::generate),
         flags: w.flags,
         tunnels: w.tunnels,
         setup,

@@ -43,6 +43,9 @@ struct Below {
     /// Hosts that started and have not ended yet.
     running: HashSet<String>,
     ended: HashSet<String>,
+    /// The hosts of this gateway's subtree: a record naming any other host
+    /// is refused, so a gateway cannot end or report hosts outside it.
+    leaves: HashSet<String>,
 }
 
 /// Runs one gateway's group to its end; never fails: failures become the
@@ -62,7 +65,10 @@ pub async fn run(
         ui.add_host(&format!("{label}/{leaf}"));
     }
     let mut own = SummaryRow::new(&label, &label);
-    let mut below = Below::default();
+    let mut below = Below {
+        leaves: gw.leaves.iter().cloned().collect(),
+        ..Below::default()
+    };
     match place(&shared, &gw, &graphs, &cancel).await {
         Ok(p) => {
             own.bytes_sent = p.cached.bytes_sent;
@@ -169,6 +175,9 @@ async fn supervise(
     let levels = 1 + gw.rest.iter().map(Vec::len).max().unwrap_or(0) as u32;
     let launch = Launch {
         label,
+        // The gateway's child and every host below it reach the store
+        // through this tunnel, as the gateway: it speaks for them all.
+        speaker: crate::store::Speaker::new(label, gw.leaves.iter().cloned()),
         args: gateway_args(shared, gw, &dir),
         synced: graphs
             .into_iter()
@@ -202,6 +211,9 @@ fn take_record(ui: &crate::ui::Ui, gw: &str, r: Record, below: &mut Below) -> Op
             };
             ui.line(&route, stream, &text);
         }
+        Record::Host { host, .. } if !below.leaves.contains(&host) => {
+            tracing::warn!("{gw}: reported host {host:?}, which is not behind it; refused");
+        }
         Record::Host {
             host,
             route,
@@ -218,6 +230,14 @@ fn take_record(ui: &crate::ui::Ui, gw: &str, r: Record, below: &mut Below) -> Op
         }
         Record::Report(w) => {
             let row = w.into_row();
+            // A deeper gateway's own row names that gateway, not a host.
+            if !below.leaves.contains(&row.host) && row.result != RowResult::Gateway {
+                tracing::warn!(
+                    "{gw}: reported a result for {:?}, which is not behind it; refused",
+                    row.host
+                );
+                return None;
+            }
             tracing::debug!("{gw}: report for {}", row.route);
             below.rows.push(row);
         }

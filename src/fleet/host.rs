@@ -24,6 +24,7 @@ use super::plan::HostPlan;
 use super::shared::{HostEvent, Shared, STDIN_GRACE};
 use super::supervise::{common_args, supervise, words, Launch, Synced};
 use crate::ssh::OutputLine;
+use crate::store::Speaker;
 use crate::ui::{RowResult, Stage, SummaryRow};
 
 /// Runs one host to its end; never fails: failures become the report.
@@ -60,6 +61,7 @@ pub async fn run(
             None
         };
         let launch = Launch {
+            speaker: Speaker::new(&name, []),
             label: &name,
             args: child_args(&shared, &host, &graph_path),
             synced: vec![Synced {

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::plan::Plan;
-use crate::ssh::tunnel::TunnelSecret;
 use crate::ssh::Stream;
+use crate::store::Speaker;
 use crate::ui::Ui;
 
 /// How long a child may take to stop by itself once its stdin is closed,
@@ -77,10 +77,10 @@ pub struct Shared {
     pub plan: Plan,
     /// Names this run's files on the hosts (`<prefix>/run/<run_id>/`).
     pub run_id: String,
-    pub secret: TunnelSecret,
     pub flags: ChildFlags,
-    /// Authenticated tunnel connections, handed to the embedded store.
-    pub tunnels: mpsc::Sender<Stream>,
+    /// Authenticated tunnel connections, with whom each speaks for, handed
+    /// to the embedded store (or relayed upstream by a gateway).
+    pub tunnels: mpsc::Sender<(Stream, Arc<Speaker>)>,
     /// `--cconns`; `None` for no cap.
     pub setup: Option<Arc<Semaphore>>,
     pub ui: Ui,

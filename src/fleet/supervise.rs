@@ -20,6 +20,7 @@ use crate::ssh::launch::VERIFY_FAILED_EXIT;
 use crate::ssh::session::KillSignal;
 use crate::ssh::tunnel::{ReverseTunnel, TunnelSecret};
 use crate::ssh::{check_preamble, ExecOptions, ExitStatus, OutputLine, RemoteChild, Stream};
+use crate::store::Speaker;
 use crate::ui::{RowResult, Stage, SummaryRow};
 
 /// A file on the host kept in step with a local graph file.
@@ -55,6 +56,9 @@ pub(crate) struct Launch<'a> {
     /// How long the child may take to stop by itself once its stdin is
     /// closed, before it gets SIGINT (a gateway first stops its subtree).
     pub stdin_grace: Duration,
+    /// Whom the child's store connections speak for: the host, or a gateway
+    /// and the hosts behind it. The store lets them write only those keys.
+    pub speaker: Arc<Speaker>,
     /// Every line the child prints; may return an event for the run loop.
     pub on_line: &'a mut (dyn FnMut(OutputLine) -> Option<HostEvent> + Send),
     pub events: mpsc::Sender<HostEvent>,
@@ -84,10 +88,13 @@ pub(crate) async fn supervise(
         .iter()
         .map(|a| a.replace(PORT_SLOT, &port))
         .collect();
+    // A secret of this launch's own: it opens this host's tunnel only.
+    let secret = TunnelSecret::generate();
     let mut bridges = JoinSet::new();
     bridges.spawn(bridge(
         tunnel,
-        shared.secret.clone(),
+        secret.clone(),
+        launch.speaker.clone(),
         shared.tunnels.clone(),
     ));
     if launch.agent {
@@ -97,7 +104,7 @@ pub(crate) async fn supervise(
     let mut replaced = false;
     let mut stopping = false;
     let status = loop {
-        let mut opts = exec_options(shared);
+        let mut opts = exec_options(&secret);
         opts.agent_forward = launch.agent && shared.agent.is_some();
         let mut child = match p.cached.launch(&p.session, &args, opts).await {
             Ok(c) => c,
@@ -133,9 +140,9 @@ pub(crate) async fn supervise(
     }
 }
 
-fn exec_options(shared: &Shared) -> ExecOptions {
+fn exec_options(secret: &TunnelSecret) -> ExecOptions {
     ExecOptions {
-        stdin: Some(shared.secret.stdin_line()),
+        stdin: Some(secret.stdin_line()),
         close_stdin: false,
         report_pid: true,
         ..ExecOptions::default()
@@ -299,16 +306,22 @@ pub(crate) fn words(w: &[&str]) -> Vec<String> {
 /// How long a tunnel client has to present the secret.
 const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Hands every tunnel connection that presents the secret to the store;
-/// the others are dropped before a byte reaches it.
-async fn bridge(mut tunnel: ReverseTunnel, secret: TunnelSecret, store: mpsc::Sender<Stream>) {
+/// Hands every tunnel connection that presents the secret to the store,
+/// tagged with whom it speaks for; the others are dropped before a byte
+/// reaches it.
+async fn bridge(
+    mut tunnel: ReverseTunnel,
+    secret: TunnelSecret,
+    speaker: Arc<Speaker>,
+    store: mpsc::Sender<(Stream, Arc<Speaker>)>,
+) {
     let mut checks = JoinSet::new();
     while let Some(inc) = tunnel.accept().await {
-        let (secret, store) = (secret.clone(), store.clone());
+        let (secret, store, speaker) = (secret.clone(), store.clone(), speaker.clone());
         checks.spawn(async move {
             match check_preamble(inc.stream, &secret, PREAMBLE_TIMEOUT).await {
                 Ok(s) => {
-                    let _ = store.send(s).await;
+                    let _ = store.send((s, speaker)).await;
                 }
                 Err(e) => tracing::warn!("tunnel connection from {} refused: {e}", inc.originator),
             }

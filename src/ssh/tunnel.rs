@@ -235,7 +235,7 @@ pub async fn check_preamble<S: AsyncRead + Unpin>(
 /// tunnel (opened by `upstream`), presenting the secret there first,
 /// until `cancel`. One task per connection, all stopped on return.
 pub async fn relay(
-    mut incoming: mpsc::Receiver<Stream>,
+    mut incoming: impl futures::Stream<Item = Stream> + Unpin,
     upstream: crate::link::Dial,
     secret: TunnelSecret,
     cancel: tokio_util::sync::CancellationToken,
@@ -245,7 +245,7 @@ pub async fn relay(
     loop {
         let mut stream = tokio::select! {
             _ = cancel.cancelled() => break,
-            s = incoming.recv() => match s {
+            s = futures::StreamExt::next(&mut incoming) => match s {
                 Some(s) => s,
                 None => break,
             },

@@ -41,6 +41,8 @@ pub(crate) enum EtcdError {
     LeaseTtlTooLarge,
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
     /// An RPC of the etcd API this store deliberately does not implement.
     #[error("etcdserver: {0} is not supported by the embedded mgmt store")]
     Unsupported(&'static str),
@@ -63,6 +65,7 @@ impl EtcdError {
             EtcdError::LeaseNotFound => Code::NotFound,
             EtcdError::LeaseExist => Code::FailedPrecondition,
             EtcdError::Unsupported(_) => Code::Unimplemented,
+            EtcdError::PermissionDenied => Code::PermissionDenied,
         }
     }
 }

@@ -21,6 +21,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+mod access;
 mod apply;
 mod conn;
 mod dispatch;
@@ -46,6 +47,7 @@ use tokio::sync::{watch as tokio_watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use access::{Peer, Speaker};
 pub use conn::Conn;
 pub use error::StoreError;
 
@@ -144,6 +146,9 @@ pub(crate) struct Shared {
     pub member_id: u64,
     /// Client URLs of the listeners served, for MemberList.
     pub client_urls: Mutex<Vec<String>>,
+    /// Who granted each lease, for leases granted over a connection that
+    /// speaks for someone ([`access`]): only they may revoke or renew it.
+    pub lease_owners: Mutex<std::collections::HashMap<i64, String>>,
 }
 
 impl Shared {
@@ -229,6 +234,7 @@ impl Store {
                 cluster_id: rand::random::<u64>() >> 1,
                 member_id: rand::random::<u64>() >> 1,
                 client_urls: Mutex::new(Vec::new()),
+                lease_owners: Mutex::new(std::collections::HashMap::new()),
             }),
         }
     }

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::access::{speaker_of, Speaker};
 use super::error::EtcdError;
 use super::watch::{WatchStream, STREAM_BUFFER};
 use super::Shared;
@@ -55,6 +56,27 @@ impl Service {
         Ok(())
     }
 
+    /// Refuses what `speaker` may not do, and says in the log who tried.
+    fn deny(&self, speaker: &Speaker, what: &str, key: &[u8]) -> Status {
+        let key: String = String::from_utf8_lossy(key).chars().take(200).collect();
+        tracing::warn!(
+            "store: {} tried to {what} {key:?}, which it does not speak for; refused",
+            speaker.name
+        );
+        EtcdError::PermissionDenied.into()
+    }
+
+    /// Whether `speaker` may revoke or renew lease `id`: leases granted by
+    /// another speaker are theirs.
+    fn owns_lease(&self, speaker: &Speaker, id: i64) -> bool {
+        let owners = self
+            .shared
+            .lease_owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        owners.get(&id).is_none_or(|o| *o == speaker.name)
+    }
+
     fn count(&self, c: &std::sync::atomic::AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -83,7 +105,11 @@ impl PbKvService for Service {
     }
 
     async fn put(&self, req: Request<PbPutRequest>) -> Res<PbPutResponse> {
+        let speaker = speaker_of(&req);
         let r = req.into_inner();
+        if let Some(sp) = speaker.filter(|sp| !sp.may_write(&r.key, &[])) {
+            return Err(self.deny(&sp, "write", &r.key));
+        }
         self.check_size(&r)?;
         self.count(&self.shared.counters.puts);
         let now = Instant::now();
@@ -94,7 +120,11 @@ impl PbKvService for Service {
     }
 
     async fn delete_range(&self, req: Request<PbDeleteRequest>) -> Res<PbDeleteResponse> {
+        let speaker = speaker_of(&req);
         let r = req.into_inner();
+        if let Some(sp) = speaker.filter(|sp| !sp.may_write(&r.key, &r.range_end)) {
+            return Err(self.deny(&sp, "delete", &r.key));
+        }
         self.check_size(&r)?;
         self.count(&self.shared.counters.deletes);
         let (resp, rev) = self.shared.write(|st| st.delete(&r));
@@ -104,7 +134,13 @@ impl PbKvService for Service {
     }
 
     async fn txn(&self, req: Request<PbTxnRequest>) -> Res<PbTxnResponse> {
+        let speaker = speaker_of(&req);
         let r = req.into_inner();
+        if let Some(sp) = speaker {
+            if let Some(key) = sp.forbidden_in_txn(&r) {
+                return Err(self.deny(&sp, "write (in a txn)", key));
+            }
+        }
         self.check_size(&r)?;
         self.count(&self.shared.counters.txns);
         let now = Instant::now();
@@ -115,6 +151,9 @@ impl PbKvService for Service {
     }
 
     async fn compact(&self, req: Request<PbCompactionRequest>) -> Res<PbCompactionResponse> {
+        if let Some(sp) = speaker_of(&req) {
+            return Err(self.deny(&sp, "compact", b"the history"));
+        }
         let r = req.into_inner();
         let (res, rev) = self.shared.write(|st| st.compact(r.revision));
         res?;
@@ -139,6 +178,7 @@ impl PbWatchService for Service {
 #[tonic::async_trait]
 impl PbLeaseService for Service {
     async fn lease_grant(&self, req: Request<PbLeaseGrantRequest>) -> Res<PbLeaseGrantResponse> {
+        let speaker = speaker_of(&req);
         let r = req.into_inner();
         let now = Instant::now();
         let (res, rev) = self.shared.write(|st| {
@@ -146,6 +186,14 @@ impl PbLeaseService for Service {
             st.leases.grant(r.id, r.ttl, min, now)
         });
         let (id, ttl) = res?;
+        if let Some(sp) = speaker {
+            let mut owners = self
+                .shared
+                .lease_owners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            owners.insert(id, sp.name.clone());
+        }
         self.shared.lease_changed.notify_waiters();
         Ok(Response::new(PbLeaseGrantResponse {
             header: self.shared.header(rev),
@@ -156,7 +204,11 @@ impl PbLeaseService for Service {
     }
 
     async fn lease_revoke(&self, req: Request<PbLeaseRevokeRequest>) -> Res<PbLeaseRevokeResponse> {
+        let speaker = speaker_of(&req);
         let id = req.into_inner().id;
+        if let Some(sp) = speaker.filter(|sp| !self.owns_lease(sp, id)) {
+            return Err(self.deny(&sp, "revoke lease", id.to_string().as_bytes()));
+        }
         let now = Instant::now();
         let (res, rev) = self.shared.write(|st| {
             if st.leases.alive(id, now).is_none() {
@@ -177,9 +229,11 @@ impl PbLeaseService for Service {
         req: Request<Streaming<PbLeaseKeepAliveRequest>>,
     ) -> Res<Self::LeaseKeepAliveStream> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let speaker = speaker_of(&req);
         let mut reqs = req.into_inner();
         let shared = self.shared.clone();
         let cancel = self.cancel.clone();
+        let me = self.clone();
         self.tracker.spawn(async move {
             loop {
                 let msg = tokio::select! {
@@ -187,6 +241,12 @@ impl PbLeaseService for Service {
                     m = reqs.message() => m,
                 };
                 let Ok(Some(r)) = msg else { return };
+                if let Some(sp) = speaker.as_ref().filter(|sp| !me.owns_lease(sp, r.id)) {
+                    let _ = tx
+                        .send(Err(me.deny(sp, "renew lease", r.id.to_string().as_bytes())))
+                        .await;
+                    return;
+                }
                 let now = Instant::now();
                 let (ttl, rev) = {
                     let mut st = shared.lock();

@@ -7,7 +7,9 @@
 
 use std::collections::HashSet;
 
-use crate::remote_run::{interrupt, noop_run, LIMIT};
+use crate::remote_run::{interrupt, noop_run, remote_cmd, LIMIT};
+use crate::util::sshd::SshdFleet;
+use crate::util::{Dir, Proc};
 
 /// Inodes of the sockets process `pid` holds open.
 fn socket_inodes(pid: i32) -> HashSet<u64> {
@@ -87,4 +89,146 @@ fn a_store_listener_is_opened_only_when_asked_and_warned_about() {
     );
     assert!(log.contains("without credentials"), "{log}");
     interrupt(&mut p);
+}
+
+/// Plants `script` as what the host runs: the binary shipped is `/bin/sh`,
+/// so the launch `./mgmt run …` runs `sh run …`, i.e. this script with the
+/// child's arguments (the tunnel secret on its stdin). A compromised host
+/// can run whatever it likes in the child's place; this is how a test gets
+/// one out of a real sshd.
+pub(crate) fn plant_child(fleet: &SshdFleet, i: usize, script: &str) {
+    use sha2::Digest;
+    use std::os::unix::fs::PermissionsExt;
+    let sh = std::fs::read("/bin/sh").expect("read /bin/sh");
+    let sha = hex::encode(sha2::Sha256::digest(&sh));
+    let dir = fleet.home(i).join(".cache/mgmt/bin").join(sha);
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = dir.join("run");
+    std::fs::write(&run, script).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A child that runs the real mgmt with the arguments it got, but claims to
+/// be host `victim` (`--hostname victim`): a compromised host impersonating
+/// another through its own, authenticated tunnel.
+fn impostor(victim: &str) -> String {
+    format!(
+        r#"prev=
+n=$#
+for a in "$@"; do
+  if [ "$prev" = --hostname ]; then a={victim}; fi
+  set -- "$@" "$a"
+  prev=$a
+done
+shift $n
+exec {mgmt} run "$@"
+"#,
+        mgmt = env!("CARGO_BIN_EXE_mgmt")
+    )
+}
+
+/// Every key under `/_mgmt/` in the store at `url`.
+fn store_keys(url: &str) -> Vec<String> {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect([url], None)
+            .await
+            .expect("connect to the run's store");
+        let opts = etcd_client::GetOptions::new()
+            .with_prefix()
+            .with_keys_only();
+        let resp = c.get("/_mgmt/", Some(opts)).await.expect("range");
+        resp.kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .collect()
+    })
+}
+
+// See: #13 (one secret for the whole run: any host could write any other
+// host's exports and converged key)
+#[test]
+fn a_host_cannot_write_another_hosts_keys() {
+    let fleet = SshdFleet::start(2);
+    let d = Dir::new();
+    let (attacker, victim) = (fleet.ip(1).to_string(), fleet.ip(2).to_string());
+    plant_child(&fleet, 1, &impostor(&victim));
+    // The victim's child only waits for the end: it writes nothing.
+    plant_child(&fleet, 2, "exec cat >/dev/null\n");
+    let graph = |i: usize| {
+        d.write(
+            &format!("g{i}.yaml"),
+            &format!(
+                "graph: g{i}\nresources:\n  noop:\n  - name: n\n  file:\n  - name: \"@@planted\"\n    path: /tmp/planted\n    content: \"from {i}\\n\"\nremote: {}\n",
+                fleet.url(i)
+            ),
+        )
+    };
+    let (g1, g2) = (graph(1), graph(2));
+    // A listener only so that this test can read the store afterwards.
+    let mut p = Proc::spawn(
+        remote_cmd(&fleet, &[&g1, &g2], &["--client-urls", "127.0.0.1:0"])
+            .args(["--remote-binary", "/bin/sh"]),
+    );
+    let listening = p.wait_line("store: listening on ", LIMIT);
+    let url = listening
+        .split("store: listening on ")
+        .nth(1)
+        .expect("url")
+        .trim()
+        .to_owned();
+    let refused = p.wait_line(&format!("store: {attacker} tried to"), LIMIT);
+    assert!(
+        refused.contains(&victim) && refused.contains("refused"),
+        "{refused}"
+    );
+    let keys = store_keys(&url);
+    assert!(
+        keys.iter().all(|k| !k.contains(&victim)),
+        "the impostor wrote under the victim's name: {keys:?}"
+    );
+    p.signal(nix::sys::signal::Signal::SIGINT);
+    p.wait(LIMIT);
+}
+
+// See: #13 (a gateway's route records could end hosts outside its subtree)
+#[test]
+fn a_gateway_cannot_speak_for_hosts_outside_its_subtree() {
+    let fleet = SshdFleet::start(2);
+    let d = Dir::new();
+    let victim = fleet.ip(2).to_string();
+    // The "gateway" reports the victim, a direct host of the run, as ended.
+    let record = format!(r#"{{"t":"host","host":"{victim}","route":"{victim}","running":false}}"#);
+    plant_child(
+        &fleet,
+        1,
+        &format!("printf '\\036mgmt:%s\\n' '{record}'\nexec cat >/dev/null\n"),
+    );
+    plant_child(&fleet, 2, "exec cat >/dev/null\n");
+    let direct = d.write(
+        "direct.yaml",
+        &format!(
+            "graph: direct\nresources:\n  noop:\n  - name: n\nremote: {}\n",
+            fleet.url(2)
+        ),
+    );
+    let behind = d.write(
+        "behind.yaml",
+        &format!(
+            "graph: behind\nresources:\n  noop:\n  - name: n\nvia: [{}]\nremote: ssh://root@127.0.0.9:2222\nhostname: leaf\n",
+            fleet.url(1)
+        ),
+    );
+    let mut p = Proc::spawn(
+        remote_cmd(&fleet, &[&direct, &behind], &[]).args(["--remote-binary", "/bin/sh"]),
+    );
+    let refused = p.wait_line("which is not behind it; refused", LIMIT);
+    assert!(refused.contains(&format!("{victim:?}")), "{refused}");
+    p.signal(nix::sys::signal::Signal::SIGINT);
+    p.wait(LIMIT);
+    let log = p.lines_so_far().join("\n");
+    assert!(
+        !log.contains(&format!("[{victim}] done")) || log.contains("stopping"),
+        "the victim was ended by the gateway's word\n{log}"
+    );
 }

@@ -1,0 +1,166 @@
+//! Who may write what. A connection accepted on behalf of a host (a tunnel
+//! from that host) carries a [`Speaker`]: it speaks for that host, or for a
+//! gateway and the hosts behind it, and may write only their keys,
+//! `/_mgmt/exported/<host>/…` and `/_mgmt/converged/<host>`; compaction and
+//! the maintenance calls that change state are refused to it, and so are
+//! revoking and renewing a lease another speaker granted. Anything else
+//! answers etcd's `permission denied`, and the store logs who tried.
+//!
+//! Reads stay open to every connection: collecting is reading what other
+//! hosts exported. A connection without a speaker (this process's own
+//! client, a `--client-urls` listener) is not restricted here.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use etcd_client::proto::{PbTxnRequest, PbTxnRequestOp};
+
+/// The exported resources of host `<h>` live under this prefix + `<h>/`.
+pub const EXPORTED: &str = "/_mgmt/exported/";
+/// Host `<h>`'s converged key is this prefix + `<h>`.
+pub const CONVERGED: &str = "/_mgmt/converged/";
+
+/// Whom a connection speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Speaker {
+    /// Who holds the connection (a host, or a gateway), for the log.
+    pub name: String,
+    /// The hosts whose keys it may write.
+    pub hosts: BTreeSet<String>,
+}
+
+impl Speaker {
+    /// A connection that speaks for `name` and, for a gateway, `behind`.
+    pub fn new(name: &str, behind: impl IntoIterator<Item = String>) -> Arc<Speaker> {
+        let mut hosts: BTreeSet<String> = behind.into_iter().collect();
+        hosts.insert(name.to_owned());
+        Arc::new(Speaker {
+            name: name.to_owned(),
+            hosts,
+        })
+    }
+
+    /// Whether it may write (put, or delete) the keys in `[key, range_end)`
+    /// (`range_end` empty: `key` alone), as etcd ranges are given.
+    pub fn may_write(&self, key: &[u8], range_end: &[u8]) -> bool {
+        let Ok(key) = std::str::from_utf8(key) else {
+            return false;
+        };
+        self.hosts.iter().any(|h| {
+            let own = format!("{EXPORTED}{h}/");
+            if range_end.is_empty() {
+                return key.starts_with(&own) || key == format!("{CONVERGED}{h}");
+            }
+            // A range must lie inside the host's exported prefix.
+            key.starts_with(&own)
+                && range_end != b"\0"
+                && range_end <= prefix_end(own.as_bytes()).as_slice()
+        })
+    }
+
+    /// The first key of `txn` (its puts and deletes, nested ones included)
+    /// that it may not write, if any.
+    pub fn forbidden_in_txn<'a>(&self, txn: &'a PbTxnRequest) -> Option<&'a [u8]> {
+        txn.success
+            .iter()
+            .chain(txn.failure.iter())
+            .find_map(|op| self.forbidden_in_op(op))
+    }
+
+    fn forbidden_in_op<'a>(&self, op: &'a PbTxnRequestOp) -> Option<&'a [u8]> {
+        use etcd_client::proto::PbTxnOpRequest as R;
+        match op.request.as_ref()? {
+            R::RequestPut(p) => (!self.may_write(&p.key, &[])).then_some(p.key.as_slice()),
+            R::RequestDeleteRange(d) => {
+                (!self.may_write(&d.key, &d.range_end)).then_some(d.key.as_slice())
+            }
+            R::RequestTxn(t) => self.forbidden_in_txn(t),
+            R::RequestRange(_) => None,
+        }
+    }
+}
+
+/// The smallest key after every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// What a connection's requests carry (tonic hands every request the
+/// [`ConnectInfo`](tonic::transport::server::Connected::ConnectInfo) of the
+/// connection it came on).
+#[derive(Debug, Clone, Default)]
+pub struct Peer(pub Option<Arc<Speaker>>);
+
+/// The speaker of the connection `req` came on, if any.
+pub(crate) fn speaker_of<T>(req: &tonic::Request<T>) -> Option<Arc<Speaker>> {
+    req.extensions().get::<Peer>().and_then(|p| p.0.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_writes_only_its_own_keys() {
+        let web1 = Speaker::new("web1", []);
+        assert!(web1.may_write(b"/_mgmt/exported/web1/resources/file/a", b""));
+        assert!(web1.may_write(b"/_mgmt/converged/web1", b""));
+        assert!(!web1.may_write(b"/_mgmt/exported/web2/resources/file/a", b""));
+        assert!(
+            !web1.may_write(b"/_mgmt/exported/web10/x", b""),
+            "a name is not a prefix"
+        );
+        assert!(!web1.may_write(b"/_mgmt/converged/web2", b""));
+        assert!(!web1.may_write(b"/_mgmt/converged/web1x", b""));
+        assert!(!web1.may_write(b"/other", b""));
+        // Ranges: its own prefix, not beyond.
+        assert!(web1.may_write(b"/_mgmt/exported/web1/", b"/_mgmt/exported/web10"));
+        assert!(!web1.may_write(b"/_mgmt/exported/web1/", b"/_mgmt/exported/web2"));
+        assert!(!web1.may_write(b"/_mgmt/exported/web1/", b"\0"));
+        assert!(!web1.may_write(b"/_mgmt/exported/", b"/_mgmt/exported0"));
+    }
+
+    #[test]
+    fn a_gateway_speaks_for_its_subtree_only() {
+        let gw = Speaker::new("gw", ["web1".to_string(), "web2".to_string()]);
+        assert!(gw.may_write(b"/_mgmt/converged/gw", b""));
+        assert!(gw.may_write(b"/_mgmt/exported/web2/resources/exec/x", b""));
+        assert!(!gw.may_write(b"/_mgmt/exported/db1/resources/exec/x", b""));
+    }
+
+    #[test]
+    fn every_write_of_a_txn_is_checked_nested_ones_too() {
+        use etcd_client::proto::{PbPutRequest, PbTxnOpRequest as R};
+        let put = |k: &str| PbTxnRequestOp {
+            request: Some(R::RequestPut(PbPutRequest {
+                key: k.as_bytes().to_vec(),
+                ..Default::default()
+            })),
+        };
+        let web1 = Speaker::new("web1", []);
+        let inner = PbTxnRequest {
+            failure: vec![put("/_mgmt/converged/web2")],
+            ..Default::default()
+        };
+        let txn = PbTxnRequest {
+            success: vec![
+                put("/_mgmt/converged/web1"),
+                PbTxnRequestOp {
+                    request: Some(R::RequestTxn(inner)),
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            web1.forbidden_in_txn(&txn),
+            Some(&b"/_mgmt/converged/web2"[..])
+        );
+    }
+}
