@@ -6,6 +6,7 @@ mod emulate;
 mod engine;
 mod exchange;
 mod gateway;
+mod hostile_cache;
 mod layers;
 mod remote;
 mod remote_run;
