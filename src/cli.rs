@@ -164,7 +164,8 @@ pub struct RunArgs {
     pub known_hosts: Option<PathBuf>,
 
     /// strict: unknown or changed keys fail the host; accept-new: record
-    /// unknown keys, refuse changed ones; off: no check (test hosts only).
+    /// unknown keys, refuse changed ones; off: no check but `@revoked`
+    /// lines (test hosts only). A revoked key is refused under every policy.
     #[arg(long, value_name = "POLICY", default_value = "strict", value_parser = ["strict", "accept-new", "off"])]
     pub host_key_check: String,
 

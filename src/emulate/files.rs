@@ -174,6 +174,18 @@ impl Jail {
         }
         (out == self.top || out.starts_with(&self.top)).then_some(out)
     }
+
+    /// As [`Self::resolve`], and also the directories above the host's
+    /// directory, whose attributes (only) a client may read: the cache
+    /// checks every directory up to `/` for its owner and mode.
+    pub fn resolve_stat(&self, path: &str) -> Option<PathBuf> {
+        self.resolve(path).or_else(|| {
+            let p = Path::new(path);
+            let p = p.is_absolute().then(|| p.to_path_buf())?;
+            let plain = p.components().all(|c| !matches!(c, Component::ParentDir));
+            (plain && self.top.starts_with(&p)).then_some(p)
+        })
+    }
 }
 
 /// An open SFTP handle.
@@ -501,7 +513,11 @@ impl russh_sftp::server::Handler for SftpServer {
     }
 
     async fn lstat(&mut self, id: u32, path: String) -> Reply<Attrs> {
-        let md = fs::symlink_metadata(self.path(&path)?).map_err(|e| io_code(&e))?;
+        let p = self
+            .jail
+            .resolve_stat(&path)
+            .ok_or(StatusCode::PermissionDenied)?;
+        let md = fs::symlink_metadata(p).map_err(|e| io_code(&e))?;
         Ok(Attrs {
             id,
             attrs: attrs_of(&md),
@@ -610,6 +626,12 @@ mod tests {
         assert_eq!(jail.resolve(&inside).unwrap(), home.join(".cache"));
         assert!(jail.resolve("/etc/passwd").is_none());
         assert!(jail.resolve("../../../..").is_none());
+        // Directories above the host's own can be stat'ed, nothing else.
+        let above = dir.path().to_string_lossy().into_owned();
+        assert_eq!(jail.resolve_stat(&above).unwrap(), dir.path());
+        assert_eq!(jail.resolve_stat("/").unwrap(), Path::new("/"));
+        assert!(jail.resolve_stat("/etc").is_none());
+        assert!(jail.resolve_stat(&format!("{above}/h1/../h10")).is_none());
         let sibling = dir.path().join("h10").to_string_lossy().into_owned();
         assert!(jail.resolve(&sibling).is_none());
     }

@@ -100,6 +100,9 @@ async fn place(
     let _permit = setup_permit(shared, &host.name, cancel).await?;
     let placed = place_binary(shared, &host.name, &host.target, cancel).await?;
     let text = graph.borrow().clone();
+    // Without `remote:`/`via:` and their credentials (#13).
+    let text =
+        super::plan::host_text(&text, None).ok_or("cannot rewrite graph.yaml for the host")?;
     let put = placed.put_run_file(&shared.run_id, "graph.yaml", text.as_bytes());
     put.await.map_err(|e| e.kind.to_string())?;
     placed.sftp.park().await;

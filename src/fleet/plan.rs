@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::graph::{GraphError, GraphErrors, GraphFile, Located};
 use crate::ssh::auth::AuthSettings;
 use crate::ssh::hostkey::{HostKeyPolicy, KnownHosts};
-use crate::ssh::target::{local_user, SshConfigFile, Target};
+use crate::ssh::target::{has_password, local_user, SshConfigFile, Target};
 use crate::ssh::{ClientSettings, Credentials, Pacer};
 
 /// Pending connections allowed per sshd address: OpenSSH's default
@@ -325,6 +325,15 @@ fn targets(
         if chain.len() != via.len() {
             continue;
         }
+        // Hops after the first are written into the first gateway's graphs.
+        for (url, _) in via
+            .iter()
+            .zip(&chain)
+            .skip(1)
+            .filter(|(_, t)| t.password.is_some())
+        {
+            errors.push(behind_gateway(&label, url, "via"));
+        }
         let group = chain.first().map(|gw| {
             let key = (gw.user.clone(), gw.host.clone(), gw.port);
             let at = groups
@@ -364,6 +373,10 @@ fn targets(
                     continue;
                 }
             };
+            if group.is_some() && target.password.is_some() {
+                errors.push(behind_gateway(&label, url, "remote"));
+                continue;
+            }
             let name = f
                 .graph
                 .hostname
@@ -394,6 +407,25 @@ fn targets(
     }
 }
 
+/// The input error for a URL with a password behind a gateway (#13): the
+/// gateway gets that URL in its graph files, on its disk, so it is refused
+/// before connecting anywhere.
+fn behind_gateway(file: &str, url: &Located<String>, key: &str) -> GraphError {
+    let key = match url.placed() {
+        Some(_) => format!("{key}:"),
+        None => "--via".into(),
+    };
+    GraphError {
+        file: file.to_owned(),
+        pos: url.placed(),
+        message: format!(
+            "{key} {:?} has a password, but it is behind a gateway, which would get it in a file on its disk; \
+             authenticate hosts behind gateways with keys (your agent, or the -i keys, are forwarded to the gateway)",
+            crate::ssh::target::mask_password(&url.value)
+        ),
+    }
+}
+
 /// A gateway's name in routes: its URL host, with the port when another
 /// gateway already has that name.
 fn gateway_name(gw: &Target, groups: &[Group]) -> String {
@@ -404,18 +436,46 @@ fn gateway_name(gw: &Target, groups: &[Group]) -> String {
     }
 }
 
-/// The graph text a gateway gets: the same graph with `via:` set to the
-/// gateways still ahead of it (removed when there are none). `None` if the
-/// text is not a YAML mapping (it was validated, so only on a race).
-pub fn gateway_text(text: &str, rest: &[String]) -> Option<String> {
+/// The graph text a host gets in its run directory (#13), from the local
+/// graph `text`. A leaf (`rest: None`) gets it without `remote:` and `via:`:
+/// its child (`mgmt run --file`) reads neither, and their URLs may carry
+/// `user:password@`. A gateway (`rest: Some(hops still ahead)`) gets `via:`
+/// set to those hops (removed when there are none) and `remote:` kept: it
+/// connects onward with them. [`plan`] refuses passwords in those URLs, so
+/// none is on a gateway's disk; a live edit that adds one is not sent
+/// (`None`), nor a text that is not a YAML mapping (it was validated, so
+/// only on a race). The text is rewritten from the parsed YAML: comments
+/// and layout go, the values (all the child reads) stay.
+pub fn host_text(text: &str, rest: Option<&[String]>) -> Option<String> {
     use serde_yaml_ng::Value;
     let mut doc: Value = serde_yaml_ng::from_str(text).ok()?;
     let map = doc.as_mapping_mut()?;
-    if rest.is_empty() {
-        map.remove("via");
-    } else {
-        let list = rest.iter().cloned().map(Value::String).collect();
-        map.insert(Value::String("via".into()), Value::Sequence(list));
+    match rest {
+        None => {
+            map.remove("remote");
+            map.remove("via");
+        }
+        Some(rest) => {
+            let remote = match map.get("remote") {
+                Some(Value::String(u)) => vec![u.as_str()],
+                Some(Value::Sequence(us)) => us.iter().filter_map(Value::as_str).collect(),
+                _ => Vec::new(),
+            };
+            if remote
+                .into_iter()
+                .chain(rest.iter().map(String::as_str))
+                .any(has_password)
+            {
+                tracing::warn!("a graph for a gateway has a password in a url; not sending it (use keys behind gateways)");
+                return None;
+            }
+            if rest.is_empty() {
+                map.remove("via");
+            } else {
+                let list = rest.iter().cloned().map(Value::String).collect();
+                map.insert(Value::String("via".into()), Value::Sequence(list));
+            }
+        }
     }
     serde_yaml_ng::to_string(&doc).ok()
 }
@@ -603,13 +663,82 @@ mod tests {
     #[test]
     fn a_gateway_gets_its_graph_with_one_hop_less() {
         let text = "graph: g\nremote: ssh://w1\nvia: [ssh://gw1, ssh://gw2]\nresources: {}\n";
-        let once = gateway_text(text, &["ssh://gw2".into()]).unwrap();
+        let once = host_text(text, Some(&["ssh://gw2".into()])).unwrap();
         let g = crate::graph::parse_str(&once, "g").unwrap();
         let via: Vec<&str> = g.via.iter().map(|v| v.value.as_str()).collect();
         assert_eq!(via, ["ssh://gw2"]);
-        let last = gateway_text(&once, &[]).unwrap();
+        let last = host_text(&once, Some(&[])).unwrap();
         let g = crate::graph::parse_str(&last, "g").unwrap();
         assert!(g.via.is_empty());
         assert_eq!(g.remote[0].value, "ssh://w1");
+    }
+
+    // See: #13 (every host's graph carried the remote: URLs, passwords too)
+    #[test]
+    fn a_leaf_gets_its_graph_without_urls_and_a_gateway_never_a_password() {
+        let text = "graph: g\nhostname: h1\nremote: [ssh://root:Pw9%2Fx@w1, ssh://w2]\n\
+                    via: ssh://gw1\nresources:\n  file:\n  - {name: f, path: /tmp/f, mode: \"0644\"}\n";
+        let leaf = host_text(text, None).unwrap();
+        assert!(!leaf.contains("ssh://") && !leaf.contains("Pw9"), "{leaf}");
+        let g = crate::graph::parse_str(&leaf, "g").unwrap();
+        assert!(g.remote.is_empty() && g.via.is_empty());
+        assert_eq!(g.hostname.as_deref(), Some("h1"));
+        let orig = crate::graph::parse_str(text, "g").unwrap();
+        let values = |g: &crate::graph::Graph| {
+            let r = g.resources.iter();
+            r.map(|r| format!("{} {} {:?}", r.kind, r.name, r.params))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(values(&g), values(&orig));
+        // A gateway's text with a password (a live edit: the plan refuses
+        // it up front) is not produced at all.
+        assert!(host_text(text, Some(&[])).is_none());
+        assert!(host_text(
+            "graph: g\nremote: ssh://w1\n",
+            Some(&["ssh://a:b@gw2".into()])
+        )
+        .is_none());
+        assert!(host_text("- not a mapping\n", None).is_none());
+    }
+
+    // See: #13
+    #[test]
+    fn passwords_behind_a_gateway_are_input_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a.yaml");
+        std::fs::write(
+            &a,
+            "graph: a\nremote: [ssh://root:Pw1@w1, ssh://root@w2]\nvia: [ssh://admin:Pw2@gw1, ssh://admin:Pw3@gw2]\n",
+        )
+        .unwrap();
+        let b = d.path().join("b.yaml");
+        std::fs::write(&b, "graph: b\nremote: ssh://root:Pw4@w3\n").unwrap();
+        let Err(PlanError::Graphs(GraphErrors(errs))) =
+            targets(&[a.clone(), b.clone()], &[], &SshConfigFile::none())
+        else {
+            panic!("expected errors");
+        };
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        // The first hop's password stays here, and so does a direct host's;
+        // the second hop and the host behind the gateways are refused.
+        assert_eq!(errs.len(), 2, "{text:#?}");
+        assert!(
+            text[0].contains("a.yaml:3:28: via: ") && text[0].contains("@gw2"),
+            "{text:#?}"
+        );
+        assert!(
+            text[1].contains("a.yaml:2:10: remote: ") && text[1].contains("with keys"),
+            "{text:#?}"
+        );
+        assert!(text.iter().all(|t| !t.contains("Pw")), "{text:#?}");
+        // --via gateways: the same rule for what is behind them.
+        let flag = Located::unplaced(&["ssh://admin:Pw5@gw9".to_string()]);
+        let Err(PlanError::Graphs(GraphErrors(errs))) =
+            targets(&[b], &flag, &SshConfigFile::none())
+        else {
+            panic!("expected errors");
+        };
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].to_string().contains("remote: "), "{}", errs[0]);
     }
 }

@@ -36,10 +36,7 @@ impl Synced {
     /// The text to put on the host; `None` if it cannot be rewritten.
     pub fn text(&self) -> Option<String> {
         let text = self.source.borrow().clone();
-        match &self.rest {
-            None => Some(text.as_ref().clone()),
-            Some(rest) => super::plan::gateway_text(&text, rest),
-        }
+        super::plan::host_text(&text, self.rest.as_deref())
     }
 }
 

@@ -11,29 +11,39 @@
 //!   run/<run-id>/graph.yaml 0700 dirs; one directory per run
 //! ```
 //!
+//! Trust (#13): every directory from `/` down to the binary and the per-run
+//! files is checked over SFTP `lstat` against the login user's uid (`id -u`,
+//! once per connection): owned by that user or root, not writable by group
+//! or others, no symbolic link, the deepest existing one above the prefix
+//! resolved with `realpath` first ([`super::strict`] has the rule and its one
+//! exception, a root-owned sticky ancestor such as `/tmp`). A directory that
+//! fails fails the host with an error naming it and what to change; it is
+//! never chmodded into shape (root could, and would adopt whatever another
+//! user left in it), and the run does not fall back to `/tmp` either. So
+//! from the check on only the login user and root can change what is at
+//! the binary's path.
+//!
 //! Every file is written under a temporary name in its final directory and
 //! renamed into place, so a partial upload is never at the final path. A
-//! cached file counts as a hit when it is a regular file of the right size;
-//! its hash is then checked by the command that runs it, every time
-//! ([`CachedBinary::launch_command`]): SHA-256 (`openssl dgst`, else
-//! `sha256sum`) compared and `exec` in one
-//! shell, so a corrupt or truncated binary never runs. The window between
-//! the check and the `exec` is only open to our own user and root (every
-//! directory on the path that we create is `0700`), who could replace the
-//! binary at any time anyway; the check is against corruption and partial
-//! writes, not against our own uid. Fleet-level policy (when to clean up,
-//! `--no-caching`) is the caller's.
+//! cached file counts as a hit when it is a regular file of the right size,
+//! owned and moded like its directories; its hash is then checked by the
+//! command that runs it, every time ([`CachedBinary::launch_command`]):
+//! SHA-256 (`openssl dgst`, else `sha256sum`) compared and `exec` in one
+//! shell, in the cache directory it `cd`ed into, so a corrupt or truncated
+//! binary never runs, and what runs is the file that was hashed: nobody but
+//! our own uid and root can write that directory. Fleet-level policy (when
+//! to clean up, `--no-caching`) is the caller's.
 
-use std::path::Path;
+use std::path::{Component, Path};
 use std::time::Instant;
 
-use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::protocol::FileAttributes;
 use tokio_util::sync::CancellationToken;
 
 use super::launch::{CachedBinary, BIN_NAME};
 use super::session::Session;
 use super::sftp::{is_not_found, random_suffix, Progress, Sftp, Transfer, UploadError};
+use super::strict::{chain, is_dir, judge, Place};
 use super::{shell_quote, HostError};
 
 /// Options of [`Sftp::ensure_binary`].
@@ -61,102 +71,161 @@ impl std::fmt::Debug for CacheOptions {
 }
 
 impl Sftp {
-    /// Make `path` an existing directory, mode 0700, not a symlink. Creates
-    /// it if missing; fixes the mode of one that exists (which fails unless
-    /// it is ours, or we are root).
-    async fn private_dir(&self, path: &str) -> Result<(), UploadError> {
-        match self.sftp.symlink_metadata(path).await {
-            Ok(_) => {}
+    /// The login user's uid on the host: `id -u`, run once per connection.
+    pub(super) async fn login_uid(&self, session: &Session) -> Result<u32, UploadError> {
+        let ask = || async {
+            let out = session
+                .run("id -u")
+                .await
+                .map_err(|e| UploadError::Exec(e.kind))?;
+            let line = out.stdout.first().map(|l| l.trim()).unwrap_or_default();
+            match line.parse::<u32>() {
+                Ok(uid) if out.status.success() => Ok(uid),
+                _ => Err(UploadError::NoUid(line.to_owned())),
+            }
+        };
+        session.login_uid.get_or_try_init(ask).await.copied()
+    }
+
+    /// `md` (the `lstat` of `path`) judged for `place`.
+    fn judged(md: &FileAttributes, path: &str, uid: u32, place: Place) -> Result<(), UploadError> {
+        judge(md, uid, place).map_err(|why| UploadError::Untrusted {
+            place,
+            path: path.to_owned(),
+            why,
+        })
+    }
+
+    /// Checks every directory from `/` down to `dir`, a real path (no link
+    /// in it), as an ancestor of the cache. The `lstat`s go out at once; the
+    /// error names the topmost directory at fault.
+    async fn check_ancestors(&self, dir: &str, uid: u32) -> Result<(), UploadError> {
+        let chain = chain(dir);
+        let stats = chain.iter().map(|p| self.sftp.symlink_metadata(p.as_str()));
+        let stats = futures::future::join_all(stats).await;
+        for (path, md) in chain.iter().zip(stats) {
+            let md = md.map_err(Self::sftp_err("stat", path))?;
+            Self::judged(&md, path, uid, Place::Ancestor)?;
+        }
+        Ok(())
+    }
+
+    /// Makes `path` a directory (created if missing) that only the login
+    /// user or root can change, and judges it for `place`: a private one is
+    /// set to `0700` when it is ours; a new ancestor loses any group or
+    /// other write bit the umask left. An existing directory that someone
+    /// else can write is refused, never repaired: it may hold anything by now.
+    async fn trusted_dir(&self, path: &str, uid: u32, place: Place) -> Result<(), UploadError> {
+        let stat = |path| self.sftp.symlink_metadata(path);
+        let (mut md, created) = match stat(path).await {
+            Ok(md) => (md, false),
             Err(e) if is_not_found(&e) => {
-                if let Err(e) = self.sftp.create_dir(path).await {
-                    // Lost a race with another uploader: fine if it is a dir now.
-                    if self.sftp.symlink_metadata(path).await.is_err() {
-                        return Err(Self::sftp_err("mkdir", path)(e));
-                    }
+                // A lost race with another uploader is judged as found.
+                let made = self.sftp.create_dir(path).await;
+                let md = stat(path).await;
+                match (made, md) {
+                    (made, Ok(md)) => (md, made.is_ok()),
+                    (Err(e), Err(_)) => return Err(Self::sftp_err("mkdir", path)(e)),
+                    (Ok(()), Err(e)) => return Err(Self::sftp_err("stat", path)(e)),
                 }
             }
             Err(e) => return Err(Self::sftp_err("stat", path)(e)),
-        }
-        let md = self
-            .sftp
-            .symlink_metadata(path)
-            .await
-            .map_err(Self::sftp_err("stat", path))?;
-        if !md.is_dir() {
-            return Err(UploadError::Sftp {
-                op: "mkdir",
-                path: path.to_owned(),
-                source: SftpError::UnexpectedBehavior("exists and is not a directory".into()),
-            });
-        }
-        if md.permissions.map(|p| p & 0o7777) != Some(0o700) {
+        };
+        let perm = md.permissions.unwrap_or(0);
+        let mode = perm & 0o7777;
+        let want = match place {
+            Place::Private => 0o700,
+            _ => mode & !0o022,
+        };
+        let repairable = created || mode & 0o022 == 0;
+        if md.uid == Some(uid) && is_dir(&md) && mode != want && repairable {
             let attrs = FileAttributes {
-                permissions: Some(0o700),
+                permissions: Some(want),
                 ..FileAttributes::empty()
             };
             self.sftp
                 .set_metadata(path, attrs)
                 .await
                 .map_err(Self::sftp_err("chmod", path))?;
+            md.permissions = Some(perm & !0o7777 | want);
         }
-        Ok(())
+        Self::judged(&md, path, uid, place)
     }
 
-    /// Create the chain `prefix`, `prefix/sub...` as private directories.
-    /// The parents of `prefix` are created if missing but left as they are.
-    async fn prepare_prefix(&self, prefix: &str, subs: &[&str]) -> Result<(), UploadError> {
-        // Parents (e.g. ~/.cache): create if missing, default mode.
-        let mut parents = Vec::new();
-        let mut p = Path::new(prefix).parent();
-        while let Some(dir) = p {
-            let s = dir.to_string_lossy().into_owned();
-            if s.is_empty() || s == "/" || s == self.home {
-                break;
-            }
-            parents.push(s);
-            p = dir.parent();
-        }
-        for dir in parents.iter().rev() {
-            if let Err(e) = self.sftp.symlink_metadata(dir.as_str()).await {
-                if !is_not_found(&e) {
-                    return Err(Self::sftp_err("stat", dir)(e));
+    /// Makes `prefix` and `prefix/sub...` private directories on a path
+    /// that only the login user and root can change ([`super::strict`]);
+    /// returns the prefix's real path. The deepest existing directory above
+    /// the prefix is resolved (`realpath`, as OpenSSH does) and checked up to
+    /// `/` before anything is created under it.
+    async fn prepare_prefix(
+        &self,
+        uid: u32,
+        prefix: &str,
+        subs: &[&str],
+    ) -> Result<String, UploadError> {
+        let (mut base, name) = split_prefix(prefix)?;
+        let mut missing = Vec::new();
+        loop {
+            match self.sftp.symlink_metadata(base.as_str()).await {
+                Ok(_) => break,
+                Err(e) if is_not_found(&e) && base != "/" => {
+                    let (up, last) = split_prefix(&base)?;
+                    missing.push(last);
+                    base = up;
                 }
-                if let Err(e) = self.sftp.create_dir(dir.as_str()).await {
-                    if self.sftp.metadata(dir.as_str()).await.is_err() {
-                        return Err(Self::sftp_err("mkdir", dir)(e));
-                    }
-                }
+                Err(e) => return Err(Self::sftp_err("stat", &base)(e)),
             }
         }
-        self.private_dir(prefix).await?;
-        let mut path = prefix.to_owned();
+        let real = self
+            .sftp
+            .canonicalize(base.as_str())
+            .await
+            .map_err(Self::sftp_err("realpath", &base))?;
+        self.check_ancestors(&real, uid).await?;
+        let mut dir = real;
+        for m in missing.iter().rev() {
+            dir = join(&dir, m);
+            self.trusted_dir(&dir, uid, Place::Ancestor).await?;
+        }
+        let prefix = join(&dir, &name);
+        let mut path = prefix.clone();
+        self.trusted_dir(&path, uid, Place::Private).await?;
         for s in subs {
-            path = format!("{path}/{s}");
-            self.private_dir(&path).await?;
+            path = join(&path, s);
+            self.trusted_dir(&path, uid, Place::Private).await?;
         }
-        Ok(())
+        Ok(prefix)
     }
 
-    /// Resolve the prefix: the given one (or `~/.cache/mgmt`), else a
-    /// private `/tmp` directory. Returns (prefix, fallback?).
+    /// Resolve the prefix: the given one (or `~/.cache/mgmt`; a relative
+    /// one is under the home), else a private `/tmp` directory. Returns
+    /// (the prefix's real path, fallback?). A prefix that someone else
+    /// could change fails the host, naming the directory: falling back to
+    /// `/tmp` would hide what may be an attack.
     pub(super) async fn usable_prefix(
         &self,
         session: &Session,
         wanted: Option<&str>,
         subs: &[&str],
     ) -> Result<(String, bool), HostError<UploadError>> {
+        let uid = self.login_uid(session).await.map_err(|k| self.err(k))?;
         let prefix = match wanted {
             Some(p) if p.starts_with("~/") => format!("{}/{}", self.home, &p[2..]),
-            Some(p) => p.to_owned(),
+            Some(p) if p.starts_with('/') => p.to_owned(),
+            Some(p) => format!("{}/{p}", self.home),
             None => format!("{}/.cache/mgmt", self.home),
         };
-        let first = match self.prepare_prefix(&prefix, subs).await {
-            Ok(()) => return Ok((prefix, false)),
+        let first = match self.prepare_prefix(uid, &prefix, subs).await {
+            Ok(real) => return Ok((real, false)),
+            Err(e @ (UploadError::Untrusted { .. } | UploadError::BadPrefix(_))) => {
+                return Err(self.err(e))
+            }
             Err(e) => e,
         };
         tracing::info!(host = %self.host, prefix, error = %first, "cache prefix not usable; falling back to /tmp");
-        match self.tmp_prefix(session, subs).await {
+        match self.tmp_prefix(uid, subs).await {
             Ok(p) => Ok((p, true)),
+            Err(e @ UploadError::Untrusted { .. }) => Err(self.err(e)),
             Err(second) => Err(self.err(UploadError::NoUsableDir {
                 tried: format!("{prefix}: {first}; /tmp: {second}"),
             })),
@@ -165,29 +234,25 @@ impl Sftp {
 
     /// Find our own `0700` `/tmp/mgmt-<user>-*` directory or make a new one
     /// (mkdir fails if the name exists, so it is never someone else's).
-    async fn tmp_prefix(&self, session: &Session, subs: &[&str]) -> Result<String, UploadError> {
-        let out = session
-            .run("id -u")
-            .await
-            .map_err(|e| UploadError::Exec(e.kind))?;
-        let uid: Option<u32> = out.stdout.first().and_then(|s| s.trim().parse().ok());
+    /// `/tmp` itself is trusted as root's sticky directory ([`super::strict`]).
+    async fn tmp_prefix(&self, uid: u32, subs: &[&str]) -> Result<String, UploadError> {
         let stem = format!(
             "mgmt-{}-",
             self.user.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
         );
-        if let (Some(uid), Ok(entries)) = (uid, self.sftp.read_dir("/tmp").await) {
+        if let Ok(entries) = self.sftp.read_dir("/tmp").await {
             for entry in entries {
                 let name = entry.file_name();
                 let md = entry.metadata();
                 // read_dir reports lstat data: a symlink is not a dir here.
                 if name.starts_with(&stem)
-                    && md.is_dir()
+                    && is_dir(&md)
                     && md.uid == Some(uid)
                     && md.permissions.map(|p| p & 0o7777) == Some(0o700)
                 {
                     let path = format!("/tmp/{name}");
-                    if self.prepare_prefix(&path, subs).await.is_ok() {
-                        return Ok(path);
+                    if let Ok(p) = self.prepare_prefix(uid, &path, subs).await {
+                        return Ok(p);
                     }
                 }
             }
@@ -197,8 +262,7 @@ impl Sftp {
             .create_dir(path.as_str())
             .await
             .map_err(Self::sftp_err("mkdir", &path))?;
-        self.prepare_prefix(&path, subs).await?;
-        Ok(path)
+        self.prepare_prefix(uid, &path, subs).await
     }
 
     /// Make sure `<prefix>/bin/<sha256>/mgmt` holds `local` (whose SHA-256
@@ -238,8 +302,14 @@ impl Sftp {
             fallback,
         };
 
+        // Whatever is at the path must be ours (or root's) like its
+        // directories, or the host fails: it was put there by someone else.
+        let uid = self.login_uid(session).await.map_err(|k| self.err(k))?;
         let hit = match self.sftp.symlink_metadata(path.as_str()).await {
-            Ok(md) => md.is_regular() && md.size == Some(size),
+            Ok(md) => {
+                Self::judged(&md, &path, uid, Place::Binary).map_err(|k| self.err(k))?;
+                md.size == Some(size)
+            }
             Err(_) => false,
         };
         let hit = hit && (!opts.verify_hit || self.remote_hash_ok(session, &cached).await);
@@ -322,5 +392,50 @@ impl Sftp {
             .await;
         self.remove_if_empty(&cached.prefix).await;
         Ok(())
+    }
+}
+
+/// `path` (absolute) split into its parent and its last name; `..` is
+/// refused (the walk up from a prefix must stay lexical), `.` dropped.
+fn split_prefix(path: &str) -> Result<(String, String), UploadError> {
+    let bad = || UploadError::BadPrefix(path.to_owned());
+    let mut names = Vec::new();
+    for c in Path::new(path).components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(n) => names.push(n.to_str().ok_or_else(bad)?),
+            Component::ParentDir | Component::Prefix(_) => return Err(bad()),
+        }
+    }
+    if !path.starts_with('/') {
+        return Err(bad());
+    }
+    let name = names.pop().ok_or_else(bad)?.to_owned();
+    Ok((format!("/{}", names.join("/")), name))
+}
+
+/// `dir/name`, without doubling the root's slash.
+fn join(dir: &str, name: &str) -> String {
+    match dir {
+        "/" => format!("/{name}"),
+        d => format!("{d}/{name}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_split_lexically_and_refuse_dot_dot() {
+        let split = |p: &str| split_prefix(p).ok();
+        assert_eq!(split("/a/b/c"), Some(("/a/b".into(), "c".into())));
+        assert_eq!(split("/a//./b/"), Some(("/a".into(), "b".into())));
+        assert_eq!(split("/top"), Some(("/".into(), "top".into())));
+        for bad in ["/", "/a/../b", "rel/a", ""] {
+            assert!(split(bad).is_none(), "{bad}");
+        }
+        assert_eq!(join("/", "a"), "/a");
+        assert_eq!(join("/a", "b"), "/a/b");
     }
 }

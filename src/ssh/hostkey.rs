@@ -5,8 +5,9 @@
 //! once ([`super::known_index`]). This module adds the policy
 //! ([`HostKeyPolicy`]), errors that carry the SHA-256 fingerprint, the exact
 //! `file:line` of a conflicting entry and what to do, and serialised
-//! appends for trust-on-first-use. It does not handle `@cert-authority` or
-//! `@revoked` markers (such lines never match).
+//! appends for trust-on-first-use. A key on an `@revoked` line is refused
+//! under every policy, `off` included, and never learned (#13). It does not
+//! handle `@cert-authority` lines (they never match).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ pub enum HostKeyPolicy {
     /// Unknown keys are recorded and accepted; changed keys are refused
     /// (OpenSSH's `StrictHostKeyChecking accept-new`).
     AcceptNew,
-    /// Nothing is checked. Only for throw-away test hosts.
+    /// Nothing is checked but `@revoked` lines. Only for throw-away test hosts.
     Off,
 }
 
@@ -52,6 +53,8 @@ impl KnownHosts {
 /// `host` or `[host]:port` patterns, one key a line, duplicates dropped):
 /// what a gateway checks those hosts against. Hashed entries are found as
 /// well; targets with no entry are left out (the gateway's policy decides).
+/// Every `@revoked` key of `file` follows as `@revoked * KEY`, so that the
+/// gateway refuses it too.
 pub fn entries_for(file: &Path, targets: &[super::Target]) -> String {
     let mut out: Vec<String> = Vec::new();
     let Ok(index) = known_index::index_for(file) else {
@@ -72,6 +75,14 @@ pub fn entries_for(file: &Path, targets: &[super::Target]) -> String {
                 continue;
             };
             let line = format!("{pattern} {openssh}");
+            if !out.contains(&line) {
+                out.push(line);
+            }
+        }
+    }
+    for key in index.revoked_keys() {
+        if let Ok(openssh) = key.to_openssh() {
+            let line = format!("@revoked * {openssh}");
             if !out.contains(&line) {
                 out.push(line);
             }
@@ -122,6 +133,18 @@ pub enum HostKeyError {
         /// `[host]:port` or `host`.
         entry: String,
     },
+    /// The key is on an `@revoked` line.
+    #[error("host key {fingerprint} is revoked at {path}:{line} (@revoked); refusing to connect", path = .path.display())]
+    Revoked {
+        /// `SHA256:...` of the key the server offered.
+        fingerprint: String,
+        /// The known_hosts file.
+        path: PathBuf,
+        /// 1-based line of the `@revoked` entry.
+        line: usize,
+        /// `[host]:port` or `host`.
+        entry: String,
+    },
     /// The file could not be read, or the host's own line does not parse.
     #[error("cannot check the host key against {path}", path = .path.display())]
     Read {
@@ -156,6 +179,13 @@ impl Hint for HostKeyError {
                  otherwise someone may be intercepting the connection",
                 path.display()
             ),
+            Self::Revoked { entry, path, line, .. } => format!(
+                "a revoked key is never trusted again: the host may be compromised, or its key \
+                 was replaced; get its current key from the host's administrator \
+                 (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on the host) and record it \
+                 for {entry} in {}; remove line {line} only if the revocation was a mistake",
+                path.display()
+            ),
             Self::Read { .. } => "fix or move the known_hosts file".into(),
             Self::Learn { .. } => "check that the known_hosts file and its directory are writable".into(),
         })
@@ -187,6 +217,7 @@ pub fn verify(
     port: u16,
     key: &PublicKey,
 ) -> Result<Verdict, HostKeyError> {
+    refuse_revoked(known, host, port, key)?;
     if known.policy == HostKeyPolicy::Off {
         tracing::warn!(
             host,
@@ -223,6 +254,42 @@ pub fn verify(
             path: path.clone(),
             entry: entry_name(host, port),
         }),
+    }
+}
+
+/// Refuses `key` if `known`'s file revokes it. A file that cannot be read,
+/// or a broken `@revoked` line, is an error too, except under `Off`, which
+/// has never failed on the file (it still refuses a key it can see revoked).
+fn refuse_revoked(
+    known: &KnownHosts,
+    host: &str,
+    port: u16,
+    key: &PublicKey,
+) -> Result<(), HostKeyError> {
+    let path = &known.path;
+    let lenient = known.policy == HostKeyPolicy::Off;
+    let read_err = |source: Box<dyn std::error::Error + Send + Sync>| HostKeyError::Read {
+        path: path.clone(),
+        source,
+    };
+    let index = match known_index::index_for(path) {
+        Ok(ix) => ix,
+        Err(_) if lenient => return Ok(()),
+        Err(e) => return Err(read_err(Box::new(e))),
+    };
+    if let Some(line) = index.revoked(key) {
+        return Err(HostKeyError::Revoked {
+            fingerprint: fingerprint(key),
+            path: path.clone(),
+            line,
+            entry: entry_name(host, port),
+        });
+    }
+    match index.broken_revoked() {
+        Some((line, why)) if !lenient => Err(read_err(
+            format!("line {line}: an @revoked line that does not parse: {why}").into(),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -314,6 +381,105 @@ mod tests {
         assert_eq!(
             verify(&known, "h", 22, &key(KEY_A)).expect("known"),
             Verdict::Known
+        );
+    }
+
+    // See: #13
+    #[test]
+    fn a_revoked_key_is_refused_under_every_policy_and_never_learned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("known_hosts");
+        let text =
+            format!("[h]:2222 ssh-ed25519 {KEY_A}\n# gone\n@revoked * ssh-ed25519 {KEY_A}\n");
+        std::fs::write(&path, &text).expect("write");
+        for policy in [
+            HostKeyPolicy::Strict,
+            HostKeyPolicy::AcceptNew,
+            HostKeyPolicy::Off,
+        ] {
+            let known = KnownHosts {
+                path: path.clone(),
+                policy,
+            };
+            // Known for [h]:2222, unknown for other: refused for both.
+            for (host, port) in [("h", 2222), ("other", 22)] {
+                let err = verify(&known, host, port, &key(KEY_A)).expect_err("revoked");
+                let msg = err.to_string();
+                assert!(
+                    matches!(err, HostKeyError::Revoked { line: 3, .. }),
+                    "{msg}"
+                );
+                assert!(
+                    msg.contains("known_hosts:3") && msg.contains("SHA256:"),
+                    "{msg}"
+                );
+                assert!(err.hint().unwrap_or_default().contains("revoked"));
+            }
+        }
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            text,
+            "nothing learned"
+        );
+        // Another key is still learned under accept-new.
+        let known = KnownHosts {
+            path: path.clone(),
+            policy: HostKeyPolicy::AcceptNew,
+        };
+        assert_eq!(
+            verify(&known, "other", 22, &key(KEY_B)).expect("learn"),
+            Verdict::Learned
+        );
+    }
+
+    #[test]
+    fn a_broken_revoked_line_fails_checks_and_gateways_get_revocations() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("known_hosts");
+        std::fs::write(
+            &path,
+            format!("h ssh-ed25519 {KEY_A}\n@revoked * ssh-ed25519 not-base64\n"),
+        )
+        .expect("write");
+        let mut known = KnownHosts {
+            path: path.clone(),
+            policy: HostKeyPolicy::Strict,
+        };
+        let err = verify(&known, "h", 22, &key(KEY_A)).expect_err("broken");
+        let chain = format!(
+            "{err}: {}",
+            std::error::Error::source(&err)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        );
+        assert!(chain.contains("line 2"), "{chain}");
+        known.policy = HostKeyPolicy::Off;
+        assert_eq!(
+            verify(&known, "h", 22, &key(KEY_A)).expect("off"),
+            Verdict::Unchecked
+        );
+
+        std::fs::write(
+            &path,
+            format!("h ssh-ed25519 {KEY_A}\n@revoked other ssh-ed25519 {KEY_B}\n"),
+        )
+        .expect("write");
+        let t = super::super::Target {
+            name: "h".into(),
+            host: "h".into(),
+            port: 22,
+            user: "u".into(),
+            password: None,
+            identity_files: Vec::new(),
+        };
+        let lines = entries_for(&path, &[t]);
+        assert!(
+            lines.starts_with(&format!("h ssh-ed25519 {KEY_A}\n")),
+            "{lines}"
+        );
+        assert!(
+            lines.contains(&format!("@revoked * ssh-ed25519 {KEY_B}\n")),
+            "{lines}"
         );
     }
 }

@@ -12,8 +12,12 @@
 //!
 //! Matching is russh's: a host is `name` (port 22) or `[name]:port`,
 //! compared exactly with each comma-separated pattern (no wildcards, no
-//! negation); lines with a marker (`@cert-authority`, `@revoked`) never
-//! match. Line numbers are the file's own, 1-based.
+//! negation). `@cert-authority` lines never match. `@revoked` lines are kept
+//! apart ([`Index::revoked`]): their key is revoked for every host, whatever
+//! the line's host patterns (OpenSSH matches the patterns, usually `*`; a
+//! key that was revoked is not to be trusted anywhere, and it is stricter
+//! than exact names without wildcards would be). Line numbers are the
+//! file's own, 1-based.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -21,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use hmac::{Hmac, KeyInit, Mac};
-use russh::keys::ssh_key::known_hosts::{Entry, HostPatterns};
+use russh::keys::ssh_key::known_hosts::{Entry, HostPatterns, Marker};
 use russh::keys::PublicKey;
 use sha1::Sha1;
 
@@ -49,6 +53,10 @@ fn stamp(meta: &std::fs::Metadata) -> Stamp {
 pub(crate) struct Index {
     plain: HashMap<String, Vec<Recorded>>,
     hashed: Vec<(Vec<u8>, [u8; 20], Recorded)>,
+    /// `@revoked` keys with their lines.
+    revoked: Vec<(usize, PublicKey)>,
+    /// The first `@revoked` line that does not parse, and why.
+    broken_revoked: Option<(usize, String)>,
     /// Lines in the file, so that an append knows its own number.
     lines: usize,
 }
@@ -63,14 +71,24 @@ impl Index {
         };
         for (i, line) in text.lines().enumerate() {
             let body = line.split('#').next().unwrap_or("").trim();
-            if body.is_empty() || body.starts_with('@') {
+            let marker = body
+                .split_whitespace()
+                .next()
+                .filter(|w| w.starts_with('@'));
+            if body.is_empty() || marker.is_some_and(|m| m != "@revoked") {
                 continue;
             }
             match body.parse::<Entry>() {
-                Ok(e) if e.marker().is_none() => {
-                    ix.add(e.host_patterns(), (i + 1, Ok(e.public_key().clone())))
+                Ok(e) => match e.marker() {
+                    None => ix.add(e.host_patterns(), (i + 1, Ok(e.public_key().clone()))),
+                    Some(Marker::Revoked) => ix.revoked.push((i + 1, e.public_key().clone())),
+                    Some(_) => {}
+                },
+                // Which key a broken @revoked line revokes cannot be told:
+                // it fails every check until it is fixed.
+                Err(err) if marker.is_some() => {
+                    ix.broken_revoked.get_or_insert((i + 1, err.to_string()));
                 }
-                Ok(_) => {}
                 Err(err) => {
                     let field = body.split_whitespace().next().unwrap_or("");
                     if let Ok(p) = field.parse::<HostPatterns>() {
@@ -93,6 +111,24 @@ impl Index {
                 self.hashed.push((salt.clone(), *hash, rec));
             }
         }
+    }
+
+    /// The first `@revoked` line that holds `key`, if any.
+    pub fn revoked(&self, key: &PublicKey) -> Option<usize> {
+        self.revoked
+            .iter()
+            .find(|(_, k)| k.key_data() == key.key_data())
+            .map(|(line, _)| *line)
+    }
+
+    /// The first `@revoked` line that does not parse (its line, why).
+    pub fn broken_revoked(&self) -> Option<&(usize, String)> {
+        self.broken_revoked.as_ref()
+    }
+
+    /// Every `@revoked` key, in file order.
+    pub fn revoked_keys(&self) -> impl Iterator<Item = &PublicKey> {
+        self.revoked.iter().map(|(_, k)| k)
     }
 
     /// The keys recorded for `name` (`host` or `[host]:port`), in file order.
@@ -216,6 +252,10 @@ mod tests {
         );
         let ix = Index::parse(&text);
         assert_eq!(lines(&ix.lookup("web1")), vec![2, 4, 7]);
+        // The revoked key is kept apart, for every host.
+        assert_eq!(ix.revoked(&key(KEY_B)), Some(5));
+        assert_eq!(ix.revoked(&key(KEY_A)), None);
+        assert!(ix.broken_revoked().is_none());
         assert_eq!(ix.lookup("web1")[1].1.as_ref().ok(), Some(&key(KEY_B)));
         assert_eq!(lines(&ix.lookup("[web2]:2222")), vec![2]);
         assert!(ix.lookup("web2").is_empty(), "the port is part of the name");

@@ -19,8 +19,10 @@
 //!   by and stdin kept open until the caller closes it; each running
 //!   command is a [`child`] whose output arrives line by whole line.
 //! - [`sftp`]: the SFTP client; on top of it the content-addressed binary
-//!   [`cache`] and the per-run files ([`runfiles`]); [`launch`] runs the
-//!   cached binary only after its hash checked out on the host.
+//!   [`cache`] and the per-run files ([`runfiles`]), every directory on
+//!   their path checked as OpenSSH's StrictModes would ([`strict`]);
+//!   [`launch`] runs the cached binary only after its hash checked out on
+//!   the host.
 //! - [`tunnel`]: the reverse TCP forward back to the embedded store and the
 //!   secret preamble check; [`agent`] is the ssh-agent served to gateways.
 //!
@@ -46,6 +48,7 @@ pub mod launch;
 pub mod runfiles;
 pub mod session;
 pub mod sftp;
+pub mod strict;
 pub mod target;
 pub mod tunnel;
 pub(crate) mod wire;

@@ -56,6 +56,9 @@ pub struct Session {
     pub timings: ConnectTimings,
     /// Bound used for short helper commands (kill, mkdir...).
     pub(crate) command_timeout: Duration,
+    /// The login user's uid on the host (`id -u`), asked once per
+    /// connection by the cache's ownership checks.
+    pub(crate) login_uid: tokio::sync::OnceCell<u32>,
 }
 
 impl std::fmt::Debug for Session {

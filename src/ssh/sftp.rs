@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::child::ExecError;
 use super::session::Session;
+use super::strict::{remedy, Place, Untrusted};
 use super::{shell_join, Hint, HostError, HostId};
 
 /// Bytes per SFTP write call; russh-sftp pipelines them.
@@ -69,6 +70,24 @@ pub enum UploadError {
         /// Remote size.
         got: u64,
     },
+    /// A directory on the way to the cache, or the cached binary, could be
+    /// changed by someone other than the login user and root (see
+    /// [`super::strict`]); nothing was written or run there.
+    #[error("{place} {path} {why}; refusing to use it")]
+    Untrusted {
+        /// Where it sits.
+        place: Place,
+        /// The remote path.
+        path: String,
+        /// What is wrong with it.
+        why: Untrusted,
+    },
+    /// A cache prefix that does not name a directory below `/`.
+    #[error("invalid cache prefix {0:?}: it must name a directory below / without '..'")]
+    BadPrefix(String),
+    /// `id -u` did not print a uid.
+    #[error("cannot tell the login user's uid: `id -u` printed {0:?}")]
+    NoUid(String),
     /// A helper command failed.
     #[error(transparent)]
     Exec(ExecError),
@@ -87,6 +106,11 @@ impl Hint for UploadError {
             Self::Sftp { .. } | Self::SizeMismatch { .. } => {
                 Some("check disk space and permissions on the host".into())
             }
+            Self::Untrusted { place, path, why } => Some(remedy(path, *place, why)),
+            Self::BadPrefix(_) => Some(
+                "name the directory without '..', e.g. ~/.cache/mgmt or /var/cache/mgmt".into(),
+            ),
+            Self::NoUid(_) => Some("the login shell must run `id -u` (POSIX)".into()),
             _ => None,
         }
     }

@@ -253,6 +253,11 @@ impl UrlParts {
             Some(i) => rest.split_at(i),
             None => (rest, ""),
         };
+        if tail.contains('@') {
+            return Err(invalid(
+                "the user or password contains '/', '?' or '#'; write them %-escaped (%2F, %3F, %23)",
+            ));
+        }
         if !tail.is_empty() && tail != "/" {
             return Err(invalid(
                 "a remote url names a host only, not a path or query",
@@ -352,6 +357,12 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// The URL with the password (if any) replaced by `***`, for messages.
+///
+/// The user part ends at the last `@` of the URL, not at the first `/`,
+/// `?` or `#` as a URL's authority does: a password may hold those
+/// characters unescaped (then the URL is refused, and the message about it
+/// must not show them). So anything after the first `:` before the last `@`
+/// is masked, even when it was not a password.
 pub fn mask_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         // Without a scheme we cannot tell a password from a port; mask any
@@ -361,15 +372,21 @@ pub fn mask_password(url: &str) -> String {
             None => url.to_owned(),
         };
     };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    match authority.rsplit_once('@') {
+    match rest.rsplit_once('@') {
         Some((ui, h)) => match ui.split_once(':') {
-            Some((u, _)) => format!("{scheme}://{u}:***@{h}{tail}"),
+            Some((u, _)) => format!("{scheme}://{u}:***@{h}"),
             None => url.to_owned(),
         },
         None => url.to_owned(),
     }
+}
+
+/// Whether `url` may carry a password: something after a `:` in its user
+/// part (up to the last `@`, as [`mask_password`] reads it).
+pub fn has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.rsplit_once('@')
+        .is_some_and(|(ui, _)| ui.split_once(':').is_some_and(|(_, p)| !p.is_empty()))
 }
 
 #[cfg(test)]
@@ -423,6 +440,45 @@ mod tests {
             .expect_err("bad port")
             .to_string();
         assert!(e.contains("u:***@h:0"), "{e}");
+    }
+
+    // See: #13 (a password with '/', '?' or '#' was printed whole)
+    #[test]
+    fn a_password_with_url_delimiters_is_never_printed() {
+        let passwords = [
+            "Kq7/Wz3",
+            "Kq7?Wz3",
+            "Kq7#Wz3",
+            "Aa1/Bb2?Cc3#Dd4",
+            "Xx9@Yy8/Zz7",
+            "Ss5:Ee6/Cc4",
+        ];
+        for pw in passwords {
+            for url in [
+                format!("ssh://u:{pw}@h"),
+                format!("ssh://u:{pw}@h:0"),
+                format!("ssh://u:{pw}@h/path"),
+                format!("http://u:{pw}@h"),
+            ] {
+                let e = parse(&url).expect_err(&url);
+                let text = format!("{e} {e:?} {:?}", e.hint());
+                for piece in pw.split(['/', '?', '#', '@', ':']) {
+                    assert!(!text.contains(piece), "{piece:?} of {pw:?} in {text}");
+                }
+                assert!(text.contains("u:***@"), "{text}");
+            }
+            let e = parse(&format!("ssh://u:{pw}@h")).expect_err("raw delimiters");
+            if !pw.starts_with('X') {
+                assert!(e.to_string().contains("%2F, %3F, %23"), "{e}");
+            }
+        }
+        // Escaped, the same password is accepted and kept whole.
+        let t = parse("ssh://u:a%2Fb%3Fc%23d@h").expect("escaped");
+        assert_eq!(t.password.as_ref().map(Secret::expose), Some("a/b?c#d"));
+        assert_eq!(mask_password("ssh://u:a/b?c#d@h:22"), "ssh://u:***@h:22");
+        assert_eq!(mask_password("ssh://h/x"), "ssh://h/x");
+        assert!(has_password("ssh://u:a/b@h") && has_password("ssh://u:p@h:22"));
+        assert!(!has_password("ssh://u@h:22") && !has_password("ssh://h:22"));
     }
 
     #[test]

@@ -1,16 +1,11 @@
 //! A host's output cannot drive the operator's terminal (#13): control
 //! characters other than tab arrive escaped (`\x1b`), never raw.
 //!
-//! The hostile host is emulated with real parts: the binary shipped is
-//! `/bin/sh`, and a script named `run` is planted next to it in the host's
-//! cache, so the launch (`./mgmt run --hostname …`) runs that script, which
-//! prints what any compromised host could: an OSC title change, a screen
-//! clear, a bell.
+//! The hostile host is emulated with real parts ([`plant_child`]): its
+//! child prints what any compromised host could: an OSC title change, a
+//! screen clear, a bell.
 
-use std::os::unix::fs::PermissionsExt;
-
-use sha2::{Digest, Sha256};
-
+use crate::hostile_store::plant_child;
 use crate::remote_run::{interrupt, remote_cmd, LIMIT};
 use crate::util::sshd::SshdFleet;
 use crate::util::{Dir, Proc};
@@ -27,13 +22,7 @@ exec cat >/dev/null
 fn control_characters_from_a_host_are_escaped() {
     let fleet = SshdFleet::start(1);
     let d = Dir::new();
-    let sh = std::fs::read("/bin/sh").expect("read /bin/sh");
-    let sha = hex::encode(Sha256::digest(&sh));
-    let cache = fleet.home(1).join(".cache/mgmt/bin").join(&sha);
-    std::fs::create_dir_all(&cache).unwrap();
-    let run = cache.join("run");
-    std::fs::write(&run, SCRIPT).unwrap();
-    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+    plant_child(&fleet, 1, SCRIPT);
     let g = d.write(
         "g.yaml",
         &format!(

@@ -6,6 +6,7 @@ mod emulate;
 mod engine;
 mod exchange;
 mod gateway;
+mod hostile_cache;
 mod hostile_output;
 mod hostile_store;
 mod layers;

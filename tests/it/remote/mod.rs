@@ -1,13 +1,15 @@
 //! The SSH layer against a real OpenSSH sshd: authentication, host keys,
-//! exec streaming, the binary cache, per-run files, the reverse tunnel and
-//! connection pacing, one group file each. Each test starts its own fleet
-//! (random loopback block and port) and bounds its own run time with a hang
-//! guard; this file holds the helpers the groups share.
+//! exec streaming, the binary cache, per-run files, the reverse tunnel,
+//! connection pacing and trust boundaries (`hostile`), one group file
+//! each. Each test starts its own fleet (random loopback block and port)
+//! and bounds its own run time with a hang guard; this file holds the
+//! helpers the groups share.
 
 mod auth;
 mod connect;
 mod exec;
 mod fleet;
+mod hostile;
 mod hostkeys;
 mod measure;
 mod pacing;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod hostile;
 pub mod sshd;
 
 use std::io::{BufRead, BufReader};
