@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::agent_filter;
 use super::hostkey::{self, HostKeyError, KnownHosts, Verdict};
 
 /// A forwarded connection (reverse tunnel or agent channel) as a byte stream.
@@ -157,10 +158,7 @@ impl client::Handler for ClientHandler {
     }
 }
 
-/// Copy an agent channel to and from the local agent socket until either
-/// side closes.
-async fn proxy_agent(mut channel: Stream, socket: &Path) -> std::io::Result<()> {
-    let mut agent = tokio::net::UnixStream::connect(socket).await?;
-    tokio::io::copy_bidirectional(&mut channel, &mut agent).await?;
-    Ok(())
+async fn proxy_agent(channel: Stream, socket: &Path) -> std::io::Result<()> {
+    let agent = tokio::net::UnixStream::connect(socket).await?;
+    agent_filter::relay(channel, agent).await
 }

@@ -37,6 +37,7 @@
 )]
 
 pub mod agent;
+pub(crate) mod agent_filter;
 pub mod auth;
 pub mod cache;
 pub mod child;
