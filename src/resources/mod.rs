@@ -7,10 +7,11 @@
 //! nothing else. What a kind does not handle: ordering, retries, events
 //! routing and convergence, which belong to the engine. A kind reaches
 //! host paths only through `path` (no link followed that the graph did not
-//! ask for).
+//! ask for) and starts commands only under a `keeper` (none outlives mgmt).
 
 mod exec;
 mod file;
+mod keeper;
 mod msg;
 mod noop;
 mod password;
