@@ -6,6 +6,7 @@ mod emulate;
 mod engine;
 mod exchange;
 mod gateway;
+mod hostile_paths;
 mod layers;
 mod remote;
 mod remote_run;
