@@ -13,6 +13,8 @@
 //!
 //! Collecting reads and watches only the prefixes the entries' hostname
 //! globs allow ([`collect`]) and follows them incrementally ([`Follower`]).
+//! A file collected with a pattern lands directly inside the pattern's
+//! directory or is refused, naming its exporter (`landing`, issue #13).
 //!
 //! This module does not decide when to export or what converged means; the
 //! run loop does. Reading or watching these keys never touches the engine,
@@ -341,17 +343,68 @@ fn encode(r: &ResourceDecl) -> String {
     serde_yaml_ng::to_string(&m).unwrap_or_default()
 }
 
+/// Why an exported value cannot be collected; the caller names the key
+/// and the exporting host.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DecodeError {
+    #[error("unknown kind {0:?}")]
+    UnknownKind(String),
+    #[error("not a YAML mapping: {0}")]
+    NotMapping(#[source] serde_yaml_ng::Error),
+    #[error("unknown field {0:?}")]
+    UnknownField(String),
+    #[error("field {field:?} should be {expected}")]
+    FieldType {
+        field: String,
+        expected: &'static str,
+    },
+    #[error(transparent)]
+    Landing(#[from] LandingError),
+    #[error("{0}")]
+    Invalid(#[from] resources::FieldError),
+}
+
+/// An exported file whose last path part would not land inside a collect
+/// pattern's directory (issue #13).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "its path {path:?} ends in {name:?}, which is not a file name, so it would not land inside the pattern directory {pattern}; refusing it (hint: the exporting host must export a path whose last part is a plain name, not ., .. or empty)"
+)]
+pub(crate) struct LandingError {
+    path: String,
+    name: String,
+    pattern: String,
+}
+
+/// Where a file exported as `path` lands under a collect `pattern`:
+/// `<pattern>/<last part of path>`, a trailing `/` kept. The last part
+/// must be a plain name (not empty, `.` or `..`, no `/` or NUL), so the
+/// result is always directly inside the pattern directory.
+pub(crate) fn landing(path: &str, pattern: &str) -> Result<String, LandingError> {
+    let trimmed = path.strip_suffix('/').unwrap_or(path);
+    let name = trimmed.rsplit('/').next().unwrap_or(trimmed);
+    if matches!(name, "" | "." | "..") || name.contains(['/', '\0']) {
+        return Err(LandingError {
+            path: path.to_owned(),
+            name: name.to_owned(),
+            pattern: pattern.to_owned(),
+        });
+    }
+    let slash = if path.ends_with('/') { "/" } else { "" };
+    Ok(format!("{}/{name}{slash}", pattern.trim_end_matches('/')))
+}
+
 /// Decodes an exported value back into a declaration, checking it against
-/// the kind as the graph parser would, and applies a collect pattern.
+/// the kind as the graph parser would, and applies a collect pattern: a
+/// file lands inside the pattern directory, which is created if missing.
 fn decode(
     kind: &str,
     name: &str,
     value: &[u8],
     pattern: Option<&str>,
-) -> Result<ResourceDecl, String> {
-    let spec = resources::lookup(kind).ok_or_else(|| format!("unknown kind {kind:?}"))?;
-    let mut params: Mapping =
-        serde_yaml_ng::from_slice(value).map_err(|e| format!("not a YAML mapping: {e}"))?;
+) -> Result<ResourceDecl, DecodeError> {
+    let spec = resources::lookup(kind).ok_or_else(|| DecodeError::UnknownKind(kind.into()))?;
+    let mut params: Mapping = serde_yaml_ng::from_slice(value).map_err(DecodeError::NotMapping)?;
     let meta = match params.remove("meta") {
         Some(Value::Mapping(m)) => Meta {
             noop: m.get("noop").and_then(Value::as_bool).unwrap_or(false),
@@ -366,35 +419,27 @@ fn decode(
             .fields
             .iter()
             .find(|f| f.name == key)
-            .ok_or_else(|| format!("unknown field {key:?}"))?;
+            .ok_or_else(|| DecodeError::UnknownField(key.into()))?;
         let ok = match f.ty {
             resources::FieldType::Str => v.is_string(),
             resources::FieldType::Int => v.is_i64() || v.is_u64(),
             resources::FieldType::Bool => v.is_bool(),
         };
         if !ok {
-            return Err(format!("field {key:?} should be {}", f.ty.describe()));
+            return Err(DecodeError::FieldType {
+                field: key.into(),
+                expected: f.ty.describe(),
+            });
         }
     }
     if let (Some(dir), "file") = (pattern, spec.kind) {
         // mgmt's file pattern: the directory the collected file lands in.
-        let path = params
-            .get("path")
-            .and_then(Value::as_str)
-            .unwrap_or(name)
-            .to_owned();
-        let base = path
-            .trim_end_matches('/')
-            .rsplit('/')
-            .next()
-            .unwrap_or(name);
-        let slash = if path.ends_with('/') { "/" } else { "" };
-        params.insert(
-            "path".into(),
-            format!("{}/{base}{slash}", dir.trim_end_matches('/')).into(),
-        );
+        let path = params.get("path").and_then(Value::as_str).unwrap_or(name);
+        let landed = landing(path, dir)?;
+        params.insert("path".into(), landed.into());
+        params.insert("parents".into(), true.into());
     }
-    (spec.build)(name, &params).map_err(|e| e.to_string())?;
+    (spec.build)(name, &params)?;
     Ok(ResourceDecl {
         kind: spec.kind,
         name: name.to_owned(),
@@ -432,5 +477,42 @@ mod tests {
             Some("hi\n")
         );
         assert!(!back.exported);
+        assert_eq!(
+            back.params.get("parents").and_then(Value::as_bool),
+            Some(true),
+            "a missing pattern directory is created"
+        );
+    }
+
+    // See: #13 (an export ending in /../ landed on the pattern's parent)
+    #[test]
+    fn landing_stays_inside_the_pattern_directory() {
+        assert_eq!(landing("/tmp/x/file2a", "/srv/").unwrap(), "/srv/file2a");
+        assert_eq!(landing("/tmp/x/sub/", "/srv").unwrap(), "/srv/sub/");
+        assert_eq!(landing("relative", "/srv/").unwrap(), "/srv/relative");
+        assert_eq!(landing("/a/..b", "/srv/").unwrap(), "/srv/..b");
+        for bad in [
+            "/tmp/../", "/tmp/..", "..", "/tmp/.", "/tmp/./", ".", "/", "", "//", "/a//", "/a/\0",
+        ] {
+            let e = landing(bad, "/srv/").expect_err(bad);
+            assert_eq!(e.path, bad);
+            assert!(
+                e.to_string()
+                    .contains("would not land inside the pattern directory /srv/"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_landing_is_refused_with_the_path() {
+        let value = b"path: /tmp/../\nmode: \"0777\"\nowner: nobody\n";
+        let e = decode("file", "evil", value, Some("/srv/in/")).expect_err("refused");
+        assert!(matches!(e, DecodeError::Landing(_)), "{e}");
+        assert!(e.to_string().contains("\"/tmp/../\""), "{e}");
+        // Without a pattern the exported path is used as it is.
+        let d = decode("file", "evil", b"path: /tmp/x\n", None).unwrap();
+        assert_eq!(d.params.get("path").and_then(Value::as_str), Some("/tmp/x"));
+        assert!(d.params.get("parents").is_none());
     }
 }

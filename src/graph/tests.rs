@@ -274,7 +274,7 @@ fn kind_value_not_a_list() {
 fn unknown_field_lists_the_kind_fields() {
     assert_eq!(
         one_error("graph: g\nresources:\n  file:\n  - name: /a\n    contnet: x\n"),
-        "g.yaml:5:5: file[/a]: unknown field \"contnet\"; file takes: name, meta, path, content, state, mode, owner, group"
+        "g.yaml:5:5: file[/a]: unknown field \"contnet\"; file takes: name, meta, path, content, state, mode, owner, group, parents"
     );
 }
 

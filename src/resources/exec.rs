@@ -1,9 +1,11 @@
 //! `exec`: runs a shell command, on the first apply, on a refresh, and on
 //! every line its `watchcmd` prints; `ifcmd` gates it on every check.
 //!
-//! The command runs in its own process group so that stopping it (engine
-//! stop, `timeout`, resource removed) stops everything it started. Its output
-//! goes to the log, line by line, under the resource's id.
+//! Every command runs under a [`super::keeper`] of its own: when the command
+//! ends, when it is stopped (engine stop, `timeout`, resource removed), and
+//! when mgmt itself ends in any way, SIGKILL included, everything the command
+//! started is killed, its process group and whatever left that group. Its
+//! output goes to the log, line by line, under the resource's id.
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,8 +14,9 @@ use std::time::Duration;
 
 use serde_yaml_ng::{Mapping, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 
+use super::keeper::{self, Stop};
 use super::{
     int_field, str_field, Checked, Ctx, EventTx, FieldError, FieldSpec, FieldType, KindSpec,
     Resource, ResourceError,
@@ -96,40 +99,37 @@ fn build(_name: &str, params: &Mapping) -> Result<Box<dyn Resource>, FieldError>
     }))
 }
 
-/// Kills the whole process group of a command when dropped before it ended.
-struct GroupGuard(Option<i32>);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0.take() {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pgid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
-
-fn shell_command(shell: &str, cmd: &str) -> Command {
+/// Starts `cmd` with `shell` under a keeper; dropping the [`Stop`] kills
+/// it and everything it started. No `kill_on_drop`: a SIGKILL of the keeper
+/// would orphan the command's children instead of killing them; a dropped
+/// child is reaped by tokio in the background once its keeper exits.
+fn start(shell: &str, cmd: &str, stderr: Stdio) -> std::io::Result<(Child, Stop)> {
+    let (watch, stop) = keeper::pipe()?;
+    let fd = watch.raw();
     let mut c = Command::new(shell);
     c.arg("-c")
         .arg(cmd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    // mgmt itself runs with transparent huge pages off (see main.rs); the
-    // operator's command gets the system's default back.
-    // SAFETY: the closure only makes one prctl(2) call, which is
-    // async-signal-safe, and touches no memory shared with the parent.
+        .stderr(stderr)
+        // The keeper's own group, out of reach of a terminal's ^C.
+        .process_group(0);
+    // SAFETY: `split` is written for this place (raw system calls only,
+    // see keeper.rs); the second closure only makes one prctl(2) call. Both
+    // are async-signal-safe and touch no memory shared with the parent.
     unsafe {
+        c.pre_exec(move || keeper::split(fd));
+        // mgmt itself runs with transparent huge pages off (see main.rs);
+        // the operator's command gets the system's default back.
         c.pre_exec(|| {
             let _ = nix::sys::prctl::set_thp_disable(false);
             Ok(())
         });
     }
-    c
+    let child = c.spawn();
+    // The keeper has its copy; ours would hide mgmt's end from it.
+    drop(watch);
+    Ok((child?, stop))
 }
 
 /// Runs `cmd`, logging its output under `id`; Ok(exit code).
@@ -139,10 +139,8 @@ async fn run_logged(
     id: &str,
     timeout: Option<Duration>,
 ) -> Result<i32, ResourceError> {
-    let mut child = shell_command(shell, cmd)
-        .spawn()
+    let (mut child, _stop) = start(shell, cmd, Stdio::piped())
         .map_err(|e| ResourceError::io(format!("cannot start {shell}"), e))?;
-    let mut guard = GroupGuard(child.id().map(|p| p as i32));
     let out = child
         .stdout
         .take()
@@ -162,7 +160,6 @@ async fn run_logged(
         None => wait.await,
     }
     .map_err(|e| ResourceError::io("cannot wait for the command", e))?;
-    guard.0 = None;
     Ok(status.code().unwrap_or(-1))
 }
 
@@ -224,11 +221,8 @@ impl Resource for Exec {
         let shell = self.shell.clone();
         let pending = self.pending.clone();
         Some(Box::pin(async move {
-            let mut child = shell_command(&shell, &watchcmd)
-                .stderr(Stdio::null())
-                .spawn()
+            let (mut child, _stop) = start(&shell, &watchcmd, Stdio::null())
                 .map_err(|e| ResourceError::io(format!("cannot start watchcmd {watchcmd:?}"), e))?;
-            let _guard = GroupGuard(child.id().map(|p| p as i32));
             let stdout = child
                 .stdout
                 .take()

@@ -5,16 +5,20 @@
 //! file and a stop mid-write leaves the old file intact. The watcher follows
 //! the parent directory with inotify (the `notify` crate), so an outside edit
 //! or delete is corrected as soon as it happens.
+//!
+//! Every action goes through [`super::path`]: the target is opened without
+//! following a link, and its owner and mode are read and changed on that
+//! descriptor, so a link or another file swapped in by whoever can write
+//! the directory is refused or replaced, never acted on (issue #13).
 
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde_yaml_ng::{Mapping, Value};
 
+use super::path::{self, NewFile, Opened, Parent, PathError, Reached};
 use super::{
-    str_field, Checked, Ctx, EventTx, FieldError, FieldSpec, FieldType, KindSpec, Resource,
-    ResourceError,
+    bool_field, str_field, Checked, Ctx, EventTx, FieldError, FieldSpec, FieldType, KindSpec,
+    Resource, ResourceError,
 };
 
 pub static SPEC: KindSpec = KindSpec {
@@ -56,6 +60,12 @@ pub static SPEC: KindSpec = KindSpec {
             required: false,
             doc: "group name or numeric gid",
         },
+        FieldSpec {
+            name: "parents",
+            ty: FieldType::Bool,
+            required: false,
+            doc: "create missing parent directories first (0755); set on files collected with a pattern",
+        },
     ],
     sends: &[],
     receives: &["content", "state", "mode", "owner", "group"],
@@ -70,6 +80,8 @@ struct File {
     mode: Option<u32>,
     owner: Option<String>,
     group: Option<String>,
+    /// Create missing directories on the way (`mkdir -p`).
+    parents: bool,
 }
 
 fn build(name: &str, params: &Mapping) -> Result<Box<dyn Resource>, FieldError> {
@@ -111,6 +123,7 @@ fn build(name: &str, params: &Mapping) -> Result<Box<dyn Resource>, FieldError> 
         mode,
         owner: str_field(params, "owner"),
         group: str_field(params, "group"),
+        parents: bool_field(params, "parents").unwrap_or(false),
     };
     if file.is_dir() && file.content.is_some() {
         return Err(FieldError::new(
@@ -172,150 +185,192 @@ impl File {
         self.path.ends_with('/')
     }
 
-    fn check_content(&self, target: &Path, ctx: &Ctx) -> Result<bool, ResourceError> {
-        let Some(want) = &self.content else {
-            if target.exists() {
-                return Ok(false);
+    /// The owner and group asked for, resolved on this host.
+    fn ids(&self) -> Result<(Option<u32>, Option<u32>), ResourceError> {
+        let uid = self.owner.as_deref().map(resolve_user).transpose();
+        let gid = self.group.as_deref().map(resolve_group).transpose();
+        Ok((
+            uid.map_err(ResourceError::Failed)?,
+            gid.map_err(ResourceError::Failed)?,
+        ))
+    }
+
+    /// The open directory that holds `target`, walked to without following
+    /// a link nobody trusted made. `None` when a directory on the way is
+    /// missing and this check may not create it (noop), which is said.
+    fn reach(
+        &self,
+        target: &Path,
+        create: bool,
+        ctx: &Ctx,
+    ) -> Result<Option<Parent>, ResourceError> {
+        let mut made = Vec::new();
+        let reached = path::open_parent(target, create && !ctx.noop, &mut made);
+        for dir in &made {
+            tracing::info!("{}: created directory {}", ctx.id, dir.display());
+        }
+        match reached? {
+            Reached::Open(parent) => Ok(Some(parent)),
+            Reached::Absent(dir) if ctx.noop => {
+                if create {
+                    tracing::info!("{}: would create directory {}", ctx.id, dir.display());
+                }
+                Ok(None)
             }
-            return self.write(target, b"", ctx).map(|_| true);
-        };
-        match std::fs::read(target) {
-            Ok(have) if have == want.as_bytes() => Ok(false),
-            Ok(_) | Err(_) => self.write(target, want.as_bytes(), ctx).map(|_| true),
+            Reached::Absent(dir) => Err(PathError::Missing {
+                path: dir,
+                target: target.to_owned(),
+            }
+            .into()),
         }
     }
 
-    /// Atomic write: temp file in the same directory, then rename.
-    fn write(&self, target: &Path, data: &[u8], ctx: &Ctx) -> Result<(), ResourceError> {
-        if ctx.noop {
+    /// A file (no trailing /): content first, then owner and mode of what
+    /// was opened and checked, never of a name looked up again.
+    fn apply_file(&self, target: &Path, ctx: &Ctx) -> Result<bool, ResourceError> {
+        let want = self.content.as_deref().map(str::as_bytes);
+        let Some(parent) = self.reach(target, self.parents, ctx)? else {
+            return self
+                .write(None, None, want.unwrap_or_default(), target, ctx)
+                .map(|()| true);
+        };
+        let mut have = parent.open()?;
+        let same = match (want, have.as_mut()) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(want), Some(have)) => have.holds(want)?,
+        };
+        match have {
+            Some(mut have) if same => self.check_attrs(&mut have, ctx),
+            have => self
+                .write(
+                    Some(&parent),
+                    have.as_ref(),
+                    want.unwrap_or_default(),
+                    target,
+                    ctx,
+                )
+                .map(|()| true),
+        }
+    }
+
+    /// Atomic write (see [`Parent::replace`]) with the mode and owner asked
+    /// for, or else those of the file it replaces.
+    fn write(
+        &self,
+        parent: Option<&Parent>,
+        old: Option<&Opened>,
+        data: &[u8],
+        target: &Path,
+        ctx: &Ctx,
+    ) -> Result<(), ResourceError> {
+        let len = data.len();
+        let Some(parent) = parent.filter(|_| !ctx.noop) else {
             tracing::info!(
-                "{}: would write {} bytes to {}",
+                "{}: would write {len} bytes to {}",
                 ctx.id,
-                data.len(),
                 target.display()
             );
             return Ok(());
-        }
-        let dir = target.parent().unwrap_or(Path::new("/"));
-        let old = std::fs::metadata(target).ok();
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".mgmt-")
-            .tempfile_in(dir)
-            .map_err(|e| {
-                ResourceError::io(
-                    format!("cannot create a temporary file in {}", dir.display()),
-                    e,
-                )
-            })?;
-        tmp.write_all(data)
-            .map_err(|e| ResourceError::io(format!("cannot write {}", tmp.path().display()), e))?;
-        let mode = self
-            .mode
-            .or(old.as_ref().map(|m| m.mode() & 0o7777))
-            .unwrap_or(0o644);
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode)).map_err(
-            |e| {
-                ResourceError::io(
-                    format!("cannot set the mode of {}", tmp.path().display()),
-                    e,
-                )
-            },
-        )?;
-        if let (Some(old), None, None) = (&old, &self.owner, &self.group) {
-            // Keep the previous owner; only root can, so a refusal is fine.
-            let _ = std::os::unix::fs::chown(tmp.path(), Some(old.uid()), Some(old.gid()));
-        }
-        tmp.persist(target).map_err(|e| {
-            ResourceError::io(format!("cannot rename into {}", target.display()), e.error)
+        };
+        let (uid, gid) = self.ids()?;
+        parent.replace(&NewFile {
+            data,
+            mode: self.mode.or(old.map(Opened::mode)).unwrap_or(0o644),
+            uid: uid.or(old.map(Opened::uid)),
+            gid: gid.or(old.map(Opened::gid)),
+            owner_required: uid.is_some() || gid.is_some(),
         })?;
-        tracing::info!(
-            "{}: wrote {} bytes to {}",
-            ctx.id,
-            data.len(),
-            target.display()
-        );
+        tracing::info!("{}: wrote {len} bytes to {}", ctx.id, target.display());
         Ok(())
     }
 
-    fn check_attrs(&self, target: &Path, ctx: &Ctx) -> Result<bool, ResourceError> {
-        let meta = match std::fs::metadata(target) {
-            Ok(m) => m,
-            Err(_) if ctx.noop => return Ok(false),
-            Err(e) => {
-                return Err(ResourceError::io(
-                    format!("cannot stat {}", target.display()),
-                    e,
-                ))
-            }
-        };
-        let mut changed = false;
-        if let Some(mode) = self.mode {
-            if meta.mode() & 0o7777 != mode {
-                changed = true;
-                if ctx.noop {
-                    tracing::info!(
-                        "{}: would set mode {:04o} on {}",
-                        ctx.id,
-                        mode,
-                        target.display()
-                    );
-                } else {
-                    std::fs::set_permissions(target, std::fs::Permissions::from_mode(mode))
-                        .map_err(|e| {
-                            ResourceError::io(format!("cannot chmod {}", target.display()), e)
-                        })?;
-                    tracing::info!("{}: set mode {:04o}", ctx.id, mode);
-                }
-            }
+    /// Owner, then mode (a change of owner clears set-id bits), on `have`.
+    fn check_attrs(&self, have: &mut Opened, ctx: &Ctx) -> Result<bool, ResourceError> {
+        let (uid, gid) = self.ids()?;
+        let uid = uid.filter(|u| *u != have.uid());
+        let gid = gid.filter(|g| *g != have.gid());
+        let mode_differs = |have: &Opened| self.mode.filter(|m| *m != have.mode());
+        if uid.is_none() && gid.is_none() && mode_differs(have).is_none() {
+            return Ok(false);
         }
-        let uid = self
-            .owner
-            .as_deref()
-            .map(resolve_user)
-            .transpose()
-            .map_err(ResourceError::Failed)?;
-        let gid = self
-            .group
-            .as_deref()
-            .map(resolve_group)
-            .transpose()
-            .map_err(ResourceError::Failed)?;
-        let uid = uid.filter(|u| *u != meta.uid());
-        let gid = gid.filter(|g| *g != meta.gid());
+        let shown = have.path().display().to_string();
+        if ctx.noop {
+            if uid.is_some() || gid.is_some() {
+                tracing::info!("{}: would chown {shown} to {uid:?}:{gid:?}", ctx.id);
+            }
+            if let Some(mode) = mode_differs(have) {
+                tracing::info!("{}: would set mode {mode:04o} on {shown}", ctx.id);
+            }
+            return Ok(true);
+        }
+        have.check_single_link()?;
         if uid.is_some() || gid.is_some() {
-            changed = true;
-            if ctx.noop {
-                tracing::info!(
-                    "{}: would chown {} to {:?}:{:?}",
-                    ctx.id,
-                    target.display(),
-                    uid,
-                    gid
-                );
-            } else {
-                std::os::unix::fs::chown(target, uid, gid).map_err(|e| {
-                    ResourceError::io(format!("cannot chown {}", target.display()), e)
-                })?;
-                tracing::info!("{}: set owner {:?}:{:?}", ctx.id, uid, gid);
-            }
+            have.chown(uid, gid)?;
+            tracing::info!("{}: set owner {uid:?}:{gid:?}", ctx.id);
         }
-        Ok(changed)
+        if let Some(mode) = mode_differs(have) {
+            have.chmod(mode)?;
+            tracing::info!("{}: set mode {mode:04o}", ctx.id);
+        }
+        Ok(true)
     }
 
+    /// A directory (trailing /): created with its parents when missing.
+    fn apply_dir(&self, target: &Path, ctx: &Ctx) -> Result<bool, ResourceError> {
+        let shown = target.display();
+        let Some(parent) = self.reach(target, true, ctx)? else {
+            tracing::info!("{}: would create directory {shown}", ctx.id);
+            return Ok(true);
+        };
+        let created = match parent.open()? {
+            Some(have) if !have.is_dir() => {
+                return Err(ResourceError::Failed(format!(
+                    "{shown} exists and is not a directory; refusing to replace it (hint: remove it, or drop the trailing / from path to manage it as a file)"
+                )))
+            }
+            Some(_) => false,
+            None if ctx.noop => {
+                tracing::info!("{}: would create directory {shown}", ctx.id);
+                return Ok(true);
+            }
+            None => {
+                parent.mkdir(self.mode.unwrap_or(0o755))?;
+                tracing::info!("{}: created directory {shown}", ctx.id);
+                true
+            }
+        };
+        let mut have = parent.open()?.ok_or_else(|| {
+            ResourceError::Failed(format!(
+                "{shown} was removed while being checked; will check again"
+            ))
+        })?;
+        if !have.is_dir() {
+            return Err(ResourceError::Failed(format!(
+                "{shown} was replaced by something other than a directory while being checked; refusing to go on"
+            )));
+        }
+        Ok(self.check_attrs(&mut have, ctx)? || created)
+    }
+
+    /// `state: absent`: removes what is there (a link itself, not where it
+    /// leads).
     fn remove(&self, target: &Path, ctx: &Ctx) -> Result<bool, ResourceError> {
-        let Ok(meta) = std::fs::symlink_metadata(target) else {
+        let Some(parent) = self.reach(target, false, ctx).or_else(|e| match e {
+            ResourceError::Path(PathError::Missing { .. }) => Ok(None),
+            e => Err(e),
+        })?
+        else {
+            return Ok(false);
+        };
+        let Some(st) = parent.lstat()? else {
             return Ok(false);
         };
         if ctx.noop {
             tracing::info!("{}: would remove {}", ctx.id, target.display());
             return Ok(true);
         }
-        let res = if meta.is_dir() {
-            std::fs::remove_dir(target)
-        } else {
-            std::fs::remove_file(target)
-        };
-        res.map_err(|e| ResourceError::io(format!("cannot remove {}", target.display()), e))?;
+        parent.remove(st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR)?;
         tracing::info!("{}: removed {}", ctx.id, target.display());
         Ok(true)
     }
@@ -328,25 +383,9 @@ impl Resource for File {
         let changed = if self.absent {
             self.remove(&target, ctx)?
         } else if self.is_dir() {
-            let mut changed = false;
-            if !target.is_dir() {
-                changed = true;
-                if ctx.noop {
-                    tracing::info!("{}: would create directory {}", ctx.id, target.display());
-                } else {
-                    std::fs::create_dir_all(&target).map_err(|e| {
-                        ResourceError::io(
-                            format!("cannot create directory {}", target.display()),
-                            e,
-                        )
-                    })?;
-                    tracing::info!("{}: created directory {}", ctx.id, target.display());
-                }
-            }
-            self.check_attrs(&target, ctx)? || changed
+            self.apply_dir(&target, ctx)?
         } else {
-            let wrote = self.check_content(&target, ctx)?;
-            self.check_attrs(&target, ctx)? || wrote
+            self.apply_file(&target, ctx)?
         };
         Ok(if changed {
             Checked::Changed
@@ -386,6 +425,7 @@ impl Resource for File {
             "mode" => self.mode.map(|m| Value::String(format!("{m:04o}"))),
             "owner" => s(&self.owner),
             "group" => s(&self.group),
+            "parents" => Some(Value::Bool(self.parents)),
             _ => None,
         }
     }

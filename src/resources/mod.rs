@@ -5,13 +5,17 @@
 //! [`KINDS`] is the only list of kinds; the graph parser and the engine only
 //! ever go through it, so adding a kind touches this table and the new file,
 //! nothing else. What a kind does not handle: ordering, retries, events
-//! routing and convergence, which belong to the engine.
+//! routing and convergence, which belong to the engine. A kind reaches
+//! host paths only through `path` (no link followed that the graph did not
+//! ask for) and starts commands only under a `keeper` (none outlives mgmt).
 
 mod exec;
 mod file;
+mod keeper;
 mod msg;
 mod noop;
 mod password;
+mod path;
 mod timer;
 
 use std::path::PathBuf;
@@ -162,6 +166,10 @@ pub enum ResourceError {
         #[source]
         source: std::io::Error,
     },
+    /// A path that could not be reached or acted on without following a
+    /// link (or another name) the graph did not ask for.
+    #[error(transparent)]
+    Path(#[from] path::PathError),
 }
 
 impl ResourceError {
@@ -205,6 +213,11 @@ pub trait Resource: Send + Sync + 'static {
 /// Reads an optional string field from type-checked params.
 pub(crate) fn str_field(params: &Mapping, name: &str) -> Option<String> {
     params.get(name).and_then(Value::as_str).map(str::to_owned)
+}
+
+/// Reads an optional boolean field from type-checked params.
+pub(crate) fn bool_field(params: &Mapping, name: &str) -> Option<bool> {
+    params.get(name).and_then(Value::as_bool)
 }
 
 /// Reads an optional integer field from type-checked params.

@@ -82,7 +82,9 @@ pub(crate) fn resolve(entries: &[Collect], kvs: &BTreeMap<String, Vec<u8>>) -> V
             let decl = match decode(kind, name, value, c.pattern.as_deref()) {
                 Ok(d) => d,
                 Err(e) => {
-                    tracing::warn!("{key}: cannot collect: {e}");
+                    tracing::warn!(
+                        "cannot collect {kind}[{name}] exported by host {host:?} ({key}): {e}"
+                    );
                     continue;
                 }
             };

@@ -8,6 +8,7 @@ mod exchange;
 mod gateway;
 mod hostile_cache;
 mod hostile_output;
+mod hostile_paths;
 mod hostile_store;
 mod layers;
 mod remote;
