@@ -24,7 +24,9 @@
 //!   [`launch`] runs the cached binary only after its hash checked out on
 //!   the host.
 //! - [`tunnel`]: the reverse TCP forward back to the embedded store and the
-//!   secret preamble check; [`agent`] is the ssh-agent served to gateways.
+//!   secret preamble check; [`agent`] is the ssh-agent served to gateways,
+//!   and every forwarded agent channel goes through `agent_filter` (list
+//!   keys and sign, nothing else).
 //!
 //! What this layer does not do: concurrency caps across hosts, progress and
 //! the run's lifecycle; those belong to `fleet`, which calls it. Every

@@ -8,13 +8,16 @@
 //! `kv.rs` (revisions, versions, event log, compaction), `apply.rs` (request
 //! semantics, txn, lease attachment), `lease.rs` (lease table), `expiry.rs`
 //! (lease timer), `watch.rs` (watch streams and back-pressure),
-//! `dispatch.rs` (which streams a commit wakes) and `service.rs` (the gRPC
-//! trait impls and error mapping).
+//! `dispatch.rs` (which streams a commit wakes), `service.rs` (the gRPC
+//! trait impls and error mapping), `conn.rs` (a byte stream served as one
+//! connection) and `access.rs` (what a connection that speaks for a host
+//! may write).
 //!
 //! Not here: persistence (the store lives as long as the initiating process;
 //! nothing is written to disk), clustering, and etcd's Auth API (its server
 //! trait is not exported by `etcd-client`; the tunnel is authenticated at
-//! the transport instead, see DESIGN.md "Security"). See `docs/store.md`.
+//! the transport, and each tunnel connection is tagged with the host it
+//! speaks for, see `docs/security.md`). See `docs/store.md`.
 
 #![cfg_attr(
     not(test),
