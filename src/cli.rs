@@ -24,7 +24,7 @@ pub struct Cli {
 pub enum Command {
     /// Apply a resource graph here and keep it applied.
     #[command(visible_alias = "r")]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Serve many emulated SSH hosts from this one process (for measuring
     /// runs at scale); each runs the real engine for `mgmt run` in-process.
     Emulate(EmulateArgs),
@@ -219,4 +219,9 @@ pub struct RunArgs {
         requires = "tunnel_secret_stdin"
     )]
     pub run_dir: Option<std::path::PathBuf>,
+
+    /// `user@host` of the process that started the run, for the host's audit
+    /// record (internal: set by the parent).
+    #[arg(long, hide = true, value_name = "USER@HOST", requires = "run_dir")]
+    pub initiator: Option<String>,
 }

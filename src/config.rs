@@ -55,6 +55,9 @@ pub struct Config {
     pub tunnel_secret_stdin: bool,
     /// `--run-dir`: removed when the run ends.
     pub run_dir: Option<PathBuf>,
+    /// `user@host` of the process that started the run: `--initiator`
+    /// from the parent, else this process's own.
+    pub initiator: String,
     /// `--remote` graphs and how to reach their hosts.
     pub remote: Option<Plan>,
     /// Where `file` resources' absolute paths are rooted: `/`, or a host's
@@ -133,6 +136,10 @@ impl Config {
             depth: args.depth,
             tunnel_secret_stdin: args.tunnel_secret_stdin,
             run_dir: args.run_dir.clone(),
+            initiator: args.initiator.clone().unwrap_or_else(|| {
+                let user = crate::ssh::target::local_user().unwrap_or_else(|| "unknown".into());
+                format!("{user}@{}", os_hostname())
+            }),
             remote,
             root: "/".into(),
         })

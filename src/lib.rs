@@ -15,6 +15,7 @@
 //! - layer 0, [`shutdown`]: signals and the root cancellation token.
 //! - layer 0, [`link`]: a remote child's link to its parent: secret on stdin, stop on EOF.
 //! - layer 0, [`fswatch`]: one inotify instance shared by every path watch.
+//! - layer 0, [`audit`]: a host's own record of each run, in its system log.
 //! - layer 1, [`store`]: the embedded etcd v3 compatible coordination store.
 //! - layer 1, [`ssh`]: one host over one SSH connection: URL and ssh_config, host keys, auth, commands, SFTP and the binary cache, the tunnel, the served agent.
 //! - layer 1, [`ui`]: progress bars, prefixed host lines, the summary, and the route records a gateway writes.
@@ -28,6 +29,7 @@
 //! - layer 9, [`run`]: top-level orchestration: store, engine, fleet; stop in order.
 //! - layer 10, [`emulate`]: `mgmt emulate`, many SSH hosts in one process, each running the real `run` in-process.
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod emulate;

@@ -59,6 +59,21 @@ impl Outcome {
         u8::from(local_failed || host_failed)
     }
 
+    /// How the run ended, in a few words, for the audit record.
+    fn result(&self, converged: bool) -> String {
+        let failed_hosts = self
+            .hosts
+            .iter()
+            .filter(|h| matches!(h.result, RowResult::Failed(_)))
+            .count();
+        match (self.failed().len(), failed_hosts) {
+            (0, 0) if converged => "converged".into(),
+            (0, 0) => "stopped".into(),
+            (r, 0) => format!("failed: {r} resource(s)"),
+            (_, h) => format!("failed: {h} host(s)"),
+        }
+    }
+
     /// Failed resources of the local graph, one line each.
     pub fn failed(&self) -> &[String] {
         self.status
@@ -91,6 +106,11 @@ pub async fn run_linked(
     cancel: CancellationToken,
     link: ParentLink,
 ) -> anyhow::Result<Outcome> {
+    let audit = audit_of(&cfg);
+    if let Some(a) = &audit {
+        a.record(&a.started());
+    }
+    let started = std::time::Instant::now();
     let store_cancel = CancellationToken::new();
     let (seeds, store) = start_store(&cfg.store, &store_cancel).await?;
     // Set when the run ends because the cluster converged: by the run loop
@@ -140,6 +160,7 @@ pub async fn run_linked(
                 noop: cfg.noop,
                 no_watch: !cfg.watch,
                 depth: cfg.depth,
+                initiator: cfg.initiator.clone(),
             },
             ui: ui.clone(),
             tunnels: tunnels_tx,
@@ -219,13 +240,44 @@ pub async fn run_linked(
     if let Some(dir) = &cfg.run_dir {
         remove_run_dir(dir);
     }
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    Ok(Outcome {
+    let outcome = Outcome {
         status,
         hosts,
         reason,
+    };
+    if let Some(a) = &audit {
+        let result = match &failure {
+            Some(e) => format!("failed: {e:#}"),
+            None => outcome.result(converged_flag.load(Ordering::SeqCst)),
+        };
+        a.record(&a.ended(started.elapsed().as_secs(), &result));
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(outcome),
+    }
+}
+
+/// The audit record of a child (a process its parent started over SSH,
+/// with a per-run directory): `None` for anything else.
+fn audit_of(cfg: &Config) -> Option<crate::audit::Audit> {
+    use sha2::{Digest, Sha256};
+    let dir = cfg.run_dir.as_ref().filter(|_| cfg.depth > 0)?;
+    let mut h = Sha256::new();
+    if let Some(f) = &cfg.file {
+        h.update(f.text.as_bytes());
+    }
+    for f in cfg.remote.iter().flat_map(|p| p.files.iter()) {
+        h.update(f.text.as_bytes());
+    }
+    // <prefix>/run/<run-id>: the record goes beside the cache, in <prefix>.
+    let prefix = dir.parent()?.parent()?;
+    Some(crate::audit::Audit {
+        run_id: dir.file_name()?.to_string_lossy().into_owned(),
+        initiator: cfg.initiator.clone(),
+        host: cfg.hostname.clone(),
+        graph_sha256: hex::encode(h.finalize()),
+        fallback: prefix.join("audit.log"),
     })
 }
 

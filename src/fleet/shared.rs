@@ -62,6 +62,8 @@ pub struct ChildFlags {
     pub no_watch: bool,
     /// This process's depth (0: the initiator); children run at depth + 1.
     pub depth: u32,
+    /// `user@host` of the run's initiator, for the hosts' audit records.
+    pub initiator: String,
 }
 
 impl Shared {

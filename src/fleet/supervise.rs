@@ -293,6 +293,7 @@ pub(crate) fn common_args(shared: &Shared) -> Vec<String> {
     if shared.flags.no_watch {
         a.push("--no-watch".into());
     }
+    a.push(format!("--initiator={}", shared.flags.initiator));
     a
 }
 

@@ -1,6 +1,7 @@
 //! The one integration-test binary: black-box tests of the built `mgmt`
 //! binary and of the library against real servers (sshd, etcd).
 
+mod audit;
 mod cli;
 mod emulate;
 mod engine;
