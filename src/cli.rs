@@ -184,7 +184,8 @@ pub struct RunArgs {
     pub remote_prefix: Option<String>,
 
     /// Remove the binary, the graphs and their directories from hosts at the
-    /// end of the run.
+    /// end of the run (a host without a system log keeps its audit record,
+    /// audit.log beside the cache).
     #[arg(long)]
     pub no_caching: bool,
 

@@ -46,6 +46,12 @@ struct Below {
     /// The hosts of this gateway's subtree: a record naming any other host
     /// is refused, so a gateway cannot end or report hosts outside it.
     leaves: HashSet<String>,
+    /// The known_hosts entries of every target behind it: the keys it may
+    /// report learning.
+    behind: Vec<String>,
+    /// Where a key it learned under `accept-new` is recorded: the
+    /// initiator's known_hosts (a gateway above passes it on instead).
+    learn_into: Option<crate::ssh::hostkey::KnownHosts>,
 }
 
 /// Runs one gateway's group to its end; never fails: failures become the
@@ -65,8 +71,13 @@ pub async fn run(
         ui.add_host(&format!("{label}/{leaf}"));
     }
     let mut own = SummaryRow::new(&label, &label);
+    let known = &shared.plan.settings.known_hosts;
     let mut below = Below {
         leaves: gw.leaves.iter().cloned().collect(),
+        behind: gw.behind.clone(),
+        learn_into: (!shared.ui.writes_records()
+            && known.policy == crate::ssh::HostKeyPolicy::AcceptNew)
+            .then(|| known.clone()),
         ..Below::default()
     };
     match place(&shared, &gw, &graphs, &cancel).await {
@@ -228,6 +239,7 @@ fn take_record(ui: &crate::ui::Ui, gw: &str, r: Record, below: &mut Below) -> Op
             below.ended.insert(host.clone());
             return Some(HostEvent::Ended(host));
         }
+        Record::KnownHost { host, line } => take_known_host(ui, gw, &host, &line, below),
         Record::Report(w) => {
             let row = w.into_row();
             // A deeper gateway's own row names that gateway, not a host.
@@ -243,6 +255,30 @@ fn take_record(ui: &crate::ui::Ui, gw: &str, r: Record, below: &mut Below) -> Op
         }
     }
     None
+}
+
+/// A host key the gateway learned: passed on upward, or recorded here at
+/// the initiator, if it names a target behind this gateway.
+fn take_known_host(ui: &crate::ui::Ui, gw: &str, host: &str, line: &str, below: &Below) {
+    if !below
+        .behind
+        .iter()
+        .any(|b| line.split(' ').next() == Some(b.as_str()))
+    {
+        tracing::warn!("{gw}: reported a host key for {line:?}, which is not behind it; refused");
+        return;
+    }
+    let Some(known) = &below.learn_into else {
+        return ui.known_host(host, line);
+    };
+    match crate::ssh::hostkey::learn_reported(known, line, &below.behind) {
+        Ok(crate::ssh::hostkey::Verdict::Learned) => tracing::info!(
+            "{gw}: recorded the host key of {host}, learned through the gateway, in {}",
+            known.path.display()
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("{gw}: {e}"),
+    }
 }
 
 /// The gateway's command line: its group's graphs and the run's flags.

@@ -94,6 +94,10 @@ pub(crate) async fn place_binary(
         }) => r.map_err(|e| explain(&e))?,
     };
     let connect = t0.elapsed();
+    if let Some(line) = &session.learned {
+        // Learned here, behind a gateway: the initiator records it too.
+        ui.known_host(label, line);
+    }
     let t1 = Instant::now();
     let sftp = Sftp::open(&session).await.map_err(|e| explain(&e))?;
     let total = shared.plan.binary.size;

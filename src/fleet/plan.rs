@@ -49,6 +49,9 @@ pub struct GatewayPlan {
     pub leaves: Vec<String>,
     /// The initiator's known_hosts lines for every target behind it.
     pub known_hosts: String,
+    /// The known_hosts entry name (`host`, `[host]:port`) of every target
+    /// behind it: the only keys it may report learning.
+    pub behind: Vec<String>,
 }
 
 /// The binary shipped to hosts.
@@ -269,6 +272,11 @@ impl Group {
             rest: self.rest,
             leaves: self.leaves,
             known_hosts: crate::ssh::hostkey::entries_for(known_hosts, &self.behind),
+            behind: self
+                .behind
+                .iter()
+                .map(|t| crate::ssh::hostkey::entry_name(&t.host, t.port))
+                .collect(),
         }
     }
 }

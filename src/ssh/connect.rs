@@ -293,10 +293,12 @@ pub async fn connect_with(
     timings.auth = t.elapsed();
     tracing::debug!(host = %id, ?timings, method = ?auth_method, "connected");
 
+    let learned = super::lock(&shared.learned).take();
     Ok(Session {
         handle,
         id,
         target: target.clone(),
+        learned,
         shared,
         host_key,
         auth_method,

@@ -36,6 +36,9 @@ pub(crate) struct Shared {
     /// `connect` to explain a refusal and to tell a reset before the key
     /// from one after.
     pub(crate) hostkey: Mutex<Option<Result<Verdict, HostKeyError>>>,
+    /// The known_hosts line appended for this host under `AcceptNew`, if
+    /// one was (a gateway reports it to its parent).
+    pub(crate) learned: Mutex<Option<String>>,
     /// Where forwarded-tcpip channels go; set by the tunnel module. `None`
     /// means "reject them".
     pub(crate) forwards: Mutex<Option<mpsc::Sender<Forwarded>>>,
@@ -85,6 +88,11 @@ impl client::Handler for ClientHandler {
                 entry: hostkey::entry_name(&self.host, self.port),
             }),
         };
+        if let (Ok(Verdict::Learned), PublicKeyOrCertificate::PublicKey { key, .. }) =
+            (&outcome, server_public_key)
+        {
+            *super::lock(&self.shared.learned) = hostkey::known_line(&self.host, self.port, key);
+        }
         let ok = outcome.is_ok();
         *super::lock(&self.shared.hostkey) = Some(outcome);
         Ok(ok)

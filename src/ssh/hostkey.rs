@@ -163,6 +163,14 @@ pub enum HostKeyError {
         #[source]
         source: russh::keys::Error,
     },
+    /// A key a gateway reported learning was not recorded.
+    #[error("a gateway reported the host key {line:?}; not recorded: {why}")]
+    Reported {
+        /// The line as reported (at most 200 characters).
+        line: String,
+        /// Why it was refused.
+        why: String,
+    },
 }
 
 impl Hint for HostKeyError {
@@ -188,6 +196,9 @@ impl Hint for HostKeyError {
             ),
             Self::Read { .. } => "fix or move the known_hosts file".into(),
             Self::Learn { .. } => "check that the known_hosts file and its directory are writable".into(),
+            Self::Reported { .. } => {
+                "the gateway may be compromised; check the host's key with its administrator".into()
+            }
         })
     }
 }
@@ -203,6 +214,44 @@ pub fn entry_name(host: &str, port: u16) -> String {
     } else {
         format!("[{host}]:{port}")
     }
+}
+
+/// The known_hosts line for `key` of `host:port`, as it is appended.
+pub fn known_line(host: &str, port: u16, key: &PublicKey) -> Option<String> {
+    let key = key.to_openssh().ok()?;
+    Some(format!("{} {key}", entry_name(host, port)))
+}
+
+/// Records a key a gateway learned under `AcceptNew` for a target behind it
+/// (`line` as [`known_line`] writes it) in `known`'s file, through the same
+/// check as a key learned here: a revoked or a changed key is refused, a
+/// known one is left alone. `behind` lists the entry names the gateway may
+/// speak for; a line naming anything else is refused.
+pub fn learn_reported(
+    known: &KnownHosts,
+    line: &str,
+    behind: &[String],
+) -> Result<Verdict, HostKeyError> {
+    let refused = |why: &str| HostKeyError::Reported {
+        line: line.chars().take(200).collect(),
+        why: why.to_owned(),
+    };
+    let (entry, key) = line
+        .split_once(' ')
+        .ok_or_else(|| refused("not a known_hosts line"))?;
+    if !behind.iter().any(|b| b == entry) {
+        return Err(refused("it names a host that is not behind this gateway"));
+    }
+    let key = PublicKey::from_openssh(key).map_err(|_| refused("the key does not parse"))?;
+    let (host, port) = match entry.strip_prefix('[').and_then(|e| e.split_once("]:")) {
+        Some((h, p)) => (h, p.parse().map_err(|_| refused("bad port"))?),
+        None => (entry, 22),
+    };
+    let learn = KnownHosts {
+        path: known.path.clone(),
+        policy: HostKeyPolicy::AcceptNew,
+    };
+    verify(&learn, host, port, &key)
 }
 
 /// The `SHA256:...` fingerprint of a key, as `ssh-keygen -l` prints it.

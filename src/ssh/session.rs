@@ -50,6 +50,8 @@ pub struct Session {
     pub(crate) shared: Arc<Shared>,
     /// How the host key was accepted.
     pub host_key: Verdict,
+    /// The known_hosts line this connection appended (`AcceptNew` only).
+    pub learned: Option<String>,
     /// How we got in.
     pub auth_method: AuthMethod,
     /// Where the time went.

@@ -189,6 +189,17 @@ impl Ui {
         }
     }
 
+    /// A gateway passes on a host key it learned under `accept-new`, so
+    /// that it reaches the initiator's known_hosts; elsewhere nothing.
+    pub fn known_host(&self, host: &str, line: &str) {
+        if self.inner.records {
+            self.record(&Record::KnownHost {
+                host: host.into(),
+                line: line.into(),
+            });
+        }
+    }
+
     /// Whether this is a gateway's UI that writes route records.
     pub fn writes_records(&self) -> bool {
         self.inner.records

@@ -50,6 +50,9 @@ pub enum Record {
     },
     /// The host's summary row, sent once when the gateway finishes.
     Report(WireRow),
+    /// A host key learned under `accept-new` for `host` (a known_hosts
+    /// line), for the initiator's known_hosts.
+    KnownHost { host: String, line: String },
 }
 
 /// A [`SummaryRow`] on the wire, with the hop's timings.
@@ -114,6 +117,7 @@ impl Record {
                 row.route = up(row.route);
                 Record::Report(row)
             }
+            known @ Record::KnownHost { .. } => known,
         }
     }
 }
@@ -190,9 +194,17 @@ mod tests {
                 Record::Stage { route, .. } | Record::Line { route, .. } => route.clone(),
                 Record::Host { route, .. } => route.clone(),
                 Record::Report(w) => w.route.clone(),
+                Record::KnownHost { .. } => unreachable!("not in this list"),
             };
             assert!(route.starts_with("gw1/"), "{route}");
         }
+        // A learned key names no route: it travels up unchanged.
+        let known = Record::KnownHost {
+            host: "web3".into(),
+            line: "[10.0.0.7]:22 ssh-ed25519 AAAAC3Nz".into(),
+        };
+        assert_eq!(Record::decode(&known.encode()), Some(known.clone()));
+        assert_eq!(known.clone().under("gw1"), known);
     }
 
     #[test]

@@ -339,3 +339,45 @@ fn a_host_failing_behind_a_gateway_fails_alone() {
         "{full}"
     );
 }
+
+// See: #13 (keys learned under accept-new behind a gateway were forgotten
+// at the end of the run)
+#[test]
+fn a_key_learned_behind_a_gateway_reaches_the_initiators_known_hosts() {
+    let fleet = SshdFleet::start(2);
+    let d = Dir::new();
+    // The leaf's key is unknown here; the gateway's is known.
+    let entry = format!("[{}]:", fleet.ip(2));
+    let original = std::fs::read_to_string(&fleet.known_hosts).unwrap();
+    let leaf_line = original
+        .lines()
+        .find(|l| l.starts_with(&entry))
+        .expect("the leaf's line")
+        .to_owned();
+    let without: String = original
+        .lines()
+        .filter(|l| !l.starts_with(&entry))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&fleet.known_hosts, &without).unwrap();
+    let g = leaf(&d, &fleet, 2, &[fleet.url(1)]);
+    let mut p = Proc::spawn(&mut remote_cmd(
+        &fleet,
+        &[&g],
+        &["--converged-timeout", "2", "--host-key-check", "accept-new"],
+    ));
+    let code = p.wait(LIMIT);
+    let log = p.lines_so_far().join("\n");
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("recorded the host key of"), "{log}");
+    let after = std::fs::read_to_string(&fleet.known_hosts).unwrap();
+    let learned: Vec<&str> = after.lines().filter(|l| l.starts_with(&entry)).collect();
+    assert_eq!(learned.len(), 1, "{after}");
+    // The same key the leaf's sshd has (the comment aside).
+    let key = |l: &str| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+    assert_eq!(key(learned[0]), key(&leaf_line), "{after}");
+    assert!(
+        after.starts_with(&without),
+        "earlier lines changed:\n{after}"
+    );
+}
