@@ -95,6 +95,19 @@ impl OwnAgent {
     }
 }
 
+/// A fresh unencrypted ed25519 key file in `dir`, made by `ssh-keygen`.
+#[cfg(test)]
+pub(crate) fn keygen(dir: &Path) -> PathBuf {
+    let path = dir.join("id_ed25519");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&path)
+        .status()
+        .expect("run ssh-keygen");
+    assert!(made.success(), "ssh-keygen failed");
+    path
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,13 +115,7 @@ mod tests {
     #[tokio::test]
     async fn serves_the_loaded_keys_and_cleans_up() {
         let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("id_ed25519");
-        let made = std::process::Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&path)
-            .status()
-            .unwrap();
-        assert!(made.success());
+        let path = keygen(d.path());
         let key = russh::keys::load_secret_key(&path, None).unwrap();
         let missing = d.path().join("nope");
         let agent = OwnAgent::start(&[path, missing]).await.unwrap();

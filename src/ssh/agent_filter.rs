@@ -78,7 +78,7 @@ async fn write_message<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> std::io
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ssh::agent::OwnAgent;
+    use crate::ssh::agent::{keygen, OwnAgent};
     use russh::keys::agent::client::AgentClient;
 
     /// A real agent behind the filter: adding, removing every key, locking
@@ -87,13 +87,7 @@ mod tests {
     #[tokio::test]
     async fn only_listing_and_signing_reach_the_agent() {
         let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("id_ed25519");
-        let made = std::process::Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&path)
-            .status()
-            .unwrap();
-        assert!(made.success());
+        let path = keygen(d.path());
         let agent = OwnAgent::start(std::slice::from_ref(&path)).await.unwrap();
         let through_filter = || async {
             let upstream = tokio::net::UnixStream::connect(agent.socket())

@@ -360,26 +360,13 @@ impl Sftp {
                 source,
             })
         })?;
-        let tmp = format!("{dir}/.{name}.{}.part", random_suffix());
-        let final_path = format!("{dir}/{name}");
-        let result = self
-            .write_then_rename(
-                session,
-                &mut src,
-                &tmp,
-                &final_path,
-                Transfer {
-                    size,
-                    progress: opts.progress.as_ref(),
-                    cancel: opts.cancel.as_ref(),
-                },
-            )
-            .await;
-        if result.is_err() {
-            // Best effort: never leave a partial file behind.
-            let _ = self.sftp.remove_file(tmp.as_str()).await;
-        }
-        result.map_err(|k| self.err(k))
+        let t = Transfer {
+            size,
+            progress: opts.progress.as_ref(),
+            cancel: opts.cancel.as_ref(),
+        };
+        let (_, sent) = self.put(session, &mut src, (dir, name), t).await?;
+        Ok(sent)
     }
 
     /// Remove the cached binary and its directories (`--no-caching`), then

@@ -3,7 +3,7 @@
 //! with `--no-caching` the cached binary too.
 
 use super::session::Session;
-use super::sftp::{check_name, is_not_found, random_suffix, Sftp, Transfer, UploadError};
+use super::sftp::{check_name, is_not_found, Sftp, Transfer, UploadError};
 use super::HostError;
 
 impl Sftp {
@@ -25,27 +25,13 @@ impl Sftp {
             .usable_prefix(session, prefix, &["run", run_id])
             .await?;
         let dir = format!("{prefix}/run/{run_id}");
-        let tmp = format!("{dir}/.{name}.{}.part", random_suffix());
-        let final_path = format!("{dir}/{name}");
-        let mut src = data;
-        let r = self
-            .write_then_rename(
-                session,
-                &mut src,
-                &tmp,
-                &final_path,
-                Transfer {
-                    size: data.len() as u64,
-                    progress: None,
-                    cancel: None,
-                },
-            )
-            .await;
-        if r.is_err() {
-            let _ = self.sftp.remove_file(tmp.as_str()).await;
-        }
-        r.map_err(|k| self.err(k))?;
-        Ok(final_path)
+        let t = Transfer {
+            size: data.len() as u64,
+            progress: None,
+            cancel: None,
+        };
+        let (path, _) = self.put(session, &mut { data }, (&dir, name), t).await?;
+        Ok(path)
     }
 
     /// Remove `<prefix>/run/<run_id>` and everything in it (files only: we

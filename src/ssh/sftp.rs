@@ -265,6 +265,31 @@ impl Sftp {
         }
     }
 
+    /// Writes `src` to `dir/name` under a temporary name in `dir`, then
+    /// renames it into place; a failed write removes the temporary file.
+    /// Returns the final path and the bytes sent.
+    pub(super) async fn put<R: tokio::io::AsyncRead + Unpin>(
+        &self,
+        session: &Session,
+        src: &mut R,
+        (dir, name): (&str, &str),
+        t: Transfer<'_>,
+    ) -> Result<(String, u64), HostError<UploadError>> {
+        let tmp = format!("{dir}/.{name}.{}.part", random_suffix());
+        let final_path = format!("{dir}/{name}");
+        let result = self
+            .write_then_rename(session, src, &tmp, &final_path, t)
+            .await;
+        match result {
+            Ok(sent) => Ok((final_path, sent)),
+            Err(k) => {
+                // Best effort: never leave a partial file behind.
+                let _ = self.sftp.remove_file(tmp.as_str()).await;
+                Err(self.err(k))
+            }
+        }
+    }
+
     pub(super) async fn write_then_rename<R: tokio::io::AsyncRead + Unpin>(
         &self,
         session: &Session,
