@@ -58,6 +58,22 @@ impl Speaker {
         })
     }
 
+    /// The key ranges `[from, to)` whose keys are its hosts': what counts
+    /// against their quota.
+    pub(crate) fn owned_ranges(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut out = Vec::new();
+        for h in &self.hosts {
+            let own = format!("{EXPORTED}{h}/").into_bytes();
+            let end = prefix_end(&own);
+            out.push((own, end));
+            let converged = format!("{CONVERGED}{h}").into_bytes();
+            let mut after = converged.clone();
+            after.push(0);
+            out.push((converged, after));
+        }
+        out
+    }
+
     /// The first key of `txn` (its puts and deletes, nested ones included)
     /// that it may not write, if any.
     pub fn forbidden_in_txn<'a>(&self, txn: &'a PbTxnRequest) -> Option<&'a [u8]> {

@@ -43,6 +43,10 @@ pub(crate) enum EtcdError {
     RequestTooLarge,
     #[error("etcdserver: permission denied")]
     PermissionDenied,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
     /// An RPC of the etcd API this store deliberately does not implement.
     #[error("etcdserver: {0} is not supported by the embedded mgmt store")]
     Unsupported(&'static str),
@@ -66,6 +70,7 @@ impl EtcdError {
             EtcdError::LeaseExist => Code::FailedPrecondition,
             EtcdError::Unsupported(_) => Code::Unimplemented,
             EtcdError::PermissionDenied => Code::PermissionDenied,
+            EtcdError::NoSpace | EtcdError::TooManyRequests => Code::ResourceExhausted,
         }
     }
 }

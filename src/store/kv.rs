@@ -187,6 +187,20 @@ impl Kv {
         self.approx_bytes
     }
 
+    /// Live keys in `[from, to)` and their bytes, as `approx_bytes` counts.
+    pub fn usage(&self, from: &[u8], to: &[u8]) -> (usize, usize) {
+        let range = (
+            std::ops::Bound::Included(from),
+            std::ops::Bound::Excluded(to),
+        );
+        self.keys
+            .range::<[u8], _>(range)
+            .filter_map(|(k, h)| h.last().filter(|e| e.is_live()).map(|e| (k, e)))
+            .fold((0, 0), |(n, b), (k, e)| {
+                (n + 1, b + Self::key_bytes(k, &e.value))
+            })
+    }
+
     /// Checks that `rev` (0 = current) can be read.
     pub fn check_read_rev(&self, rev: i64) -> Result<(), EtcdError> {
         if rev > self.rev {
@@ -302,7 +316,13 @@ impl Kv {
     }
 
     fn key_bytes(key: &[u8], value: &[u8]) -> usize {
-        key.len() + value.len() + ENTRY_OVERHEAD
+        Self::size(key.len(), value.len())
+    }
+
+    /// What one stored version of a key of `key` bytes with a value of
+    /// `value` bytes counts for in `approx_bytes`.
+    pub(crate) fn size(key: usize, value: usize) -> usize {
+        key + value + ENTRY_OVERHEAD
     }
 
     /// Writes `key` at revision `rev + 1` and returns the version it replaced.

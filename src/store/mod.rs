@@ -33,6 +33,7 @@ mod expiry;
 mod kv;
 mod lean;
 mod lease;
+mod quota;
 mod service;
 mod watch;
 
@@ -83,6 +84,22 @@ pub struct Config {
     /// Smallest TTL granted to a lease; etcd derives 2 s from its default
     /// election timeout and raises shorter TTLs to it.
     pub min_lease_ttl: i64,
+    /// Bytes the store may hold, history included (etcd's
+    /// `--quota-backend-bytes`, 2 GiB); past it every write is refused with
+    /// `database space exceeded`, reads and deletes go on.
+    pub quota_bytes: usize,
+    /// What one host may hold through connections that speak for it
+    /// ([`Speaker`]): live keys, their bytes, and leases.
+    pub host_quota: HostQuota,
+}
+
+/// Per-host bounds, far above what a graph needs (a few keys and leases),
+/// so that one host cannot fill the store for everyone else.
+#[derive(Debug, Clone)]
+pub struct HostQuota {
+    pub keys: usize,
+    pub bytes: usize,
+    pub leases: usize,
 }
 
 impl Default for Config {
@@ -93,6 +110,12 @@ impl Default for Config {
             max_watches_per_stream: 65_536,
             watch_progress_interval: Duration::from_secs(600),
             min_lease_ttl: 2,
+            quota_bytes: 2 << 30,
+            host_quota: HostQuota {
+                keys: 10_000,
+                bytes: 64 << 20,
+                leases: 1_000,
+            },
         }
     }
 }

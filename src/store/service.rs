@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::access::{speaker_of, Speaker};
 use super::error::EtcdError;
+use super::quota;
 use super::watch::{WatchStream, STREAM_BUFFER};
 use super::Shared;
 
@@ -107,13 +108,18 @@ impl PbKvService for Service {
     async fn put(&self, req: Request<PbPutRequest>) -> Res<PbPutResponse> {
         let speaker = speaker_of(&req);
         let r = req.into_inner();
-        if let Some(sp) = speaker.filter(|sp| !sp.may_write(&r.key, &[])) {
-            return Err(self.deny(&sp, "write", &r.key));
+        if let Some(sp) = speaker.as_ref().filter(|sp| !sp.may_write(&r.key, &[])) {
+            return Err(self.deny(sp, "write", &r.key));
         }
         self.check_size(&r)?;
         self.count(&self.shared.counters.puts);
         let now = Instant::now();
-        let (resp, rev) = self.shared.write(|st| st.put(&r, now));
+        let writes = [(r.key.as_slice(), r.value.len())];
+        let cfg = &self.shared.cfg;
+        let (resp, rev) = self.shared.write(|st| {
+            quota::check_writes(st, cfg, speaker.as_deref(), &writes)?;
+            st.put(&r, now)
+        });
         let mut resp = resp?;
         resp.header = self.shared.header(rev);
         Ok(Response::new(resp))
@@ -136,15 +142,20 @@ impl PbKvService for Service {
     async fn txn(&self, req: Request<PbTxnRequest>) -> Res<PbTxnResponse> {
         let speaker = speaker_of(&req);
         let r = req.into_inner();
-        if let Some(sp) = speaker {
+        if let Some(sp) = &speaker {
             if let Some(key) = sp.forbidden_in_txn(&r) {
-                return Err(self.deny(&sp, "write (in a txn)", key));
+                return Err(self.deny(sp, "write (in a txn)", key));
             }
         }
         self.check_size(&r)?;
         self.count(&self.shared.counters.txns);
         let now = Instant::now();
-        let (resp, rev) = self.shared.write(|st| st.txn(&r, now));
+        let writes = quota::txn_writes(&r);
+        let cfg = &self.shared.cfg;
+        let (resp, rev) = self.shared.write(|st| {
+            quota::check_writes(st, cfg, speaker.as_deref(), &writes)?;
+            st.txn(&r, now)
+        });
         let mut resp = resp?;
         resp.header = self.shared.header(rev);
         Ok(Response::new(resp))
@@ -182,6 +193,14 @@ impl PbLeaseService for Service {
         let r = req.into_inner();
         let now = Instant::now();
         let (res, rev) = self.shared.write(|st| {
+            if let Some(sp) = &speaker {
+                let owners = self
+                    .shared
+                    .lease_owners
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                quota::check_lease(st, &self.shared.cfg, &owners, sp, now)?;
+            }
             let min = st.min_lease_ttl;
             st.leases.grant(r.id, r.ttl, min, now)
         });

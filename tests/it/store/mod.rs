@@ -13,6 +13,7 @@
 mod kv;
 mod lease;
 mod ours_dispatch;
+mod ours_quota;
 mod ours_serving;
 mod ours_watch;
 mod server;
