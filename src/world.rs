@@ -43,6 +43,12 @@ mod follow;
 pub(crate) mod testing;
 
 pub use collect::glob_match;
+
+/// The key prefixes the `collect:` entries of `graph` read: what a host
+/// running that graph must be allowed to read in the store.
+pub fn collect_prefixes(graph: &crate::graph::Graph) -> Vec<String> {
+    collect::prefixes(&graph.collect)
+}
 pub use follow::Follower;
 
 pub const EXPORTED: &str = "/_mgmt/exported/";

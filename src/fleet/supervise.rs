@@ -85,6 +85,7 @@ pub(crate) async fn supervise(
         .iter()
         .map(|a| a.replace(PORT_SLOT, &port))
         .collect();
+    launch.speaker.allow_reads(read_scope(&launch.synced));
     // A secret of this launch's own: it opens this host's tunnel only.
     let secret = TunnelSecret::generate();
     let mut bridges = JoinSet::new();
@@ -191,6 +192,9 @@ async fn follow(
                 }
             },
             Some(i) = changes.next(), if !*stopping => {
+                // The new graph's collects may read more: allowed before
+                // the host can see the new text.
+                launch.speaker.allow_reads(read_scope(&launch.synced[i..=i]));
                 sync_file(shared, p, label, &mut launch.synced[i]).await;
             }
             _ = cancel.cancelled(), if !*stopping => {
@@ -233,6 +237,16 @@ fn changes(synced: &[Synced]) -> futures::stream::SelectAll<BoxStream<'static, u
             .map(move |_| i)
             .boxed()
     }))
+}
+
+/// The prefixes the `collect:` of each synced graph reads (their current
+/// texts; one that does not parse reads nothing).
+fn read_scope(synced: &[Synced]) -> Vec<String> {
+    synced
+        .iter()
+        .filter_map(|s| crate::graph::parse_str(&s.source.borrow(), &s.name).ok())
+        .flat_map(|g| crate::world::collect_prefixes(&g))
+        .collect()
 }
 
 /// Puts the new text of a synced file on the host (atomically).

@@ -6,12 +6,16 @@
 //! revoking and renewing a lease another speaker granted. Anything else
 //! answers etcd's `permission denied`, and the store logs who tried.
 //!
-//! Reads stay open to every connection: collecting is reading what other
-//! hosts exported. A connection without a speaker (this process's own
-//! client, a `--client-urls` listener) is not restricted here.
+//! Reads are limited to what the hosts need: their own keys, every host's
+//! converged key (a gateway follows its subtree's), and the exported keys
+//! their graphs' `collect:` selects ([`Speaker::allow_reads`], which the
+//! fleet extends when a graph is edited live; it never narrows during a
+//! run, so a host still on its old graph is not cut off). A connection
+//! without a speaker (this process's own client, a `--client-urls`
+//! listener) is not restricted here.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use etcd_client::proto::{PbTxnRequest, PbTxnRequestOp};
 
@@ -21,12 +25,14 @@ pub const EXPORTED: &str = "/_mgmt/exported/";
 pub const CONVERGED: &str = "/_mgmt/converged/";
 
 /// Whom a connection speaks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Speaker {
     /// Who holds the connection (a host, or a gateway), for the log.
     pub name: String,
     /// The hosts whose keys it may write.
     pub hosts: BTreeSet<String>,
+    /// Prefixes it may read besides its own keys and the converged keys.
+    reads: RwLock<BTreeSet<String>>,
 }
 
 impl Speaker {
@@ -37,7 +43,28 @@ impl Speaker {
         Arc::new(Speaker {
             name: name.to_owned(),
             hosts,
+            reads: RwLock::new(BTreeSet::new()),
         })
+    }
+
+    /// Lets it also read every key under each of `prefixes` (what its
+    /// graphs' `collect:` selects).
+    pub fn allow_reads(&self, prefixes: impl IntoIterator<Item = String>) {
+        let mut reads = self.reads.write().unwrap_or_else(|p| p.into_inner());
+        reads.extend(prefixes);
+    }
+
+    /// Whether it may read the keys in `[key, range_end)`.
+    pub fn may_read(&self, key: &[u8], range_end: &[u8]) -> bool {
+        if self.may_write(key, range_end) {
+            return true;
+        }
+        if within(key, range_end, CONVERGED.as_bytes()) {
+            return true;
+        }
+        let reads = self.reads.read().unwrap_or_else(|p| p.into_inner());
+        let allowed = reads.iter().any(|p| within(key, range_end, p.as_bytes()));
+        allowed
     }
 
     /// Whether it may write (put, or delete) the keys in `[key, range_end)`
@@ -74,13 +101,21 @@ impl Speaker {
         out
     }
 
-    /// The first key of `txn` (its puts and deletes, nested ones included)
-    /// that it may not write, if any.
+    /// The first key of `txn` (its compares and ranges, which it must be
+    /// able to read, and its puts and deletes, which it must be able to
+    /// write, nested ones included) that it may not touch, if any.
     pub fn forbidden_in_txn<'a>(&self, txn: &'a PbTxnRequest) -> Option<&'a [u8]> {
-        txn.success
+        let compared = txn
+            .compare
             .iter()
-            .chain(txn.failure.iter())
-            .find_map(|op| self.forbidden_in_op(op))
+            .find(|c| !self.may_read(&c.key, &c.range_end))
+            .map(|c| c.key.as_slice());
+        compared.or_else(|| {
+            txn.success
+                .iter()
+                .chain(txn.failure.iter())
+                .find_map(|op| self.forbidden_in_op(op))
+        })
     }
 
     fn forbidden_in_op<'a>(&self, op: &'a PbTxnRequestOp) -> Option<&'a [u8]> {
@@ -91,9 +126,19 @@ impl Speaker {
                 (!self.may_write(&d.key, &d.range_end)).then_some(d.key.as_slice())
             }
             R::RequestTxn(t) => self.forbidden_in_txn(t),
-            R::RequestRange(_) => None,
+            R::RequestRange(r) => {
+                (!self.may_read(&r.key, &r.range_end)).then_some(r.key.as_slice())
+            }
         }
     }
+}
+
+/// Whether `[key, range_end)` (`range_end` empty: `key` alone) lies under
+/// `prefix`.
+fn within(key: &[u8], range_end: &[u8], prefix: &[u8]) -> bool {
+    key.starts_with(prefix)
+        && (range_end.is_empty()
+            || (range_end != b"\0" && range_end <= prefix_end(prefix).as_slice()))
 }
 
 /// The smallest key after every key that starts with `prefix`.
@@ -113,6 +158,15 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 /// connection it came on).
 #[derive(Debug, Clone, Default)]
 pub struct Peer(pub Option<Arc<Speaker>>);
+
+/// Logs that `speaker` tried to `what` `key`, which it may not.
+pub(crate) fn log_denied(speaker: &Speaker, what: &str, key: &[u8]) {
+    let key: String = String::from_utf8_lossy(key).chars().take(200).collect();
+    tracing::warn!(
+        "store: {} tried to {what} {key:?}, which it does not speak for; refused",
+        speaker.name
+    );
+}
 
 /// The speaker of the connection `req` came on, if any.
 pub(crate) fn speaker_of<T>(req: &tonic::Request<T>) -> Option<Arc<Speaker>> {
@@ -141,6 +195,22 @@ mod tests {
         assert!(!web1.may_write(b"/_mgmt/exported/web1/", b"/_mgmt/exported/web2"));
         assert!(!web1.may_write(b"/_mgmt/exported/web1/", b"\0"));
         assert!(!web1.may_write(b"/_mgmt/exported/", b"/_mgmt/exported0"));
+    }
+
+    #[test]
+    fn reads_are_its_own_keys_the_converged_keys_and_what_it_collects() {
+        let web1 = Speaker::new("web1", []);
+        assert!(web1.may_read(b"/_mgmt/exported/web1/resources/file/a", b""));
+        assert!(web1.may_read(b"/_mgmt/converged/", b"/_mgmt/converged0"));
+        assert!(!web1.may_read(b"/_mgmt/exported/db1/resources/file/a", b""));
+        assert!(!web1.may_read(b"/_mgmt/exported/", b"/_mgmt/exported0"));
+        assert!(!web1.may_read(b"/other", b""));
+        // collect: hostname: "db*" reads under /_mgmt/exported/db.
+        web1.allow_reads(["/_mgmt/exported/db".to_string()]);
+        assert!(web1.may_read(b"/_mgmt/exported/db1/resources/file/a", b""));
+        assert!(web1.may_read(b"/_mgmt/exported/db", b"/_mgmt/exported/dc"));
+        assert!(!web1.may_read(b"/_mgmt/exported/db", b"\0"));
+        assert!(!web1.may_read(b"/_mgmt/exported/web2/x", b""));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::access::{speaker_of, Speaker};
+use super::access::{log_denied, speaker_of, Speaker};
 use super::error::EtcdError;
 use super::quota;
 use super::watch::{WatchStream, STREAM_BUFFER};
@@ -59,11 +59,7 @@ impl Service {
 
     /// Refuses what `speaker` may not do, and says in the log who tried.
     fn deny(&self, speaker: &Speaker, what: &str, key: &[u8]) -> Status {
-        let key: String = String::from_utf8_lossy(key).chars().take(200).collect();
-        tracing::warn!(
-            "store: {} tried to {what} {key:?}, which it does not speak for; refused",
-            speaker.name
-        );
+        log_denied(speaker, what, key);
         EtcdError::PermissionDenied.into()
     }
 
@@ -88,7 +84,11 @@ type Res<T> = Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl PbKvService for Service {
     async fn range(&self, req: Request<PbRangeRequest>) -> Res<PbRangeResponse> {
+        let speaker = speaker_of(&req);
         let r = req.into_inner();
+        if let Some(sp) = speaker.filter(|sp| !sp.may_read(&r.key, &r.range_end)) {
+            return Err(self.deny(&sp, "read", &r.key));
+        }
         self.check_size(&r)?;
         self.count(&self.shared.counters.ranges);
         let st = self.shared.lock();
@@ -180,7 +180,8 @@ impl PbWatchService for Service {
 
     async fn watch(&self, req: Request<Streaming<PbWatchRequest>>) -> Res<Self::WatchStream> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let stream = WatchStream::new(self.shared.clone(), tx, self.cancel.clone());
+        let speaker = speaker_of(&req);
+        let stream = WatchStream::new(self.shared.clone(), tx, self.cancel.clone(), speaker);
         self.tracker.spawn(stream.run(req.into_inner()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }

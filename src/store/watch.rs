@@ -37,7 +37,9 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
+use super::access::Speaker;
 use super::dispatch::StreamId;
+use super::error::EtcdError;
 use super::kv::{Event, KeyRange, LogRead};
 use super::Shared;
 
@@ -76,6 +78,9 @@ pub(crate) struct WatchStream {
     /// Responses to the client; bounded, its receiver is the gRPC body.
     tx: mpsc::Sender<Result<PbWatchResponse, Status>>,
     cancel: CancellationToken,
+    /// Whom the connection speaks for: a watch outside what it may read
+    /// is refused at creation.
+    speaker: Option<Arc<Speaker>>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
     /// This stream in the dispatch registry.
@@ -98,12 +103,14 @@ impl WatchStream {
         shared: Arc<Shared>,
         tx: mpsc::Sender<Result<PbWatchResponse, Status>>,
         cancel: CancellationToken,
+        speaker: Option<Arc<Speaker>>,
     ) -> WatchStream {
         let (id, woken) = shared.dispatch().open();
         WatchStream {
             shared,
             tx,
             cancel,
+            speaker,
             watchers: BTreeMap::new(),
             next_id: 0,
             id,
@@ -219,6 +226,16 @@ impl WatchStream {
         if self.watchers.len() >= limit {
             let reason = format!("mgmt: too many watches on this stream (limit {limit}); cancel some or open another stream");
             return self.send(refuse(reason)).await;
+        }
+        if let Some(sp) = self
+            .speaker
+            .as_ref()
+            .filter(|sp| !sp.may_read(&c.key, &c.range_end))
+        {
+            super::access::log_denied(sp, "watch", &c.key);
+            return self
+                .send(refuse(EtcdError::PermissionDenied.to_string()))
+                .await;
         }
         let key = if c.key.is_empty() { vec![0] } else { c.key };
         let range = KeyRange::new(&key, &c.range_end);

@@ -232,3 +232,92 @@ fn a_gateway_cannot_speak_for_hosts_outside_its_subtree() {
         "the victim was ended by the gateway's word\n{log}"
     );
 }
+
+/// A child that runs the real mgmt with the arguments it got but the graph
+/// file swapped for `graph` (a compromised host choosing what it reads).
+fn swapped_graph(graph: &str) -> String {
+    format!(
+        r#"prev=
+n=$#
+for a in "$@"; do
+  if [ "$prev" = --file ]; then a={graph}; fi
+  set -- "$@" "$a"
+  prev=$a
+done
+shift $n
+exec {mgmt} run "$@"
+"#,
+        mgmt = env!("CARGO_BIN_EXE_mgmt")
+    )
+}
+
+// See: #13 (a host could read every other host's exports)
+#[test]
+fn a_host_reads_only_what_its_graph_collects() {
+    let fleet = SshdFleet::start(2);
+    let d = Dir::new();
+    let (attacker, victim) = (fleet.ip(1).to_string(), fleet.ip(2).to_string());
+    let (home1, home2) = (fleet.home(1), fleet.home(2));
+    // What the attacker runs instead of its graph: collect every export.
+    let evil = home1.join("evil.yaml");
+    std::fs::write(
+        &evil,
+        format!(
+            "graph: evil\nresources:\n  noop:\n  - name: n\ncollect:\n- kind: file\n  pattern: {}/stolen/\n",
+            home1.display()
+        ),
+    )
+    .unwrap();
+    plant_child(&fleet, 1, &swapped_graph(&evil.display().to_string()));
+    // The victim runs the real child, unchanged.
+    plant_child(
+        &fleet,
+        2,
+        &format!("exec {} run \"$@\"\n", env!("CARGO_BIN_EXE_mgmt")),
+    );
+    let g1 = d.write(
+        "g1.yaml",
+        &format!(
+            "graph: g1\nresources:\n  noop:\n  - name: n\nremote: {}\n",
+            fleet.url(1)
+        ),
+    );
+    let g2 = d.write(
+        "g2.yaml",
+        &format!(
+            "graph: g2\nresources:\n  file:\n  - name: \"@@secret\"\n    path: {}/secret\n    content: \"victim's secret\\n\"\nremote: {}\n",
+            home2.display(),
+            fleet.url(2)
+        ),
+    );
+    let mut p = Proc::spawn(
+        remote_cmd(&fleet, &[&g1, &g2], &["--client-urls", "127.0.0.1:0"])
+            .args(["--remote-binary", "/bin/sh"]),
+    );
+    let listening = p.wait_line("store: listening on ", LIMIT);
+    let url = listening
+        .split("store: listening on ")
+        .nth(1)
+        .expect("url")
+        .trim()
+        .to_owned();
+    p.wait_line(&format!("store: {attacker} tried to"), LIMIT);
+    // The secret is in the store (the attack had something to steal) ...
+    assert!(
+        crate::util::eventually(LIMIT, || store_keys(&url)
+            .iter()
+            .any(|k| k.contains(&victim))),
+        "the victim never exported"
+    );
+    // ... and the attacker's collect, retried after it was there, was
+    // refused again, so nothing landed.
+    p.skip_seen();
+    p.wait_line(&format!("store: {attacker} tried to"), LIMIT);
+    assert!(
+        !home1.join("stolen/secret").exists(),
+        "the attacker collected the victim's export"
+    );
+    p.signal(nix::sys::signal::Signal::SIGINT);
+    p.wait(LIMIT);
+    assert!(!home1.join("stolen/secret").exists());
+}

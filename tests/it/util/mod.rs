@@ -174,6 +174,13 @@ impl Proc {
         self.seen.clone()
     }
 
+    /// Takes every line printed so far as seen: the next `wait_line` only
+    /// matches a line printed after this call.
+    pub fn skip_seen(&mut self) {
+        self.lines_so_far();
+        self.cursor = self.seen.len();
+    }
+
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), sig).expect("signal");
     }
