@@ -5,6 +5,9 @@
 //! known_hosts file, exit codes. A claim found not to hold keeps its test,
 //! marked `#[ignore = "README claim does not hold: ..."]`.
 
+mod auth;
+mod exit_codes;
 mod hostkeys;
 mod noop;
+mod prefix;
 mod stop;
