@@ -6,8 +6,10 @@
 //! marked `#[ignore = "README claim does not hold: ..."]`.
 
 mod auth;
+mod child_death;
 mod exit_codes;
 mod hostkeys;
 mod noop;
 mod prefix;
+mod resources;
 mod stop;
