@@ -75,6 +75,35 @@ fn accept_new_appends_an_unknown_key_once() {
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
+// See: #19 (README: "`accept-new` records an unknown key and refuses a changed one")
+#[test]
+fn accept_new_refuses_a_changed_key_and_keeps_the_file() {
+    let fleet = SshdFleet::start(1);
+    let d = Dir::new();
+    let other = d.path().join("other_host_key");
+    crate::util::sshd::keygen(&other);
+    let other_pub = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    let other_pub: Vec<&str> = other_pub.split_whitespace().take(2).collect();
+    let line = format!(
+        "[{}]:{} {}\n",
+        fleet.ip(1),
+        fleet.port(),
+        other_pub.join(" ")
+    );
+    let known = d.write("known_hosts", &line);
+    let out = run_with(&fleet, &d, &known, "accept-new");
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("does not match"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("recorded new host key"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&known).unwrap(), line);
+    // Nothing ran on the host.
+    assert!(!fleet.home(1).join(".cache").exists());
+}
+
 // See: #19 (README: "`off` checks nothing but revocations")
 #[test]
 fn off_accepts_an_unknown_key_writes_nothing_and_warns() {

@@ -84,3 +84,41 @@ fn the_cache_and_run_files_go_under_the_prefix() {
     let tilde = fleet.home(1).join("state/mgmt");
     runs_under(&fleet, &d, "~/state/mgmt", &tilde);
 }
+
+// See: #19 (README: "`--remote-prefix` ... may not contain `..`")
+#[test]
+fn a_prefix_with_dot_dot_is_refused() {
+    let fleet = SshdFleet::start(1);
+    let d = Dir::new();
+    let g = d.write(
+        "g.yaml",
+        &format!(
+            "graph: g\nresources:\n  noop:\n  - name: n\nremote: {}\n",
+            fleet.url(1)
+        ),
+    );
+    let out = crate::util::run(
+        &mut remote_cmd(
+            &fleet,
+            &[&g],
+            &["--converged-timeout", "0", "--remote-prefix", "~/a/../b"],
+        ),
+        LIMIT,
+    );
+    // `~` is resolved on the host, so the check is the host's: it fails,
+    // naming the prefix, and the run exits 1.
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("invalid cache prefix") && out.stderr.contains("a/../b"),
+        "{}",
+        out.stderr
+    );
+    // Nothing was made or run on the host under any reading of the path.
+    let home: Vec<_> = std::fs::read_dir(fleet.home(1))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(home.is_empty(), "{home:?}\n{}", out.stderr);
+    assert!(mgmt_children(fleet.ip(1)).is_empty());
+}
