@@ -2,6 +2,7 @@
 //! binary and of the library against real servers (sshd, etcd).
 
 mod audit;
+mod claims;
 mod cli;
 mod emulate;
 mod engine;

@@ -1,0 +1,83 @@
+//! The exit codes of the README's table, each from a real run: 2 for bad
+//! input before anything starts, 1 for a runtime error, 130 for a second
+//! signal.
+
+use crate::remote_run::{remote_cmd, LIMIT};
+use crate::util::sshd::SshdFleet;
+use crate::util::{mgmt, run, Dir};
+
+fn noop_graph(d: &Dir, url: &str) -> std::path::PathBuf {
+    d.write(
+        "g.yaml",
+        &format!("graph: g\nresources:\n  noop:\n  - name: n\nremote: {url}\n"),
+    )
+}
+
+// See: #19 (README: "a malformed URL or a missing key file are input errors (exit 2 ...), found before any connection")
+#[test]
+fn a_missing_key_file_exits_2_before_connecting() {
+    let fleet = SshdFleet::start(1);
+    let d = Dir::new();
+    let g = noop_graph(&d, &fleet.url(1));
+    let missing = d.path().join("no-such-key");
+    let out = run(
+        mgmt()
+            .env_remove("SSH_AUTH_SOCK")
+            .args(["run", "--converged-timeout", "0", "--remote"])
+            .arg(&g)
+            .arg("-i")
+            .arg(&missing)
+            .arg("--known-hosts")
+            .arg(&fleet.known_hosts),
+        LIMIT,
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&missing.display().to_string()),
+        "the error does not name the key file:\n{}",
+        out.stderr
+    );
+    // Nothing reached the host: sshd saw no connection, the home is empty.
+    let log = fleet.log();
+    assert!(
+        !log.contains("Accepted") && !log.contains("Connection"),
+        "sshd saw a connection:\n{log}"
+    );
+    let home: Vec<_> = std::fs::read_dir(fleet.home(1))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(home.is_empty(), "{home:?}");
+}
+
+// See: #19 (README: "1 | a resource failed (the others still ran), or a runtime error")
+#[test]
+fn an_unreachable_host_exits_1() {
+    let fleet = SshdFleet::start(1);
+    let d = Dir::new();
+    // The fleet's block, an address it does not serve: connections are refused.
+    let ip = fleet.ip(1).rsplit_once('.').unwrap().0.to_owned() + ".250";
+    let g = noop_graph(&d, &format!("ssh://root@{ip}:{}", fleet.port()));
+    let out = run(
+        &mut remote_cmd(
+            &fleet,
+            &[&g],
+            &["--converged-timeout", "0", "--connect-timeout", "5"],
+        ),
+        LIMIT,
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("0 converged, 1 failed"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.starts_with(&format!("{ip}: ")) && l.contains("cannot connect")),
+        "{}",
+        out.stderr
+    );
+}

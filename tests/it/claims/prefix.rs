@@ -1,0 +1,124 @@
+//! `--remote-prefix DIR`: the cached binary and the per-run files live
+//! under DIR on the host, not under `~/.cache/mgmt`.
+
+use std::path::Path;
+
+use crate::remote_run::{interrupt, mgmt_children, remote_cmd, LIMIT};
+use crate::util::sshd::SshdFleet;
+use crate::util::{eventually, Dir, Proc};
+
+/// The one entry of directory `dir` (panics unless there is exactly one).
+fn only_entry(dir: &Path) -> std::path::PathBuf {
+    let v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(v.len(), 1, "{}: {v:?}", dir.display());
+    v[0].clone()
+}
+
+/// Runs a noop graph on host 1 with `--remote-prefix prefix_arg` and checks,
+/// while it runs and after ^C, that everything is under `prefix` (the
+/// directory the argument names on the host).
+fn runs_under(fleet: &SshdFleet, d: &Dir, prefix_arg: &str, prefix: &Path) {
+    let g = d.write(
+        "g.yaml",
+        &format!(
+            "graph: g\nresources:\n  noop:\n  - name: n\nremote: {}\n",
+            fleet.url(1)
+        ),
+    );
+    let ip = fleet.ip(1).to_owned();
+    let mut p = Proc::spawn(&mut remote_cmd(
+        fleet,
+        &[&g],
+        &["--remote-prefix", prefix_arg],
+    ));
+    p.wait_line(&format!("[{ip}] running"), LIMIT);
+    // The child runs from <prefix>/bin/<sha256>/, on <prefix>/run/<id>/graph.yaml.
+    let mut pid = None;
+    assert!(
+        eventually(LIMIT, || {
+            pid = mgmt_children(&ip).first().copied();
+            pid.is_some()
+        }),
+        "no child for {ip}"
+    );
+    let pid = pid.unwrap();
+    let bin_dir = only_entry(&prefix.join("bin"));
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
+    assert_eq!(cwd, bin_dir);
+    let run_dir = only_entry(&prefix.join("run"));
+    assert!(run_dir.join("graph.yaml").is_file());
+    let cmd = crate::remote_run::cmdline(pid);
+    assert!(
+        cmd.contains(&format!("--file {}", run_dir.join("graph.yaml").display())),
+        "{cmd}"
+    );
+    interrupt(&mut p);
+    // The binary is the one this test built, cached under the prefix.
+    let cached = std::fs::read(bin_dir.join("mgmt")).unwrap();
+    let built = std::fs::read(env!("CARGO_BIN_EXE_mgmt")).unwrap();
+    assert!(
+        cached == built,
+        "the cached binary differs from the built one"
+    );
+    let left: Vec<_> = std::fs::read_dir(prefix.join("run"))
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "per-run files left: {left:?}");
+    assert!(
+        !fleet.home(1).join(".cache").exists(),
+        "something was put under ~/.cache"
+    );
+}
+
+// See: #19 (README: "`~/.cache/mgmt/bin/<sha256>/mgmt` ... `--remote-prefix` overrides"; "may be absolute, `~/...` or relative to the home")
+#[test]
+fn the_cache_and_run_files_go_under_the_prefix() {
+    let fleet = SshdFleet::start(1);
+    let d = Dir::new();
+    let abs = fleet.home(1).join("opt-mgmt");
+    runs_under(&fleet, &d, &abs.display().to_string(), &abs);
+    let tilde = fleet.home(1).join("state/mgmt");
+    runs_under(&fleet, &d, "~/state/mgmt", &tilde);
+}
+
+// See: #19 (README: "`--remote-prefix` ... may not contain `..`")
+#[test]
+fn a_prefix_with_dot_dot_is_refused() {
+    let fleet = SshdFleet::start(1);
+    let d = Dir::new();
+    let g = d.write(
+        "g.yaml",
+        &format!(
+            "graph: g\nresources:\n  noop:\n  - name: n\nremote: {}\n",
+            fleet.url(1)
+        ),
+    );
+    let out = crate::util::run(
+        &mut remote_cmd(
+            &fleet,
+            &[&g],
+            &["--converged-timeout", "0", "--remote-prefix", "~/a/../b"],
+        ),
+        LIMIT,
+    );
+    // `~` is resolved on the host, so the check is the host's: it fails,
+    // naming the prefix, and the run exits 1.
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("invalid cache prefix") && out.stderr.contains("a/../b"),
+        "{}",
+        out.stderr
+    );
+    // Nothing was made or run on the host under any reading of the path.
+    let home: Vec<_> = std::fs::read_dir(fleet.home(1))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(home.is_empty(), "{home:?}\n{}", out.stderr);
+    assert!(mgmt_children(fleet.ip(1)).is_empty());
+}

@@ -1,0 +1,101 @@
+//! The stop escalation of a remote run: a child that stays up after its
+//! stdin closes gets SIGINT by its pid, and one that ignores SIGINT too
+//! gets SIGKILL, so nothing is left running on the host.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::hostile_store::plant_child;
+use crate::remote_run::{remote_cmd, LIMIT};
+use crate::util::sshd::SshdFleet;
+use crate::util::{Dir, Proc};
+
+/// A child that reports its pid, reads its stdin to EOF (the secret, then
+/// the stop), says so and stays up, logging each SIGINT and carrying on. It
+/// forks nothing once started, so its pid is all there is of it: it blocks
+/// on a FIFO held open for both reading and writing, which never ends.
+fn stubborn(fifo: &Path) -> String {
+    format!(
+        "trap 'echo \"stubborn: got SIGINT\" >&2' INT\n\
+         echo \"stubborn: pid $$\" >&2\n\
+         while read -r line; do :; done\n\
+         echo 'stubborn: stdin closed; staying' >&2\n\
+         exec 3<>'{f}'\n\
+         while :; do read -r line <&3; done\n",
+        f = fifo.display()
+    )
+}
+
+/// Whether process `pid` is alive (present and not a zombie).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "pid (comm) STATE ...": comm may hold spaces, so split after ')'.
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+// See: #19 (README: "its stdin closes; one still running 2 s later gets SIGINT, and SIGKILL 5 s after that")
+#[test]
+fn a_child_that_ignores_eof_and_sigint_is_killed() {
+    let fleet = SshdFleet::start(1);
+    let d = Dir::new();
+    let ip = fleet.ip(1).to_owned();
+    let fifo = fleet.home(1).join("hold");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    plant_child(&fleet, 1, &stubborn(&fifo));
+    let g = d.write(
+        "g.yaml",
+        &format!(
+            "graph: g\nresources:\n  noop:\n  - name: n\nremote: {}\n",
+            fleet.url(1)
+        ),
+    );
+    let mut p = Proc::spawn(&mut remote_cmd(
+        &fleet,
+        &[&g],
+        &["--remote-binary", "/bin/sh"],
+    ));
+    let line = p.wait_line(&format!("[{ip}] stubborn: pid "), LIMIT);
+    let pid: i32 = line
+        .rsplit(' ')
+        .next()
+        .and_then(|w| w.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"));
+    // That pid is the host's child of this run (the launch shell exec'd it).
+    let cmd = crate::remote_run::cmdline(pid);
+    assert!(cmd.contains(&format!("--hostname {ip}")), "{pid}: {cmd:?}");
+    assert!(alive(pid));
+
+    p.signal(nix::sys::signal::Signal::SIGINT);
+    // In this order: stdin closes, the child stays; SIGINT by pid, which
+    // it shrugs off; then SIGKILL, after which the run ends.
+    p.wait_line(&format!("[{ip}] stubborn: stdin closed; staying"), LIMIT);
+    // The trap's line is the child's own word that SIGINT reached it and
+    // left it running.
+    p.wait_line(&format!("[{ip}] stubborn: got SIGINT"), LIMIT);
+    let code = p.wait(LIMIT);
+    let log = p.lines_so_far().join("\n");
+    assert!(
+        log.contains("did not stop within") && log.contains("of SIGINT; killed it"),
+        "{log}"
+    );
+    assert!(!alive(pid), "pid {pid} still runs on the host\n{log}");
+    assert!(
+        crate::remote_run::procs_with(&format!("--hostname {ip}")).is_empty(),
+        "a process of the run is left on the host\n{log}"
+    );
+    // The run's own files went with it (the child could not remove them).
+    assert!(
+        crate::remote_run::run_files_go(&fleet.home(1)),
+        "per-run files left on the host"
+    );
+    // A ^C stop, however it had to end the child: the host counts as
+    // stopped, not failed.
+    assert_eq!(code, 0, "{log}");
+}
