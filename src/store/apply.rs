@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use super::error::EtcdError;
 use super::kv::{Bytes, KeyRange, Kv, RangeArgs};
 use super::lease::Leases;
+use super::maintenance::{txn_puts, Alarms};
 
 /// etcd's default `--max-txn-ops`.
 pub(crate) const MAX_TXN_OPS: usize = 128;
@@ -33,6 +34,8 @@ pub(crate) struct State {
     pub retain_revisions: i64,
     /// Smallest TTL a lease is granted (etcd derives 2 s from its raft timing).
     pub min_lease_ttl: i64,
+    /// Alarms raised through the Maintenance API; NOSPACE refuses writes.
+    pub alarms: Alarms,
 }
 
 impl State {
@@ -42,6 +45,7 @@ impl State {
             leases: Leases::default(),
             retain_revisions: retain_revisions.max(1),
             min_lease_ttl,
+            alarms: Alarms::default(),
         }
     }
 
@@ -90,6 +94,7 @@ impl State {
 
     pub fn put(&mut self, r: &PbPutRequest, now: Instant) -> Result<PbPutResponse, EtcdError> {
         check_put(r)?;
+        self.alarms.check_space()?;
         self.check_put_state(r, now)?;
         let resp = self.apply_put(r);
         self.finish();
@@ -105,6 +110,9 @@ impl State {
 
     pub fn txn(&mut self, r: &PbTxnRequest, now: Instant) -> Result<PbTxnResponse, EtcdError> {
         check_txn(r, MAX_TXN_OPS)?;
+        if txn_puts(r) {
+            self.alarms.check_space()?;
+        }
         self.check_txn_state(r, now)?;
         let resp = self.apply_txn(r);
         self.finish();
