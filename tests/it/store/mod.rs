@@ -10,6 +10,7 @@
 //! guard. Tests of limits that etcd does not have (or that would take etcd
 //! minutes of fsyncs) run against ours only, in the `ours_*` files.
 
+mod etcdctl;
 mod kv;
 mod lease;
 mod maintenance;
