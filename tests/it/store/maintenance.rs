@@ -9,7 +9,7 @@
 use etcd_client::{AlarmAction, AlarmOptions, AlarmType, Compare, CompareOp, Error, TxnOp};
 use tonic::Code;
 
-use super::{assert_status, client, rev_of, txn_put};
+use super::{assert_status, client, guard, rev_of, txn_put};
 
 const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
 
@@ -158,4 +158,36 @@ pub(super) async fn raft_index_and_move_leader_as_a_single_member(ep: String) {
         ),
         other => panic!("move to a non-member: {other:?}"),
     }
+}
+
+/// What etcd 3.4 does not have or answer: HashKV's `hash_revision` (3.6),
+/// and Snapshot's refusal, which says what to do instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ours_hash_revision_and_snapshot_refusal() {
+    let s = super::ours_with(mgmt::store::Config::default()).await;
+    guard(async {
+        let mut c = client(&s.endpoint).await;
+        c.put("a", "1", None).await.expect("put");
+        c.put("a", "2", None).await.expect("put");
+        assert_eq!(c.hash_kv(2).await.expect("hash kv").hash_revision(), 2);
+        assert_eq!(c.hash_kv(0).await.expect("hash kv").hash_revision(), 3);
+        let refused = match c.snapshot().await {
+            Err(e) => e,
+            Ok(mut st) => st.message().await.expect_err("snapshot refused"),
+        };
+        match refused {
+            Error::GRpcStatus(st) => {
+                assert_eq!(st.code(), Code::Unimplemented);
+                assert!(
+                    st.message().contains("no database file")
+                        && st.message().contains("etcdctl get \"\" --prefix"),
+                    "{}",
+                    st.message()
+                );
+            }
+            other => panic!("snapshot: expected Unimplemented, got {other:?}"),
+        }
+    })
+    .await;
+    s.stop().await;
 }
