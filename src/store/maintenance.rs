@@ -106,6 +106,15 @@ pub(crate) fn txn_puts(r: &PbTxnRequest) -> bool {
         .any(|op| matches!(op.request, Some(PbTxnOpRequest::RequestPut(_))))
 }
 
+/// Whether etcd serves a txn without raft: every op of both branches is a
+/// range (a nested txn counts as a write, as in etcd's `isTxnReadonly`).
+pub(crate) fn txn_read_only(r: &PbTxnRequest) -> bool {
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .all(|op| matches!(op.request, Some(PbTxnOpRequest::RequestRange(_))))
+}
+
 /// A HashKV answer: the hash, the revision hashed and the current one.
 pub(crate) struct KvHash {
     pub hash: u32,

@@ -183,9 +183,11 @@ impl Shared {
         let mut st = self.lock();
         let before = st.kv.rev();
         let r = f(&mut st);
-        // etcd logs each write request it accepts in raft (an invalid one
-        // counts here too: the difference does not matter to a reader).
-        self.counters.raft_index.fetch_add(1, Ordering::Relaxed);
+        // etcd logs each write request in raft, unless its validation
+        // refused it first or it is a read-only txn (`State::unlogged`).
+        if !std::mem::take(&mut st.unlogged) {
+            self.counters.raft_index.fetch_add(1, Ordering::Relaxed);
+        }
         let rev = st.kv.rev();
         if rev != before {
             self.rev_tx.send_replace(rev);

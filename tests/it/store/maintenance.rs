@@ -138,10 +138,16 @@ pub(super) async fn raft_index_and_move_leader_as_a_single_member(ep: String) {
     let before = c.status().await.expect("status");
     c.put("r", "1", None).await.expect("put");
     c.lease_grant(60, None).await.expect("grant");
+    // A no-op delete is logged; neither a read-only txn nor a request
+    // refused by validation is.
+    c.delete("nothing", None).await.expect("no-op delete");
+    let read = etcd_client::Txn::new().and_then([TxnOp::get("r", None)]);
+    c.txn(read).await.expect("read-only txn");
+    assert!(c.put("", "x", None).await.is_err(), "empty key refused");
     let after = c.status().await.expect("status");
     assert_eq!(
         after.raft_index(),
-        before.raft_index() + 2,
+        before.raft_index() + 3,
         "one entry per write"
     );
     assert_eq!(after.leader(), after.header().expect("header").member_id());
