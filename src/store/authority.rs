@@ -86,8 +86,10 @@ struct Block {
 /// module doc). Everything else is the inner stream's.
 pub(crate) struct AuthorityFix<IO> {
     io: IO,
-    /// Read from the client, not yet looked at.
+    /// Read from the client; looked at up to `seen`. Consumed bytes are
+    /// dropped once per read, not per frame (many small frames per read).
     raw: Vec<u8>,
+    seen: usize,
     /// Ready for h2, from `sent` on.
     out: Vec<u8>,
     sent: usize,
@@ -100,6 +102,7 @@ impl<IO> AuthorityFix<IO> {
         AuthorityFix {
             io,
             raw: Vec::new(),
+            seen: 0,
             out: Vec::new(),
             sent: 0,
             phase: Phase::Preface,
@@ -109,6 +112,24 @@ impl<IO> AuthorityFix<IO> {
 
     /// Moves what can be decided from `raw` to `out`.
     fn process(&mut self) {
+        self.decide();
+        self.raw.drain(..self.seen);
+        self.seen = 0;
+    }
+
+    /// What is left of `raw` to look at.
+    fn rest(&self) -> &[u8] {
+        &self.raw[self.seen..]
+    }
+
+    /// Passes the next `n` bytes on unchanged.
+    fn forward(&mut self, n: usize) {
+        self.out
+            .extend_from_slice(&self.raw[self.seen..self.seen + n]);
+        self.seen += n;
+    }
+
+    fn decide(&mut self) {
         loop {
             let progressed = match std::mem::replace(&mut self.phase, Phase::Verbatim) {
                 Phase::Preface => self.preface(),
@@ -116,7 +137,7 @@ impl<IO> AuthorityFix<IO> {
                 Phase::Passing(n) => self.pass(n),
                 Phase::Block(b) => self.continuation(b),
                 Phase::Verbatim => {
-                    self.out.append(&mut self.raw);
+                    self.forward(self.rest().len());
                     false
                 }
             };
@@ -127,12 +148,14 @@ impl<IO> AuthorityFix<IO> {
     }
 
     fn take(&mut self, n: usize) -> Vec<u8> {
-        self.raw.drain(..n).collect()
+        let v = self.rest()[..n].to_vec();
+        self.seen += n;
+        v
     }
 
     fn preface(&mut self) -> bool {
-        let n = self.raw.len().min(PREFACE.len());
-        if self.raw[..n] != PREFACE[..n] {
+        let n = self.rest().len().min(PREFACE.len());
+        if self.rest()[..n] != PREFACE[..n] {
             self.phase = Phase::Verbatim;
             return true;
         }
@@ -140,14 +163,14 @@ impl<IO> AuthorityFix<IO> {
             self.phase = Phase::Preface;
             return false;
         }
-        self.out.extend(self.raw.drain(..n));
+        self.forward(n);
         self.phase = Phase::Frame;
         true
     }
 
     fn pass(&mut self, left: usize) -> bool {
-        let n = left.min(self.raw.len());
-        self.out.extend(self.raw.drain(..n));
+        let n = left.min(self.rest().len());
+        self.forward(n);
         if n == left {
             self.phase = Phase::Frame;
             true
@@ -160,16 +183,16 @@ impl<IO> AuthorityFix<IO> {
     /// At a frame boundary: a HEADERS frame starts a block, anything else
     /// passes.
     fn frame(&mut self) -> bool {
-        let Some((len, ty, _)) = header(&self.raw) else {
+        let Some((len, ty, _)) = header(self.rest()) else {
             self.phase = Phase::Frame;
             return false;
         };
         if ty != HEADERS || len > MAX_BLOCK {
-            self.out.extend(self.raw.drain(..FRAME_HEADER));
+            self.forward(FRAME_HEADER);
             self.phase = Phase::Passing(len);
             return true;
         }
-        if self.raw.len() < FRAME_HEADER + len {
+        if self.rest().len() < FRAME_HEADER + len {
             self.phase = Phase::Frame;
             return false;
         }
@@ -207,18 +230,18 @@ impl<IO> AuthorityFix<IO> {
 
     /// Inside a block: the next frame must be its CONTINUATION.
     fn continuation(&mut self, mut block: Block) -> bool {
-        let Some((len, ty, flags)) = header(&self.raw) else {
+        let Some((len, ty, flags)) = header(self.rest()) else {
             self.phase = Phase::Block(block);
             return false;
         };
-        let ours = ty == CONTINUATION && self.raw[5..9] == block.stream;
+        let ours = ty == CONTINUATION && self.rest()[5..9] == block.stream;
         if !ours || block.original.len() + len > MAX_BLOCK {
             // Not what HTTP/2 allows here, or too big: pass all unchanged.
             self.out.append(&mut block.original);
             self.phase = Phase::Verbatim;
             return true;
         }
-        if self.raw.len() < FRAME_HEADER + len {
+        if self.rest().len() < FRAME_HEADER + len {
             self.phase = Phase::Block(block);
             return false;
         }
@@ -588,6 +611,40 @@ mod tests {
         want.extend(frame(HEADERS, END_STREAM | END_HEADERS, 1, &fixed));
         want.extend(frame(0x0, 0x1, 1, b"data"));
         assert_eq!(through(input).await, want);
+    }
+
+    /// Hands out its bytes one at a time, to cut every frame everywhere.
+    struct Trickle(Vec<u8>, usize);
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            if let Some(b) = self.0.get(self.1).copied() {
+                buf.put_slice(&[b]);
+                self.1 += 1;
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn byte_by_byte_gives_the_same_as_whole() {
+        let mut input = PREFACE.to_vec();
+        for stream in [1u8, 3, 5] {
+            let mut block = vec![0x83, 0x84];
+            block.extend(authority_literal(b"http://127.0.0.1:2379"));
+            input.extend(frame(HEADERS, END_HEADERS, stream, &block));
+            input.extend(frame(0x0, 0x1, stream, &[stream; 40]));
+        }
+        let whole = through(input.clone()).await;
+        assert_ne!(whole, input, "rewritten");
+        let mut fix = AuthorityFix::new(Trickle(input, 0));
+        let mut got = Vec::new();
+        fix.read_to_end(&mut got).await.expect("read");
+        assert_eq!(got, whole);
     }
 
     #[tokio::test]
