@@ -344,18 +344,15 @@ impl PbMaintenanceService for Service {
                 .collect(),
             _ => st.alarms.get(r.alarm),
         };
-        if r.action == ACTIVATE || r.action == DEACTIVATE {
-            self.count(&self.shared.counters.raft_index);
-            if r.alarm == maintenance::NOSPACE {
-                tracing::warn!(
-                    "store: NOSPACE alarm {}: puts are refused while it is raised",
-                    if r.action == ACTIVATE {
-                        "raised"
-                    } else {
-                        "disarmed"
-                    }
-                );
-            }
+        // etcd sends every alarm request through raft, GET included.
+        self.count(&self.shared.counters.raft_index);
+        let what = match r.action {
+            ACTIVATE => "raised: puts are refused until it is disarmed",
+            DEACTIVATE => "disarmed",
+            _ => "",
+        };
+        if r.alarm == maintenance::NOSPACE && !what.is_empty() {
+            tracing::warn!("store: NOSPACE alarm {what}");
         }
         Ok(Response::new(PbAlarmResponse {
             header: self.shared.header(st.kv.rev()),
