@@ -180,10 +180,10 @@ impl Kv {
     }
 
     /// Every version kept (tombstones included), by key, then revision.
-    pub fn versions(&self) -> impl Iterator<Item = (&[u8], &Entry)> {
+    pub fn versions(&self) -> impl Iterator<Item = (&Bytes, &Entry)> {
         self.keys
             .iter()
-            .flat_map(|(k, hist)| hist.iter().map(move |e| (&k[..], e)))
+            .flat_map(|(k, hist)| hist.iter().map(move |e| (k, e)))
     }
 
     pub fn live_keys(&self) -> usize {

@@ -1,6 +1,8 @@
 //! The state behind the Maintenance RPCs (issue #14): alarms, and the
 //! hashes of the key-value history (`Hash`, `HashKV`). The RPC handlers in
-//! `service.rs` call these under the state lock; nothing here awaits.
+//! `service.rs` call these under the state lock, except the hashing itself
+//! ([`HashInput::finish`]), done on a copy after the lock is released;
+//! nothing here awaits.
 //!
 //! Alarms are kept as etcd 3.4 keeps them: a set of (member, type) pairs
 //! that ACTIVATE adds to, DEACTIVATE removes from and GET lists (all, or one
@@ -28,6 +30,7 @@ use tokio::time::Instant;
 
 use super::apply::State;
 use super::error::EtcdError;
+use super::kv::{Bytes, Entry};
 
 /// `AlarmType` values of etcd's API.
 pub(crate) const NOSPACE: i32 = 1;
@@ -115,9 +118,53 @@ pub(crate) fn txn_read_only(r: &PbTxnRequest) -> bool {
         .all(|op| matches!(op.request, Some(PbTxnOpRequest::RequestRange(_))))
 }
 
-/// A HashKV answer: the hash, the revision hashed and the current one.
+/// What a hash covers, copied under the state lock (keys and values are
+/// shared, so the copy is cheap) and hashed once the lock is released:
+/// hashing a large store must not hold up writers.
+pub(crate) struct HashInput {
+    head: Vec<u8>,
+    versions: Vec<(Bytes, Entry)>,
+    tail: Vec<u8>,
+}
+
+impl HashInput {
+    fn new(head: &[u8], st: &State, upto: i64) -> HashInput {
+        HashInput {
+            head: head.to_vec(),
+            versions: st
+                .kv
+                .versions()
+                .filter(|(_, e)| e.mod_rev <= upto)
+                .map(|(k, e)| (k.clone(), e.clone()))
+                .collect(),
+            tail: Vec::new(),
+        }
+    }
+
+    /// The hash: every version, key by key, each field length-prefixed so
+    /// that no two histories feed the same bytes; the first 32 bits of
+    /// SHA-256.
+    pub fn finish(self) -> u32 {
+        let mut h = Sha256::new();
+        h.update(&self.head);
+        for (key, e) in &self.versions {
+            h.update((key.len() as u64).to_be_bytes());
+            h.update(key);
+            for n in [e.mod_rev, e.create_rev, e.version, e.lease] {
+                h.update(n.to_be_bytes());
+            }
+            h.update((e.value.len() as u64).to_be_bytes());
+            h.update(&e.value);
+        }
+        h.update(&self.tail);
+        let d = h.finalize();
+        u32::from_be_bytes([d[0], d[1], d[2], d[3]])
+    }
+}
+
+/// A HashKV answer: what to hash, the revision hashed and the current one.
 pub(crate) struct KvHash {
-    pub hash: u32,
+    pub input: HashInput,
     pub hash_rev: i64,
     pub current: i64,
     /// As etcd reports it: -1 before the first compaction.
@@ -145,55 +192,29 @@ pub(crate) fn hash_kv(st: &State, rev: i64) -> Result<KvHash, EtcdError> {
         return Err(EtcdError::FutureRev);
     }
     let upto = if rev > 0 { rev } else { current };
-    let mut h = Sha256::new();
-    h.update(b"key");
-    history(st, upto, &mut h);
     Ok(KvHash {
-        hash: truncate(h),
+        input: HashInput::new(b"key", st, upto),
         hash_rev: upto,
         current,
         compact_rev: reported_compact(st),
     })
 }
 
-/// Hash of the whole store at the current revision: the key-value history,
-/// the compaction point and the live leases (id and granted TTL).
-pub(crate) fn hash_all(st: &State, now: Instant) -> u32 {
-    let mut h = Sha256::new();
-    h.update(b"store");
-    h.update(reported_compact(st).to_be_bytes());
-    history(st, st.kv.rev(), &mut h);
+/// Hash of the whole store at the current revision: the compaction point,
+/// the key-value history and the live leases (id and granted TTL).
+pub(crate) fn hash_all(st: &State, now: Instant) -> HashInput {
+    let mut head = b"store".to_vec();
+    head.extend(reported_compact(st).to_be_bytes());
+    let mut input = HashInput::new(&head, st, st.kv.rev());
     let mut ids = st.leases.ids(now);
     ids.sort_unstable();
     for id in ids {
         let ttl = st.leases.alive(id, now).map_or(0, |l| l.granted_ttl);
-        h.update(b"lease");
-        h.update(id.to_be_bytes());
-        h.update(ttl.to_be_bytes());
+        input.tail.extend(b"lease");
+        input.tail.extend(id.to_be_bytes());
+        input.tail.extend(ttl.to_be_bytes());
     }
-    truncate(h)
-}
-
-/// Feeds every kept version with a revision up to `upto`, key by key, each
-/// field length-prefixed so that no two histories feed the same bytes.
-fn history(st: &State, upto: i64, h: &mut Sha256) {
-    for (key, e) in st.kv.versions() {
-        if e.mod_rev > upto {
-            continue;
-        }
-        h.update((key.len() as u64).to_be_bytes());
-        h.update(key);
-        for n in [e.mod_rev, e.create_rev, e.version, e.lease] {
-            h.update(n.to_be_bytes());
-        }
-        h.update((e.value.len() as u64).to_be_bytes());
-        h.update(&e.value);
-    }
-}
-
-fn truncate(h: Sha256) -> u32 {
-    let d = h.finalize();
-    u32::from_be_bytes([d[0], d[1], d[2], d[3]])
+    input
 }
 
 #[cfg(test)]
@@ -217,18 +238,17 @@ mod tests {
             put(st, "x", "1");
             put(st, "y", "2");
         }
+        let hash = |st: &State, rev| hash_kv(st, rev).expect("hash").input.finish();
         let ha = hash_kv(&a, 0).expect("hash");
-        assert_eq!(ha.hash, hash_kv(&b, 0).expect("hash").hash);
         assert_eq!((ha.hash_rev, ha.current, ha.compact_rev), (3, 3, -1));
+        let ha = ha.input.finish();
+        assert_eq!(ha, hash(&b, 0));
         // The past is hashed as it was: rev 3 of a is still rev 3 after a put.
         put(&mut a, "x", "3");
-        assert_eq!(hash_kv(&a, 3).expect("hash").hash, ha.hash);
-        assert_ne!(hash_kv(&a, 0).expect("hash").hash, ha.hash);
+        assert_eq!(hash(&a, 3), ha);
+        assert_ne!(hash(&a, 0), ha);
         put(&mut b, "x", "4");
-        assert_ne!(
-            hash_kv(&a, 0).expect("hash").hash,
-            hash_kv(&b, 0).expect("hash").hash
-        );
+        assert_ne!(hash(&a, 0), hash(&b, 0));
         assert!(matches!(hash_kv(&a, 9), Err(EtcdError::FutureRev)));
         a.compact(3).expect("compact");
         assert!(matches!(hash_kv(&a, 3), Err(EtcdError::Compacted)));

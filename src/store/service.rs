@@ -389,20 +389,22 @@ impl PbMaintenanceService for Service {
     }
 
     async fn hash(&self, _req: Request<PbHashRequest>) -> Res<PbHashResponse> {
-        let st = self.shared.lock();
+        let (rev, input) = {
+            let st = self.shared.lock();
+            (st.kv.rev(), maintenance::hash_all(&st, Instant::now()))
+        };
         Ok(Response::new(PbHashResponse {
-            header: self.shared.header(st.kv.rev()),
-            hash: maintenance::hash_all(&st, Instant::now()),
+            header: self.shared.header(rev),
+            hash: input.finish(),
         }))
     }
 
     async fn hash_kv(&self, req: Request<PbHashKvRequest>) -> Res<PbHashKvResponse> {
         let rev = req.into_inner().revision;
-        let st = self.shared.lock();
-        let h = maintenance::hash_kv(&st, rev)?;
+        let h = maintenance::hash_kv(&self.shared.lock(), rev)?;
         Ok(Response::new(PbHashKvResponse {
             header: self.shared.header(h.current),
-            hash: h.hash,
+            hash: h.input.finish(),
             compact_revision: h.compact_rev,
             hash_revision: h.hash_rev,
         }))
