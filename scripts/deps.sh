@@ -2,7 +2,8 @@
 # Installs what building and testing mgmt needs on Debian, when missing:
 # protoc (etcd-client's build), musl-tools and the musl target (the static
 # binary shipped to hosts), OpenSSH server and client and etcd (real peers
-# for the tests). Runs non-interactively; safe to run again.
+# for the tests), etcdctl (a real client for the store's tests). Runs
+# non-interactively; safe to run again.
 set -euo pipefail
 
 if ! command -v cargo >/dev/null || ! command -v rustup >/dev/null; then
@@ -19,6 +20,8 @@ command -v musl-gcc >/dev/null || need+=(musl-tools)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null || need+=(openssh-client)
 command -v etcd >/dev/null || need+=(etcd-server)
+# Go etcdctl 3.4, which the store's tests drive against ours and etcd.
+command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v file >/dev/null || need+=(file)
 command -v python3 >/dev/null || need+=(python3)
 

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use super::error::EtcdError;
 use super::kv::{Bytes, KeyRange, Kv, RangeArgs};
 use super::lease::Leases;
+use super::maintenance::{txn_puts, txn_read_only, Alarms};
 
 /// etcd's default `--max-txn-ops`.
 pub(crate) const MAX_TXN_OPS: usize = 128;
@@ -33,6 +34,12 @@ pub(crate) struct State {
     pub retain_revisions: i64,
     /// Smallest TTL a lease is granted (etcd derives 2 s from its raft timing).
     pub min_lease_ttl: i64,
+    /// Alarms raised through the Maintenance API; NOSPACE refuses writes.
+    pub alarms: Alarms,
+    /// Set by a write request that etcd answers without a raft log entry
+    /// (refused by its validation, or a read-only txn); read and reset by
+    /// `Shared::write`, which counts the raft index Status reports.
+    pub unlogged: bool,
 }
 
 impl State {
@@ -42,6 +49,8 @@ impl State {
             leases: Leases::default(),
             retain_revisions: retain_revisions.max(1),
             min_lease_ttl,
+            alarms: Alarms::default(),
+            unlogged: false,
         }
     }
 
@@ -89,7 +98,8 @@ impl State {
     }
 
     pub fn put(&mut self, r: &PbPutRequest, now: Instant) -> Result<PbPutResponse, EtcdError> {
-        check_put(r)?;
+        check_put(r).inspect_err(|_| self.unlogged = true)?;
+        self.alarms.check_space()?;
         self.check_put_state(r, now)?;
         let resp = self.apply_put(r);
         self.finish();
@@ -97,14 +107,18 @@ impl State {
     }
 
     pub fn delete(&mut self, r: &PbDeleteRequest) -> Result<PbDeleteResponse, EtcdError> {
-        check_delete(r)?;
+        check_delete(r).inspect_err(|_| self.unlogged = true)?;
         let resp = self.apply_delete(r);
         self.finish();
         Ok(resp)
     }
 
     pub fn txn(&mut self, r: &PbTxnRequest, now: Instant) -> Result<PbTxnResponse, EtcdError> {
-        check_txn(r, MAX_TXN_OPS)?;
+        check_txn(r, MAX_TXN_OPS).inspect_err(|_| self.unlogged = true)?;
+        self.unlogged = txn_read_only(r);
+        if txn_puts(r) {
+            self.alarms.check_space()?;
+        }
         self.check_txn_state(r, now)?;
         let resp = self.apply_txn(r);
         self.finish();

@@ -43,10 +43,20 @@ pub(crate) enum EtcdError {
     RequestTooLarge,
     #[error("etcdserver: permission denied")]
     PermissionDenied,
+    /// A write while a NOSPACE alarm is raised.
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
     #[error("etcdserver: too many requests")]
     TooManyRequests,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    /// Snapshot: etcd streams its database file; this store has none.
+    #[error(
+        "etcdserver: Snapshot is not supported by the embedded mgmt store: it keeps its data in \
+         memory for one run and has no database file to stream; to save the data, read every \
+         key instead (etcdctl get \"\" --prefix -w json)"
+    )]
+    SnapshotUnsupported,
     /// An RPC of the etcd API this store deliberately does not implement.
     #[error("etcdserver: {0} is not supported by the embedded mgmt store")]
     Unsupported(&'static str),
@@ -67,8 +77,8 @@ impl EtcdError {
                 Code::OutOfRange
             }
             EtcdError::LeaseNotFound => Code::NotFound,
-            EtcdError::LeaseExist => Code::FailedPrecondition,
-            EtcdError::Unsupported(_) => Code::Unimplemented,
+            EtcdError::LeaseExist | EtcdError::BadLeaderTransferee => Code::FailedPrecondition,
+            EtcdError::Unsupported(_) | EtcdError::SnapshotUnsupported => Code::Unimplemented,
             EtcdError::PermissionDenied => Code::PermissionDenied,
             EtcdError::NoSpace | EtcdError::TooManyRequests => Code::ResourceExhausted,
         }

@@ -179,6 +179,13 @@ impl Kv {
         self.compact_rev
     }
 
+    /// Every version kept (tombstones included), by key, then revision.
+    pub fn versions(&self) -> impl Iterator<Item = (&Bytes, &Entry)> {
+        self.keys
+            .iter()
+            .flat_map(|(k, hist)| hist.iter().map(move |e| (k, e)))
+    }
+
     pub fn live_keys(&self) -> usize {
         self.live_keys
     }

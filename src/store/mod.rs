@@ -10,7 +10,7 @@
 //! (lease timer), `watch.rs` (watch streams and back-pressure),
 //! `dispatch.rs` (which streams a commit wakes), `service.rs` (the gRPC
 //! trait impls and error mapping), `conn.rs` (a byte stream served as one
-//! connection) and `access.rs` (what a connection that speaks for a host
+//! connection), `authority.rs` (clients that send a URL as `:authority`) and `access.rs` (what a connection that speaks for a host
 //! may write).
 //!
 //! Not here: persistence (the store lives as long as the initiating process;
@@ -26,6 +26,7 @@
 
 mod access;
 mod apply;
+mod authority;
 mod conn;
 mod dispatch;
 mod error;
@@ -33,6 +34,7 @@ mod expiry;
 mod kv;
 mod lean;
 mod lease;
+mod maintenance;
 mod quota;
 mod service;
 mod watch;
@@ -151,7 +153,15 @@ pub(crate) struct Counters {
     pub watch_events: AtomicU64,
     pub watch_wakeups: AtomicU64,
     pub watches_open: AtomicU64,
+    /// What a single-member etcd reports as its raft index: one entry per
+    /// write request (see [`FIRST_RAFT_INDEX`]).
+    pub raft_index: AtomicU64,
 }
+
+/// The raft index of a fresh single-member etcd 3.4 before its first
+/// request: its own member ConfChange, the new leader's empty entry, and
+/// publishing its attributes and the cluster version.
+const FIRST_RAFT_INDEX: u64 = 4;
 
 /// State shared by every serve call and every task of one store.
 pub(crate) struct Shared {
@@ -196,6 +206,11 @@ impl Shared {
         let mut st = self.lock();
         let before = st.kv.rev();
         let r = f(&mut st);
+        // etcd logs each write request in raft, unless its validation
+        // refused it first or it is a read-only txn (`State::unlogged`).
+        if !std::mem::take(&mut st.unlogged) {
+            self.counters.raft_index.fetch_add(1, Ordering::Relaxed);
+        }
         let rev = st.kv.rev();
         if rev != before {
             self.rev_tx.send_replace(rev);
@@ -256,7 +271,10 @@ impl Store {
                 rev_tx,
                 dispatch: Mutex::new(Registry::default()),
                 lease_changed: Notify::new(),
-                counters: Counters::default(),
+                counters: Counters {
+                    raft_index: AtomicU64::new(FIRST_RAFT_INDEX),
+                    ..Counters::default()
+                },
                 cluster_id: rand::random::<u64>() >> 1,
                 member_id: rand::random::<u64>() >> 1,
                 client_urls: Mutex::new(Vec::new()),
@@ -308,6 +326,8 @@ impl Store {
         let svc = Service::new(self.shared.clone(), tracker.clone(), tasks_cancel.clone());
         tracker.spawn(expiry::run(self.shared.clone(), tasks_cancel.clone()));
         let limit = self.shared.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
+        // Go clients may send a URL as `:authority`, which h2 refuses.
+        let incoming = incoming.map(|r| r.map(authority::AuthorityFix::new));
         let result = tonic::transport::Server::builder()
             .add_service(PbKvServer::new(svc.clone()).max_decoding_message_size(limit))
             .add_service(lean::Lean::new(

@@ -4,7 +4,9 @@
 //! bytes stored, history included, as etcd's backend quota counts them.
 //! Past a bound the write is refused with etcd's own error (`database
 //! space exceeded`, or `too many requests` for leases) and the store logs
-//! which host it was; reads, deletes and every other host go on.
+//! which host it was; reads, deletes and every other host go on. The
+//! store-wide bound also raises etcd's NOSPACE alarm, as etcd does, which
+//! holds every growing write back until it is disarmed.
 
 use std::collections::HashMap;
 
@@ -37,13 +39,24 @@ pub(crate) fn txn_writes(txn: &PbTxnRequest) -> Vec<Write<'_>> {
 /// Refuses `writes` that would take the store, or `speaker`'s hosts, past
 /// their bounds.
 pub(crate) fn check_writes(
-    st: &State,
-    cfg: &Config,
+    st: &mut State,
+    (cfg, member): (&Config, u64),
     speaker: Option<&Speaker>,
     writes: &[Write<'_>],
 ) -> Result<(), EtcdError> {
     let added: usize = writes.iter().map(|(k, n)| Kv::size(k.len(), *n)).sum();
     if st.kv.approx_bytes() + added > cfg.quota_bytes {
+        // As etcd: the store-wide quota raises NOSPACE, which refuses
+        // every write that grows the store until it is disarmed. A host's
+        // own bound (below) refuses that host only.
+        if st.alarms.check_space().is_ok() {
+            tracing::warn!(
+                "store: {} bytes stored, past the quota of {}; NOSPACE alarm raised (etcdctl alarm disarm once space is freed)",
+                st.kv.approx_bytes(),
+                cfg.quota_bytes
+            );
+            st.alarms.activate(member, super::maintenance::NOSPACE);
+        }
         return Err(EtcdError::NoSpace);
     }
     let Some(sp) = speaker else { return Ok(()) };

@@ -6,8 +6,10 @@
 //! task on the serve call's `TaskTracker`, stopped by its cancel token.
 //!
 //! RPCs an embedded single-member store has no use for (member changes,
-//! snapshot, defragment, move-leader, downgrade, RangeStream, which etcd 3.4
-//! does not have either) answer `Unimplemented`.
+//! downgrade, RangeStream, which etcd 3.4 does not have either) answer
+//! `Unimplemented`; Snapshot does too, with a message that says what to do
+//! instead. Defragment succeeds as a no-op, MoveLeader answers as a
+//! single-member etcd does, and alarms and hashes live in `maintenance.rs`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::access::{log_denied, speaker_of, Speaker};
 use super::error::EtcdError;
+use super::maintenance;
 use super::quota;
 use super::watch::{WatchStream, STREAM_BUFFER};
 use super::Shared;
@@ -115,9 +118,9 @@ impl PbKvService for Service {
         self.count(&self.shared.counters.puts);
         let now = Instant::now();
         let writes = [(r.key.as_slice(), r.value.len())];
-        let cfg = &self.shared.cfg;
+        let (cfg, member) = (&self.shared.cfg, self.shared.member_id);
         let (resp, rev) = self.shared.write(|st| {
-            quota::check_writes(st, cfg, speaker.as_deref(), &writes)?;
+            quota::check_writes(st, (cfg, member), speaker.as_deref(), &writes)?;
             st.put(&r, now)
         });
         let mut resp = resp?;
@@ -151,9 +154,9 @@ impl PbKvService for Service {
         self.count(&self.shared.counters.txns);
         let now = Instant::now();
         let writes = quota::txn_writes(&r);
-        let cfg = &self.shared.cfg;
+        let (cfg, member) = (&self.shared.cfg, self.shared.member_id);
         let (resp, rev) = self.shared.write(|st| {
-            quota::check_writes(st, cfg, speaker.as_deref(), &writes)?;
+            quota::check_writes(st, (cfg, member), speaker.as_deref(), &writes)?;
             st.txn(&r, now)
         });
         let mut resp = resp?;
@@ -194,6 +197,7 @@ impl PbLeaseService for Service {
         let r = req.into_inner();
         let now = Instant::now();
         let (res, rev) = self.shared.write(|st| {
+            st.alarms.check_space()?;
             if let Some(sp) = &speaker {
                 let owners = self
                     .shared
@@ -339,27 +343,60 @@ fn unsupported<T>(what: &'static str) -> Res<T> {
 
 #[tonic::async_trait]
 impl PbMaintenanceService for Service {
-    async fn alarm(&self, _req: Request<PbAlarmRequest>) -> Res<PbAlarmResponse> {
+    /// As etcd 3.4's `applyV3.Alarm`: GET lists, ACTIVATE answers the alarm
+    /// raised, DEACTIVATE the alarm disarmed (nothing if it was not raised).
+    async fn alarm(&self, req: Request<PbAlarmRequest>) -> Res<PbAlarmResponse> {
+        const GET: i32 = 0;
+        const ACTIVATE: i32 = 1;
+        const DEACTIVATE: i32 = 2;
+        let speaker = speaker_of(&req);
+        let r = req.into_inner();
+        if let Some(sp) = speaker.filter(|_| r.action != GET) {
+            return Err(self.deny(&sp, "raise or disarm", b"an alarm"));
+        }
+        let mut st = self.shared.lock();
+        let alarms = match r.action {
+            ACTIVATE => vec![st.alarms.activate(r.member_id, r.alarm)],
+            DEACTIVATE => st
+                .alarms
+                .deactivate(r.member_id, r.alarm)
+                .into_iter()
+                .collect(),
+            _ => st.alarms.get(r.alarm),
+        };
+        // etcd sends every alarm request through raft, GET included.
+        self.count(&self.shared.counters.raft_index);
+        let what = match r.action {
+            ACTIVATE => "raised: puts are refused until it is disarmed",
+            DEACTIVATE => "disarmed",
+            _ => "",
+        };
+        if r.alarm == maintenance::NOSPACE && !what.is_empty() {
+            tracing::warn!("store: NOSPACE alarm {what}");
+        }
         Ok(Response::new(PbAlarmResponse {
-            header: self.shared.header(self.shared.rev()),
-            alarms: Vec::new(),
+            header: self.shared.header(st.kv.rev()),
+            alarms,
         }))
     }
 
+    /// What a single-member etcd reports: itself as leader, term 2, its
+    /// raft index (one entry per write), the alarms raised in `errors`.
     async fn status(&self, _req: Request<PbStatusRequest>) -> Res<PbStatusResponse> {
-        let (rev, size) = {
-            let st = self.shared.lock();
-            (st.kv.rev(), st.kv.approx_bytes() as i64)
-        };
+        let st = self.shared.lock();
+        let size = st.kv.approx_bytes() as i64;
+        let index = self.shared.counters.raft_index.load(Ordering::Relaxed);
         Ok(Response::new(PbStatusResponse {
-            header: self.shared.header(rev),
+            header: self.shared.header(st.kv.rev()),
             version: VERSION.to_string(),
             db_size: size,
             leader: self.shared.member_id,
-            raft_index: rev as u64,
+            raft_index: index,
             raft_term: 2,
-            raft_applied_index: rev as u64,
+            raft_applied_index: index,
+            errors: st.alarms.errors(),
             db_size_in_use: size,
+            is_learner: false,
             ..Default::default()
         }))
     }
@@ -372,21 +409,42 @@ impl PbMaintenanceService for Service {
     }
 
     async fn hash(&self, _req: Request<PbHashRequest>) -> Res<PbHashResponse> {
-        unsupported("Hash")
+        let (rev, input) = {
+            let st = self.shared.lock();
+            (st.kv.rev(), maintenance::hash_all(&st, Instant::now()))
+        };
+        Ok(Response::new(PbHashResponse {
+            header: self.shared.header(rev),
+            hash: input.finish(),
+        }))
     }
 
-    async fn hash_kv(&self, _req: Request<PbHashKvRequest>) -> Res<PbHashKvResponse> {
-        unsupported("HashKV")
+    async fn hash_kv(&self, req: Request<PbHashKvRequest>) -> Res<PbHashKvResponse> {
+        let rev = req.into_inner().revision;
+        let h = maintenance::hash_kv(&self.shared.lock(), rev)?;
+        Ok(Response::new(PbHashKvResponse {
+            header: self.shared.header(h.current),
+            hash: h.input.finish(),
+            compact_revision: h.compact_rev,
+            hash_revision: h.hash_rev,
+        }))
     }
 
     type SnapshotStream = futures::stream::Empty<Result<PbSnapshotResponse, Status>>;
 
     async fn snapshot(&self, _req: Request<PbSnapshotRequest>) -> Res<Self::SnapshotStream> {
-        unsupported("Snapshot")
+        Err(EtcdError::SnapshotUnsupported.into())
     }
 
-    async fn move_leader(&self, _req: Request<PbMoveLeaderRequest>) -> Res<PbMoveLeaderResponse> {
-        unsupported("MoveLeader")
+    /// The only member is the leader: moving to itself succeeds, as in
+    /// etcd; any other id is not a member.
+    async fn move_leader(&self, req: Request<PbMoveLeaderRequest>) -> Res<PbMoveLeaderResponse> {
+        if req.into_inner().target_id != self.shared.member_id {
+            return Err(EtcdError::BadLeaderTransferee.into());
+        }
+        Ok(Response::new(PbMoveLeaderResponse {
+            header: self.shared.header(self.shared.rev()),
+        }))
     }
 
     async fn downgrade(&self, _req: Request<PbDowngradeRequest>) -> Res<PbDowngradeResponse> {

@@ -10,8 +10,10 @@
 //! guard. Tests of limits that etcd does not have (or that would take etcd
 //! minutes of fsyncs) run against ours only, in the `ours_*` files.
 
+mod etcdctl;
 mod kv;
 mod lease;
+mod maintenance;
 mod ours_dispatch;
 mod ours_quota;
 mod ours_serving;
@@ -133,6 +135,9 @@ conformance!(
     server::garbage_connection_does_not_hurt_others,
     txn::concurrent_compare_and_swap,
     watch::many_streams_each_get_their_own_events,
+    maintenance::hash_kv_hashes_history_up_to_a_revision,
+    maintenance::nospace_alarm_refuses_puts_until_disarmed,
+    maintenance::raft_index_and_move_leader_as_a_single_member,
 );
 
 async fn client(ep: &str) -> Client {
