@@ -407,17 +407,7 @@ fn signal_stops_a_running_command(sig: Signal, said: &str) {
     let log = p.lines_so_far().join("\n");
     assert!(log.contains(said), "{log}");
     // Killed, it may linger a moment as a zombie until init reaps it.
-    let dead = || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|st| {
-                st.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-            .unwrap_or(true)
-    };
+    let dead = || crate::util::gone(pid);
     assert!(
         crate::util::eventually(Duration::from_secs(10), dead),
         "the command's shell {pid} survived"

@@ -108,15 +108,16 @@ pub(crate) fn plant_child(fleet: &SshdFleet, i: usize, script: &str) {
     std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-/// A child that runs the real mgmt with the arguments it got, but claims to
-/// be host `victim` (`--hostname victim`): a compromised host impersonating
-/// another through its own, authenticated tunnel.
-fn impostor(victim: &str) -> String {
+/// A child that runs the real mgmt with the arguments it got, but the value
+/// after `flag` replaced by `value`: a compromised host claiming another
+/// name (`--hostname`) or choosing what it runs (`--file`), through its own
+/// authenticated tunnel.
+fn tampered(flag: &str, value: &str) -> String {
     format!(
         r#"prev=
 n=$#
 for a in "$@"; do
-  if [ "$prev" = --hostname ]; then a={victim}; fi
+  if [ "$prev" = {flag} ]; then a={value}; fi
   set -- "$@" "$a"
   prev=$a
 done
@@ -129,20 +130,10 @@ exec {mgmt} run "$@"
 
 /// Every key under `/_mgmt/` in the store at `url`.
 fn store_keys(url: &str) -> Vec<String> {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let mut c = etcd_client::Client::connect([url], None)
-            .await
-            .expect("connect to the run's store");
-        let opts = etcd_client::GetOptions::new()
-            .with_prefix()
-            .with_keys_only();
-        let resp = c.get("/_mgmt/", Some(opts)).await.expect("range");
-        resp.kvs()
-            .iter()
-            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
-            .collect()
-    })
+    crate::util::store_kvs(url, "/_mgmt/")
+        .into_iter()
+        .map(|(k, _, _)| k)
+        .collect()
 }
 
 // See: #13 (one secret for the whole run: any host could write any other
@@ -152,7 +143,7 @@ fn a_host_cannot_write_another_hosts_keys() {
     let fleet = SshdFleet::start(2);
     let d = Dir::new();
     let (attacker, victim) = (fleet.ip(1).to_string(), fleet.ip(2).to_string());
-    plant_child(&fleet, 1, &impostor(&victim));
+    plant_child(&fleet, 1, &tampered("--hostname", &victim));
     // The victim's child only waits for the end: it writes nothing.
     plant_child(&fleet, 2, "exec cat >/dev/null\n");
     let graph = |i: usize| {
@@ -233,24 +224,6 @@ fn a_gateway_cannot_speak_for_hosts_outside_its_subtree() {
     );
 }
 
-/// A child that runs the real mgmt with the arguments it got but the graph
-/// file swapped for `graph` (a compromised host choosing what it reads).
-fn swapped_graph(graph: &str) -> String {
-    format!(
-        r#"prev=
-n=$#
-for a in "$@"; do
-  if [ "$prev" = --file ]; then a={graph}; fi
-  set -- "$@" "$a"
-  prev=$a
-done
-shift $n
-exec {mgmt} run "$@"
-"#,
-        mgmt = env!("CARGO_BIN_EXE_mgmt")
-    )
-}
-
 // See: #13 (a host could read every other host's exports)
 #[test]
 fn a_host_reads_only_what_its_graph_collects() {
@@ -268,7 +241,7 @@ fn a_host_reads_only_what_its_graph_collects() {
         ),
     )
     .unwrap();
-    plant_child(&fleet, 1, &swapped_graph(&evil.display().to_string()));
+    plant_child(&fleet, 1, &tampered("--file", &evil.display().to_string()));
     // The victim runs the real child, unchanged.
     plant_child(
         &fleet,

@@ -9,25 +9,11 @@ use crate::util::{eventually, Dir, Proc};
 
 /// `/_mgmt/converged/*` in the store at `url`: (host, value, lease id).
 fn converged_keys(url: &str) -> Vec<(String, String, i64)> {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let mut c = etcd_client::Client::connect([url], None)
-            .await
-            .expect("connect to the run's store");
-        let opts = etcd_client::GetOptions::new().with_prefix();
-        let resp = c.get("/_mgmt/converged/", Some(opts)).await.expect("range");
-        resp.kvs()
-            .iter()
-            .map(|kv| {
-                let key = String::from_utf8_lossy(kv.key());
-                (
-                    key.trim_start_matches("/_mgmt/converged/").to_owned(),
-                    String::from_utf8_lossy(kv.value()).into_owned(),
-                    kv.lease(),
-                )
-            })
-            .collect()
-    })
+    let prefix = "/_mgmt/converged/";
+    crate::util::store_kvs(url, prefix)
+        .into_iter()
+        .map(|(k, v, lease)| (k.trim_start_matches(prefix).to_owned(), v, lease))
+        .collect()
 }
 
 /// Host 1 never converges (a timer fires every second, well within any
@@ -71,18 +57,6 @@ fn kill(pid: i32) {
     .expect("kill the child");
 }
 
-fn gone(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|st| {
-            st.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(true)
-}
-
 // See: #19 (README: "`/_mgmt/converged/<host>` is `true`/`false`, attached to a lease the process keeps alive (TTL 10 s), so a dead host stops counting")
 #[test]
 fn a_killed_childs_converged_key_leaves_the_store() {
@@ -119,7 +93,7 @@ fn a_killed_childs_converged_key_leaves_the_store() {
     kill(pid);
     p.wait_line(&format!("[{ip1}] failed"), LIMIT);
     assert!(
-        eventually(LIMIT, || gone(pid)),
+        eventually(LIMIT, || crate::util::gone(pid)),
         "the killed child {pid} is still there"
     );
     // The dead host's key goes (within the lease's 10 s, or at once);
@@ -156,12 +130,15 @@ fn a_killed_child_does_not_hold_up_the_converged_end() {
     let pid = child_of(&ip1);
     // Host 2 converges; the run goes on, held up by host 1.
     p.wait_line(&format!("[{ip2}] converged"), LIMIT);
-    assert!(!gone(p.pid()), "the run ended while host 1 was busy");
+    assert!(
+        !crate::util::gone(p.pid()),
+        "the run ended while host 1 was busy"
+    );
     kill(pid);
     let code = p.wait(LIMIT);
     let log = p.lines_so_far().join("\n");
     assert_eq!(code, 1, "{log}");
     assert_eq!(row(&log, &ip1)[2], "failed:", "{log}");
     assert_eq!(row(&log, &ip2)[2], "converged", "{log}");
-    assert!(gone(pid));
+    assert!(crate::util::gone(pid));
 }

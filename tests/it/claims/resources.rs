@@ -9,19 +9,6 @@ use crate::util::{eventually, mgmt, run, Dir, Proc};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// Whether process `pid` is gone (or a zombie).
-fn dead(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|st| {
-            st.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(true)
-}
-
 // See: #19 (README: "exec ... `timeout` (seconds)"; "A failed resource ... holds back its dependents")
 #[test]
 fn exec_timeout_kills_the_command_and_fails_the_resource() {
@@ -56,7 +43,7 @@ edges:
     assert!(failed.contains("exec[slow]"), "{failed}");
     p.wait_line("settled: 2 resources checked", LIMIT);
     assert!(
-        eventually(Duration::from_secs(10), || dead(pid)),
+        eventually(Duration::from_secs(10), || crate::util::gone(pid)),
         "the timed-out command {pid} still runs"
     );
     assert!(

@@ -234,6 +234,40 @@ impl Drop for Proc {
 
 /// Polls a condition that has no event to wait on (another process's
 /// exit), with a bound; returns whether it became true.
+/// Every key under `prefix` in the store at `url` (ours or etcd), with its
+/// value and lease id, read with a real etcd client.
+pub fn store_kvs(url: &str, prefix: &str) -> Vec<(String, String, i64)> {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect([url], None)
+            .await
+            .expect("connect to the store");
+        let opts = etcd_client::GetOptions::new().with_prefix();
+        let resp = c.get(prefix, Some(opts)).await.expect("range");
+        resp.kvs()
+            .iter()
+            .map(|kv| {
+                let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                (text(kv.key()), text(kv.value()), kv.lease())
+            })
+            .collect()
+    })
+}
+
+/// Whether process `pid` is gone, or a zombie waiting to be reaped (which
+/// runs nothing any more).
+pub fn gone(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|st| {
+            st.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(true)
+}
+
 pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = std::time::Instant::now() + limit;
     while std::time::Instant::now() < end {
