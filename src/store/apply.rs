@@ -17,10 +17,10 @@ use etcd_client::proto::{
 };
 use tokio::time::Instant;
 
+use super::alarm::Alarms;
 use super::error::EtcdError;
 use super::kv::{Bytes, KeyRange, Kv, RangeArgs};
 use super::lease::Leases;
-use super::maintenance::{txn_puts, txn_read_only, Alarms};
 
 /// etcd's default `--max-txn-ops`.
 pub(crate) const MAX_TXN_OPS: usize = 128;
@@ -454,4 +454,22 @@ fn check_intervals(ops: &[PbTxnRequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<KeyR
         puts.insert(p.key.clone());
     }
     Ok((puts, dels))
+}
+
+/// Whether a txn would write a value (etcd's capped applier counts the
+/// Puts in either branch, not in nested txns).
+pub(crate) fn txn_puts(r: &PbTxnRequest) -> bool {
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .any(|op| matches!(op.request, Some(PbTxnOpRequest::RequestPut(_))))
+}
+
+/// Whether etcd serves a txn without raft: every op of both branches is a
+/// range (a nested txn counts as a write, as in etcd's `isTxnReadonly`).
+pub(crate) fn txn_read_only(r: &PbTxnRequest) -> bool {
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .all(|op| matches!(op.request, Some(PbTxnOpRequest::RequestRange(_))))
 }

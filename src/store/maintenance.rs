@@ -1,18 +1,8 @@
-//! The state behind the Maintenance RPCs (issue #14): alarms, and the
-//! hashes of the key-value history (`Hash`, `HashKV`). The RPC handlers in
+//! The state behind the Maintenance RPCs (issue #14): the hashes of the
+//! key-value history (`Hash`, `HashKV`); the alarms are `alarm.rs`'s. The RPC handlers in
 //! `service.rs` call these under the state lock, except the hashing itself
 //! ([`HashInput::finish`]), done on a copy after the lock is released;
 //! nothing here awaits.
-//!
-//! Alarms are kept as etcd 3.4 keeps them: a set of (member, type) pairs
-//! that ACTIVATE adds to, DEACTIVATE removes from and GET lists (all, or one
-//! type). While a NOSPACE alarm is set, writes that would grow the store
-//! (a Put, a Txn with a Put in a branch, a LeaseGrant) are refused with
-//! etcd's `database space exceeded`, as etcd's capped applier does; reads,
-//! deletes and compaction still work, so an operator can make room and
-//! disarm. A CORRUPT alarm is recorded and listed but changes nothing here
-//! (etcd would refuse every request; this store cannot be corrupted by a
-//! disk, and refusing reads would stop a run for nothing).
 //!
 //! The hashes have etcd's meaning, not etcd's values: HashKV at `rev` hashes
 //! every version the store keeps with a revision up to `rev` (the kept
@@ -22,101 +12,12 @@
 //! bytes of its bbolt pages (with sub-revisions this store does not keep),
 //! so its numbers cannot be reproduced; compare ours with ours.
 
-use std::collections::BTreeSet;
-
-use etcd_client::proto::{PbAlarmMember, PbTxnOpRequest, PbTxnRequest};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::apply::State;
 use super::error::EtcdError;
 use super::kv::{Bytes, Entry};
-
-/// `AlarmType` values of etcd's API.
-pub(crate) const NOSPACE: i32 = 1;
-const CORRUPT: i32 = 2;
-
-/// The alarms raised, as (member id, alarm type).
-#[derive(Debug, Default)]
-pub(crate) struct Alarms {
-    set: BTreeSet<(u64, i32)>,
-}
-
-impl Alarms {
-    /// Raises an alarm; answers it (also when it was already raised).
-    /// etcd records NONE as asked too; so do we.
-    pub fn activate(&mut self, member: u64, alarm: i32) -> PbAlarmMember {
-        self.set.insert((member, alarm));
-        member_alarm(member, alarm)
-    }
-
-    /// Disarms an alarm; answers it, or `None` when it was not raised.
-    pub fn deactivate(&mut self, member: u64, alarm: i32) -> Option<PbAlarmMember> {
-        self.set
-            .remove(&(member, alarm))
-            .then(|| member_alarm(member, alarm))
-    }
-
-    /// The alarms of type `alarm`, or all for NONE (0), as etcd's GET.
-    pub fn get(&self, alarm: i32) -> Vec<PbAlarmMember> {
-        self.set
-            .iter()
-            .filter(|(_, a)| alarm == 0 || *a == alarm)
-            .map(|(m, a)| member_alarm(*m, *a))
-            .collect()
-    }
-
-    /// Refuses a write that grows the store while NOSPACE is raised.
-    pub fn check_space(&self) -> Result<(), EtcdError> {
-        if self.set.iter().any(|(_, a)| *a == NOSPACE) {
-            return Err(EtcdError::NoSpace);
-        }
-        Ok(())
-    }
-
-    /// The alarms as etcd's Status lists them in `errors` (the text form
-    /// of its AlarmMember message).
-    pub fn errors(&self) -> Vec<String> {
-        self.set
-            .iter()
-            .map(|(m, a)| format!("memberID:{m} alarm:{} ", alarm_name(*a)))
-            .collect()
-    }
-}
-
-fn member_alarm(member: u64, alarm: i32) -> PbAlarmMember {
-    PbAlarmMember {
-        member_id: member,
-        alarm,
-    }
-}
-
-fn alarm_name(a: i32) -> String {
-    match a {
-        0 => "NONE".to_string(),
-        NOSPACE => "NOSPACE".to_string(),
-        CORRUPT => "CORRUPT".to_string(),
-        other => other.to_string(),
-    }
-}
-
-/// Whether a txn would write a value (etcd's capped applier counts the
-/// Puts in either branch, not in nested txns).
-pub(crate) fn txn_puts(r: &PbTxnRequest) -> bool {
-    r.success
-        .iter()
-        .chain(&r.failure)
-        .any(|op| matches!(op.request, Some(PbTxnOpRequest::RequestPut(_))))
-}
-
-/// Whether etcd serves a txn without raft: every op of both branches is a
-/// range (a nested txn counts as a write, as in etcd's `isTxnReadonly`).
-pub(crate) fn txn_read_only(r: &PbTxnRequest) -> bool {
-    r.success
-        .iter()
-        .chain(&r.failure)
-        .all(|op| matches!(op.request, Some(PbTxnOpRequest::RequestRange(_))))
-}
 
 /// What a hash covers, copied under the state lock (keys and values are
 /// shared, so the copy is cheap) and hashed once the lock is released:
@@ -253,21 +154,5 @@ mod tests {
         a.compact(3).expect("compact");
         assert!(matches!(hash_kv(&a, 3), Err(EtcdError::Compacted)));
         assert_eq!(hash_kv(&a, 4).expect("hash").compact_rev, 3);
-    }
-
-    #[test]
-    fn alarms_as_etcd_keeps_them() {
-        let mut al = Alarms::default();
-        assert!(al.check_space().is_ok());
-        al.activate(7, NOSPACE);
-        al.activate(7, NOSPACE);
-        al.activate(8, CORRUPT);
-        assert_eq!(al.get(0).len(), 2);
-        assert_eq!(al.get(CORRUPT), vec![member_alarm(8, CORRUPT)]);
-        assert_eq!(al.check_space(), Err(EtcdError::NoSpace));
-        assert_eq!(al.errors()[0], "memberID:7 alarm:NOSPACE ");
-        assert!(al.deactivate(9, NOSPACE).is_none());
-        assert!(al.deactivate(7, NOSPACE).is_some());
-        assert!(al.check_space().is_ok());
     }
 }

@@ -10,8 +10,10 @@
 //! (lease timer), `watch.rs` (watch streams and back-pressure),
 //! `dispatch.rs` (which streams a commit wakes), `service.rs` (the gRPC
 //! trait impls and error mapping), `conn.rs` (a byte stream served as one
-//! connection), `authority.rs` (clients that send a URL as `:authority`) and `access.rs` (what a connection that speaks for a host
-//! may write).
+//! connection), `authority.rs` (clients that send a URL as `:authority`),
+//! `alarm.rs` (NOSPACE and the other alarms), `maintenance.rs` (the hashes
+//! of the history), and `access.rs` and `quota.rs` (what a connection that
+//! speaks for a host may read and write, and how much it may hold).
 //!
 //! Not here: persistence (the store lives as long as the initiating process;
 //! nothing is written to disk), clustering, and etcd's Auth API (its server
@@ -25,6 +27,7 @@
 )]
 
 mod access;
+mod alarm;
 mod apply;
 mod authority;
 mod conn;

@@ -55,7 +55,7 @@ pub(crate) fn check_writes(
                 st.kv.approx_bytes(),
                 cfg.quota_bytes
             );
-            st.alarms.activate(member, super::maintenance::NOSPACE);
+            st.alarms.activate(member, super::alarm::NOSPACE);
         }
         return Err(EtcdError::NoSpace);
     }

@@ -371,7 +371,7 @@ impl PbMaintenanceService for Service {
             DEACTIVATE => "disarmed",
             _ => "",
         };
-        if r.alarm == maintenance::NOSPACE && !what.is_empty() {
+        if r.alarm == super::alarm::NOSPACE && !what.is_empty() {
             tracing::warn!("store: NOSPACE alarm {what}");
         }
         Ok(Response::new(PbAlarmResponse {
