@@ -51,8 +51,7 @@ fn two_processes_exchange_exported_files() {
             ])
             .arg(&ga),
     );
-    let line = a.wait_line("store: listening on ", LIMIT);
-    let url = line.rsplit(' ').next().unwrap().to_owned();
+    let url = a.store_url(LIMIT);
     let mut b = client("b", &url, &gb);
     assert_eq!(b.wait(LIMIT), 0, "b: {}", b.lines_so_far().join("\n"));
     assert_eq!(a.wait(LIMIT), 0, "a: {}", a.lines_so_far().join("\n"));

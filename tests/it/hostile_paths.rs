@@ -213,8 +213,7 @@ fn collected_dot_dot_dot_and_empty_names_are_refused() {
     );
     let before = listing(d.path(), "in");
     let mut a = serve(&collector, "a");
-    let line = a.wait_line("store: listening on ", deadline.left());
-    let url = line.rsplit(' ').next().unwrap().to_owned();
+    let url = a.store_url(deadline.left());
     let mut evil = Proc::spawn(
         mgmt()
             .args(["run", "--hostname", "evil", "--no-server", "--seeds", &url])

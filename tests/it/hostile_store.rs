@@ -161,13 +161,7 @@ fn a_host_cannot_write_another_hosts_keys() {
         remote_cmd(&fleet, &[&g1, &g2], &["--client-urls", "127.0.0.1:0"])
             .args(["--remote-binary", "/bin/sh"]),
     );
-    let listening = p.wait_line("store: listening on ", LIMIT);
-    let url = listening
-        .split("store: listening on ")
-        .nth(1)
-        .expect("url")
-        .trim()
-        .to_owned();
+    let url = p.store_url(LIMIT);
     let refused = p.wait_line(&format!("store: {attacker} tried to"), LIMIT);
     assert!(
         refused.contains(&victim) && refused.contains("refused"),
@@ -267,13 +261,7 @@ fn a_host_reads_only_what_its_graph_collects() {
         remote_cmd(&fleet, &[&g1, &g2], &["--client-urls", "127.0.0.1:0"])
             .args(["--remote-binary", "/bin/sh"]),
     );
-    let listening = p.wait_line("store: listening on ", LIMIT);
-    let url = listening
-        .split("store: listening on ")
-        .nth(1)
-        .expect("url")
-        .trim()
-        .to_owned();
+    let url = p.store_url(LIMIT);
     p.wait_line(&format!("store: {attacker} tried to"), LIMIT);
     // The secret is in the store (the attack had something to steal) ...
     assert!(

@@ -71,13 +71,7 @@ fn a_killed_childs_converged_key_leaves_the_store() {
         &[&busy, &idle],
         &["--client-urls", "127.0.0.1:0"],
     ));
-    let url = p
-        .wait_line("store: listening on ", LIMIT)
-        .split("store: listening on ")
-        .nth(1)
-        .expect("url")
-        .trim()
-        .to_owned();
+    let url = p.store_url(LIMIT);
     let pid = child_of(&ip1);
     // Both hosts publish, each key on a lease.
     let mut keys = Vec::new();

@@ -174,6 +174,15 @@ impl Proc {
         self.seen.clone()
     }
 
+    /// The URL of the embedded store, from the run's `store: listening on`
+    /// line (the run must have a listener: `--client-urls`, or `--file`).
+    pub fn store_url(&mut self, limit: Duration) -> String {
+        let line = self.wait_line("store: listening on ", limit);
+        let url = line.rsplit(' ').next().unwrap_or_default().trim();
+        assert!(url.starts_with("http://"), "no URL in {line:?}");
+        url.to_owned()
+    }
+
     /// Takes every line printed so far as seen: the next `wait_line` only
     /// matches a line printed after this call.
     pub fn skip_seen(&mut self) {
