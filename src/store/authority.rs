@@ -219,13 +219,19 @@ impl<IO> AuthorityFix<IO> {
         };
         block.stream.copy_from_slice(&frame[5..9]);
         block.original = frame;
+        self.end_or_continue(block, flags);
+        true
+    }
+
+    /// After a frame of a header block: the block is whole (END_HEADERS), or
+    /// a CONTINUATION must follow.
+    fn end_or_continue(&mut self, block: Block, flags: u8) {
         if flags & END_HEADERS != 0 {
             self.finish(block);
             self.phase = Phase::Frame;
         } else {
             self.phase = Phase::Block(block);
         }
-        true
     }
 
     /// Inside a block: the next frame must be its CONTINUATION.
@@ -248,12 +254,7 @@ impl<IO> AuthorityFix<IO> {
         let frame = self.take(FRAME_HEADER + len);
         block.fragment.extend_from_slice(&frame[FRAME_HEADER..]);
         block.original.extend(frame);
-        if flags & END_HEADERS != 0 {
-            self.finish(block);
-            self.phase = Phase::Frame;
-        } else {
-            self.phase = Phase::Block(block);
-        }
+        self.end_or_continue(block, flags);
         true
     }
 

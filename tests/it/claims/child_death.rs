@@ -57,20 +57,23 @@ fn kill(pid: i32) {
     .expect("kill the child");
 }
 
-// See: #19 (README: "`/_mgmt/converged/<host>` is `true`/`false`, attached to a lease the process keeps alive (TTL 10 s), so a dead host stops counting")
-#[test]
-fn a_killed_childs_converged_key_leaves_the_store() {
+/// Two hosts, host 1 busy and host 2 idle ([`graphs`]), in a run with
+/// `extra` arguments; the dir holds the graphs, so keep it.
+fn start(extra: &[&str]) -> (SshdFleet, Dir, Proc) {
     let fleet = SshdFleet::start(2);
     let d = Dir::new();
     let (busy, idle) = graphs(&d, &fleet);
-    let (ip1, ip2) = (fleet.ip(1).to_owned(), fleet.ip(2).to_owned());
+    let p = Proc::spawn(&mut remote_cmd(&fleet, &[&busy, &idle], extra));
+    (fleet, d, p)
+}
+
+// See: #19 (README: "`/_mgmt/converged/<host>` is `true`/`false`, attached to a lease the process keeps alive (TTL 10 s), so a dead host stops counting")
+#[test]
+fn a_killed_childs_converged_key_leaves_the_store() {
     // No --converged-timeout: the run stays up; a listener only so that
     // this test can read the store.
-    let mut p = Proc::spawn(&mut remote_cmd(
-        &fleet,
-        &[&busy, &idle],
-        &["--client-urls", "127.0.0.1:0"],
-    ));
+    let (fleet, _d, mut p) = start(&["--client-urls", "127.0.0.1:0"]);
+    let (ip1, ip2) = (fleet.ip(1).to_owned(), fleet.ip(2).to_owned());
     let url = p.store_url(LIMIT);
     let pid = child_of(&ip1);
     // Both hosts publish, each key on a lease.
@@ -112,15 +115,8 @@ fn a_killed_childs_converged_key_leaves_the_store() {
 // See: #19 (README: "a host that failed or ended no longer holds the run up")
 #[test]
 fn a_killed_child_does_not_hold_up_the_converged_end() {
-    let fleet = SshdFleet::start(2);
-    let d = Dir::new();
-    let (busy, idle) = graphs(&d, &fleet);
+    let (fleet, _d, mut p) = start(&["--converged-timeout", "3"]);
     let (ip1, ip2) = (fleet.ip(1).to_owned(), fleet.ip(2).to_owned());
-    let mut p = Proc::spawn(&mut remote_cmd(
-        &fleet,
-        &[&busy, &idle],
-        &["--converged-timeout", "3"],
-    ));
     let pid = child_of(&ip1);
     // Host 2 converges; the run goes on, held up by host 1.
     p.wait_line(&format!("[{ip2}] converged"), LIMIT);
