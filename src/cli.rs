@@ -116,10 +116,19 @@ pub struct RunArgs {
     /// Address the embedded store listens on for other clients (port 0
     /// picks a free port; the address chosen is logged). Default: 127.0.0.1:0
     /// for a --file run; none for a --remote run, whose hosts reach the store
-    /// only through their authenticated tunnels. A listener answers anyone
-    /// who can connect, without credentials, as etcd does by default.
+    /// only through their authenticated tunnels. A --file run's listener
+    /// answers anyone who can connect, as etcd does by default, unless
+    /// --store-password-file is given; a --remote run's listener needs it.
     #[arg(long, value_name = "ADDR")]
     pub client_urls: Option<String>,
+
+    /// The password of the store's etcd user `root`, as the first line of
+    /// FILE (mode 0600 or stricter). The embedded store's listener then
+    /// requires etcd authentication from the start (etcdctl --user root;
+    /// users and roles as in etcd); with --seeds, this process logs in to
+    /// that store as `root`.
+    #[arg(long, value_name = "FILE")]
+    pub store_password_file: Option<std::path::PathBuf>,
 
     /// Use this etcd v3 store (ours or a real etcd) instead of embedding
     /// one; comma-separated URLs like http://127.0.0.1:2379. Needs --no-server.

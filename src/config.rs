@@ -29,6 +29,37 @@ impl ConfigError {
     }
 }
 
+/// The store's `root` password, from `--store-password-file`; never shown.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StorePassword(pub String);
+
+impl std::fmt::Debug for StorePassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StorePassword(***)")
+    }
+}
+
+/// Reads the first line of `path`, which only its owner may read (as
+/// OpenSSH insists for a private key).
+fn read_store_password(path: &std::path::Path) -> Result<StorePassword, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let bad = |m: String| ConfigError::flag("--store-password-file", format!("{shown}: {m}"));
+    let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(bad(format!(
+            "readable by group or others (mode {mode:04o}); run `chmod 600 {shown}`"
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let line = text.lines().next().unwrap_or("").to_owned();
+    if line.is_empty() {
+        return Err(bad("its first line, the password, is empty".into()));
+    }
+    Ok(StorePassword(line))
+}
+
 /// Where the coordination store is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreMode {
@@ -50,6 +81,10 @@ pub struct Config {
     pub watch: bool,
     pub max_runtime: Option<Duration>,
     pub store: StoreMode,
+    /// `--store-password-file`: the embedded store's listener requires
+    /// etcd authentication as `root` with it; with `--seeds`, this process
+    /// authenticates as `root` with it.
+    pub store_password: Option<StorePassword>,
     pub depth: u32,
     /// The store is reached through a tunnel that wants the secret from stdin.
     pub tunnel_secret_stdin: bool,
@@ -94,9 +129,14 @@ impl Config {
                 ))
             }
         };
+        let store_password = args
+            .store_password_file
+            .as_deref()
+            .map(read_store_password)
+            .transpose()?;
         let store = match (args.no_server, args.seeds.is_empty()) {
             (false, true) => StoreMode::Embedded {
-                listen: store_listener(args, remote.is_some()),
+                listen: store_listener(args, remote.is_some(), store_password.is_some())?,
             },
             (true, false) => StoreMode::External {
                 seeds: args.seeds.clone(),
@@ -133,6 +173,7 @@ impl Config {
             watch: !args.no_watch,
             max_runtime: (args.max_runtime > 0).then(|| Duration::from_secs(args.max_runtime)),
             store,
+            store_password,
             depth: args.depth,
             tunnel_secret_stdin: args.tunnel_secret_stdin,
             run_dir: args.run_dir.clone(),
@@ -155,18 +196,26 @@ fn os_hostname() -> String {
 
 /// Where the embedded store listens for other clients: `--client-urls`;
 /// by default loopback for a `--file` run, nowhere for a remote run (its
-/// hosts come through their tunnels, and a listener would serve any local
-/// user without credentials).
-fn store_listener(args: &RunArgs, remote: bool) -> Option<String> {
-    match (&args.client_urls, remote) {
-        (Some(addr), true) => {
-            tracing::warn!("--client-urls {addr}: the store of this remote run answers anyone who can connect there, without credentials");
-            Some(addr.clone())
+/// hosts come through their tunnels). A remote run's listener needs
+/// credentials: it is refused without `--store-password-file`.
+fn store_listener(
+    args: &RunArgs,
+    remote: bool,
+    password: bool,
+) -> Result<Option<String>, ConfigError> {
+    Ok(match (&args.client_urls, remote) {
+        (Some(_), true) if !password => {
+            return Err(ConfigError::flag(
+                "--client-urls",
+                "the store of a --remote run serves other clients only with credentials: \
+                 give --store-password-file FILE (the password of etcd user root, \
+                 for example for etcdctl --user root)",
+            ))
         }
-        (Some(addr), false) => Some(addr.clone()),
+        (Some(addr), _) => Some(addr.clone()),
         (None, true) => None,
         (None, false) => Some("127.0.0.1:0".into()),
-    }
+    })
 }
 
 /// The `--remote` side of the flags, for the fleet's plan.

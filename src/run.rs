@@ -112,7 +112,7 @@ pub async fn run_linked(
     }
     let started = std::time::Instant::now();
     let store_cancel = CancellationToken::new();
-    let (seeds, store) = start_store(&cfg.store, &store_cancel).await?;
+    let (seeds, store) = start_store(&cfg, &store_cancel).await?;
     // Set when the run ends because the cluster converged: by the run loop
     // here, or, in a gateway, by its parent's word on stdin.
     let converged_flag = Arc::new(AtomicBool::new(false));
@@ -338,7 +338,10 @@ async fn connect_world(
         return Ok((World::from_client(client, &cfg.hostname), None));
     }
     if cfg.depth == 0 {
-        return Ok((World::connect(seeds, &cfg.hostname).await?, None));
+        return Ok((
+            World::connect_as(seeds, &cfg.hostname, login(cfg)).await?,
+            None,
+        ));
     }
     let stdin = link.stdin;
     if !cfg.tunnel_secret_stdin {
@@ -347,7 +350,10 @@ async fn connect_world(
             root.clone(),
             converged.clone(),
         ));
-        return Ok((World::connect(seeds, &cfg.hostname).await?, None));
+        return Ok((
+            World::connect_as(seeds, &cfg.hostname, login(cfg)).await?,
+            None,
+        ));
     }
     let (secret, rest) = crate::link::read_secret(stdin, Duration::from_secs(30)).await?;
     tokio::spawn(crate::link::stop_on_eof(
@@ -430,14 +436,17 @@ struct StoreHandle {
 
 /// Starts the embedded store, or returns the external one's URLs.
 async fn start_store(
-    mode: &StoreMode,
+    cfg: &Config,
     cancel: &CancellationToken,
 ) -> anyhow::Result<(Vec<String>, Option<StoreHandle>)> {
-    let listen = match mode {
+    let listen = match &cfg.store {
         StoreMode::External { seeds } => return Ok((seeds.clone(), None)),
         StoreMode::Embedded { listen } => listen,
     };
     let store = crate::store::Store::new(crate::store::Config::default());
+    if let Some(password) = &cfg.store_password {
+        store.enable_auth(&password.0);
+    }
     let (local, task) = serve_in_process(&store, cancel);
     let mut tasks = vec![task];
     let mut seeds = Vec::new();
@@ -447,6 +456,9 @@ async fn start_store(
             .await
             .with_context(|| format!("--client-urls: cannot listen on {addr}"))?;
         let bound = listener.local_addr()?;
+        if cfg.store_password.is_some() {
+            tracing::info!("store: the listener requires etcd authentication (user root)");
+        }
         tracing::info!("store: listening on http://{bound}");
         let (s, cancel) = (store.clone(), cancel.clone());
         tasks.push(Task(tokio::spawn(async move {
@@ -464,6 +476,12 @@ async fn start_store(
             local,
         }),
     ))
+}
+
+/// The etcd login for an external store: `root` with
+/// `--store-password-file`'s password.
+fn login(cfg: &Config) -> Option<(&str, &str)> {
+    cfg.store_password.as_ref().map(|p| ("root", p.0.as_str()))
 }
 
 /// Serves in-memory pipes to `store`; the [`Dial`](crate::link::Dial)

@@ -73,6 +73,26 @@ pub enum WorldError {
     Store(#[from] etcd_client::Error),
 }
 
+impl WorldError {
+    /// Whether the store refused us for who we are (no login, a wrong
+    /// password, a permission): asking again will not help.
+    pub fn is_refusal(&self) -> bool {
+        let (WorldError::Connect { source: e, .. } | WorldError::Store(e)) = self;
+        let etcd_client::Error::GRpcStatus(status) = e else {
+            return false;
+        };
+        use tonic::Code;
+        match status.code() {
+            Code::PermissionDenied | Code::Unauthenticated => true,
+            Code::InvalidArgument => {
+                let m = status.message();
+                m.contains("user name is empty") || m.contains("authentication failed")
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A host's view of the shared world.
 #[derive(Clone)]
 pub struct World {
@@ -103,9 +123,22 @@ struct Counters {
 impl World {
     /// Connects to the store at `seeds` (URLs like `http://127.0.0.1:2379`).
     pub async fn connect(seeds: &[String], hostname: &str) -> Result<World, WorldError> {
-        let opts = ConnectOptions::new()
+        World::connect_as(seeds, hostname, None).await
+    }
+
+    /// As [`World::connect`], logging in as etcd user `login.0` with
+    /// password `login.1` if given.
+    pub async fn connect_as(
+        seeds: &[String],
+        hostname: &str,
+        login: Option<(&str, &str)>,
+    ) -> Result<World, WorldError> {
+        let mut opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(10))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        if let Some((user, password)) = login {
+            opts = opts.with_user(user, password);
+        }
         let client =
             Client::connect(seeds, Some(opts))
                 .await

@@ -70,6 +70,13 @@ impl Source {
         loop {
             match self.try_initial().await {
                 Ok(d) => return Ok(d),
+                Err(e) if e.is_refusal() => {
+                    tracing::error!(
+                        "the store refused this process ({e}); if it requires etcd \
+                         authentication, give --store-password-file with root's password"
+                    );
+                    return Err(e);
+                }
                 Err(e) if tokio::time::Instant::now() + pause < deadline => {
                     tracing::warn!("{e}; retrying in {pause:?}");
                     tokio::time::sleep(pause).await;

@@ -15,6 +15,7 @@
 //! listener) is not restricted here.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use etcd_client::proto::{PbTxnRequest, PbTxnRequestOp};
@@ -33,6 +34,8 @@ pub struct Speaker {
     pub hosts: BTreeSet<String>,
     /// Prefixes it may read besides its own keys and the converged keys.
     reads: RwLock<BTreeSet<String>>,
+    /// Watches open on its connections, for its quota.
+    watches: AtomicUsize,
 }
 
 impl Speaker {
@@ -44,7 +47,23 @@ impl Speaker {
             name: name.to_owned(),
             hosts,
             reads: RwLock::new(BTreeSet::new()),
+            watches: AtomicUsize::new(0),
         })
+    }
+
+    /// Watches open on its connections.
+    pub(crate) fn watches(&self) -> usize {
+        self.watches.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` watches opened (closed, when negative).
+    pub(crate) fn count_watches(&self, n: i64) {
+        if n >= 0 {
+            self.watches.fetch_add(n as usize, Ordering::Relaxed);
+        } else {
+            self.watches
+                .fetch_sub(n.unsigned_abs() as usize, Ordering::Relaxed);
+        }
     }
 
     /// Lets it also read every key under each of `prefixes` (what its
@@ -100,11 +119,24 @@ impl Speaker {
         }
         out
     }
+}
+
+/// What a connection or a user may touch, key range by key range. A
+/// [`Speaker`] (a host's tunnel) and a user authenticated with a token
+/// (`super::auth`) are the two kinds; a request with neither is not
+/// restricted.
+pub(crate) trait Guard: Send + Sync {
+    /// Who it is, for the log.
+    fn who(&self) -> String;
+    /// Whether it may read the keys in `[key, range_end)`.
+    fn may_read(&self, key: &[u8], range_end: &[u8]) -> bool;
+    /// Whether it may write (put, or delete) the keys in `[key, range_end)`.
+    fn may_write(&self, key: &[u8], range_end: &[u8]) -> bool;
 
     /// The first key of `txn` (its compares and ranges, which it must be
     /// able to read, and its puts and deletes, which it must be able to
     /// write, nested ones included) that it may not touch, if any.
-    pub fn forbidden_in_txn<'a>(&self, txn: &'a PbTxnRequest) -> Option<&'a [u8]> {
+    fn forbidden_in_txn<'a>(&self, txn: &'a PbTxnRequest) -> Option<&'a [u8]> {
         let compared = txn
             .compare
             .iter()
@@ -118,18 +150,34 @@ impl Speaker {
         })
     }
 
+    /// The key of `op` it may not touch, if any; a put or delete that asks
+    /// for the previous values needs the right to read them too.
     fn forbidden_in_op<'a>(&self, op: &'a PbTxnRequestOp) -> Option<&'a [u8]> {
         use etcd_client::proto::PbTxnOpRequest as R;
         match op.request.as_ref()? {
-            R::RequestPut(p) => (!self.may_write(&p.key, &[])).then_some(p.key.as_slice()),
-            R::RequestDeleteRange(d) => {
-                (!self.may_write(&d.key, &d.range_end)).then_some(d.key.as_slice())
-            }
+            R::RequestPut(p) => (!self.may_write(&p.key, &[])
+                || (p.prev_kv && !self.may_read(&p.key, &[])))
+            .then_some(p.key.as_slice()),
+            R::RequestDeleteRange(d) => (!self.may_write(&d.key, &d.range_end)
+                || (d.prev_kv && !self.may_read(&d.key, &d.range_end)))
+            .then_some(d.key.as_slice()),
             R::RequestTxn(t) => self.forbidden_in_txn(t),
             R::RequestRange(r) => {
                 (!self.may_read(&r.key, &r.range_end)).then_some(r.key.as_slice())
             }
         }
+    }
+}
+
+impl Guard for Speaker {
+    fn who(&self) -> String {
+        self.name.clone()
+    }
+    fn may_read(&self, key: &[u8], range_end: &[u8]) -> bool {
+        Speaker::may_read(self, key, range_end)
+    }
+    fn may_write(&self, key: &[u8], range_end: &[u8]) -> bool {
+        Speaker::may_write(self, key, range_end)
     }
 }
 
@@ -159,18 +207,13 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 #[derive(Debug, Clone, Default)]
 pub struct Peer(pub Option<Arc<Speaker>>);
 
-/// Logs that `speaker` tried to `what` `key`, which it may not.
-pub(crate) fn log_denied(speaker: &Speaker, what: &str, key: &[u8]) {
+/// Logs that `who` tried to `what` `key`, which it may not.
+pub(crate) fn log_denied(who: &dyn Guard, what: &str, key: &[u8]) {
     let key: String = String::from_utf8_lossy(key).chars().take(200).collect();
     tracing::warn!(
-        "store: {} tried to {what} {key:?}, which it does not speak for; refused",
-        speaker.name
+        "store: {} tried to {what} {key:?}, which it may not; refused",
+        who.who()
     );
-}
-
-/// The speaker of the connection `req` came on, if any.
-pub(crate) fn speaker_of<T>(req: &tonic::Request<T>) -> Option<Arc<Speaker>> {
-    req.extensions().get::<Peer>().and_then(|p| p.0.clone())
 }
 
 #[cfg(test)]

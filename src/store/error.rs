@@ -57,6 +57,38 @@ pub(crate) enum EtcdError {
          key instead (etcdctl get \"\" --prefix -w json)"
     )]
     SnapshotUnsupported,
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    /// A maintenance call that needs the root role, refused as etcd 3.4's
+    /// maintenance server refuses it (a plain error, not an `etcdserver:` one).
+    #[error("auth: permission denied")]
+    AdminOnly,
     /// An RPC of the etcd API this store deliberately does not implement.
     #[error("etcdserver: {0} is not supported by the embedded mgmt store")]
     Unsupported(&'static str),
@@ -72,12 +104,28 @@ impl EtcdError {
             | EtcdError::LeaseProvided
             | EtcdError::TooManyOps
             | EtcdError::DuplicateKey
-            | EtcdError::RequestTooLarge => Code::InvalidArgument,
+            | EtcdError::RequestTooLarge
+            | EtcdError::UserEmpty
+            | EtcdError::RoleEmpty
+            | EtcdError::AuthFailed
+            | EtcdError::InvalidAuthMgmt => Code::InvalidArgument,
             EtcdError::Compacted | EtcdError::FutureRev | EtcdError::LeaseTtlTooLarge => {
                 Code::OutOfRange
             }
             EtcdError::LeaseNotFound => Code::NotFound,
-            EtcdError::LeaseExist | EtcdError::BadLeaderTransferee => Code::FailedPrecondition,
+            EtcdError::LeaseExist
+            | EtcdError::BadLeaderTransferee
+            | EtcdError::RootUserNotExist
+            | EtcdError::RootRoleNotExist
+            | EtcdError::UserAlreadyExist
+            | EtcdError::UserNotFound
+            | EtcdError::RoleAlreadyExist
+            | EtcdError::RoleNotFound
+            | EtcdError::RoleNotGranted
+            | EtcdError::PermissionNotGranted
+            | EtcdError::AuthNotEnabled => Code::FailedPrecondition,
+            EtcdError::InvalidAuthToken => Code::Unauthenticated,
+            EtcdError::AdminOnly => Code::Unknown,
             EtcdError::Unsupported(_) | EtcdError::SnapshotUnsupported => Code::Unimplemented,
             EtcdError::PermissionDenied => Code::PermissionDenied,
             EtcdError::NoSpace | EtcdError::TooManyRequests => Code::ResourceExhausted,

@@ -12,14 +12,15 @@
 //! trait impls and error mapping), `conn.rs` (a byte stream served as one
 //! connection), `authority.rs` (clients that send a URL as `:authority`),
 //! `alarm.rs` (NOSPACE and the other alarms), `maintenance.rs` (the hashes
-//! of the history), and `access.rs` and `quota.rs` (what a connection that
-//! speaks for a host may read and write, and how much it may hold).
+//! of the history), `access.rs` and `quota.rs` (what a connection that
+//! speaks for a host may read and write, and how much it may hold),
+//! `auth.rs` and `auth_service.rs` (etcd's Auth API: users, roles, tokens),
+//! and `rights.rs` (whom a request speaks for: this process, a host's
+//! tunnel, or a listener's client with a token).
 //!
 //! Not here: persistence (the store lives as long as the initiating process;
-//! nothing is written to disk), clustering, and etcd's Auth API (its server
-//! trait is not exported by `etcd-client`; the tunnel is authenticated at
-//! the transport, and each tunnel connection is tagged with the host it
-//! speaks for, see `docs/security.md`). See `docs/store.md`.
+//! nothing is written to disk) and clustering. See `docs/store.md` and
+//! `docs/security.md`.
 
 #![cfg_attr(
     not(test),
@@ -29,6 +30,8 @@
 mod access;
 mod alarm;
 mod apply;
+mod auth;
+mod auth_service;
 mod authority;
 mod conn;
 mod dispatch;
@@ -39,6 +42,7 @@ mod lean;
 mod lease;
 mod maintenance;
 mod quota;
+mod rights;
 mod service;
 mod watch;
 
@@ -94,8 +98,11 @@ pub struct Config {
     /// `database space exceeded`, reads and deletes go on.
     pub quota_bytes: usize,
     /// What one host may hold through connections that speak for it
-    /// ([`Speaker`]): live keys, their bytes, and leases.
+    /// ([`Speaker`]): live keys, their bytes, leases and watches.
     pub host_quota: HostQuota,
+    /// Watches open in the whole store; the next create is refused with a
+    /// `canceled` response and a reason.
+    pub max_watches: usize,
 }
 
 /// Per-host bounds, far above what a graph needs (a few keys and leases),
@@ -105,6 +112,7 @@ pub struct HostQuota {
     pub keys: usize,
     pub bytes: usize,
     pub leases: usize,
+    pub watches: usize,
 }
 
 impl Default for Config {
@@ -120,7 +128,9 @@ impl Default for Config {
                 keys: 10_000,
                 bytes: 64 << 20,
                 leases: 1_000,
+                watches: 1_000,
             },
+            max_watches: 1_000_000,
         }
     }
 }
@@ -188,6 +198,8 @@ pub(crate) struct Shared {
     /// Who granted each lease, for leases granted over a connection that
     /// speaks for someone ([`access`]): only they may revoke or renew it.
     pub lease_owners: Mutex<std::collections::HashMap<i64, String>>,
+    /// etcd's Auth API: users, roles, tokens, on or off.
+    auth: Mutex<auth::Auth>,
 }
 
 impl Shared {
@@ -195,6 +207,11 @@ impl Shared {
     /// every request leaves the state consistent before it can panic.
     pub fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Locks the auth state; never held with the state lock.
+    pub fn auth(&self) -> MutexGuard<'_, auth::Auth> {
+        self.auth.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Locks the watch registry; hold the state lock first when taking both.
@@ -282,8 +299,23 @@ impl Store {
                 member_id: rand::random::<u64>() >> 1,
                 client_urls: Mutex::new(Vec::new()),
                 lease_owners: Mutex::new(std::collections::HashMap::new()),
+                auth: Mutex::new(auth::Auth::default()),
             }),
         }
+    }
+
+    /// Turns etcd's authentication on from the start, as
+    /// `etcdctl user add root && etcdctl auth enable` would: user `root`
+    /// with `root_password` and the `root` role. Listeners' clients must
+    /// then authenticate; this process's client and the hosts' tunnels are
+    /// authenticated at their transport and unaffected.
+    pub fn enable_auth(&self, root_password: &str) {
+        let mut auth = self.shared.auth();
+        // A fresh store: neither can fail.
+        let _ = auth.role_add(auth::ROOT);
+        let _ = auth.user_add(auth::ROOT, root_password, false);
+        let _ = auth.user_grant_role(auth::ROOT, auth::ROOT);
+        let _ = auth.enable();
     }
 
     /// Serves on an already-bound listener until `cancel` fires, then waits
@@ -344,7 +376,8 @@ impl Store {
                 limit,
             ))
             .add_service(PbMaintenanceServer::new(svc.clone()).max_decoding_message_size(limit))
-            .add_service(PbClusterServer::new(svc).max_decoding_message_size(limit))
+            .add_service(PbClusterServer::new(svc.clone()).max_decoding_message_size(limit))
+            .add_service(auth_service::AuthApi::new(svc, limit))
             .serve_with_incoming_shutdown(Box::pin(incoming), cancel.cancelled_owned())
             .await;
         if let Err(e) = &result {

@@ -1,7 +1,9 @@
 //! Bounds on what the store holds, so that one host cannot fill the
 //! laptop's memory for everyone: per host (through the connections that
 //! speak for it) its live keys, their bytes and its leases; in all, the
-//! bytes stored, history included, as etcd's backend quota counts them.
+//! bytes stored, history included, as etcd's backend quota counts them, and
+//! the watches open (etcd has no bound on watches: a watch past ours is
+//! refused as a cancelled watch whose reason says which bound it met).
 //! Past a bound the write is refused with etcd's own error (`database
 //! space exceeded`, or `too many requests` for leases) and the store logs
 //! which host it was; reads, deletes and every other host go on. The
@@ -17,7 +19,7 @@ use super::access::Speaker;
 use super::apply::State;
 use super::error::EtcdError;
 use super::kv::Kv;
-use super::Config;
+use super::{Config, Shared};
 
 /// One key a write will set, and the length of its new value.
 pub(crate) type Write<'a> = (&'a [u8], usize);
@@ -105,6 +107,41 @@ pub(crate) fn check_lease(
             cfg.host_quota.leases
         );
         return Err(EtcdError::TooManyRequests);
+    }
+    Ok(())
+}
+
+/// Refuses one more watch once the store, or `speaker`'s host, holds its
+/// bound of open ones; the reason is what the client is told.
+pub(crate) fn check_watch(
+    shared: &Shared,
+    speaker: Option<&std::sync::Arc<Speaker>>,
+) -> Result<(), String> {
+    use std::sync::atomic::Ordering;
+    let cfg = &shared.cfg;
+    let open = shared.counters.watches_open.load(Ordering::Relaxed);
+    if open >= cfg.max_watches as u64 {
+        tracing::warn!(
+            "store: {open} watches open (at most {}); watch refused",
+            cfg.max_watches
+        );
+        return Err(format!(
+            "mgmt: the store holds its limit of {} watches; cancel some",
+            cfg.max_watches
+        ));
+    }
+    let Some(sp) = speaker else { return Ok(()) };
+    let held = sp.watches();
+    if held >= cfg.host_quota.watches {
+        tracing::warn!(
+            "store: {} holds {held} watches (at most {}); watch refused",
+            sp.name,
+            cfg.host_quota.watches
+        );
+        return Err(format!(
+            "mgmt: {} holds its limit of {} watches; cancel some",
+            sp.name, cfg.host_quota.watches
+        ));
     }
     Ok(())
 }

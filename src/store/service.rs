@@ -23,10 +23,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::access::{log_denied, speaker_of, Speaker};
+use super::access::Speaker;
 use super::error::EtcdError;
 use super::maintenance;
 use super::quota;
+use super::rights::{denied, Rights};
 use super::watch::{WatchStream, STREAM_BUFFER};
 use super::Shared;
 
@@ -60,10 +61,29 @@ impl Service {
         Ok(())
     }
 
-    /// Refuses what `speaker` may not do, and says in the log who tried.
-    fn deny(&self, speaker: &Speaker, what: &str, key: &[u8]) -> Status {
-        log_denied(speaker, what, key);
-        EtcdError::PermissionDenied.into()
+    /// Whom `req` speaks for; refused when auth is on and it carries no
+    /// valid token.
+    pub(super) fn rights<T>(&self, req: &Request<T>) -> Result<Rights, Status> {
+        Ok(Rights::of(&self.shared, req)?)
+    }
+
+    /// [`Service::rights`] for a write: a refusal counts as etcd counts it.
+    fn write_rights<T>(&self, req: &Request<T>) -> Result<Rights, Status> {
+        Rights::of(&self.shared, req).map_err(|e| self.refused_write(e))
+    }
+
+    /// etcd logs a write (and every auth management call) in raft before
+    /// its apply step refuses it for auth, so such a refusal still takes a
+    /// raft index; one with a bad token is refused before raft and does not.
+    pub(super) fn refused_write(&self, e: EtcdError) -> Status {
+        if e != EtcdError::InvalidAuthToken {
+            self.count(&self.shared.counters.raft_index);
+        }
+        e.into()
+    }
+
+    pub(super) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// Whether `speaker` may revoke or renew lease `id`: leases granted by
@@ -87,11 +107,9 @@ type Res<T> = Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl PbKvService for Service {
     async fn range(&self, req: Request<PbRangeRequest>) -> Res<PbRangeResponse> {
-        let speaker = speaker_of(&req);
+        let who = self.rights(&req)?;
         let r = req.into_inner();
-        if let Some(sp) = speaker.filter(|sp| !sp.may_read(&r.key, &r.range_end)) {
-            return Err(self.deny(&sp, "read", &r.key));
-        }
+        who.read("read", &r.key, &r.range_end)?;
         self.check_size(&r)?;
         self.count(&self.shared.counters.ranges);
         let st = self.shared.lock();
@@ -109,18 +127,18 @@ impl PbKvService for Service {
     }
 
     async fn put(&self, req: Request<PbPutRequest>) -> Res<PbPutResponse> {
-        let speaker = speaker_of(&req);
+        let who = self.write_rights(&req)?;
+        let speaker = who.speaker();
         let r = req.into_inner();
-        if let Some(sp) = speaker.as_ref().filter(|sp| !sp.may_write(&r.key, &[])) {
-            return Err(self.deny(sp, "write", &r.key));
-        }
+        who.write("write", &r.key, &[], r.prev_kv)
+            .map_err(|e| self.refused_write(e))?;
         self.check_size(&r)?;
         self.count(&self.shared.counters.puts);
         let now = Instant::now();
         let writes = [(r.key.as_slice(), r.value.len())];
         let (cfg, member) = (&self.shared.cfg, self.shared.member_id);
         let (resp, rev) = self.shared.write(|st| {
-            quota::check_writes(st, (cfg, member), speaker.as_deref(), &writes)?;
+            quota::check_writes(st, (cfg, member), speaker.map(|s| &**s), &writes)?;
             st.put(&r, now)
         });
         let mut resp = resp?;
@@ -129,11 +147,10 @@ impl PbKvService for Service {
     }
 
     async fn delete_range(&self, req: Request<PbDeleteRequest>) -> Res<PbDeleteResponse> {
-        let speaker = speaker_of(&req);
+        let who = self.write_rights(&req)?;
         let r = req.into_inner();
-        if let Some(sp) = speaker.filter(|sp| !sp.may_write(&r.key, &r.range_end)) {
-            return Err(self.deny(&sp, "delete", &r.key));
-        }
+        who.write("delete", &r.key, &r.range_end, r.prev_kv)
+            .map_err(|e| self.refused_write(e))?;
         self.check_size(&r)?;
         self.count(&self.shared.counters.deletes);
         let (resp, rev) = self.shared.write(|st| st.delete(&r));
@@ -143,11 +160,12 @@ impl PbKvService for Service {
     }
 
     async fn txn(&self, req: Request<PbTxnRequest>) -> Res<PbTxnResponse> {
-        let speaker = speaker_of(&req);
+        let who = self.write_rights(&req)?;
+        let speaker = who.speaker();
         let r = req.into_inner();
-        if let Some(sp) = &speaker {
-            if let Some(key) = sp.forbidden_in_txn(&r) {
-                return Err(self.deny(sp, "write (in a txn)", key));
+        if let Some(g) = who.guard() {
+            if let Some(key) = g.forbidden_in_txn(&r) {
+                return Err(self.refused_write(denied(g, "write (in a txn)", key)));
             }
         }
         self.check_size(&r)?;
@@ -156,7 +174,7 @@ impl PbKvService for Service {
         let writes = quota::txn_writes(&r);
         let (cfg, member) = (&self.shared.cfg, self.shared.member_id);
         let (resp, rev) = self.shared.write(|st| {
-            quota::check_writes(st, (cfg, member), speaker.as_deref(), &writes)?;
+            quota::check_writes(st, (cfg, member), speaker.map(|s| &**s), &writes)?;
             st.txn(&r, now)
         });
         let mut resp = resp?;
@@ -165,9 +183,7 @@ impl PbKvService for Service {
     }
 
     async fn compact(&self, req: Request<PbCompactionRequest>) -> Res<PbCompactionResponse> {
-        if let Some(sp) = speaker_of(&req) {
-            return Err(self.deny(&sp, "compact", b"the history"));
-        }
+        self.rights(&req)?.admin("compact the history")?;
         let r = req.into_inner();
         let (res, rev) = self.shared.write(|st| st.compact(r.revision));
         res?;
@@ -183,8 +199,8 @@ impl PbWatchService for Service {
 
     async fn watch(&self, req: Request<Streaming<PbWatchRequest>>) -> Res<Self::WatchStream> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let speaker = speaker_of(&req);
-        let stream = WatchStream::new(self.shared.clone(), tx, self.cancel.clone(), speaker);
+        let who = self.rights(&req)?;
+        let stream = WatchStream::new(self.shared.clone(), tx, self.cancel.clone(), who);
         self.tracker.spawn(stream.run(req.into_inner()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -193,7 +209,8 @@ impl PbWatchService for Service {
 #[tonic::async_trait]
 impl PbLeaseService for Service {
     async fn lease_grant(&self, req: Request<PbLeaseGrantRequest>) -> Res<PbLeaseGrantResponse> {
-        let speaker = speaker_of(&req);
+        let who = self.rights(&req)?;
+        let speaker = who.speaker();
         let r = req.into_inner();
         let now = Instant::now();
         let (res, rev) = self.shared.write(|st| {
@@ -228,15 +245,22 @@ impl PbLeaseService for Service {
     }
 
     async fn lease_revoke(&self, req: Request<PbLeaseRevokeRequest>) -> Res<PbLeaseRevokeResponse> {
-        let speaker = speaker_of(&req);
+        let who = self.rights(&req)?;
         let id = req.into_inner().id;
-        if let Some(sp) = speaker.filter(|sp| !self.owns_lease(sp, id)) {
-            return Err(self.deny(&sp, "revoke lease", id.to_string().as_bytes()));
+        if let Some(sp) = who.speaker().filter(|sp| !self.owns_lease(sp, id)) {
+            return Err(denied(sp.as_ref(), "revoke lease", id.to_string().as_bytes()).into());
         }
         let now = Instant::now();
         let (res, rev) = self.shared.write(|st| {
-            if st.leases.alive(id, now).is_none() {
+            let Some(lease) = st.leases.alive(id, now) else {
                 return Err(EtcdError::LeaseNotFound);
+            };
+            // As etcd: revoking deletes the lease's keys, so it needs the
+            // right to write each of them.
+            if let Some(g) = who.guard() {
+                if let Some(k) = lease.keys.iter().find(|k| !g.may_write(k, &[])) {
+                    return Err(denied(g, "revoke the lease of", k));
+                }
             }
             st.revoke(id)
         });
@@ -253,7 +277,7 @@ impl PbLeaseService for Service {
         req: Request<Streaming<PbLeaseKeepAliveRequest>>,
     ) -> Res<Self::LeaseKeepAliveStream> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let speaker = speaker_of(&req);
+        let speaker = self.rights(&req)?.speaker().cloned();
         let mut reqs = req.into_inner();
         let shared = self.shared.clone();
         let cancel = self.cancel.clone();
@@ -267,7 +291,12 @@ impl PbLeaseService for Service {
                 let Ok(Some(r)) = msg else { return };
                 if let Some(sp) = speaker.as_ref().filter(|sp| !me.owns_lease(sp, r.id)) {
                     let _ = tx
-                        .send(Err(me.deny(sp, "renew lease", r.id.to_string().as_bytes())))
+                        .send(Err(denied(
+                            sp.as_ref(),
+                            "renew lease",
+                            r.id.to_string().as_bytes(),
+                        )
+                        .into()))
                         .await;
                     return;
                 }
@@ -295,6 +324,7 @@ impl PbLeaseService for Service {
         &self,
         req: Request<PbLeaseTimeToLiveRequest>,
     ) -> Res<PbLeaseTimeToLiveResponse> {
+        self.rights(&req)?;
         let r = req.into_inner();
         let now = Instant::now();
         let st = self.shared.lock();
@@ -322,10 +352,8 @@ impl PbLeaseService for Service {
         Ok(Response::new(resp))
     }
 
-    async fn lease_leases(
-        &self,
-        _req: Request<PbLeaseLeasesRequest>,
-    ) -> Res<PbLeaseLeasesResponse> {
+    async fn lease_leases(&self, req: Request<PbLeaseLeasesRequest>) -> Res<PbLeaseLeasesResponse> {
+        self.rights(&req)?;
         let now = Instant::now();
         let st = self.shared.lock();
         let mut ids = st.leases.ids(now);
@@ -349,10 +377,10 @@ impl PbMaintenanceService for Service {
         const GET: i32 = 0;
         const ACTIVATE: i32 = 1;
         const DEACTIVATE: i32 = 2;
-        let speaker = speaker_of(&req);
+        let who = self.rights(&req)?;
         let r = req.into_inner();
-        if let Some(sp) = speaker.filter(|_| r.action != GET) {
-            return Err(self.deny(&sp, "raise or disarm", b"an alarm"));
+        if r.action != GET {
+            who.maintainer("raise or disarm an alarm")?;
         }
         let mut st = self.shared.lock();
         let alarms = match r.action {
@@ -382,7 +410,8 @@ impl PbMaintenanceService for Service {
 
     /// What a single-member etcd reports: itself as leader, term 2, its
     /// raft index (one entry per write), the alarms raised in `errors`.
-    async fn status(&self, _req: Request<PbStatusRequest>) -> Res<PbStatusResponse> {
+    async fn status(&self, req: Request<PbStatusRequest>) -> Res<PbStatusResponse> {
+        self.rights(&req)?;
         let st = self.shared.lock();
         let size = st.kv.approx_bytes() as i64;
         let index = self.shared.counters.raft_index.load(Ordering::Relaxed);
@@ -401,14 +430,16 @@ impl PbMaintenanceService for Service {
         }))
     }
 
-    async fn defragment(&self, _req: Request<PbDefragmentRequest>) -> Res<PbDefragmentResponse> {
+    async fn defragment(&self, req: Request<PbDefragmentRequest>) -> Res<PbDefragmentResponse> {
+        self.rights(&req)?.maintainer("defragment")?;
         // Nothing to defragment in memory: succeed as a no-op.
         Ok(Response::new(PbDefragmentResponse {
             header: self.shared.header(self.shared.rev()),
         }))
     }
 
-    async fn hash(&self, _req: Request<PbHashRequest>) -> Res<PbHashResponse> {
+    async fn hash(&self, req: Request<PbHashRequest>) -> Res<PbHashResponse> {
+        self.rights(&req)?.maintainer("hash the store")?;
         let (rev, input) = {
             let st = self.shared.lock();
             (st.kv.rev(), maintenance::hash_all(&st, Instant::now()))
@@ -420,6 +451,7 @@ impl PbMaintenanceService for Service {
     }
 
     async fn hash_kv(&self, req: Request<PbHashKvRequest>) -> Res<PbHashKvResponse> {
+        self.rights(&req)?.maintainer("hash the store")?;
         let rev = req.into_inner().revision;
         let h = maintenance::hash_kv(&self.shared.lock(), rev)?;
         Ok(Response::new(PbHashKvResponse {
@@ -439,6 +471,7 @@ impl PbMaintenanceService for Service {
     /// The only member is the leader: moving to itself succeeds, as in
     /// etcd; any other id is not a member.
     async fn move_leader(&self, req: Request<PbMoveLeaderRequest>) -> Res<PbMoveLeaderResponse> {
+        self.rights(&req)?.maintainer("move the leader")?;
         if req.into_inner().target_id != self.shared.member_id {
             return Err(EtcdError::BadLeaderTransferee.into());
         }
@@ -472,7 +505,8 @@ impl PbClusterService for Service {
         unsupported("MemberUpdate")
     }
 
-    async fn member_list(&self, _req: Request<PbMemberListRequest>) -> Res<PbMemberListResponse> {
+    async fn member_list(&self, req: Request<PbMemberListRequest>) -> Res<PbMemberListResponse> {
+        self.rights(&req)?;
         let urls = self
             .shared
             .client_urls

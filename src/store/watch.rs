@@ -37,10 +37,11 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
-use super::access::Speaker;
 use super::dispatch::StreamId;
 use super::error::EtcdError;
 use super::kv::{Event, KeyRange, LogRead};
+use super::quota;
+use super::rights::Rights;
 use super::Shared;
 
 /// Revisions per response when catching up, as etcd's `watchBatchMaxRevs`.
@@ -78,9 +79,9 @@ pub(crate) struct WatchStream {
     /// Responses to the client; bounded, its receiver is the gRPC body.
     tx: mpsc::Sender<Result<PbWatchResponse, Status>>,
     cancel: CancellationToken,
-    /// Whom the connection speaks for: a watch outside what it may read
-    /// is refused at creation.
-    speaker: Option<Arc<Speaker>>,
+    /// Whom the stream speaks for: a watch outside what it may read is
+    /// refused at creation, and a host's watches count against its quota.
+    who: Rights,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
     /// This stream in the dispatch registry.
@@ -103,14 +104,14 @@ impl WatchStream {
         shared: Arc<Shared>,
         tx: mpsc::Sender<Result<PbWatchResponse, Status>>,
         cancel: CancellationToken,
-        speaker: Option<Arc<Speaker>>,
+        who: Rights,
     ) -> WatchStream {
         let (id, woken) = shared.dispatch().open();
         WatchStream {
             shared,
             tx,
             cancel,
-            speaker,
+            who,
             watchers: BTreeMap::new(),
             next_id: 0,
             id,
@@ -150,11 +151,21 @@ impl WatchStream {
             }
         }
         tracing::debug!(watches = self.watchers.len(), "store: watch stream ended");
-        let open = self.watchers.len() as u64;
-        self.shared
-            .counters
-            .watches_open
-            .fetch_sub(open, Ordering::Relaxed);
+        self.count_open(-(self.watchers.len() as i64));
+    }
+
+    /// Counts `n` watches opened (closed, when negative) in the store's
+    /// total and its host's.
+    fn count_open(&self, n: i64) {
+        let open = &self.shared.counters.watches_open;
+        if n >= 0 {
+            open.fetch_add(n as u64, Ordering::Relaxed);
+        } else {
+            open.fetch_sub(n.unsigned_abs(), Ordering::Relaxed);
+        }
+        if let Some(sp) = self.who.speaker() {
+            sp.count_watches(n);
+        }
     }
 
     fn header(&self, rev: i64) -> Option<etcd_client::proto::PbResponseHeader> {
@@ -227,12 +238,15 @@ impl WatchStream {
             let reason = format!("mgmt: too many watches on this stream (limit {limit}); cancel some or open another stream");
             return self.send(refuse(reason)).await;
         }
-        if let Some(sp) = self
-            .speaker
-            .as_ref()
-            .filter(|sp| !sp.may_read(&c.key, &c.range_end))
+        if let Err(reason) = quota::check_watch(&self.shared, self.who.speaker()) {
+            return self.send(refuse(reason)).await;
+        }
+        if let Some(g) = self
+            .who
+            .guard()
+            .filter(|g| !g.may_read(&c.key, &c.range_end))
         {
-            super::access::log_denied(sp, "watch", &c.key);
+            super::access::log_denied(g, "watch", &c.key);
             return self
                 .send(refuse(EtcdError::PermissionDenied.to_string()))
                 .await;
@@ -278,10 +292,7 @@ impl WatchStream {
                 progress_notify: c.progress_notify,
             },
         );
-        self.shared
-            .counters
-            .watches_open
-            .fetch_add(1, Ordering::Relaxed);
+        self.count_open(1);
         self.send(PbWatchResponse {
             header: self.header(rev),
             watch_id: id,
@@ -297,10 +308,7 @@ impl WatchStream {
             return false;
         };
         self.shared.dispatch().unwatch(self.id, &w.range);
-        self.shared
-            .counters
-            .watches_open
-            .fetch_sub(1, Ordering::Relaxed);
+        self.count_open(-1);
         true
     }
 

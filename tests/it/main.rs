@@ -16,4 +16,5 @@ mod layers;
 mod remote;
 mod remote_run;
 mod store;
+mod store_login;
 mod util;

@@ -72,7 +72,9 @@ fn start(extra: &[&str]) -> (SshdFleet, Dir, Proc) {
 fn a_killed_childs_converged_key_leaves_the_store() {
     // No --converged-timeout: the run stays up; a listener only so that
     // this test can read the store.
-    let (fleet, _d, mut p) = start(&["--client-urls", "127.0.0.1:0"]);
+    let listener = crate::util::listener_args();
+    let listener: Vec<&str> = listener.iter().map(String::as_str).collect();
+    let (fleet, _d, mut p) = start(&listener);
     let (ip1, ip2) = (fleet.ip(1).to_owned(), fleet.ip(2).to_owned());
     let url = p.store_url(LIMIT);
     let pid = child_of(&ip1);

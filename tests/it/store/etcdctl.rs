@@ -27,14 +27,14 @@ use crate::util::etcd::Etcd;
 const CMD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One server under test, and the values that differ between servers.
-struct Target {
+pub(super) struct Target {
     ep: String,
     /// (text as printed, placeholder), replaced in every output.
     names: Vec<(String, String)>,
 }
 
 impl Target {
-    async fn new(ep: &str) -> Target {
+    pub(super) async fn new(ep: &str) -> Target {
         let mut c = client(ep).await;
         let s = c.status().await.expect("status");
         let h = s.header().expect("header");
@@ -72,7 +72,7 @@ impl Target {
 
     /// Runs etcdctl with `args` (and `stdin`), returns what it printed,
     /// normalised.
-    async fn run(&self, args: &[&str], stdin: Option<&str>) -> String {
+    pub(super) async fn run(&self, args: &[&str], stdin: Option<&str>) -> String {
         let mut cmd = self.cmd(args);
         if stdin.is_some() {
             cmd.stdin(Stdio::piped());
@@ -134,7 +134,7 @@ fn normalise_line(line: &str) -> String {
     line.to_string()
 }
 
-fn which_etcdctl() -> std::path::PathBuf {
+pub(super) fn which_etcdctl() -> std::path::PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|d| d.join("etcdctl"))

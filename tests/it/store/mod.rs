@@ -11,6 +11,7 @@
 //! minutes of fsyncs) run against ours only, in the `ours_*` files.
 
 mod etcdctl;
+mod etcdctl_auth;
 mod kv;
 mod lease;
 mod maintenance;

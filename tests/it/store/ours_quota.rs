@@ -82,6 +82,7 @@ fn small() -> Config {
             keys: 3,
             bytes: 4096,
             leases: 2,
+            watches: 1_000,
         },
         ..Config::default()
     }
@@ -171,6 +172,75 @@ async fn ours_a_full_store_refuses_writes_and_still_serves_reads_and_deletes() {
         let got = c.get("k0", None).await.expect("reads go on");
         assert_eq!(got.kvs().len(), 1);
         c.delete("k0", None).await.expect("deletes go on");
+    })
+    .await;
+    s.stop().await;
+}
+
+/// The next response on `ws`: whether the watch it answers was created,
+/// and the reason the store gave if it was refused.
+async fn created(ws: &mut etcd_client::WatchStream) -> Result<i64, String> {
+    let resp = ws.message().await.expect("watch response").expect("open");
+    assert!(resp.created(), "{resp:?}");
+    if resp.canceled() {
+        Err(resp.cancel_reason().to_owned())
+    } else {
+        Ok(resp.watch_id())
+    }
+}
+
+/// Creates one more watch on `key` over `ws`.
+async fn try_watch(ws: &mut etcd_client::WatchStream, key: &str) -> Result<i64, String> {
+    ws.watch(key, None).await.expect("send a create");
+    created(ws).await
+}
+
+// See: #13 (per-host and total bounds on watches, the store serving
+// everyone else)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ours_a_host_past_its_watch_bound_is_refused_and_others_go_on() {
+    let cfg = Config {
+        host_quota: HostQuota {
+            watches: 2,
+            ..Config::default().host_quota
+        },
+        max_watches: 3,
+        ..Config::default()
+    };
+    let s = Served::start(cfg);
+    guard(async {
+        let web1 = Speaker::new("web1", []);
+        let mut c1 = s.client(Some(web1.clone())).await;
+        let own = |n: &str| key("web1", n);
+        let mut ws = c1.watch(own("a"), None).await.expect("first watch");
+        let first = created(&mut ws).await.expect("first watch created");
+        // Across streams of the same host: one more, then refused.
+        let mut ws2 = c1.watch(own("b"), None).await.expect("second stream");
+        created(&mut ws2).await.expect("second watch created");
+        let reason = try_watch(&mut ws2, &own("c")).await.unwrap_err();
+        assert!(
+            reason.contains("web1 holds its limit of 2 watches"),
+            "{reason}"
+        );
+        // Another host is not affected, up to the store's own bound.
+        let mut c2 = s.client(Some(Speaker::new("web2", []))).await;
+        let mut ws3 = c2.watch(key("web2", "a"), None).await.expect("web2");
+        created(&mut ws3).await.expect("web2's watch created");
+        let reason = try_watch(&mut ws3, &key("web2", "b")).await.unwrap_err();
+        assert!(
+            reason.contains("the store holds its limit of 3 watches"),
+            "{reason}"
+        );
+        // A cancelled watch makes room again.
+        ws.cancel(first).await.expect("cancel");
+        let resp = ws.message().await.expect("cancel response").expect("open");
+        assert!(resp.canceled(), "{resp:?}");
+        try_watch(&mut ws2, &own("c")).await.expect("room again");
+        // Writes still go through and wake the watchers left.
+        c1.put(own("b"), "v", None).await.expect("put");
+        let resp = ws2.message().await.expect("event").expect("open");
+        assert_eq!(resp.events().len(), 1, "{resp:?}");
+        drop((ws, ws2, ws3));
     })
     .await;
     s.stop().await;

@@ -248,9 +248,10 @@ impl Drop for Proc {
 pub fn store_kvs(url: &str, prefix: &str) -> Vec<(String, String, i64)> {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let mut c = etcd_client::Client::connect([url], None)
+        let opts = etcd_client::ConnectOptions::new().with_user("root", STORE_PASSWORD);
+        let mut c = etcd_client::Client::connect([url], Some(opts))
             .await
-            .expect("connect to the store");
+            .expect("connect to the store as root");
         let opts = etcd_client::GetOptions::new().with_prefix();
         let resp = c.get(prefix, Some(opts)).await.expect("range");
         resp.kvs()
@@ -261,6 +262,32 @@ pub fn store_kvs(url: &str, prefix: &str) -> Vec<(String, String, i64)> {
             })
             .collect()
     })
+}
+
+/// The `root` password of the store listeners that remote runs under test
+/// open (a remote run's listener needs one).
+pub const STORE_PASSWORD: &str = "test-root-password";
+
+/// The arguments that give a remote run a store listener this test can
+/// read with [`store_kvs`]: a free loopback port, and [`STORE_PASSWORD`]
+/// in a 0600 file (one per test process, kept until it ends).
+pub fn listener_args() -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    static FILE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = FILE.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let f = dir.path().join("store-password");
+        std::fs::write(&f, format!("{STORE_PASSWORD}\n")).expect("write the password");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        dir
+    });
+    let file = dir.path().join("store-password").display().to_string();
+    vec![
+        "--client-urls".into(),
+        "127.0.0.1:0".into(),
+        "--store-password-file".into(),
+        file,
+    ]
 }
 
 /// Whether process `pid` is gone, or a zombie waiting to be reaped (which
