@@ -16,5 +16,8 @@ cargo build --locked --release --target x86_64-unknown-linux-musl
 bin=target/x86_64-unknown-linux-musl/release/mgmt
 file "$bin" | tee /dev/stderr | grep -q 'statically linked\|static-pie linked'
 echo "== tests"
+# The remote and gateway tests ship the static build users get, not the
+# debug build (tests/it/util/mod.rs: shipped()).
+export MGMT_TEST_SHIPPED="$PWD/$bin"
 # Benchmarks are compiled (clippy above) but not run here: bench/*.sh runs them.
 cargo test --locked --lib --bins --tests

@@ -55,7 +55,7 @@ fn no_keys_in_home(fleet: &SshdFleet, i: usize) {
 }
 
 fn binary_size() -> u64 {
-    std::fs::metadata(env!("CARGO_BIN_EXE_mgmt")).unwrap().len()
+    std::fs::metadata(crate::util::shipped()).unwrap().len()
 }
 
 // See: #5 (two gateways x 10 hosts: all converge, exported data crosses
@@ -135,6 +135,7 @@ fn depth_three_through_a_bastion_with_the_users_agent() {
     for f in &files {
         cmd.arg("--remote").arg(f);
     }
+    cmd.args(crate::util::shipped_args());
     let mut p = Proc::spawn(&mut cmd);
     let code = p.wait(LIMIT);
     let log = p.lines_so_far().join("\n");

@@ -29,7 +29,7 @@ fn hello_graph(d: &Dir, fleet: &SshdFleet, url: &str) -> PathBuf {
 /// The SHA-256 of the binary every host gets.
 fn binary_sha() -> String {
     use sha2::Digest;
-    let mut f = std::fs::File::open(env!("CARGO_BIN_EXE_mgmt")).expect("binary");
+    let mut f = std::fs::File::open(crate::util::shipped()).expect("binary");
     let mut h = sha2::Sha256::new();
     std::io::copy(&mut f, &mut h).expect("hash");
     hex::encode(h.finalize())

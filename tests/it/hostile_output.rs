@@ -30,7 +30,11 @@ fn control_characters_from_a_host_are_escaped() {
             fleet.url(1)
         ),
     );
-    let mut p = Proc::spawn(remote_cmd(&fleet, &[&g], &[]).args(["--remote-binary", "/bin/sh"]));
+    let mut p = Proc::spawn(&mut remote_cmd(
+        &fleet,
+        &[&g],
+        &["--remote-binary", "/bin/sh"],
+    ));
     let line = p.wait_line("hostile host", LIMIT);
     let log = p.lines_so_far().join("\n");
     assert!(

@@ -215,9 +215,8 @@ fn a_host_cannot_write_another_hosts_keys() {
     let (g1, g2) = (graph(1), graph(2));
     // A listener only so that this test can read the store afterwards.
     let mut p = Proc::spawn(
-        remote_cmd(&fleet, &[&g1, &g2], &[])
-            .args(crate::util::listener_args())
-            .args(["--remote-binary", "/bin/sh"]),
+        remote_cmd(&fleet, &[&g1, &g2], &["--remote-binary", "/bin/sh"])
+            .args(crate::util::listener_args()),
     );
     let url = p.store_url(LIMIT);
     let refused = p.wait_line(&format!("store: {attacker} tried to"), LIMIT);
@@ -262,9 +261,11 @@ fn a_gateway_cannot_speak_for_hosts_outside_its_subtree() {
             fleet.url(1)
         ),
     );
-    let mut p = Proc::spawn(
-        remote_cmd(&fleet, &[&direct, &behind], &[]).args(["--remote-binary", "/bin/sh"]),
-    );
+    let mut p = Proc::spawn(&mut remote_cmd(
+        &fleet,
+        &[&direct, &behind],
+        &["--remote-binary", "/bin/sh"],
+    ));
     let refused = p.wait_line("which is not behind it; refused", LIMIT);
     assert!(refused.contains(&format!("{victim:?}")), "{refused}");
     p.signal(nix::sys::signal::Signal::SIGINT);
@@ -325,9 +326,8 @@ fn a_host_reads_only_what_its_graph_collects() {
         ),
     );
     let mut p = Proc::spawn(
-        remote_cmd(&fleet, &[&g1, &g2], &[])
-            .args(crate::util::listener_args())
-            .args(["--remote-binary", "/bin/sh"]),
+        remote_cmd(&fleet, &[&g1, &g2], &["--remote-binary", "/bin/sh"])
+            .args(crate::util::listener_args()),
     );
     let url = p.store_url(LIMIT);
     p.wait_line(&format!("store: {attacker} tried to"), LIMIT);

@@ -26,7 +26,8 @@ fn example(d: &Dir, fleet: &SshdFleet, i: usize, x: &str) -> std::path::PathBuf 
     d.write(&format!("remote2{x}.yaml"), &g)
 }
 
-/// `mgmt run --remote ...` with the fleet's key and known_hosts, no agent.
+/// `mgmt run --remote ...` with the fleet's key and known_hosts, no agent,
+/// shipping [`crate::util::shipped`] unless `extra` names another binary.
 pub(crate) fn remote_cmd(
     fleet: &SshdFleet,
     files: &[&Path],
@@ -42,6 +43,9 @@ pub(crate) fn remote_cmd(
         .arg("--known-hosts")
         .arg(&fleet.known_hosts)
         .args(extra);
+    if !extra.contains(&"--remote-binary") {
+        c.args(crate::util::shipped_args());
+    }
     c
 }
 
@@ -511,11 +515,12 @@ fn interrupt_during_the_copy_leaves_nothing_behind() {
     data[..4].copy_from_slice(b"\x7fELF");
     std::fs::write(&big, &data).unwrap();
     let g = one_noop_graph(&d, "g.yaml", &[fleet.url(1)]);
-    let mut p = Proc::spawn(
-        remote_cmd(&fleet, &[&g], &[])
-            .arg("--remote-binary")
-            .arg(&big),
-    );
+    let big_arg = big.display().to_string();
+    let mut p = Proc::spawn(&mut remote_cmd(
+        &fleet,
+        &[&g],
+        &["--remote-binary", &big_arg],
+    ));
     p.wait_line("copying", LIMIT);
     interrupt(&mut p);
     let bin = fleet.home(1).join(".cache/mgmt/bin");

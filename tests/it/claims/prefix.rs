@@ -59,7 +59,7 @@ fn runs_under(fleet: &SshdFleet, d: &Dir, prefix_arg: &str, prefix: &Path) {
     interrupt(&mut p);
     // The binary is the one this test built, cached under the prefix.
     let cached = std::fs::read(bin_dir.join("mgmt")).unwrap();
-    let built = std::fs::read(env!("CARGO_BIN_EXE_mgmt")).unwrap();
+    let built = std::fs::read(crate::util::shipped()).unwrap();
     assert!(
         cached == built,
         "the cached binary differs from the built one"

@@ -54,6 +54,34 @@ pub fn mgmt() -> Command {
     c
 }
 
+/// The binary remote tests ship to their hosts: the static musl release
+/// build, the artifact users get, when the test command names it in
+/// `MGMT_TEST_SHIPPED` (scripts/test.sh builds it first and sets it), else
+/// this build of mgmt.
+pub fn shipped() -> PathBuf {
+    match std::env::var_os("MGMT_TEST_SHIPPED") {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            assert!(
+                p.is_file(),
+                "MGMT_TEST_SHIPPED={} is not a file: build it (cargo build --release --target \
+                 x86_64-unknown-linux-musl) or unset it",
+                p.display()
+            );
+            p
+        }
+        None => PathBuf::from(env!("CARGO_BIN_EXE_mgmt")),
+    }
+}
+
+/// `--remote-binary` for [`shipped`], when that is not this build.
+pub fn shipped_args() -> Vec<std::ffi::OsString> {
+    match std::env::var_os("MGMT_TEST_SHIPPED") {
+        Some(_) => vec!["--remote-binary".into(), shipped().into()],
+        None => Vec::new(),
+    }
+}
+
 /// Output of a finished run.
 pub struct Output {
     pub code: i32,
