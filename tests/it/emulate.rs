@@ -47,6 +47,8 @@ impl Emu {
                 .arg(d.path().join("key.pub"))
                 .arg("--known-hosts-out")
                 .arg(d.path().join("known_hosts"))
+                .arg("--hosts-out")
+                .arg(d.path().join("hosts"))
                 .arg("--stats")
                 .arg(d.path().join("stats.json"));
             if shared_listener {
@@ -361,4 +363,40 @@ fn twenty_emulated_hosts_converge_behind_two_emulated_gateways() {
         );
         assert!(!emu.home(g).join(".ssh").exists());
     }
+}
+
+// See: #19 (README: `--hosts-out` is one `ssh://USER@ADDR:PORT` per host;
+// the emulator stops on SIGTERM, stopping its children first)
+#[test]
+fn the_emulator_lists_its_hosts_and_stops_on_sigterm_with_its_children() {
+    let mut emu = Emu::start(3, false);
+    let listed = std::fs::read_to_string(emu.d.path().join("hosts")).expect("--hosts-out");
+    let want: Vec<String> = (0..3).map(|i| emu.url(i)).collect();
+    assert_eq!(listed.lines().collect::<Vec<_>>(), want, "{listed}");
+    // A run that stays up, so each host has a child (a task of the
+    // emulator's) running.
+    let d = Dir::new();
+    let files: Vec<PathBuf> = (0..3).map(|i| graph(&emu, &d, i)).collect();
+    let mut run = Proc::spawn(emu.run(&files, "key").args(["--converged-timeout", "-1"]));
+    let running: Vec<String> = (0..3).map(|i| format!("[h{i:03}] running")).collect();
+    let running: Vec<&str> = running.iter().map(String::as_str).collect();
+    run.wait_all(&running, Duration::from_secs(120));
+    let totals = |emu: &Emu, k: &str| emu.stats()["totals"][k].as_u64().unwrap_or(0);
+    assert!(
+        eventually(Duration::from_secs(30), || totals(&emu, "children_running")
+            == 3),
+        "{}",
+        emu.stats()
+    );
+    emu.proc.signal(nix::sys::signal::Signal::SIGTERM);
+    let code = emu.proc.wait(Duration::from_secs(60));
+    assert_eq!(code, 0, "{}", emu.proc.lines_so_far().join("\n"));
+    // Its last counters, written after the children stopped: none left.
+    assert_eq!(totals(&emu, "children_running"), 0, "{}", emu.stats());
+    // The run sees every host's child stopped cleanly (as by a signal on
+    // the host), and ends.
+    let code = run.wait(Duration::from_secs(60));
+    let log = run.lines_so_far().join("\n");
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("0 converged, 0 failed, 3 stopped"), "{log}");
 }
