@@ -74,7 +74,9 @@ if [ -z "${CLIENTLIB_NETNS:-}" ]; then
     done
     if [ -z "${STORE_BIN:-}" ]; then
         (cd "$HERE" && cargo build --locked --example store_serve) || die "cannot build examples/store_serve.rs"
-        STORE_BIN=${CARGO_TARGET_DIR:-$HERE/target}/debug/examples/store_serve
+        target=${CARGO_TARGET_DIR:-target}
+        case $target in /*) ;; *) target=$HERE/$target ;; esac
+        STORE_BIN=$target/debug/examples/store_serve
     fi
     [ -x "$STORE_BIN" ] || die "no store binary at $STORE_BIN"
     mkdir -p "$CACHE" "$OUT"
