@@ -37,6 +37,11 @@ pub struct FleetOptions {
     pub max_startups: String,
     /// Also listen on `[::1]` (host 1's settings apply there).
     pub ipv6: bool,
+    /// Root's password on the fleet's hosts: sshd then runs in a mount
+    /// namespace of its own whose `/etc/shadow` is a copy with root's hash
+    /// replaced (the machine's own file is never touched), and takes
+    /// passwords.
+    pub root_password: Option<String>,
 }
 
 impl Default for FleetOptions {
@@ -44,8 +49,46 @@ impl Default for FleetOptions {
         Self {
             max_startups: "200:30:400".into(),
             ipv6: false,
+            root_password: None,
         }
     }
+}
+
+/// A copy of `/etc/shadow` in `dir` whose root line holds `password`'s
+/// SHA-512 crypt hash (from `openssl passwd -6`, the password on stdin).
+fn shadow_with_root_password(dir: &Path, password: &str) -> PathBuf {
+    use std::io::Write;
+    let mut c = Command::new("openssl")
+        .args(["passwd", "-6", "-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run openssl passwd");
+    c.stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("write the password");
+    let out = c.wait_with_output().expect("openssl passwd");
+    assert!(out.status.success(), "openssl passwd failed");
+    let hash = String::from_utf8(out.stdout)
+        .expect("hash")
+        .trim()
+        .to_owned();
+    let shadow = std::fs::read_to_string("/etc/shadow").expect("read /etc/shadow");
+    let text: String = shadow
+        .lines()
+        .map(|l| match l.strip_prefix("root:") {
+            Some(rest) => {
+                let after = rest.split_once(':').map(|(_, a)| a).unwrap_or("");
+                format!("root:{hash}:{after}\n")
+            }
+            None => format!("{l}\n"),
+        })
+        .collect();
+    let path = dir.join("shadow");
+    std::fs::write(&path, text).expect("write the shadow copy");
+    path
 }
 
 /// A running fleet. Drop stops it.
@@ -189,6 +232,7 @@ impl SshdFleet {
              UsePAM no\n\
              PermitRootLogin yes\n\
              KbdInteractiveAuthentication no\n\
+             PasswordAuthentication {pw}\n\
              MaxStartups {ms}\n\
              MaxSessions 50\n\
              AllowTcpForwarding yes\n\
@@ -197,6 +241,11 @@ impl SshdFleet {
              LogLevel INFO\n",
             d = d.display(),
             ms = opts.max_startups,
+            pw = if opts.root_password.is_some() {
+                "yes"
+            } else {
+                "no"
+            },
         ));
         for ip in ips.iter().filter(|ip| !ip.contains(':')) {
             let x = ip.rsplit('.').next().unwrap_or("0");
@@ -211,7 +260,20 @@ impl SshdFleet {
         let path = d.join(format!("sshd_config.{k}"));
         std::fs::write(&path, cfg).expect("sshd_config");
 
-        let mut child = Command::new(SSHD)
+        let mut cmd = match &opts.root_password {
+            None => Command::new(SSHD),
+            Some(pw) => {
+                // unshare without --fork: the pid stays sshd's (sh execs it).
+                let shadow = shadow_with_root_password(d, pw);
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg("mount --bind \"$0\" /etc/shadow && exec \"$@\"")
+                    .arg(&shadow)
+                    .arg(SSHD);
+                c
+            }
+        };
+        let mut child = cmd
             .args(["-D", "-e", "-f"])
             .arg(&path)
             .stdin(Stdio::null())
