@@ -6,6 +6,7 @@
 //! marked `#[ignore = "README claim does not hold: ..."]`.
 
 mod auth;
+mod binary;
 mod child_death;
 mod exit_codes;
 mod hostkeys;
