@@ -72,3 +72,47 @@ fn noop_remote_run_changes_and_exports_nothing() {
         out.stderr
     );
 }
+
+// See: #19 (README: --noop is passed on to hosts behind a gateway)
+#[test]
+fn noop_reaches_a_host_behind_a_gateway() {
+    let fleet = SshdFleet::start(2);
+    let d = Dir::new();
+    let own = fleet.home(2).join("own");
+    let g = d.write(
+        "g.yaml",
+        &format!(
+            "graph: g\nremote: {url}\nvia:\n- {gw}\nresources:\n  file:\n  - name: own\n    path: {own}\n    content: \"mine\\n\"\n",
+            url = fleet.url(2),
+            gw = fleet.url(1),
+            own = own.display()
+        ),
+    );
+    let route = format!("[{}/{}]", fleet.ip(1), fleet.ip(2));
+    let out = run(
+        &mut remote_cmd(&fleet, &[&g], &["--noop", "--converged-timeout", "2"]),
+        LIMIT,
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.lines().any(|l| l.starts_with(&route)
+            && l.contains(&format!("would write 5 bytes to {}", own.display()))),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !own.exists(),
+        "--noop wrote {} behind the gateway",
+        own.display()
+    );
+    // Without --noop the same run writes it: the check above can fail.
+    let out = run(
+        &mut remote_cmd(&fleet, &[&g], &["--converged-timeout", "2"]),
+        LIMIT,
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&own).ok().as_deref(),
+        Some("mine\n")
+    );
+}
