@@ -14,3 +14,4 @@ mod noop;
 mod prefix;
 mod resources;
 mod stop;
+mod via;
