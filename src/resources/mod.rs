@@ -20,6 +20,7 @@ mod noop;
 mod password;
 mod path;
 mod pkg;
+mod svc;
 mod timer;
 mod user;
 
@@ -146,6 +147,7 @@ pub static KINDS: &[&KindSpec] = &[
     &timer::SPEC,
     &password::SPEC,
     &pkg::SPEC,
+    &svc::SPEC,
     &user::SPEC,
     &group::SPEC,
 ];
@@ -283,6 +285,8 @@ mod tests {
             ("file" | "user" | "group", "state", _) => "absent".into(),
             ("user", "home" | "shell", _) => "/bin/sh".into(),
             ("pkg", "state", _) => "installed".into(),
+            ("svc", "state", _) => "running".into(),
+            ("svc", "startup", _) => "enabled".into(),
             ("pkg", "version", _) => "1.0-1".into(),
             (_, _, FieldType::Str) => "true".into(),
             (_, _, FieldType::Int) => 5.into(),

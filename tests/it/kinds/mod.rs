@@ -12,6 +12,7 @@
 
 mod accounts;
 mod pkg;
+mod svc;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
