@@ -119,11 +119,15 @@ impl Systemd {
         });
         let said = rx.recv_timeout(LIMIT).expect("systemd booted its target");
         assert_eq!(said.trim(), "ready");
-        let me = sd.unshare.id();
-        let children =
-            std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")).unwrap_or_default();
-        sd.pid = children.trim().parse().expect("systemd's pid");
+        sd.pid = sd.pid1().expect("systemd's pid");
         sd
+    }
+
+    /// unshare's only child: the namespace's PID 1.
+    fn pid1(&self) -> Option<i32> {
+        let me = self.unshare.id();
+        let children = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")).ok()?;
+        children.split_whitespace().next()?.parse().ok()
     }
 
     /// `program args...` inside the namespaces.
@@ -166,6 +170,10 @@ impl Systemd {
 
 impl Drop for Systemd {
     fn drop(&mut self) {
+        // Also when boot failed before the pid was read.
+        if self.pid == 0 {
+            self.pid = self.pid1().unwrap_or(0);
+        }
         if self.pid > 0 {
             // PID 1 gone, the kernel kills the whole namespace.
             let _ = nix::sys::signal::kill(
@@ -235,9 +243,9 @@ fn a_service_is_started_enabled_kept_running_and_restarted_on_refresh() {
     );
 }
 
-// See: #16 (reload: true reloads instead of restarting)
+// See: #16 (reload: true reloads instead of restarting; stop and disable)
 #[test]
-fn a_refresh_reloads_when_asked() {
+fn a_refresh_reloads_when_asked_then_stop_and_disable() {
     let sd = Systemd::boot(&[("mgmtit.service", UNIT)]);
     let first = sd.run(&["-t", "1", "--file", sd.graph(&web("v1"))]);
     assert_eq!(first.code, 0, "{}", first.stderr);
@@ -250,6 +258,23 @@ fn a_refresh_reloads_when_asked() {
         out.stderr
     );
     assert!(!out.stderr.contains("restarted"), "{}", out.stderr);
+
+    // And back: stopped and disabled.
+    let g = sd.graph(
+        &web("v2")
+            .replace("state: running", "state: stopped")
+            .replace("startup: enabled", "startup: disabled"),
+    );
+    let out = sd.run(&["-t", "1", "--file", g]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("svc[mgmtit]: disabled mgmtit.service")
+            && out.stderr.contains("svc[mgmtit]: stopped mgmtit.service"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(sd.systemctl(&["is-active", "mgmtit"]), "inactive");
+    assert_eq!(sd.systemctl(&["is-enabled", "mgmtit"]), "disabled");
 }
 
 // See: #16 (--noop says what it would do and changes nothing)
