@@ -115,9 +115,12 @@ fn read_state(s: Option<&str>) -> Result<State, FieldError> {
 
 /// Debian's package names: lowercase letters, digits and `+-.`, starting
 /// with a letter or digit, at least two characters; so never an option.
+/// Not ending in `-` either, which `apt-get install` may read as a
+/// "remove" mark (a trailing `+`, as in `g++`, apt resolves by name first).
 fn check_name(name: &str) -> Result<(), FieldError> {
     let ok = name.len() >= 2
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && !name.ends_with('-')
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
@@ -434,9 +437,14 @@ impl Resource for Pkg {
         }
     }
 
+    /// Only a lone package receives: the engine never groups a resource
+    /// at either end of a Send/Recv edge.
     fn set_field(&mut self, field: &str, value: Value) -> Result<(), FieldError> {
-        let Some(w) = self.wants.first_mut() else {
-            return Err(FieldError::new(field_name(field), "an empty pkg group"));
+        let [w] = self.wants.as_mut_slice() else {
+            return Err(FieldError {
+                field: None,
+                message: format!("a group of packages cannot receive {field}"),
+            });
         };
         match field {
             "state" => w.state = read_state(value.as_str())?,
@@ -452,9 +460,43 @@ impl Resource for Pkg {
     }
 }
 
-fn field_name(field: &str) -> &'static str {
-    SPEC.fields
-        .iter()
-        .find(|f| f.name == field)
-        .map_or("name", |f| f.name)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(name: &str, state: State, version: Option<&str>) -> Want {
+        Want {
+            name: name.into(),
+            state,
+            version: version.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn each_package_gets_the_word_apt_get_install_takes() {
+        let v = |s: &str| Some(s.to_owned());
+        let act = |want: &Want, now: Option<String>, cand: Option<String>| {
+            action(want, now.as_ref(), cand.as_ref()).map(|(word, _)| word)
+        };
+        assert_eq!(act(&w("a", State::Installed, None), None, v("1")), v("a"));
+        assert_eq!(act(&w("a", State::Installed, None), v("1"), v("2")), None);
+        assert_eq!(act(&w("a", State::Newest, None), v("1"), v("2")), v("a"));
+        assert_eq!(act(&w("a", State::Newest, None), v("2"), v("2")), None);
+        assert_eq!(
+            act(&w("a", State::Installed, Some("1")), v("2"), None),
+            v("a=1")
+        );
+        assert_eq!(act(&w("a", State::Absent, None), v("1"), None), v("a-"));
+        assert_eq!(act(&w("a", State::Absent, None), None, None), None);
+    }
+
+    #[test]
+    fn names_that_apt_would_read_otherwise_are_refused() {
+        for bad in ["-o", "a", "Nginx", "a b", "foo-", "x;y"] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+        for good in ["nginx", "libc6", "g++", "python3.11"] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+    }
 }
