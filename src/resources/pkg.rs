@@ -349,15 +349,19 @@ const ENV: &[(&str, &str)] = &[
     ("APT_LISTCHANGES_FRONTEND", "none"),
 ];
 
+/// Reads apt's lists. A failure (no network, a source down, the lists'
+/// lock held) is a warning: the lists apt already has may well hold what
+/// is wanted, and a package they lack is then reported by name.
 async fn update(ctx: &Ctx) -> Result<(), ResourceError> {
     tracing::info!("{}: reading the package lists (apt-get update)", ctx.id);
     let ran = argv::run("apt-get", &words(["update", "-q"]), ENV, &ctx.cancel).await?;
     if !ran.ok() {
-        return Err(ResourceError::Failed(format!(
-            "apt-get update exited with code {}: {}",
+        tracing::warn!(
+            "{}: apt-get update exited with code {}: {}; going on with the lists apt has",
+            ctx.id,
             ran.code,
             ran.tail()
-        )));
+        );
     }
     Ok(())
 }
