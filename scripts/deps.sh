@@ -2,7 +2,8 @@
 # Installs what building and testing mgmt needs on Debian, when missing:
 # protoc (etcd-client's build), musl-tools and the musl target (the static
 # binary shipped to hosts), OpenSSH server and client and etcd (real peers
-# for the tests), etcdctl (a real client for the store's tests). Runs
+# for the tests), etcdctl (a real client for the store's tests), dpkg-dev,
+# systemd, dbus and gdbus (the system kinds' tests). Runs
 # non-interactively; safe to run again.
 set -euo pipefail
 
@@ -24,6 +25,13 @@ command -v etcd >/dev/null || need+=(etcd-server)
 command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v file >/dev/null || need+=(file)
 command -v python3 >/dev/null || need+=(python3)
+# The system kinds' tests (tests/it/kinds): a local apt repository, and a
+# real systemd with its system bus in a namespace.
+command -v dpkg-scanpackages >/dev/null || need+=(dpkg-dev)
+[ -x /lib/systemd/systemd ] || need+=(systemd)
+command -v dbus-daemon >/dev/null || need+=(dbus)
+command -v gdbus >/dev/null || need+=(libglib2.0-bin)
+command -v useradd >/dev/null || need+=(passwd)
 
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

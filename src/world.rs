@@ -459,12 +459,7 @@ fn decode(
             .iter()
             .find(|f| f.name == key)
             .ok_or_else(|| DecodeError::UnknownField(key.into()))?;
-        let ok = match f.ty {
-            resources::FieldType::Str => v.is_string(),
-            resources::FieldType::Int => v.is_i64() || v.is_u64(),
-            resources::FieldType::Bool => v.is_bool(),
-        };
-        if !ok {
+        if !f.ty.fits(v) {
             return Err(DecodeError::FieldType {
                 field: key.into(),
                 expected: f.ty.describe(),

@@ -16,10 +16,14 @@
 //! for its field values, not checked), so the receiver gets the same values
 //! the old one had: a password is generated once per process.
 //!
+//! Resources that can be applied together (`pkg`) run as one vertex; see
+//! [`autogroup`].
+//!
 //! Converged: nothing ran, no event arrived and nothing is waiting to run for
 //! `converged_timeout`; the loop then sleeps on its channels and uses no CPU.
 //! What to do when converged (exit, publish to the store) is the caller's.
 
+mod autogroup;
 mod worker;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -97,7 +101,9 @@ enum State {
 }
 
 struct Vertex {
-    decl: ResourceDecl,
+    /// The resources this vertex applies, its leader first: one, or a
+    /// group made by [`autogroup`].
+    decls: Vec<ResourceDecl>,
     /// Worker instance id; reports from older instances are ignored.
     id: u64,
     /// Where checks go; `None` when the resource could not be built.
@@ -203,6 +209,20 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
+impl Vertex {
+    /// `kind[name]`, or `kind[a,b,c]` for a group, for logs and status.
+    fn label(&self) -> String {
+        match self.decls.as_slice() {
+            [one] => one.id(),
+            many => {
+                let names: Vec<&str> = many.iter().map(|d| d.name.as_str()).collect();
+                let kind = many.first().map(|d| d.kind).unwrap_or_default();
+                format!("{kind}[{}]", names.join(","))
+            }
+        }
+    }
+}
+
 impl Engine {
     fn busy(&self) -> bool {
         self.vertices.values().any(|v| v.running)
@@ -249,12 +269,12 @@ impl Engine {
     }
 
     fn publish(&mut self) {
-        self.status.resources = self.vertices.len();
+        self.status.resources = self.vertices.values().map(|v| v.decls.len()).sum();
         let mut failed: Vec<String> = self
             .vertices
             .values()
             .filter_map(|v| match &v.state {
-                State::Failed(why) => Some(format!("{}: {why}", v.decl.id())),
+                State::Failed(why) => Some(format!("{}: {why}", v.label())),
                 _ => None,
             })
             .collect();
@@ -263,52 +283,73 @@ impl Engine {
         self.status_tx.send_replace(self.status.clone());
     }
 
-    /// Starts a worker for `decl`; a resource that cannot be built is failed.
-    fn spawn(&mut self, decl: ResourceDecl) -> Vertex {
+    /// Builds the resource (or the group) of one vertex.
+    fn build(decls: &[ResourceDecl]) -> Option<Result<Box<dyn resources::Resource>, String>> {
+        let first = decls.first()?;
+        let spec = resources::lookup(first.kind)?;
+        let built = match (decls, spec.group) {
+            ([one], _) => (spec.build)(&one.name, &one.params),
+            (many, Some(group)) => {
+                let members: Vec<_> = many
+                    .iter()
+                    .map(|d| (d.name.clone(), d.params.clone()))
+                    .collect();
+                group(&members)
+            }
+            (_, None) => return None,
+        };
+        Some(built.map_err(|e| e.to_string()))
+    }
+
+    /// Starts a worker for a vertex; a resource that cannot be built is failed.
+    fn spawn(&mut self, decls: Vec<ResourceDecl>) -> Vertex {
         self.next_id += 1;
         let id = self.next_id;
         let cancel = self.cancel.child_token();
-        let name = decl.id();
-        let (state, checks) =
-            match resources::lookup(decl.kind).map(|k| (k.build)(&decl.name, &decl.params)) {
-                Some(Ok(resource)) => {
-                    let (tx, rx) = mpsc::channel(1);
-                    let w = Worker {
-                        id,
-                        name,
-                        resource,
-                        meta: decl.meta,
-                        noop: self.cfg.noop,
-                        root: self.cfg.root.clone(),
-                        checks: rx,
-                        reports: self.reports_tx.clone(),
-                        cancel: cancel.clone(),
-                    };
-                    self.tasks.spawn(w.run());
-                    (State::Pending, Some(tx))
-                }
-                Some(Err(e)) => {
-                    tracing::error!("{name}: {e}");
-                    (State::Failed(e.to_string()), None)
-                }
-                None => {
-                    tracing::error!("{name}: unknown kind");
-                    (State::Failed("unknown kind".into()), None)
-                }
-            };
-        Vertex {
-            decl,
+        let mut v = Vertex {
+            decls,
             id,
-            checks,
-            cancel,
-            state,
+            checks: None,
+            cancel: cancel.clone(),
+            state: State::Pending,
             running: false,
             dirty: true,
             probe: false,
             refresh: false,
             recv: Vec::new(),
             last_recv: BTreeMap::new(),
-        }
+        };
+        let name = v.label();
+        let meta = v.decls.first().map(|d| d.meta).unwrap_or_default();
+        let (state, checks) = match Self::build(&v.decls) {
+            Some(Ok(resource)) => {
+                let (tx, rx) = mpsc::channel(1);
+                let w = Worker {
+                    id,
+                    name,
+                    resource,
+                    meta,
+                    noop: self.cfg.noop,
+                    root: self.cfg.root.clone(),
+                    checks: rx,
+                    reports: self.reports_tx.clone(),
+                    cancel: cancel.clone(),
+                };
+                self.tasks.spawn(w.run());
+                (State::Pending, Some(tx))
+            }
+            Some(Err(e)) => {
+                tracing::error!("{name}: {e}");
+                (State::Failed(e), None)
+            }
+            None => {
+                tracing::error!("{name}: unknown kind");
+                (State::Failed("unknown kind".into()), None)
+            }
+        };
+        v.state = state;
+        v.checks = checks;
+        v
     }
 
     /// Swaps in a new graph: unchanged resources keep running untouched.
@@ -319,25 +360,28 @@ impl Engine {
         let (mut kept, mut started) = (0, 0);
         // Resources that start afresh: new, or changed and restarted.
         let mut fresh = HashSet::new();
-        for decl in desired.resources {
-            let key = VertexRef {
-                kind: decl.kind,
-                name: decl.name.clone(),
+        let plan = autogroup::plan(desired.resources, desired.edges);
+        for decls in plan.vertices {
+            let Some(key) = decls.first().map(|d| VertexRef {
+                kind: d.kind,
+                name: d.name.clone(),
+            }) else {
+                continue;
             };
             let v = match old.remove(&key) {
-                Some(v) if v.decl == decl => {
+                Some(v) if v.decls == decls => {
                     kept += 1;
                     v
                 }
                 prev => {
                     if let Some(prev) = prev {
-                        tracing::info!("{}: changed, restarting it", prev.decl.id());
+                        tracing::info!("{}: changed, restarting it", prev.label());
                         prev.cancel.cancel();
                         self.ids.remove(&prev.id);
                     }
                     started += 1;
                     fresh.insert(key.clone());
-                    self.spawn(decl)
+                    self.spawn(decls)
                 }
             };
             self.ids.insert(v.id, key.clone());
@@ -348,7 +392,7 @@ impl Engine {
             v.cancel.cancel();
             self.ids.remove(&v.id);
         }
-        self.edges = desired.edges;
+        self.edges = plan.edges;
         for (i, e) in self.edges.iter().enumerate() {
             self.outgoing.entry(e.from.clone()).or_default().push(i);
             self.incoming.entry(e.to.clone()).or_default().push(i);
@@ -480,14 +524,14 @@ impl Engine {
         match report {
             Report::Event { id } => {
                 if let Some(v) = self.ids.get(&id).and_then(|k| self.vertices.get_mut(k)) {
-                    tracing::debug!("{}: event", v.decl.id());
+                    tracing::debug!("{}: event", v.label());
                     v.dirty = true;
                     self.worklist.push(self.ids[&id].clone());
                 }
             }
             Report::WatchFailed { id, error } => {
                 if let Some(v) = self.ids.get(&id).and_then(|k| self.vertices.get_mut(k)) {
-                    tracing::error!("{}: watch failed: {error}", v.decl.id());
+                    tracing::error!("{}: watch failed: {error}", v.label());
                     v.state = State::Failed(format!("watch failed: {error}"));
                     self.publish();
                 }
@@ -528,7 +572,7 @@ impl Engine {
                 c == Checked::Changed
             }
             Err(why) => {
-                tracing::error!("{}: {why}", v.decl.id());
+                tracing::error!("{}: {why}", v.label());
                 v.state = State::Failed(why);
                 self.publish();
                 return;

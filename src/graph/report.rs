@@ -63,10 +63,10 @@ impl Errors {
 /// are never converted: a YAML integer is not a string field's value even
 /// though it could be, since `mode: 644` means something else than `"0644"`.
 pub(crate) fn type_mismatch(node: Node<'_>, ty: FieldType) -> Option<String> {
+    // A YAML integer too large for i64 is not an integer field's value.
     let fits = match ty {
-        FieldType::Str => node.value.is_string(),
         FieldType::Int => node.value.is_i64(),
-        FieldType::Bool => node.value.is_bool(),
+        _ => ty.fits(node.value),
     };
     if fits {
         return None;

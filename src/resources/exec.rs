@@ -59,6 +59,7 @@ pub static SPEC: KindSpec = KindSpec {
     sends: &[],
     receives: &["cmd", "shell", "ifcmd", "timeout"],
     build,
+    group: None,
 };
 
 struct Exec {

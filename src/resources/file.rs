@@ -70,6 +70,7 @@ pub static SPEC: KindSpec = KindSpec {
     sends: &[],
     receives: &["content", "state", "mode", "owner", "group"],
     build,
+    group: None,
 };
 
 struct File {

@@ -9,14 +9,20 @@
 //! host paths only through `path` (no link followed that the graph did not
 //! ask for) and starts commands only under a `keeper` (none outlives mgmt).
 
+mod accounts;
+mod argv;
 mod exec;
 mod file;
+mod group;
 mod keeper;
 mod msg;
 mod noop;
 mod password;
 mod path;
+mod pkg;
+mod svc;
 mod timer;
+mod user;
 
 use std::path::PathBuf;
 
@@ -31,6 +37,8 @@ pub enum FieldType {
     Str,
     Int,
     Bool,
+    /// A list of strings (`groups: [www-data, adm]`); `[]` is an empty list.
+    StrList,
 }
 
 impl FieldType {
@@ -39,6 +47,19 @@ impl FieldType {
             FieldType::Str => "a string",
             FieldType::Int => "an integer",
             FieldType::Bool => "a boolean (true or false)",
+            FieldType::StrList => "a list of strings",
+        }
+    }
+
+    /// Whether `v` is a value of this type; nothing is converted.
+    pub fn fits(self, v: &Value) -> bool {
+        match self {
+            FieldType::Str => v.is_string(),
+            FieldType::Int => v.is_i64() || v.is_u64(),
+            FieldType::Bool => v.is_bool(),
+            FieldType::StrList => v
+                .as_sequence()
+                .is_some_and(|items| items.iter().all(Value::is_string)),
         }
     }
 }
@@ -74,6 +95,13 @@ impl FieldError {
 /// Builds a resource from its type-checked fields, checking their values.
 pub type BuildFn = fn(name: &str, params: &Mapping) -> Result<Box<dyn Resource>, FieldError>;
 
+/// Builds one resource that checks and applies several resources of one
+/// kind together (`(name, params)` each, already validated one by one by
+/// [`BuildFn`]), so that, say, twenty packages take the package manager's
+/// lock once. The engine decides which resources go together (mgmt's
+/// autogroup); the kind only says whether it can.
+pub type GroupFn = fn(members: &[(String, Mapping)]) -> Result<Box<dyn Resource>, FieldError>;
+
 /// Everything the graph layer and the engine need to know about a kind.
 pub struct KindSpec {
     /// Canonical lowercase name, as written in `resources:`.
@@ -89,6 +117,8 @@ pub struct KindSpec {
     pub receives: &'static [&'static str],
     /// Builds the resource from type-checked fields; checks their values.
     pub build: BuildFn,
+    /// Set when several resources of this kind can be applied as one.
+    pub group: Option<GroupFn>,
 }
 
 impl KindSpec {
@@ -116,6 +146,10 @@ pub static KINDS: &[&KindSpec] = &[
     &msg::SPEC,
     &timer::SPEC,
     &password::SPEC,
+    &pkg::SPEC,
+    &svc::SPEC,
+    &user::SPEC,
+    &group::SPEC,
 ];
 
 /// Looks a kind up by name, case-insensitively.
@@ -210,6 +244,20 @@ pub trait Resource: Send + Sync + 'static {
     fn set_field(&mut self, field: &str, value: Value) -> Result<(), FieldError>;
 }
 
+/// Kinds that manage the host itself (its accounts, packages, services)
+/// have nothing of their own under a per-host root (many emulated hosts in
+/// one process), so they refuse to run there rather than change the host.
+pub(crate) fn host_only(ctx: &Ctx, what: &str) -> Result<(), ResourceError> {
+    if ctx.root == std::path::Path::new("/") {
+        return Ok(());
+    }
+    Err(ResourceError::Failed(format!(
+        "{} manages {what} and cannot run under the per-host root {} (hint: apply it with mgmt run on the host itself)",
+        ctx.id,
+        ctx.root.display()
+    )))
+}
+
 /// Reads an optional string field from type-checked params.
 pub(crate) fn str_field(params: &Mapping, name: &str) -> Option<String> {
     params.get(name).and_then(Value::as_str).map(str::to_owned)
@@ -234,10 +282,16 @@ mod tests {
         match (kind, field.name, field.ty) {
             ("file", "path", _) => "/tmp/mgmt-sample".into(),
             ("file", "mode", _) => "0644".into(),
-            ("file", "state", _) => "absent".into(),
+            ("file" | "user" | "group", "state", _) => "absent".into(),
+            ("user", "home" | "shell", _) => "/bin/sh".into(),
+            ("pkg", "state", _) => "installed".into(),
+            ("svc", "state", _) => "running".into(),
+            ("svc", "startup", _) => "enabled".into(),
+            ("pkg", "version", _) => "1.0-1".into(),
             (_, _, FieldType::Str) => "true".into(),
             (_, _, FieldType::Int) => 5.into(),
             (_, _, FieldType::Bool) => true.into(),
+            (_, _, FieldType::StrList) => Value::Sequence(vec!["root".into()]),
         }
     }
 
@@ -257,8 +311,12 @@ mod tests {
             for f in spec.fields.iter().filter(|f| f.required) {
                 params.insert(f.name.into(), sample(spec.kind, f));
             }
-            let mut r = (spec.build)("/tmp/mgmt-sample", &params)
-                .unwrap_or_else(|e| panic!("{}: build: {e}", spec.kind));
+            let name = match spec.kind {
+                "file" => "/tmp/mgmt-sample",
+                _ => "mgmt-sample",
+            };
+            let mut r =
+                (spec.build)(name, &params).unwrap_or_else(|e| panic!("{}: build: {e}", spec.kind));
             for f in spec.fields {
                 let accepted = r.set_field(f.name, sample(spec.kind, f));
                 // What the validator lets through must work at run time.

@@ -17,6 +17,7 @@ pub static SPEC: KindSpec = KindSpec {
     sends: &[],
     receives: &["body"],
     build,
+    group: None,
 };
 
 struct Msg {

@@ -17,6 +17,7 @@ pub static SPEC: KindSpec = KindSpec {
     sends: &[],
     receives: &["comment"],
     build,
+    group: None,
 };
 
 struct Noop {

@@ -25,6 +25,7 @@ pub static SPEC: KindSpec = KindSpec {
     }],
     receives: &["length"],
     build,
+    group: None,
 };
 
 struct Password {

@@ -24,6 +24,7 @@ pub static SPEC: KindSpec = KindSpec {
     sends: &[],
     receives: &[],
     build,
+    group: None,
 };
 
 struct Timer {

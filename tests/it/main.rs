@@ -12,6 +12,7 @@ mod hostile_cache;
 mod hostile_output;
 mod hostile_paths;
 mod hostile_store;
+mod kinds;
 mod layers;
 mod remote;
 mod remote_run;
