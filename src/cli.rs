@@ -225,4 +225,19 @@ pub struct RunArgs {
     /// record (internal: set by the parent).
     #[arg(long, hide = true, value_name = "USER@HOST", requires = "run_dir")]
     pub initiator: Option<String>,
+
+    /// This host's position in its graph's `remote:` list, for templates'
+    /// `host.index` (internal: set by the parent).
+    #[arg(long, hide = true, default_value_t = 0, value_name = "N")]
+    pub host_index: u64,
+
+    /// The length of that list, for `host.count` (internal: set by the parent).
+    #[arg(long, hide = true, default_value_t = 1, value_name = "N")]
+    pub host_count: u64,
+
+    /// How the initiator shows this process (`gw.dc1/web3`), for
+    /// `host.route` and the routes of a gateway's hosts (internal: set by
+    /// the parent).
+    #[arg(long, hide = true, value_name = "ROUTE")]
+    pub route: Option<String>,
 }

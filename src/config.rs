@@ -60,6 +60,10 @@ pub struct Config {
     pub initiator: String,
     /// `--remote` graphs and how to reach their hosts.
     pub remote: Option<Plan>,
+    /// This host's place in the run, for templates (`host.name`, ...).
+    pub host: crate::graph::template::Host,
+    /// `--route`: how the initiator shows this process, when it is a child.
+    pub route: Option<String>,
     /// Where `file` resources' absolute paths are rooted: `/`, or a host's
     /// own directory when `mgmt emulate` runs many hosts in one process.
     pub root: PathBuf,
@@ -127,7 +131,6 @@ impl Config {
         }
         Ok(Config {
             file,
-            hostname,
             converged_timeout,
             noop: args.noop,
             watch: !args.no_watch,
@@ -141,6 +144,14 @@ impl Config {
                 format!("{user}@{}", os_hostname())
             }),
             remote,
+            host: crate::graph::template::Host {
+                route: args.route.clone().unwrap_or_else(|| hostname.clone()),
+                name: hostname.clone(),
+                index: args.host_index,
+                count: args.host_count.max(1),
+            },
+            route: args.route.clone(),
+            hostname,
             root: "/".into(),
         })
     }

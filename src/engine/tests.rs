@@ -160,6 +160,7 @@ async fn retry_runs_again_until_success() {
         noop: false,
         retry: 2,
         delay_ms: 10,
+        when: None,
     };
     let mut r = start(
         Desired {

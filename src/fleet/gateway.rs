@@ -285,6 +285,7 @@ fn take_known_host(ui: &crate::ui::Ui, gw: &str, host: &str, line: &str, below: 
 fn gateway_args(shared: &Shared, gw: &GatewayPlan, dir: &str) -> Vec<String> {
     let plan = &shared.plan;
     let mut a = words(&["run", "--hostname", &gw.name, "--run-dir", dir]);
+    a.push(format!("--route={}", shared.flags.route_of(&gw.name)));
     for i in 0..gw.files.len() {
         a.extend(words(&["--remote", &format!("{dir}/g{i}.yaml")]));
     }

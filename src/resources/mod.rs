@@ -12,6 +12,7 @@
 mod exec;
 mod file;
 mod keeper;
+mod kv;
 mod msg;
 mod noop;
 mod password;
@@ -116,6 +117,7 @@ pub static KINDS: &[&KindSpec] = &[
     &msg::SPEC,
     &timer::SPEC,
     &password::SPEC,
+    &kv::SPEC,
 ];
 
 /// Looks a kind up by name, case-insensitively.

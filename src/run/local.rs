@@ -42,8 +42,13 @@ impl Local {
             file.path.display()
         );
         let (updates_tx, updates_rx) = mpsc::channel(4);
-        let mut source = source::Source::new(file, world.clone(), cfg.noop, updates_tx);
-        let initial = source.initial().await?;
+        let host = cfg.host.clone();
+        let mut source = source::Source::new(file, host, world.clone(), cfg.noop, updates_tx);
+        // An input error stays a GraphErrors, which main turns into exit 2.
+        let initial = source.initial().await.map_err(|e| match e {
+            source::StartError::Graph(g) => anyhow::Error::new(g),
+            source::StartError::World(w) => anyhow::Error::new(w),
+        })?;
         let (status_tx, status) = watch::channel(Status::default());
         let engine_cancel = CancellationToken::new();
         let engine_cfg = engine::Config {
