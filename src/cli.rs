@@ -235,6 +235,11 @@ pub struct RunArgs {
     #[arg(long, hide = true, default_value_t = 1, value_name = "N")]
     pub host_count: u64,
 
+    /// The graph file's name as the initiator knows it, for errors
+    /// (internal: set by the parent).
+    #[arg(long, hide = true, value_name = "NAME", requires = "file")]
+    pub graph_label: Option<String>,
+
     /// How the initiator shows this process (`gw.dc1/web3`), for
     /// `host.route` and the routes of a gateway's hosts (internal: set by
     /// the parent).

@@ -71,7 +71,11 @@ pub struct Config {
 
 impl Config {
     pub fn from_args(args: &RunArgs) -> Result<Config, ConfigError> {
-        let file = args.file.as_deref().map(GraphFile::load).transpose()?;
+        let file = match (&args.file, &args.graph_label) {
+            (Some(f), Some(label)) => Some(GraphFile::load_as(f, label)?),
+            (Some(f), None) => Some(GraphFile::load(f)?),
+            (None, _) => None,
+        };
         if !args.remotes.is_empty() && args.no_server && args.depth == 0 {
             return Err(ConfigError::flag(
                 "--remote",

@@ -80,14 +80,16 @@ fn main() -> ExitCode {
             // The graph did not render or validate on this host (#15):
             // an input error, reported like one, nothing applied.
             Err(e) if e.is::<mgmt::graph::GraphErrors>() => {
+                // The errors come last: a parent shows a child's last line
+                // in its summary.
                 if let Some(errors) = e.downcast_ref::<mgmt::graph::GraphErrors>() {
-                    for e in &errors.0 {
-                        eprintln!("mgmt: {e}");
-                    }
                     eprintln!(
                         "mgmt: {} error(s) in the graph; nothing was applied",
                         errors.0.len()
                     );
+                    for e in &errors.0 {
+                        eprintln!("mgmt: {e}");
+                    }
                 }
                 2
             }

@@ -120,6 +120,9 @@ fn child_args(shared: &Shared, host: &HostPlan, graph: &str) -> Vec<String> {
         format!("--host-count={}", host.count),
         format!("--route={}", shared.flags.route_of(&host.name)),
     ]);
+    if let Some(f) = shared.plan.files.get(host.file) {
+        a.push(format!("--graph-label={}", f.label));
+    }
     if let Some((dir, _)) = graph.rsplit_once('/') {
         a.extend(words(&["--run-dir", dir]));
     }

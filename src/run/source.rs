@@ -78,7 +78,7 @@ impl Source {
     ) -> Source {
         Source {
             path: file.path.clone(),
-            label: file.path.display().to_string(),
+            label: file.label.clone(),
             text: file.text.clone(),
             ctx: Context {
                 facts: crate::facts::gather(),
@@ -360,6 +360,7 @@ mod tests {
         let graph = graph::parse_str(&text, "g.yaml").expect("valid graph");
         GraphFile {
             path: "g.yaml".into(),
+            label: "g.yaml".into(),
             text,
             graph,
         }

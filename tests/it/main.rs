@@ -15,5 +15,6 @@ mod hostile_store;
 mod layers;
 mod remote;
 mod remote_run;
+mod role;
 mod store;
 mod util;
