@@ -241,4 +241,34 @@ mod tests {
         let e = render("{{ host.name ").unwrap_err();
         assert!(e.contains("syntax error"), "{e}");
     }
+
+    // See: #15 (templated values are checked once rendered, on the host)
+    #[test]
+    fn a_graph_is_checked_as_rendered_and_when_must_be_a_boolean() {
+        let text = "graph: g\nresources:\n  file:\n  - name: \"{{ facts.hostname }}\"\n    meta: {when: \"{{ host.count > 2 }}\"}\n";
+        // As written (the initiator): the name is not an absolute path yet.
+        let g = crate::graph::parse_str(text, "g.yaml").expect("unrendered");
+        assert!(g.resources[0].meta.waiting());
+        let mut c = ctx();
+        c.facts.hostname = "/srv/x".into();
+        let g = crate::graph::parse_rendered(text, "g.yaml", &c).expect("rendered");
+        let when = g.resources[0].meta.when.clone().expect("when");
+        assert!(
+            when.ready && when.expr == "{{ host.count > 2 }}",
+            "{when:?}"
+        );
+        c.facts.hostname = "relative".into();
+        let e = crate::graph::parse_rendered(text, "g.yaml", &c).unwrap_err();
+        assert!(
+            e.to_string().starts_with("g.yaml:4:11: file[relative]"),
+            "{e}"
+        );
+        let bad = text.replace("host.count > 2", "host.name");
+        let e = crate::graph::parse_rendered(&bad, "g.yaml", &ctx()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("rendered to \"a\"; expected true or false"),
+            "{e}"
+        );
+    }
 }

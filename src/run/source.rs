@@ -244,7 +244,7 @@ impl Source {
                     if values != self.ctx.values {
                         self.ctx.values = values;
                         tracing::info!("{}: exchanged values changed; rendering the graph again", self.label);
-                        if !self.reload().await {
+                        if !self.reload(Why::Values).await {
                             return;
                         }
                     }
@@ -270,13 +270,12 @@ impl Source {
     async fn reread(&mut self) -> bool {
         match std::fs::read_to_string(&self.path) {
             Ok(text) if text != self.text => {
-                tracing::info!("{}: graph changed; applying it", self.label);
                 self.text = text;
                 if let Err(e) = self.values.follow(&values_entries(&self.text)).await {
                     tracing::warn!("cannot follow exchanged values: {e}");
                 }
                 self.ctx.values = self.values.values();
-                self.reload().await
+                self.reload(Why::Edit).await
             }
             Ok(_) => true,
             Err(e) => {
@@ -291,14 +290,21 @@ impl Source {
 
     /// Renders and validates the text again and applies the result when it
     /// differs; false when the engine is gone.
-    async fn reload(&mut self) -> bool {
+    async fn reload(&mut self, why: Why) -> bool {
         let g = match self.render() {
             Ok(g) => g,
             Err(errors) => {
-                log_errors(&errors, "invalid graph ignored; the running graph stays");
+                let then = match why {
+                    Why::Edit => format!("{}: invalid edit ignored; the running graph stays", self.label),
+                    Why::Values => format!("{}: the graph does not render with the new values; the running graph stays", self.label),
+                };
+                log_errors(&errors, &then);
                 return true;
             }
         };
+        if why == Why::Edit {
+            tracing::info!("{}: graph changed; applying it", self.label);
+        }
         if g == self.local {
             return true;
         }
@@ -316,6 +322,15 @@ impl Source {
         }
         self.push().await
     }
+}
+
+/// What made the text render again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// The file was edited.
+    Edit,
+    /// Values exported by hosts changed.
+    Values,
 }
 
 fn log_errors(errors: &GraphErrors, then: &str) {
@@ -391,13 +406,13 @@ mod tests {
         source.initial().await.expect("initial");
         let collect = "collect:\n- kind: file\n  hostname: \"h?\"\n";
         source.text = format!("{EXPORTS}{collect}");
-        assert!(source.reload().await);
+        assert!(source.reload(Why::Edit).await);
         let s = world.collect_stats();
         assert_eq!((s.reads, s.watches), (1, 1));
         // Its own export matches `h?`: collected, but the local one wins.
         assert_eq!(source.collected.len(), 1);
         source.text = EXPORTS.to_owned();
-        assert!(source.reload().await);
+        assert!(source.reload(Why::Edit).await);
         assert!(source.collected.is_empty());
         assert_eq!(world.collect_stats(), s);
         served.stop().await;
