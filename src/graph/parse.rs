@@ -71,17 +71,13 @@ fn parse_with(src: &str, file: &str, ctx: Option<&Context>) -> Result<Graph, Gra
     if let Some(ctx) = ctx {
         let originals = template::render_tree(&mut value, tree.as_ref(), ctx, &mut errs);
         if errs.count() > 0 {
-            return errs.finish(()).map(|()| unreachable_graph());
+            // Nothing else is checked on a text that did not render.
+            return errs.finish(()).map(|()| empty_graph());
         }
         errs.rendered = Some(originals);
     }
     let graph = read_graph(Node::new(&value, tree.as_ref()), &mut errs);
     errs.finish(graph)
-}
-
-/// Never built: [`Errors::finish`] with errors recorded is always `Err`.
-fn unreachable_graph() -> Graph {
-    empty_graph()
 }
 
 fn empty_graph() -> Graph {

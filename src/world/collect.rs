@@ -71,7 +71,9 @@ fn selects(c: &Collect, host: &str, kind: &str) -> bool {
 
 /// The resources `entries` collect from `kvs` (key → value, in key order),
 /// patterns applied. The same kind and name exported by two hosts with
-/// different fields: the first host in key order wins, with a warning.
+/// different fields: the first host in key order wins, with a warning
+/// (none for `kv`, whose values differ by host by design and are read per
+/// host; a file's clash is refused by the caller, see [`collision`]).
 pub(crate) fn resolve(entries: &[Collect], kvs: &BTreeMap<String, Vec<u8>>) -> Vec<ResourceDecl> {
     let mut out: BTreeMap<(&'static str, String), (&str, ResourceDecl)> = BTreeMap::new();
     for (key, value) in kvs {
@@ -89,7 +91,7 @@ pub(crate) fn resolve(entries: &[Collect], kvs: &BTreeMap<String, Vec<u8>>) -> V
                 }
             };
             match out.get(&(decl.kind, decl.name.clone())) {
-                Some((other, prev)) if prev.params != decl.params => {
+                Some((other, prev)) if prev.params != decl.params && decl.kind != "kv" => {
                     tracing::warn!(
                         "{}: exported by both {other} and {host} with different fields; using {other}'s",
                         decl.id()
