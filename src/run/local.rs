@@ -39,7 +39,7 @@ impl Local {
             "host {}: running graph {:?} from {}",
             cfg.hostname,
             file.graph.name,
-            file.path.display()
+            file.label
         );
         let (updates_tx, updates_rx) = mpsc::channel(4);
         let host = cfg.host.clone();

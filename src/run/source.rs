@@ -243,7 +243,6 @@ impl Source {
                     let values = self.values.values();
                     if values != self.ctx.values {
                         self.ctx.values = values;
-                        tracing::info!("{}: exchanged values changed; rendering the graph again", self.label);
                         if !self.reload(Why::Values).await {
                             return;
                         }
@@ -302,8 +301,13 @@ impl Source {
                 return true;
             }
         };
-        if why == Why::Edit {
-            tracing::info!("{}: graph changed; applying it", self.label);
+        match why {
+            Why::Edit => tracing::info!("{}: graph changed; applying it", self.label),
+            Why::Values if g != self.local => tracing::info!(
+                "{}: exchanged values changed the graph; applying it",
+                self.label
+            ),
+            Why::Values => {}
         }
         if g == self.local {
             return true;

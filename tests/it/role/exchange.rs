@@ -21,6 +21,9 @@ resources:
   - name: "@@addr-{{ host.name }}"
     value: "{{ host.name }}#{{ host.index }}/{{ host.count }}"
   file:
+  - name: "DIR/{{ host.name }}/static"
+    parents: true
+    content: "{{ facts.cpus }}"
   - name: "DIR/{{ host.name }}/peers"
     parents: true
     content: "me {{ host.name }}#{{ host.index }}\n{% for h in values('member') %}{{ values('addr-' ~ h) | join }}\n{% endfor %}"
@@ -52,5 +55,9 @@ resources:
             Some(format!("me {ip}#{}\n{lines}", i - 1).as_str()),
             "host {ip}\n{log}"
         );
+        // New values re-rendered the graph (the first hosts up saw fewer
+        // members); what did not change was applied once, never again.
+        let writes = format!("file[{}/{ip}/static]: wrote", d.path().display());
+        assert_eq!(log.matches(&writes).count(), 1, "host {ip}\n{log}");
     }
 }
