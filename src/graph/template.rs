@@ -2,7 +2,8 @@
 //! whole role, rendered on each host with its own facts.
 //!
 //! Every string value of the document (names, paths, content, commands, a
-//! `meta.when`; never a mapping key) that holds `{{`, `{%` or `{#` is
+//! `meta.when`; never a mapping key, nor `graph:`, `hostname:`, `remote:`
+//! and `via:`, which the initiator reads) that holds `{{`, `{%` or `{#` is
 //! rendered with minijinja before the graph is checked, so the usual checks
 //! (an absolute path, an octal mode) apply to what was rendered. A template
 //! sees `facts` ([`crate::facts::Facts`]), `host` ([`Host`]) and two
@@ -65,8 +66,9 @@ pub fn reads_values(src: &str) -> bool {
     src.contains("values(") || src.contains("values_by_host(")
 }
 
-/// Renders every templated string value of `value` in place; errors go to
-/// `errs` at the value's position, and the value is left as it was.
+/// Renders every templated string value of `value` in place, but those of
+/// [`AS_WRITTEN`]; errors go to `errs` at the value's position, and the
+/// value is left as it was.
 pub(crate) fn render_tree(
     value: &mut Value,
     at: Option<&PosNode>,
@@ -75,9 +77,33 @@ pub(crate) fn render_tree(
 ) -> Originals {
     let env = environment(&ctx.values);
     let mut originals = Originals::new();
-    walk(value, at, &env, ctx, errs, &mut originals);
+    let Value::Mapping(map) = value else {
+        walk(value, at, &env, ctx, errs, &mut originals);
+        return originals;
+    };
+    let positions = match at {
+        Some(PosNode::Map { entries, .. }) if entries.len() == map.len() => Some(entries),
+        _ => None,
+    };
+    for (i, (k, v)) in map.iter_mut().enumerate() {
+        if k.as_str().is_some_and(|k| AS_WRITTEN.contains(&k)) {
+            continue;
+        }
+        walk(
+            v,
+            positions.map(|p| &p[i].1),
+            &env,
+            ctx,
+            errs,
+            &mut originals,
+        );
+    }
     originals
 }
+
+/// Top-level keys read as written: the initiator needs them before any
+/// host has facts (the host's identity, where it is, how to get there).
+const AS_WRITTEN: &[&str] = &["graph", "hostname", "remote", "via"];
 
 fn walk(
     value: &mut Value,
