@@ -235,6 +235,11 @@ pub struct RunArgs {
     #[arg(long, hide = true, default_value_t = 1, value_name = "N")]
     pub host_count: u64,
 
+    /// The name the initiator knows each `--remote` file by, in order, for
+    /// the hosts' errors (internal: set by the parent of a gateway).
+    #[arg(long = "remote-label", hide = true, value_name = "NAME")]
+    pub remote_labels: Vec<String>,
+
     /// The graph file's name as the initiator knows it, for errors
     /// (internal: set by the parent).
     #[arg(long, hide = true, value_name = "NAME", requires = "file")]

@@ -188,6 +188,7 @@ fn store_listener(args: &RunArgs, remote: bool) -> Option<String> {
 fn plan_inputs(args: &RunArgs) -> PlanInputs {
     PlanInputs {
         remotes: args.remotes.clone(),
+        labels: args.remote_labels.clone(),
         via: args.via.clone(),
         ssh_config: args.ssh_config.clone(),
         remote_binary: args.remote_binary.clone(),

@@ -289,6 +289,10 @@ fn gateway_args(shared: &Shared, gw: &GatewayPlan, dir: &str) -> Vec<String> {
     for i in 0..gw.files.len() {
         a.extend(words(&["--remote", &format!("{dir}/g{i}.yaml")]));
     }
+    for &f in &gw.files {
+        let label = plan.files.get(f).map_or("", |f| f.label.as_str());
+        a.push(format!("--remote-label={label}"));
+    }
     a.extend(words(&[
         "--known-hosts",
         &format!("{dir}/known_hosts"),

@@ -154,6 +154,9 @@ pub enum PlanError {
 pub struct PlanInputs {
     /// `--remote` graph files.
     pub remotes: Vec<PathBuf>,
+    /// `--remote-label`: how the initiator names each of `remotes` (a
+    /// gateway's copies), so its hosts' errors name the file the user edits.
+    pub labels: Vec<String>,
     /// `--via`: gateways for graphs without a `via:`.
     pub via: Vec<String>,
     pub ssh_config: Option<PathBuf>,
@@ -184,7 +187,12 @@ pub fn plan(args: &PlanInputs) -> Result<Option<Plan>, PlanError> {
     }
     .map_err(|e| flag("--ssh-config", e.to_string()))?;
     let via = Located::unplaced(&args.via);
-    let (files, hosts, groups) = targets(&args.remotes, &via, &ssh_config)?;
+    let (mut files, hosts, groups) = targets(&args.remotes, &via, &ssh_config)?;
+    if files.len() == args.labels.len() {
+        for (f, label) in files.iter_mut().zip(&args.labels) {
+            f.label.clone_from(label);
+        }
+    }
     let binary = binary(args.remote_binary.as_deref())?;
     raise_open_files(hosts.len() + groups.len())?;
     let policy = match args.host_key_check.as_str() {

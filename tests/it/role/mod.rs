@@ -5,6 +5,7 @@
 mod errors;
 mod exchange;
 mod facts;
+mod gateway;
 mod waiting;
 
 use std::time::Duration;
