@@ -275,6 +275,10 @@ impl Engine {
     /// What is held back by a `when:` and why, sorted: the condition for a
     /// resource that has one, the resource it waits on for a dependent.
     fn waiting(&self) -> Vec<String> {
+        // The common case, and the cheap one: no condition anywhere.
+        if !self.vertices.values().any(|v| v.decl.meta.waiting()) {
+            return Vec::new();
+        }
         let mut out: Vec<String> = self
             .vertices
             .iter()

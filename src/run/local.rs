@@ -42,8 +42,16 @@ impl Local {
             file.label
         );
         let (updates_tx, updates_rx) = mpsc::channel(4);
-        let host = cfg.host.clone();
-        let mut source = source::Source::new(file, host, world.clone(), cfg.noop, updates_tx);
+        // Off the runtime's threads: the FQDN asks the resolver.
+        let facts = tokio::task::spawn_blocking(crate::facts::gather)
+            .await
+            .unwrap_or_default();
+        let ctx = crate::graph::template::Context {
+            facts,
+            host: cfg.host.clone(),
+            values: Default::default(),
+        };
+        let mut source = source::Source::new(file, ctx, world.clone(), cfg.noop, updates_tx);
         // An input error stays a GraphErrors, which main turns into exit 2.
         let initial = source.initial().await.map_err(|e| match e {
             source::StartError::Graph(g) => anyhow::Error::new(g),

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::Desired;
 use crate::fswatch::PathWatch;
-use crate::graph::template::{reads_values, Context, Host};
+use crate::graph::template::{reads_values, Context};
 use crate::graph::{self, Collect, Graph, GraphError, GraphErrors, GraphFile, ResourceDecl};
 use crate::world::{Collision, Follower, World, WorldError};
 
@@ -71,7 +71,7 @@ pub(super) struct Source {
 impl Source {
     pub fn new(
         file: &GraphFile,
-        host: Host,
+        ctx: Context,
         world: World,
         noop: bool,
         updates: mpsc::Sender<Desired>,
@@ -80,11 +80,7 @@ impl Source {
             path: file.path.clone(),
             label: file.label.clone(),
             text: file.text.clone(),
-            ctx: Context {
-                facts: crate::facts::gather(),
-                host,
-                values: Default::default(),
-            },
+            ctx,
             local: file.graph.clone(),
             collected: Vec::new(),
             follow: Follower::new(world.clone()),
@@ -391,7 +387,13 @@ mod tests {
         let served = Served::start().await;
         let world = served.world("lone").await;
         let (tx, _rx) = mpsc::channel(4);
-        let mut source = Source::new(&graph_file(""), Host::default(), world.clone(), false, tx);
+        let mut source = Source::new(
+            &graph_file(""),
+            Context::default(),
+            world.clone(),
+            false,
+            tx,
+        );
         source.initial().await.expect("initial");
         // Cancelled first: run arms whatever it arms, then returns.
         let cancel = CancellationToken::new();
@@ -406,7 +408,13 @@ mod tests {
         let served = Served::start().await;
         let world = served.world("h1").await;
         let (tx, _rx) = mpsc::channel(4);
-        let mut source = Source::new(&graph_file(""), Host::default(), world.clone(), false, tx);
+        let mut source = Source::new(
+            &graph_file(""),
+            Context::default(),
+            world.clone(),
+            false,
+            tx,
+        );
         source.initial().await.expect("initial");
         let collect = "collect:\n- kind: file\n  hostname: \"h?\"\n";
         source.text = format!("{EXPORTS}{collect}");
