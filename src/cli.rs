@@ -234,4 +234,29 @@ pub struct RunArgs {
     /// record (internal: set by the parent).
     #[arg(long, hide = true, value_name = "USER@HOST", requires = "run_dir")]
     pub initiator: Option<String>,
+
+    /// This host's position in its graph's `remote:` list, for templates'
+    /// `host.index` (internal: set by the parent).
+    #[arg(long, hide = true, default_value_t = 0, value_name = "N")]
+    pub host_index: u64,
+
+    /// The length of that list, for `host.count` (internal: set by the parent).
+    #[arg(long, hide = true, default_value_t = 1, value_name = "N")]
+    pub host_count: u64,
+
+    /// The name the initiator knows each `--remote` file by, in order, for
+    /// the hosts' errors (internal: set by the parent of a gateway).
+    #[arg(long = "remote-label", hide = true, value_name = "NAME")]
+    pub remote_labels: Vec<String>,
+
+    /// The graph file's name as the initiator knows it, for errors
+    /// (internal: set by the parent).
+    #[arg(long, hide = true, value_name = "NAME", requires = "file")]
+    pub graph_label: Option<String>,
+
+    /// How the initiator shows this process (`gw.dc1/web3`), for
+    /// `host.route` and the routes of a gateway's hosts (internal: set by
+    /// the parent).
+    #[arg(long, hide = true, value_name = "ROUTE")]
+    pub route: Option<String>,
 }

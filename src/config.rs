@@ -95,6 +95,10 @@ pub struct Config {
     pub initiator: String,
     /// `--remote` graphs and how to reach their hosts.
     pub remote: Option<Plan>,
+    /// This host's place in the run, for templates (`host.name`, ...).
+    pub host: crate::graph::template::Host,
+    /// `--route`: how the initiator shows this process, when it is a child.
+    pub route: Option<String>,
     /// Where `file` resources' absolute paths are rooted: `/`, or a host's
     /// own directory when `mgmt emulate` runs many hosts in one process.
     pub root: PathBuf,
@@ -102,7 +106,11 @@ pub struct Config {
 
 impl Config {
     pub fn from_args(args: &RunArgs) -> Result<Config, ConfigError> {
-        let file = args.file.as_deref().map(GraphFile::load).transpose()?;
+        let file = match (&args.file, &args.graph_label) {
+            (Some(f), Some(label)) => Some(GraphFile::load_as(f, label)?),
+            (Some(f), None) => Some(GraphFile::load(f)?),
+            (None, _) => None,
+        };
         if !args.remotes.is_empty() && args.no_server && args.depth == 0 {
             return Err(ConfigError::flag(
                 "--remote",
@@ -167,7 +175,6 @@ impl Config {
         }
         Ok(Config {
             file,
-            hostname,
             converged_timeout,
             noop: args.noop,
             watch: !args.no_watch,
@@ -182,6 +189,14 @@ impl Config {
                 format!("{user}@{}", os_hostname())
             }),
             remote,
+            host: crate::graph::template::Host {
+                route: args.route.clone().unwrap_or_else(|| hostname.clone()),
+                name: hostname.clone(),
+                index: args.host_index,
+                count: args.host_count.max(1),
+            },
+            route: args.route.clone(),
+            hostname,
             root: "/".into(),
         })
     }
@@ -222,6 +237,7 @@ fn store_listener(
 fn plan_inputs(args: &RunArgs) -> PlanInputs {
     PlanInputs {
         remotes: args.remotes.clone(),
+        labels: args.remote_labels.clone(),
         via: args.via.clone(),
         ssh_config: args.ssh_config.clone(),
         remote_binary: args.remote_binary.clone(),

@@ -16,6 +16,7 @@
 //! - layer 0, [`link`]: a remote child's link to its parent: secret on stdin, stop on EOF.
 //! - layer 0, [`fswatch`]: one inotify instance shared by every path watch.
 //! - layer 0, [`audit`]: a host's own record of each run, in its system log.
+//! - layer 0, [`facts`]: what a host knows about itself (OS, CPUs, addresses), for graph templates.
 //! - layer 1, [`store`]: the embedded etcd v3 compatible coordination store.
 //! - layer 1, [`ssh`]: one host over one SSH connection: URL and ssh_config, host keys, auth, commands, SFTP and the binary cache, the tunnel, the served agent.
 //! - layer 1, [`ui`]: progress bars, prefixed host lines, the summary, and the route records a gateway writes.
@@ -34,6 +35,7 @@ pub mod cli;
 pub mod config;
 pub mod emulate;
 pub mod engine;
+pub mod facts;
 pub mod fleet;
 pub mod fswatch;
 pub mod graph;

@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         mgmt::ui::Ui::new(std::io::IsTerminal::is_terminal(&std::io::stderr()))
     };
     init_logs(cli.verbose, args.depth > 0, &ui);
+    let depth = args.depth;
     let cfg = match Config::from_args(args) {
         Ok(cfg) => cfg,
         Err(ConfigError::Graph(errors)) => {
@@ -60,7 +61,37 @@ fn main() -> ExitCode {
                 for f in outcome.failed() {
                     eprintln!("mgmt: failed: {f}");
                 }
+                // A run cut short (--max-runtime, or a child stopped by
+                // its parent) with resources still waiting did not succeed
+                // (#15); the last line names them, for the parent's summary.
+                let waiting = outcome.waiting();
+                let cut = outcome.reason == mgmt::run::StopReason::MaxRuntime || depth > 0;
+                if cut && !waiting.is_empty() && outcome.reason != mgmt::run::StopReason::Converged
+                {
+                    eprintln!(
+                        "mgmt: not converged, {} resource(s) still waiting: {}",
+                        waiting.len(),
+                        waiting.join("; ")
+                    );
+                    return 1;
+                }
                 outcome.exit_code()
+            }
+            // The graph did not render or validate on this host (#15):
+            // an input error, reported like one, nothing applied.
+            Err(e) if e.is::<mgmt::graph::GraphErrors>() => {
+                // The errors come last: a parent shows a child's last line
+                // in its summary.
+                if let Some(errors) = e.downcast_ref::<mgmt::graph::GraphErrors>() {
+                    eprintln!(
+                        "mgmt: {} error(s) in the graph; nothing was applied",
+                        errors.0.len()
+                    );
+                    for e in &errors.0 {
+                        eprintln!("mgmt: {e}");
+                    }
+                }
+                2
             }
             Err(e) => {
                 eprintln!("mgmt: {e:#}");

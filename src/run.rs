@@ -74,6 +74,15 @@ impl Outcome {
         }
     }
 
+    /// Resources of the local graph still held back by a `meta.when` (or
+    /// by one they depend on) when the run ended, one line each.
+    pub fn waiting(&self) -> &[String] {
+        self.status
+            .as_ref()
+            .map(|s| s.waiting.as_slice())
+            .unwrap_or_default()
+    }
+
     /// Failed resources of the local graph, one line each.
     pub fn failed(&self) -> &[String] {
         self.status
@@ -161,6 +170,7 @@ pub async fn run_linked(
                 no_watch: !cfg.watch,
                 depth: cfg.depth,
                 initiator: cfg.initiator.clone(),
+                route: cfg.route.clone(),
             },
             ui: ui.clone(),
             tunnels: tunnels_tx,

@@ -42,13 +42,14 @@ mod follow;
 #[cfg(test)]
 pub(crate) mod testing;
 
-pub use collect::glob_match;
+pub use crate::graph::glob_match;
 
 /// The key prefixes the `collect:` entries of `graph` read: what a host
 /// running that graph must be allowed to read in the store.
 pub fn collect_prefixes(graph: &crate::graph::Graph) -> Vec<String> {
     collect::prefixes(&graph.collect)
 }
+pub use collect::Collision;
 pub use follow::Follower;
 
 pub const EXPORTED: &str = "/_mgmt/exported/";
@@ -449,6 +450,8 @@ fn decode(
             noop: m.get("noop").and_then(Value::as_bool).unwrap_or(false),
             retry: m.get("retry").and_then(Value::as_i64).unwrap_or(0),
             delay_ms: m.get("delay").and_then(Value::as_u64).unwrap_or(0),
+            // A condition is the exporter's: the collector applies what it got.
+            when: None,
         },
         _ => Meta::default(),
     };

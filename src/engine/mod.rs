@@ -87,6 +87,10 @@ pub struct Status {
     pub changes: u64,
     /// Check/applies run in all.
     pub checks: u64,
+    /// `kind[name]: what it waits for` of each resource held back by a
+    /// `meta.when` that is not true, or by such a resource it depends on.
+    /// While any is waiting the graph is not converged (#15).
+    pub waiting: Vec<String>,
 }
 
 /// Scheduling state of one resource.
@@ -210,6 +214,11 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 }
 
 impl Vertex {
+    /// Held back by a false `when:` (a group's members share their meta).
+    fn waiting(&self) -> bool {
+        self.decls.iter().any(|d| d.meta.waiting())
+    }
+
     /// `kind[name]`, or `kind[a,b,c]` for a group, for logs and status.
     fn label(&self) -> String {
         match self.decls.as_slice() {
@@ -231,7 +240,8 @@ impl Engine {
     /// When the engine will count as converged if nothing happens.
     fn idle_deadline(&self, busy: bool) -> Option<Instant> {
         let t = self.cfg.converged_timeout?;
-        (!self.status.converged && !busy).then(|| self.last_activity + t)
+        let waiting = !self.status.waiting.is_empty();
+        (!self.status.converged && !busy && !waiting).then(|| self.last_activity + t)
     }
 
     fn log_settled(&self) {
@@ -245,6 +255,9 @@ impl Engine {
             self.vertices.len(),
             self.status.changes,
         );
+        for w in &self.status.waiting {
+            tracing::info!("waiting: {w}");
+        }
     }
 
     fn activity(&mut self) {
@@ -280,7 +293,54 @@ impl Engine {
             .collect();
         failed.sort();
         self.status.failed = failed;
+        self.status.waiting = self.waiting();
         self.status_tx.send_replace(self.status.clone());
+    }
+
+    /// What is held back by a `when:` and why, sorted: the condition for a
+    /// resource that has one, the resource it waits on for a dependent.
+    fn waiting(&self) -> Vec<String> {
+        // The common case, and the cheap one: no condition anywhere.
+        if !self.vertices.values().any(|v| v.waiting()) {
+            return Vec::new();
+        }
+        let mut out: Vec<String> = self
+            .vertices
+            .iter()
+            .filter_map(|(key, v)| {
+                if let Some(w) = v
+                    .decls
+                    .iter()
+                    .find_map(|d| d.meta.when.as_ref().filter(|w| !w.ready))
+                {
+                    return Some(format!("{key}: when {}", w.expr));
+                }
+                let blocker = self.held_back_by(key)?;
+                Some(format!("{key}: after {blocker}, which is waiting"))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The first resource with a false `when:` that `key` depends on,
+    /// directly or not.
+    fn held_back_by(&self, key: &VertexRef) -> Option<VertexRef> {
+        let mut seen = HashSet::new();
+        let mut todo = vec![key.clone()];
+        while let Some(k) = todo.pop() {
+            for &i in self.incoming.get(&k).into_iter().flatten() {
+                let from = &self.edges[i].from;
+                if !seen.insert(from.clone()) {
+                    continue;
+                }
+                if self.vertices.get(from).is_some_and(|v| v.waiting()) {
+                    return Some(from.clone());
+                }
+                todo.push(from.clone());
+            }
+        }
+        None
     }
 
     /// Builds the resource (or the group) of one vertex.
@@ -320,7 +380,7 @@ impl Engine {
             last_recv: BTreeMap::new(),
         };
         let name = v.label();
-        let meta = v.decls.first().map(|d| d.meta).unwrap_or_default();
+        let meta = v.decls.first().map(|d| d.meta.clone()).unwrap_or_default();
         let (state, checks) = match Self::build(&v.decls) {
             Some(Ok(resource)) => {
                 let (tx, rx) = mpsc::channel(1);
@@ -477,7 +537,8 @@ impl Engine {
             let Some(v) = self.vertices.get(&key) else {
                 continue;
             };
-            if v.running || v.checks.is_none() {
+            // Held back by its `when:`; a new render restarts it when true.
+            if v.running || v.checks.is_none() || v.waiting() {
                 continue;
             }
             // A due check also reports the values, so it answers a probe too.

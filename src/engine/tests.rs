@@ -160,6 +160,7 @@ async fn retry_runs_again_until_success() {
         noop: false,
         retry: 2,
         delay_ms: 10,
+        when: None,
     };
     let mut r = start(
         Desired {
@@ -427,5 +428,66 @@ async fn timer_notifies_periodically() {
     );
     // Without ifcmd, exec runs again only on a refresh: one per tick.
     wait_lines(&log, 3).await;
+    r.stop().await;
+}
+
+// See: #15 (a false `when` holds its resource and dependents, never converges)
+#[tokio::test]
+async fn a_false_when_holds_back_and_a_swap_to_true_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let gated = |ready: bool| {
+        let mut g = decl(
+            "file",
+            "gated",
+            &format!("{{path: {}, content: x}}", p(&dir, "gated")),
+        );
+        g.meta.when = Some(crate::graph::When {
+            expr: "{{ ok }}".into(),
+            ready,
+        });
+        g
+    };
+    let after = decl(
+        "file",
+        "after",
+        &format!("{{path: {}, content: y}}", p(&dir, "after")),
+    );
+    let other = decl(
+        "file",
+        "other",
+        &format!("{{path: {}, content: z}}", p(&dir, "other")),
+    );
+    let desired = |ready: bool| Desired {
+        resources: vec![gated(ready), after.clone(), other.clone()],
+        edges: vec![edge(("file", "gated"), ("file", "after"))],
+    };
+    let mut r = start(desired(false), 100);
+    // The independent branch applies; what waits is said, and is neither
+    // failed nor converged (the integration tests run a whole
+    // --max-runtime without a converged line).
+    let s = tokio::time::timeout(
+        Duration::from_secs(20),
+        r.status.wait_for(|s| s.waiting.len() == 2 && s.checks >= 1),
+    )
+    .await
+    .expect("waiting in time")
+    .expect("engine alive")
+    .clone();
+    assert_eq!(
+        s.waiting,
+        [
+            "file[after]: after file[gated], which is waiting",
+            "file[gated]: when {{ ok }}"
+        ]
+    );
+    assert!(s.failed.is_empty() && !s.converged);
+    assert!(!dir.path().join("gated").exists() && !dir.path().join("after").exists());
+    r.updates.send(desired(true)).await.unwrap();
+    let s = r.converged().await;
+    assert!(s.waiting.is_empty() && s.failed.is_empty(), "{s:?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("after")).unwrap(),
+        "y"
+    );
     r.stop().await;
 }

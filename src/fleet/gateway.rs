@@ -285,8 +285,13 @@ fn take_known_host(ui: &crate::ui::Ui, gw: &str, host: &str, line: &str, below: 
 fn gateway_args(shared: &Shared, gw: &GatewayPlan, dir: &str) -> Vec<String> {
     let plan = &shared.plan;
     let mut a = words(&["run", "--hostname", &gw.name, "--run-dir", dir]);
+    a.push(format!("--route={}", shared.flags.route_of(&gw.name)));
     for i in 0..gw.files.len() {
         a.extend(words(&["--remote", &format!("{dir}/g{i}.yaml")]));
+    }
+    for &f in &gw.files {
+        let label = plan.files.get(f).map_or("", |f| f.label.as_str());
+        a.push(format!("--remote-label={label}"));
     }
     a.extend(words(&[
         "--known-hosts",

@@ -115,6 +115,14 @@ async fn place(
 /// becomes the tunnel port).
 fn child_args(shared: &Shared, host: &HostPlan, graph: &str) -> Vec<String> {
     let mut a = words(&["run", "--hostname", &host.name, "--file", graph]);
+    a.extend([
+        format!("--host-index={}", host.index),
+        format!("--host-count={}", host.count),
+        format!("--route={}", shared.flags.route_of(&host.name)),
+    ]);
+    if let Some(f) = shared.plan.files.get(host.file) {
+        a.push(format!("--graph-label={}", f.label));
+    }
     if let Some((dir, _)) = graph.rsplit_once('/') {
         a.extend(words(&["--run-dir", dir]));
     }

@@ -32,6 +32,10 @@ pub struct HostPlan {
     /// Index of its graph in [`Plan::files`].
     pub file: usize,
     pub target: Target,
+    /// Its position in its graph's `remote:` list, and that list's length
+    /// (templates' `host.index` and `host.count`).
+    pub index: usize,
+    pub count: usize,
 }
 
 /// A gateway and the part of the run behind it: the graphs it runs with
@@ -150,6 +154,9 @@ pub enum PlanError {
 pub struct PlanInputs {
     /// `--remote` graph files.
     pub remotes: Vec<PathBuf>,
+    /// `--remote-label`: how the initiator names each of `remotes` (a
+    /// gateway's copies), so its hosts' errors name the file the user edits.
+    pub labels: Vec<String>,
     /// `--via`: gateways for graphs without a `via:`.
     pub via: Vec<String>,
     pub ssh_config: Option<PathBuf>,
@@ -180,7 +187,12 @@ pub fn plan(args: &PlanInputs) -> Result<Option<Plan>, PlanError> {
     }
     .map_err(|e| flag("--ssh-config", e.to_string()))?;
     let via = Located::unplaced(&args.via);
-    let (files, hosts, groups) = targets(&args.remotes, &via, &ssh_config)?;
+    let (mut files, hosts, groups) = targets(&args.remotes, &via, &ssh_config)?;
+    if files.len() == args.labels.len() {
+        for (f, label) in files.iter_mut().zip(&args.labels) {
+            f.label.clone_from(label);
+        }
+    }
     let binary = binary(args.remote_binary.as_deref())?;
     raise_open_files(hosts.len() + groups.len())?;
     let policy = match args.host_key_check.as_str() {
@@ -368,7 +380,8 @@ fn targets(
         if f.graph.remote.is_empty() {
             errors.push(GraphError { file: label.clone(), pos: None, message: "no remote: key; add remote: ssh://user@host (or a list of URLs) to run this graph there".into() });
         }
-        for url in &f.graph.remote {
+        let count = f.graph.remote.len();
+        for (index, url) in f.graph.remote.iter().enumerate() {
             let at = |message: String| GraphError {
                 file: label.clone(),
                 pos: Some(url.pos),
@@ -404,6 +417,8 @@ fn targets(
                     name,
                     file: i,
                     target,
+                    index,
+                    count,
                 }),
             }
         }
@@ -452,9 +467,98 @@ fn gateway_name(gw: &Target, groups: &[Group]) -> String {
 /// connects onward with them. [`plan`] refuses passwords in those URLs, so
 /// none is on a gateway's disk; a live edit that adds one is not sent
 /// (`None`), nor a text that is not a YAML mapping (it was validated, so
-/// only on a race). The text is rewritten from the parsed YAML: comments
-/// and layout go, the values (all the child reads) stay.
+/// only on a race). The lines of the keys removed or replaced are blanked,
+/// so every other value keeps its line and column and the host's template
+/// errors point into the file as written (#15); where that cannot be done
+/// exactly, the text is rewritten from the parsed YAML instead (comments
+/// and layout go, the values, all the child reads, stay).
 pub fn host_text(text: &str, rest: Option<&[String]>) -> Option<String> {
+    use serde_yaml_ng::Value;
+    let expected = reserialised(text, rest)?;
+    let Value::Mapping(want) = serde_yaml_ng::from_str::<Value>(&expected).ok()? else {
+        return None;
+    };
+    // The host renders templates and reports errors at the positions of
+    // the file as written (#15): keep every other line where it was.
+    if let Some(kept) = blank_urls(text, rest) {
+        // A URL still in the text (in a comment, say) may carry a
+        // password (#13): only the re-serialised text drops comments.
+        let ahead = rest.unwrap_or_default();
+        let leaks = urls_of(text, rest.is_none())
+            .iter()
+            .filter(|u| !ahead.contains(u))
+            .any(|u| kept.contains(u.as_str()));
+        if !leaks && serde_yaml_ng::from_str::<Value>(&kept).ok() == Some(Value::Mapping(want)) {
+            return Some(kept);
+        }
+    }
+    Some(expected)
+}
+
+/// `text` with the lines of its top-level `via:` (and, for a leaf,
+/// `remote:`) blanked
+/// (line numbers and columns of the rest unchanged), and `via:` set to
+/// `rest` at the end when that is not empty. `None` for a layout this
+/// cannot edit by lines (a flow mapping at the top, an indented key).
+fn blank_urls(text: &str, rest: Option<&[String]>) -> Option<String> {
+    let keys = crate::graph::top_level_keys(text)?;
+    if keys.iter().any(|(_, p)| p.col != 1 || p.line == 0)
+        || keys.windows(2).any(|w| w[0].1.line >= w[1].1.line)
+    {
+        return None;
+    }
+    let mut lines: Vec<String> = text.split_inclusive('\n').map(str::to_owned).collect();
+    for (i, (key, pos)) in keys.iter().enumerate() {
+        if !(key == "via" || (key == "remote" && rest.is_none())) {
+            continue;
+        }
+        let end = keys
+            .get(i + 1)
+            .map_or(lines.len(), |(_, next)| next.line - 1);
+        for line in lines.iter_mut().take(end).skip(pos.line - 1) {
+            let newline = if line.ends_with('\n') { "\n" } else { "" };
+            *line = newline.to_owned();
+        }
+    }
+    let mut out = lines.concat();
+    if let Some(rest) = rest.filter(|r| !r.is_empty()) {
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str("via:\n");
+        for url in rest {
+            out.push_str(&format!("- {}\n", serde_json::to_string(url).ok()?));
+        }
+    }
+    Some(out)
+}
+
+/// The URLs of the top-level `via:` of `text`, and of `remote:` too when
+/// `remote` is true.
+fn urls_of(text: &str, remote: bool) -> Vec<String> {
+    use serde_yaml_ng::Value;
+    let Ok(Value::Mapping(m)) = serde_yaml_ng::from_str::<Value>(text) else {
+        return Vec::new();
+    };
+    ["remote", "via"]
+        .iter()
+        .filter(|k| remote || **k == "via")
+        .filter_map(|k| m.get(*k))
+        .flat_map(|v| match v {
+            Value::String(u) => vec![u.clone()],
+            Value::Sequence(us) => us
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+/// [`host_text`] by re-serialising the document: comments and positions
+/// are lost, but any layout works.
+fn reserialised(text: &str, rest: Option<&[String]>) -> Option<String> {
     use serde_yaml_ng::Value;
     let mut doc: Value = serde_yaml_ng::from_str(text).ok()?;
     let map = doc.as_mapping_mut()?;
@@ -707,6 +811,25 @@ mod tests {
         )
         .is_none());
         assert!(host_text("- not a mapping\n", None).is_none());
+    }
+
+    // See: #15 (template errors on the host point into the file as written)
+    #[test]
+    fn host_text_keeps_every_other_line_in_place() {
+        let text = "graph: g\nremote:\n- ssh://root@w1\n- ssh://w2\nvia: [ssh://gw1, ssh://gw2]\n\
+                    resources:\n  file:\n  - name: \"/tmp/{{ host.name }}\"\n";
+        let leaf = host_text(text, None).unwrap();
+        assert_eq!(leaf.lines().count(), text.lines().count(), "{leaf}");
+        assert_eq!(leaf.lines().nth(7), text.lines().nth(7));
+        assert!(!leaf.contains("ssh://"), "{leaf}");
+        let gw = host_text(text, Some(&["ssh://gw2".into()])).unwrap();
+        assert_eq!(gw.lines().nth(7), text.lines().nth(7));
+        let g = crate::graph::parse_str(&gw, "g").unwrap();
+        assert_eq!(g.via[0].value, "ssh://gw2");
+        assert_eq!(g.remote.len(), 2);
+        // A URL also written in a comment: the comment goes too.
+        let commented = format!("# was ssh://root@w1\n{text}");
+        assert!(!host_text(&commented, None).unwrap().contains("ssh://"));
     }
 
     // See: #13

@@ -64,6 +64,19 @@ pub struct ChildFlags {
     pub depth: u32,
     /// `user@host` of the run's initiator, for the hosts' audit records.
     pub initiator: String,
+    /// This process's own route when it is a gateway (`--route`): its
+    /// children's routes start with it.
+    pub route: Option<String>,
+}
+
+impl ChildFlags {
+    /// The route a child called `name` is shown under.
+    pub(crate) fn route_of(&self, name: &str) -> String {
+        match &self.route {
+            Some(r) => format!("{r}/{name}"),
+            None => name.to_owned(),
+        }
+    }
 }
 
 impl Shared {

@@ -240,12 +240,28 @@ fn changes(synced: &[Synced]) -> futures::stream::SelectAll<BoxStream<'static, u
 }
 
 /// The prefixes the `collect:` of each synced graph reads (their current
-/// texts; one that does not parse reads nothing).
+/// texts; one that does not parse reads nothing), and every host's exports
+/// for a graph whose templates read `values()` (#15: `kv` exports are
+/// found by kind, which the key layout puts after the host) or whose
+/// `collect:` globs are templated (known only once rendered on the host).
 fn read_scope(synced: &[Synced]) -> Vec<String> {
     synced
         .iter()
-        .filter_map(|s| crate::graph::parse_str(&s.source.borrow(), &s.name).ok())
-        .flat_map(|g| crate::world::collect_prefixes(&g))
+        .filter_map(|s| {
+            let text = s.source.borrow();
+            let g = crate::graph::parse_str(&text, &s.name).ok()?;
+            let mut scope = crate::world::collect_prefixes(&g);
+            let templated = g.collect.iter().any(|c| {
+                c.hostname
+                    .as_deref()
+                    .is_some_and(crate::graph::template::is_template)
+            });
+            if templated || crate::graph::template::reads_values(&text) {
+                scope.push(crate::world::EXPORTED.to_owned());
+            }
+            Some(scope)
+        })
+        .flatten()
         .collect()
 }
 

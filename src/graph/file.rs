@@ -10,6 +10,10 @@ use super::{parse_str, Graph, GraphError, GraphErrors};
 pub struct GraphFile {
     /// As the user gave it.
     pub path: PathBuf,
+    /// How errors name the file: its path, or on a host the name the
+    /// initiator knows it by (`--graph-label`), so a template error there
+    /// points into the file the user edits.
+    pub label: String,
     /// The text that was parsed (live reload compares edits with it).
     pub text: String,
     pub graph: Graph,
@@ -17,7 +21,12 @@ pub struct GraphFile {
 
 impl GraphFile {
     pub fn load(path: &Path) -> Result<GraphFile, GraphErrors> {
-        let label = path.display().to_string();
+        GraphFile::load_as(path, &path.display().to_string())
+    }
+
+    /// [`GraphFile::load`], naming the file `label` in errors.
+    pub fn load_as(path: &Path, label: &str) -> Result<GraphFile, GraphErrors> {
+        let label = label.to_owned();
         let text = std::fs::read_to_string(path).map_err(|e| {
             GraphErrors(vec![GraphError {
                 file: label.clone(),
@@ -28,6 +37,7 @@ impl GraphFile {
         let graph = parse_str(&text, &label)?;
         Ok(GraphFile {
             path: path.to_path_buf(),
+            label,
             text,
             graph,
         })

@@ -9,17 +9,21 @@
 pub mod dag;
 mod edge;
 mod file;
+mod glob;
 pub mod parse;
 mod pos;
 mod report;
 mod resource;
+pub mod template;
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
 
 pub use file::GraphFile;
-pub use parse::{parse_file, parse_str};
+pub use glob::glob_match;
+pub use parse::{parse_file, parse_rendered, parse_str};
+pub use pos::top_level_keys;
 
 /// A position in a YAML file, both numbers 1-based as editors show them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -45,6 +49,11 @@ pub struct Graph {
     pub collect: Vec<Collect>,
     pub edges: Vec<Edge>,
 }
+
+/// The original text of every value a template rendered, by position: a
+/// pending `meta.when` is reported as written, not as the `false` it
+/// rendered to.
+pub(crate) type Originals = std::collections::BTreeMap<Pos, String>;
 
 /// A value with the position it was read from.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,7 +106,7 @@ impl ResourceDecl {
 }
 
 /// Meta parameters every resource accepts (defaults: all zero/false).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Meta {
     /// Check only, never change anything.
     pub noop: bool,
@@ -105,6 +114,25 @@ pub struct Meta {
     pub retry: i64,
     /// Milliseconds between retries.
     pub delay_ms: u64,
+    /// `when:`: the resource, and what depends on it, waits until this
+    /// renders to `true` ([`template`]).
+    pub when: Option<When>,
+}
+
+/// A `meta.when` condition, as rendered on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct When {
+    /// The condition as written, for "waiting for ..." messages.
+    pub expr: String,
+    /// It rendered to `true`.
+    pub ready: bool,
+}
+
+impl Meta {
+    /// Held back by a `when:` that is not true (yet).
+    pub fn waiting(&self) -> bool {
+        self.when.as_ref().is_some_and(|w| !w.ready)
+    }
 }
 
 /// A `collect:` entry.

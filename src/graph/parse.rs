@@ -16,6 +16,7 @@ use super::pos::{self, Node, PosNode};
 use super::report::{
     read_kind, read_list, read_map, read_name, read_str, unknown_key, Errors, Key,
 };
+use super::template::{self, Context};
 use super::{edge, resource, Collect, Graph, GraphError, GraphErrors, Located, Pos};
 
 /// The top-level keys, in the order the docs present them.
@@ -45,17 +46,51 @@ pub fn parse_file(path: &Path) -> Result<Graph, GraphErrors> {
     }
 }
 
-/// Parses and validates graph source text; `file` labels the errors.
+/// Parses and validates graph source text as written; `file` labels the
+/// errors. Templated values are kept as text and only checked once
+/// rendered ([`parse_rendered`], on the host).
 pub fn parse_str(src: &str, file: &str) -> Result<Graph, GraphErrors> {
+    parse_with(src, file, None)
+}
+
+/// Renders the templates of graph source text with `ctx`
+/// ([`super::template`]), then parses and validates the result. A template
+/// error stops here, before anything else is checked.
+pub fn parse_rendered(src: &str, file: &str, ctx: &Context) -> Result<Graph, GraphErrors> {
+    parse_with(src, file, Some(ctx))
+}
+
+fn parse_with(src: &str, file: &str, ctx: Option<&Context>) -> Result<Graph, GraphErrors> {
     let parsed: Result<Value, _> = serde_yaml_ng::from_str(src);
     let tree = pos::positions(src);
-    let value = match parsed {
+    let mut value = match parsed {
         Ok(v) => v,
         Err(e) => return Err(syntax_error(file, src, &e, tree.as_ref())),
     };
     let mut errs = Errors::new(file);
+    if let Some(ctx) = ctx {
+        let originals = template::render_tree(&mut value, tree.as_ref(), ctx, &mut errs);
+        if errs.count() > 0 {
+            // Nothing else is checked on a text that did not render.
+            return errs.finish(()).map(|()| empty_graph());
+        }
+        errs.rendered = Some(originals);
+    }
     let graph = read_graph(Node::new(&value, tree.as_ref()), &mut errs);
     errs.finish(graph)
+}
+
+fn empty_graph() -> Graph {
+    Graph {
+        name: String::new(),
+        comment: None,
+        hostname: None,
+        remote: Vec::new(),
+        via: Vec::new(),
+        resources: Vec::new(),
+        collect: Vec::new(),
+        edges: Vec::new(),
+    }
 }
 
 /// A YAML syntax error: serde_yaml_ng's message without its own "at line N
@@ -141,16 +176,7 @@ struct Sections<'a> {
 }
 
 fn read_graph(root: Node<'_>, errs: &mut Errors) -> Graph {
-    let mut graph = Graph {
-        name: String::new(),
-        comment: None,
-        hostname: None,
-        remote: Vec::new(),
-        via: Vec::new(),
-        resources: Vec::new(),
-        collect: Vec::new(),
-        edges: Vec::new(),
-    };
+    let mut graph = empty_graph();
     let root_pos = root.pos().or(Some(Pos { line: 1, col: 1 }));
     if !root.value.is_mapping() {
         let found = match root.value {

@@ -37,7 +37,7 @@ pub(crate) enum PosNode {
 }
 
 impl PosNode {
-    fn pos(&self) -> Pos {
+    pub(crate) fn pos(&self) -> Pos {
         match self {
             PosNode::Scalar { pos, .. } | PosNode::Seq { pos, .. } | PosNode::Map { pos, .. } => {
                 *pos
@@ -53,6 +53,23 @@ pub(crate) fn positions(src: &str) -> Option<PosNode> {
     let mut builder = Builder::default();
     Parser::new_from_str(src).load(&mut builder, false).ok()?;
     builder.root
+}
+
+/// The top-level keys of a block mapping with the line and column each
+/// starts at, in source order; `None` when the document is not a mapping.
+pub fn top_level_keys(src: &str) -> Option<Vec<(String, Pos)>> {
+    match positions(src)? {
+        PosNode::Map { entries, .. } => Some(
+            entries
+                .iter()
+                .filter_map(|(k, _)| match k {
+                    PosNode::Scalar { pos, raw } => Some((raw.clone(), *pos)),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        _ => None,
+    }
 }
 
 /// Where a second document starts, for "one graph per file".

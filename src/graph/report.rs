@@ -17,6 +17,11 @@ use crate::resources::{kind_names, lookup, FieldType};
 pub(crate) struct Errors {
     file: String,
     list: Vec<GraphError>,
+    /// `Some` once the file's templates were rendered (on the host), with
+    /// each rendered value's original text; `None` when the text is only
+    /// checked as written (the initiator), where a templated value's own
+    /// checks wait for the host.
+    pub rendered: Option<super::Originals>,
 }
 
 impl Errors {
@@ -24,6 +29,7 @@ impl Errors {
         Errors {
             file: file.to_owned(),
             list: Vec::new(),
+            rendered: None,
         }
     }
 

@@ -14,12 +14,14 @@ use serde_yaml_ng::{Mapping, Value};
 
 use super::pos::Node;
 use super::report::{
-    check_type, read_bool, read_int, read_list, read_map, read_name, unknown_kind, Errors, Key,
+    check_type, read_bool, read_int, read_list, read_map, read_name, read_str, unknown_kind,
+    Errors, Key,
 };
-use super::{Meta, Pos, ResourceDecl};
+use super::template::is_template;
+use super::{Meta, Pos, ResourceDecl, When};
 use crate::resources::{lookup, KindSpec};
 
-const META_KEYS: &[&str] = &["noop", "retry", "delay"];
+const META_KEYS: &[&str] = &["noop", "retry", "delay", "when"];
 
 /// Reads every resource of every kind; duplicates are reported and dropped.
 pub(super) fn read_resources(node: Node<'_>, errs: &mut Errors) -> Vec<ResourceDecl> {
@@ -103,11 +105,19 @@ fn read_resource(
             errs.at(item.pos(), msg);
         }
     }
-    let (name, exported) = name?;
+    let name = name?;
     let name_pos = name_key.and_then(|k| k.value.pos());
-    if errs.count() == before {
-        build(spec, &name, &fields, name_pos, item.pos(), errs);
+    // Values still to be rendered are checked on the host, once they are.
+    let templated = errs.rendered.is_none()
+        && (is_template(&name.0)
+            || fields
+                .params
+                .values()
+                .any(|v| v.as_str().is_some_and(is_template)));
+    if errs.count() == before && !templated {
+        build(spec, &name.0, &fields, name_pos, item.pos(), errs);
     }
+    let (name, exported) = name;
     let decl = ResourceDecl {
         kind: spec.kind,
         name,
@@ -190,7 +200,31 @@ fn build(
     errs.at(pos, format!("{}[{name}]: {}", spec.kind, e.message));
 }
 
-/// `meta: {noop, retry, delay}`; what is wrong is reported and left default.
+/// `meta.when`: a string that renders to `true` or `false`. Checked as
+/// written (not rendered yet) a template is taken as it is, not ready.
+fn read_when(node: Node<'_>, field: &str, errs: &mut Errors) -> Option<When> {
+    let text = read_str(node, field, errs)?;
+    let expr = node
+        .pos()
+        .and_then(|p| errs.rendered.as_ref()?.get(&p).cloned())
+        .unwrap_or_else(|| text.clone());
+    if errs.rendered.is_none() && is_template(&text) {
+        return Some(When { expr, ready: false });
+    }
+    match text.trim() {
+        "true" | "True" => Some(When { expr, ready: true }),
+        "false" | "False" => Some(When { expr, ready: false }),
+        other => {
+            let msg = format!(
+                "{field}: {expr:?} rendered to {other:?}; expected true or false, e.g. when: \"{{{{ values('peer') | length == host.count }}}}\""
+            );
+            errs.at(node.pos(), msg);
+            None
+        }
+    }
+}
+
+/// `meta: {noop, retry, delay, when}`; what is wrong is reported and left default.
 fn read_meta(node: Node<'_>, label: &str, errs: &mut Errors) -> Meta {
     let what = format!("{label}: meta");
     let expected = "a mapping like {noop: true, retry: 3, delay: 1000}";
@@ -218,6 +252,7 @@ fn read_meta(node: Node<'_>, label: &str, errs: &mut Errors) -> Meta {
                 ),
                 None => {}
             },
+            "when" => meta.when = read_when(key.value, &field, errs),
             _ => {
                 let msg = format!(
                     "{label}: unknown meta field {:?}; expected one of: {}",

@@ -258,7 +258,7 @@ fn missing_or_empty_graph() {
 fn unknown_kind_lists_the_known_ones() {
     assert_eq!(
         one_error("graph: g\nresources:\n  fiel: []\n"),
-        "g.yaml:3:3: unknown resource kind \"fiel\"; expected one of: file, exec, noop, msg, timer, password, pkg, svc, user, group"
+        "g.yaml:3:3: unknown resource kind \"fiel\"; expected one of: file, exec, noop, msg, timer, password, kv, pkg, svc, user, group"
     );
 }
 
@@ -291,7 +291,7 @@ fn meta_fields() {
         errs,
         [
             "g.yaml:5:18: noop[a]: meta: noop: expected a boolean (true or false), found the string \"yes\"",
-            "g.yaml:5:23: noop[a]: unknown meta field \"retries\"; expected one of: noop, retry, delay",
+            "g.yaml:5:23: noop[a]: unknown meta field \"retries\"; expected one of: noop, retry, delay, when",
             "g.yaml:5:42: noop[a]: meta: retry must be -1 (retry forever) or a count of 0 or more, not -2",
             "g.yaml:5:53: noop[a]: meta: delay must be a number of milliseconds, 0 or more",
         ]
@@ -419,7 +419,7 @@ fn edge_to_unknown_or_exported_resource() {
             "g.yaml:7:28: edge \"e1\": from: unknown resource noop[b]; expected one of the noop resources: a",
             "g.yaml:8:26: edge \"e1\": to: noop[x] is exported (@@) and not applied on this host; an edge can only join local resources",
             "g.yaml:9:65: edge \"e2\": to: unknown resource exec[b]; no local exec resource is declared",
-            "g.yaml:10:27: unknown resource kind \"mgs\"; expected one of: file, exec, noop, msg, timer, password, pkg, svc, user, group",
+            "g.yaml:10:27: unknown resource kind \"mgs\"; expected one of: file, exec, noop, msg, timer, password, kv, pkg, svc, user, group",
         ]
     );
 }
@@ -544,7 +544,7 @@ fn collect_entries() {
     assert_eq!(
         errs,
         [
-            "g.yaml:3:9: unknown resource kind \"fil\"; expected one of: file, exec, noop, msg, timer, password, pkg, svc, user, group",
+            "g.yaml:3:9: unknown resource kind \"fil\"; expected one of: file, exec, noop, msg, timer, password, kv, pkg, svc, user, group",
             "g.yaml:4:3: collect: missing kind; expected e.g. kind: file",
             "g.yaml:5:35: collect: unknown key \"patern\"; expected one of: kind, pattern, hostname",
             "g.yaml:6:3: collect: expected a mapping like {kind: file, pattern: /tmp/}, found the string \"file\"",

@@ -15,6 +15,7 @@ mod exec;
 mod file;
 mod group;
 mod keeper;
+mod kv;
 mod msg;
 mod noop;
 mod password;
@@ -146,6 +147,7 @@ pub static KINDS: &[&KindSpec] = &[
     &msg::SPEC,
     &timer::SPEC,
     &password::SPEC,
+    &kv::SPEC,
     &pkg::SPEC,
     &svc::SPEC,
     &user::SPEC,

@@ -39,11 +39,24 @@ impl Local {
             "host {}: running graph {:?} from {}",
             cfg.hostname,
             file.graph.name,
-            file.path.display()
+            file.label
         );
         let (updates_tx, updates_rx) = mpsc::channel(4);
-        let mut source = source::Source::new(file, world.clone(), cfg.noop, updates_tx);
-        let initial = source.initial().await?;
+        // Off the runtime's threads: the FQDN asks the resolver.
+        let facts = tokio::task::spawn_blocking(crate::facts::gather)
+            .await
+            .unwrap_or_default();
+        let ctx = crate::graph::template::Context {
+            facts,
+            host: cfg.host.clone(),
+            values: Default::default(),
+        };
+        let mut source = source::Source::new(file, ctx, world.clone(), cfg.noop, updates_tx);
+        // An input error stays a GraphErrors, which main turns into exit 2.
+        let initial = source.initial().await.map_err(|e| match e {
+            source::StartError::Graph(g) => anyhow::Error::new(g),
+            source::StartError::World(w) => anyhow::Error::new(w),
+        })?;
         let (status_tx, status) = watch::channel(Status::default());
         let engine_cancel = CancellationToken::new();
         let engine_cfg = engine::Config {

@@ -1,13 +1,23 @@
 //! The graph source: turns the graph file and the world into the engine's
 //! [`Desired`] graph, and keeps doing so as either changes.
 //!
-//! On an edit of the file (live reload), the new graph is validated first:
-//! an invalid edit is reported and the running graph stays. A valid one
-//! re-exports this host's `@@` resources and follows its `collect:` entries
-//! (a changed list changes what is read and watched). Collected resources
-//! come from a [`Follower`]: one read, then watch events on the prefixes the
-//! entries select, nothing at all without entries. The engine gets a new
-//! graph only when the result differs from what it runs.
+//! The file's templates (#15) are rendered here, on the host, with its
+//! facts (gathered once, at start), its place in the run and the values
+//! hosts publish with `kv` resources; the values are followed like
+//! collected resources (a [`Follower`] of every host's `kv` exports, only
+//! when the text reads `values()`), and a change renders the file again.
+//! The first render, like the first parse, is all or nothing: an error
+//! there stops the run before anything is applied.
+//!
+//! On an edit of the file (live reload) or new values, the new graph is
+//! rendered and validated first: an invalid one is reported and the running
+//! graph stays. A valid one re-exports this host's `@@` resources and
+//! follows its `collect:` entries (a changed list changes what is read and
+//! watched). Collected resources come from a [`Follower`]: one read, then
+//! watch events on the prefixes the entries select, nothing at all without
+//! entries; two hosts' files landing on one path are an error, not a pick.
+//! The engine gets a new graph only when the result differs from what it
+//! runs, so an unchanged render re-applies nothing.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,25 +27,42 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::Desired;
 use crate::fswatch::PathWatch;
-use crate::graph::GraphFile;
-use crate::graph::{self, Graph, ResourceDecl};
-use crate::world::{Follower, World, WorldError};
+use crate::graph::template::{reads_values, Context};
+use crate::graph::{self, Collect, Graph, GraphError, GraphErrors, GraphFile, ResourceDecl};
+use crate::world::{Collision, Follower, World, WorldError};
 
 /// How long the first export and collect may keep failing before the run
 /// gives up.
 const INITIAL_PATIENCE: Duration = Duration::from_secs(60);
 
+/// Why the first graph could not be made.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum StartError {
+    /// The file does not render or validate, or its collects collide:
+    /// an input error (exit 2), nothing applied.
+    #[error(transparent)]
+    Graph(#[from] GraphErrors),
+    #[error(transparent)]
+    World(#[from] WorldError),
+}
+
 pub(super) struct Source {
     path: PathBuf,
-    /// The text of the graph file that `local` was parsed from.
+    /// The path as shown in errors.
+    label: String,
+    /// The text of the graph file that `local` was rendered from.
     text: String,
+    /// What templates read; `values` kept current from `values`.
+    ctx: Context,
     local: Graph,
     /// What `follow` last handed out.
     collected: Vec<ResourceDecl>,
     /// Follows `local.collect`; re-pointed on each valid edit.
     follow: Follower,
+    /// Follows every host's `kv` exports while the text reads `values()`.
+    values: Follower,
     world: World,
-    /// `--noop`: nothing is exported (as mgmt does).
+    /// `--noop`: nothing is exported (as mgmt does); rendered values are shown.
     noop: bool,
     last: Desired,
     updates: mpsc::Sender<Desired>,
@@ -44,16 +71,20 @@ pub(super) struct Source {
 impl Source {
     pub fn new(
         file: &GraphFile,
+        ctx: Context,
         world: World,
         noop: bool,
         updates: mpsc::Sender<Desired>,
     ) -> Source {
         Source {
             path: file.path.clone(),
+            label: file.label.clone(),
             text: file.text.clone(),
+            ctx,
             local: file.graph.clone(),
             collected: Vec::new(),
             follow: Follower::new(world.clone()),
+            values: Follower::new(world.clone()),
             world,
             noop,
             last: Desired::default(),
@@ -61,23 +92,24 @@ impl Source {
         }
     }
 
-    /// Exports, collects, and returns the first graph to run.
+    /// Renders, exports, collects, and returns the first graph to run.
     /// A store that is slow for a moment (a loaded tunnel, a keepalive
-    /// missed) is retried with back-off for up to [`INITIAL_PATIENCE`].
-    pub async fn initial(&mut self) -> Result<Desired, WorldError> {
+    /// missed) is retried with back-off for up to [`INITIAL_PATIENCE`];
+    /// an input error is returned at once.
+    pub async fn initial(&mut self) -> Result<Desired, StartError> {
         let deadline = tokio::time::Instant::now() + INITIAL_PATIENCE;
         let mut pause = Duration::from_millis(200);
         loop {
             match self.try_initial().await {
                 Ok(d) => return Ok(d),
-                Err(e) if e.is_refusal() => {
+                Err(StartError::World(e)) if e.is_refusal() => {
                     tracing::error!(
                         "the store refused this process ({e}); if it requires etcd \
                          authentication, give --store-password-file with root's password"
                     );
-                    return Err(e);
+                    return Err(StartError::World(e));
                 }
-                Err(e) if tokio::time::Instant::now() + pause < deadline => {
+                Err(StartError::World(e)) if tokio::time::Instant::now() + pause < deadline => {
                     tracing::warn!("{e}; retrying in {pause:?}");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(5));
@@ -87,12 +119,68 @@ impl Source {
         }
     }
 
-    async fn try_initial(&mut self) -> Result<Desired, WorldError> {
+    async fn try_initial(&mut self) -> Result<Desired, StartError> {
+        self.values.follow(&values_entries(&self.text)).await?;
+        self.ctx.values = self.values.values();
+        self.local = self.render()?;
+        self.show();
         self.export().await?;
         self.follow.follow(&self.local.collect).await?;
-        self.collected = self.follow.collected();
+        self.collected = self.gathered()?;
         self.last = self.desired();
         Ok(self.last.clone())
+    }
+
+    /// The file's text rendered with the current context, validated. This
+    /// host's own `kv` exports count as published at once: a second pass
+    /// renders with them when the store does not show them yet, so a host
+    /// does not apply a graph without its own value first.
+    fn render(&self) -> Result<Graph, GraphErrors> {
+        let g = graph::parse_rendered(&self.text, &self.label, &self.ctx)?;
+        let mut ctx = self.ctx.clone();
+        let me = &ctx.host.name;
+        for by_host in ctx.values.values_mut() {
+            by_host.remove(me);
+        }
+        for r in g.resources.iter().filter(|r| r.exported && r.kind == "kv") {
+            if let Some(v) = r.params.get("value").and_then(|v| v.as_str()) {
+                let by_host = ctx.values.entry(r.name.clone()).or_default();
+                by_host.insert(me.clone(), v.to_owned());
+            }
+        }
+        ctx.values.retain(|_, by_host| !by_host.is_empty());
+        if ctx.values == self.ctx.values {
+            return Ok(g);
+        }
+        graph::parse_rendered(&self.text, &self.label, &ctx)
+    }
+
+    /// What the collect entries bring in, unless two hosts' files collide.
+    fn gathered(&self) -> Result<Vec<ResourceDecl>, GraphErrors> {
+        match self.follow.collision() {
+            Some(c) => Err(self.collision_error(&c)),
+            None => Ok(self.follow.collected()),
+        }
+    }
+
+    fn collision_error(&self, c: &Collision) -> GraphErrors {
+        GraphErrors(vec![GraphError {
+            file: self.label.clone(),
+            pos: (c.pos.line > 0).then_some(c.pos),
+            message: c.to_string(),
+        }])
+    }
+
+    /// `--noop` shows what the templates rendered, resource by resource.
+    fn show(&self) {
+        if !self.noop {
+            return;
+        }
+        for r in &self.local.resources {
+            let params = serde_json::to_string(&r.params).unwrap_or_default();
+            let at = if r.exported { " (exported)" } else { "" };
+            tracing::info!("noop: {}{at} rendered: {params}", r.id());
+        }
     }
 
     fn desired(&self) -> Desired {
@@ -132,7 +220,8 @@ impl Source {
     }
 
     /// Follows file edits (through `file_watch`, armed by the caller before
-    /// the first graph was read) and collected resources until cancelled.
+    /// the first graph was read), exchanged values and collected resources
+    /// until cancelled.
     pub async fn run(mut self, mut file_watch: Option<PathWatch>, cancel: CancellationToken) {
         // An edit made before the watch was armed has no event: look once.
         if file_watch.is_some() && !self.reread().await {
@@ -153,8 +242,23 @@ impl Source {
                         return;
                     }
                 }
-                collected = self.follow.changed() => {
-                    self.collected = collected;
+                _ = self.values.changed() => {
+                    let values = self.values.values();
+                    if values != self.ctx.values {
+                        self.ctx.values = values;
+                        if !self.reload(Why::Values).await {
+                            return;
+                        }
+                    }
+                }
+                _ = self.follow.changed() => {
+                    match self.gathered() {
+                        Ok(collected) => self.collected = collected,
+                        Err(e) => {
+                            log_errors(&e, "collected resources not taken; the running graph stays");
+                            continue;
+                        }
+                    }
                     if !self.push().await {
                         return;
                     }
@@ -168,8 +272,12 @@ impl Source {
     async fn reread(&mut self) -> bool {
         match std::fs::read_to_string(&self.path) {
             Ok(text) if text != self.text => {
-                self.text = text.clone();
-                self.reload(text).await
+                self.text = text;
+                if let Err(e) = self.values.follow(&values_entries(&self.text)).await {
+                    tracing::warn!("cannot follow exchanged values: {e}");
+                }
+                self.ctx.values = self.values.values();
+                self.reload(Why::Edit).await
             }
             Ok(_) => true,
             Err(e) => {
@@ -182,31 +290,75 @@ impl Source {
         }
     }
 
-    /// Validates and applies an edit; false when the engine is gone.
-    async fn reload(&mut self, src: String) -> bool {
-        let label = self.path.display().to_string();
-        match graph::parse_str(&src, &label) {
-            Ok(g) => {
-                tracing::info!("{label}: graph changed; applying it");
-                self.local = g;
-                if let Err(e) = self.export().await {
-                    tracing::warn!("cannot export resources: {e}");
-                }
-                match self.follow.follow(&self.local.collect).await {
-                    Ok(()) => self.collected = self.follow.collected(),
-                    Err(e) => tracing::warn!("cannot collect exported resources: {e}"),
-                }
-                self.push().await
-            }
+    /// Renders and validates the text again and applies the result when it
+    /// differs; false when the engine is gone.
+    async fn reload(&mut self, why: Why) -> bool {
+        let g = match self.render() {
+            Ok(g) => g,
             Err(errors) => {
-                for e in &errors.0 {
-                    tracing::error!("{e}");
-                }
-                tracing::error!("{label}: invalid edit ignored; the running graph stays");
-                true
+                let then = match why {
+                    Why::Edit => format!("{}: invalid edit ignored; the running graph stays", self.label),
+                    Why::Values => format!("{}: the graph does not render with the new values; the running graph stays", self.label),
+                };
+                log_errors(&errors, &then);
+                return true;
             }
+        };
+        match why {
+            Why::Edit => tracing::info!("{}: graph changed; applying it", self.label),
+            Why::Values if g != self.local => tracing::info!(
+                "{}: exchanged values changed the graph; applying it",
+                self.label
+            ),
+            Why::Values => {}
         }
+        if g == self.local {
+            return true;
+        }
+        self.local = g;
+        self.show();
+        if let Err(e) = self.export().await {
+            tracing::warn!("cannot export resources: {e}");
+        }
+        match self.follow.follow(&self.local.collect).await {
+            Ok(()) => match self.gathered() {
+                Ok(c) => self.collected = c,
+                Err(e) => log_errors(&e, "collected resources not taken"),
+            },
+            Err(e) => tracing::warn!("cannot collect exported resources: {e}"),
+        }
+        self.push().await
     }
+}
+
+/// What made the text render again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// The file was edited.
+    Edit,
+    /// Values exported by hosts changed.
+    Values,
+}
+
+fn log_errors(errors: &GraphErrors, then: &str) {
+    for e in &errors.0 {
+        tracing::error!("{e}");
+    }
+    tracing::error!("{then}");
+}
+
+/// What the values follower follows for `text`: every host's `kv`
+/// exports when its templates read them, nothing otherwise.
+fn values_entries(text: &str) -> Vec<Collect> {
+    if !reads_values(text) {
+        return Vec::new();
+    }
+    vec![Collect {
+        kind: "kv",
+        pattern: None,
+        hostname: None,
+        pos: Default::default(),
+    }]
 }
 
 async fn changed(w: &mut Option<PathWatch>) -> Result<(), crate::fswatch::WatchError> {
@@ -230,6 +382,7 @@ mod tests {
         let graph = graph::parse_str(&text, "g.yaml").expect("valid graph");
         GraphFile {
             path: "g.yaml".into(),
+            label: "g.yaml".into(),
             text,
             graph,
         }
@@ -241,7 +394,13 @@ mod tests {
         let served = Served::start().await;
         let world = served.world("lone").await;
         let (tx, _rx) = mpsc::channel(4);
-        let mut source = Source::new(&graph_file(""), world.clone(), false, tx);
+        let mut source = Source::new(
+            &graph_file(""),
+            Context::default(),
+            world.clone(),
+            false,
+            tx,
+        );
         source.initial().await.expect("initial");
         // Cancelled first: run arms whatever it arms, then returns.
         let cancel = CancellationToken::new();
@@ -256,15 +415,23 @@ mod tests {
         let served = Served::start().await;
         let world = served.world("h1").await;
         let (tx, _rx) = mpsc::channel(4);
-        let mut source = Source::new(&graph_file(""), world.clone(), false, tx);
+        let mut source = Source::new(
+            &graph_file(""),
+            Context::default(),
+            world.clone(),
+            false,
+            tx,
+        );
         source.initial().await.expect("initial");
         let collect = "collect:\n- kind: file\n  hostname: \"h?\"\n";
-        assert!(source.reload(format!("{EXPORTS}{collect}")).await);
+        source.text = format!("{EXPORTS}{collect}");
+        assert!(source.reload(Why::Edit).await);
         let s = world.collect_stats();
         assert_eq!((s.reads, s.watches), (1, 1));
         // Its own export matches `h?`: collected, but the local one wins.
         assert_eq!(source.collected.len(), 1);
-        assert!(source.reload(EXPORTS.to_owned()).await);
+        source.text = EXPORTS.to_owned();
+        assert!(source.reload(Why::Edit).await);
         assert!(source.collected.is_empty());
         assert_eq!(world.collect_stats(), s);
         served.stop().await;

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use super::{decode, EXPORTED};
-use crate::graph::{Collect, ResourceDecl};
+use crate::graph::{glob_match, Collect, ResourceDecl};
 
 /// The key prefix that holds every host `glob` can match.
 fn prefix_of(glob: Option<&str>) -> String {
@@ -71,7 +71,9 @@ fn selects(c: &Collect, host: &str, kind: &str) -> bool {
 
 /// The resources `entries` collect from `kvs` (key → value, in key order),
 /// patterns applied. The same kind and name exported by two hosts with
-/// different fields: the first host in key order wins, with a warning.
+/// different fields: the first host in key order wins, with a warning
+/// (none for `kv`, whose values differ by host by design and are read per
+/// host; a file's clash is refused by the caller, see [`collision`]).
 pub(crate) fn resolve(entries: &[Collect], kvs: &BTreeMap<String, Vec<u8>>) -> Vec<ResourceDecl> {
     let mut out: BTreeMap<(&'static str, String), (&str, ResourceDecl)> = BTreeMap::new();
     for (key, value) in kvs {
@@ -89,7 +91,7 @@ pub(crate) fn resolve(entries: &[Collect], kvs: &BTreeMap<String, Vec<u8>>) -> V
                 }
             };
             match out.get(&(decl.kind, decl.name.clone())) {
-                Some((other, prev)) if prev.params != decl.params => {
+                Some((other, prev)) if prev.params != decl.params && decl.kind != "kv" => {
                     tracing::warn!(
                         "{}: exported by both {other} and {host} with different fields; using {other}'s",
                         decl.id()
@@ -105,6 +107,62 @@ pub(crate) fn resolve(entries: &[Collect], kvs: &BTreeMap<String, Vec<u8>>) -> V
     out.into_values().map(|(_, d)| d).collect()
 }
 
+/// Two hosts' collected files that would land on one path with different
+/// fields (#15): an error, never a silent pick of one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("collect: host {first:?} and host {second:?} both export a file that lands on {path} ({first_key} and {second_key}), with different fields; refusing to pick one (hint: give each host its own path, e.g. path: \"/srv/conf-{{{{ host.name }}}}\", or collect from one host with hostname:)")]
+pub struct Collision {
+    /// The `collect:` entry that brought the second one in.
+    pub pos: crate::graph::Pos,
+    pub path: String,
+    pub first: String,
+    pub first_key: String,
+    pub second: String,
+    pub second_key: String,
+}
+
+/// The first pair of files from different hosts that `entries` would place
+/// on the same path with different fields, in key order.
+pub(crate) fn collision(entries: &[Collect], kvs: &BTreeMap<String, Vec<u8>>) -> Option<Collision> {
+    let mut landed: BTreeMap<String, (&str, &str, ResourceDecl)> = BTreeMap::new();
+    for (key, value) in kvs {
+        let Some((host, kind, name)) = split_key(key) else {
+            continue;
+        };
+        for c in entries
+            .iter()
+            .filter(|c| c.kind == "file" && selects(c, host, kind))
+        {
+            let Ok(decl) = decode(kind, name, value, c.pattern.as_deref()) else {
+                continue;
+            };
+            let path = decl
+                .params
+                .get("path")
+                .and_then(|v| v.as_str())
+                .unwrap_or(&decl.name)
+                .to_owned();
+            match landed.get(&path) {
+                Some((other, other_key, prev)) if *other != host && prev.params != decl.params => {
+                    return Some(Collision {
+                        pos: c.pos,
+                        path,
+                        first: (*other).to_owned(),
+                        first_key: (*other_key).to_owned(),
+                        second: host.to_owned(),
+                        second_key: key.clone(),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    landed.insert(path, (host, key, decl));
+                }
+            }
+        }
+    }
+    None
+}
+
 /// `<host>/resources/<kind>/<name>` after the prefix.
 pub(crate) fn split_key(key: &str) -> Option<(&str, &str, &str)> {
     let rest = key.strip_prefix(EXPORTED)?;
@@ -114,29 +172,6 @@ pub(crate) fn split_key(key: &str) -> Option<(&str, &str, &str)> {
     let kind = parts.next()?;
     let name = parts.next()?;
     Some((host, kind, name))
-}
-
-/// Shell-style glob: `*` any run of characters, `?` any one character.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            pi += 1;
-            mark = ti;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
 }
 
 #[cfg(test)]
@@ -154,15 +189,6 @@ mod tests {
 
     fn key(host: &str, name: &str) -> String {
         format!("{EXPORTED}{host}/resources/file/{name}")
-    }
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("web*", "web12"));
-        assert!(glob_match("*", ""));
-        assert!(glob_match("h?st-*-a", "host-12-a"));
-        assert!(!glob_match("web?", "web12"));
-        assert!(!glob_match("db*", "web1"));
     }
 
     #[test]

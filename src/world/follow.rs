@@ -102,6 +102,30 @@ impl Follower {
         collect::resolve(&self.entries, &self.keys)
     }
 
+    /// Two hosts' files that the entries would place on one path, if any.
+    pub fn collision(&self) -> Option<collect::Collision> {
+        collect::collision(&self.entries, &self.keys)
+    }
+
+    /// The `value` of every `kv` followed, by name and host (#15).
+    pub fn values(&self) -> crate::graph::template::Values {
+        let mut out = crate::graph::template::Values::new();
+        for (key, value) in &self.keys {
+            let Some((host, "kv", name)) = collect::split_key(key) else {
+                continue;
+            };
+            let Ok(decl) = super::decode("kv", name, value, None) else {
+                continue;
+            };
+            if let Some(v) = decl.params.get("value").and_then(|v| v.as_str()) {
+                out.entry(name.to_owned())
+                    .or_default()
+                    .insert(host.to_owned(), v.to_owned());
+            }
+        }
+        out
+    }
+
     /// Waits for a change to the collected resources' inputs and returns
     /// the new result; pending forever without entries. Cancel-safe: events
     /// applied before a cancellation are kept and counted in the next call.

@@ -16,6 +16,7 @@ mod kinds;
 mod layers;
 mod remote;
 mod remote_run;
+mod role;
 mod store;
 mod store_login;
 mod util;
