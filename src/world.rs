@@ -53,6 +53,20 @@ pub use collect::Collision;
 pub use follow::Follower;
 
 pub const EXPORTED: &str = "/_mgmt/exported/";
+/// `kv` resources (exchanged values, #15) live under this root instead:
+/// `/_mgmt/values/<host>/resources/kv/<name>`, so that a host whose
+/// templates read `values()` can be let read them without reading every
+/// other host's exports (`store::access`).
+pub const VALUES: &str = "/_mgmt/values/";
+
+/// The root a resource of `kind` is exported under.
+pub(crate) fn root_of(kind: &str) -> &'static str {
+    if kind.eq_ignore_ascii_case("kv") {
+        VALUES
+    } else {
+        EXPORTED
+    }
+}
 pub const CONVERGED: &str = "/_mgmt/converged/";
 
 /// How long a host's converged key outlives a silent host.
@@ -174,31 +188,31 @@ impl World {
         &self.hostname
     }
 
-    fn my_prefix(&self) -> String {
-        format!("{EXPORTED}{}/resources/", self.hostname)
+    fn my_prefix(&self, root: &str) -> String {
+        format!("{root}{}/resources/", self.hostname)
     }
 
     /// Makes the store hold exactly `resources` as this host's exports;
     /// returns how many keys were written or deleted.
     pub async fn export(&mut self, resources: &[&ResourceDecl]) -> Result<usize, WorldError> {
-        let prefix = self.my_prefix();
-        let have = self
-            .client
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await?;
-        let mut old: BTreeMap<String, Vec<u8>> = have
-            .kvs()
-            .iter()
-            .map(|kv| {
+        let prefix = self.my_prefix(EXPORTED);
+        let mut old: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        for root in [EXPORTED, VALUES] {
+            let mine = self.my_prefix(root);
+            let have = self
+                .client
+                .get(mine.as_str(), Some(GetOptions::new().with_prefix()))
+                .await?;
+            old.extend(have.kvs().iter().map(|kv| {
                 (
                     String::from_utf8_lossy(kv.key()).into_owned(),
                     kv.value().to_vec(),
                 )
-            })
-            .collect();
+            }));
+        }
         let mut ops = Vec::new();
         for r in resources {
-            let key = format!("{prefix}{}/{}", r.kind, r.name);
+            let key = format!("{}{}/{}", self.my_prefix(root_of(r.kind)), r.kind, r.name);
             let value = encode(r);
             if old.remove(&key).as_deref() != Some(value.as_bytes()) {
                 ops.push(TxnOp::put(key, value, None));

@@ -240,10 +240,11 @@ fn changes(synced: &[Synced]) -> futures::stream::SelectAll<BoxStream<'static, u
 }
 
 /// The prefixes the `collect:` of each synced graph reads (their current
-/// texts; one that does not parse reads nothing), and every host's exports
-/// for a graph whose templates read `values()` (#15: `kv` exports are
-/// found by kind, which the key layout puts after the host) or whose
-/// `collect:` globs are templated (known only once rendered on the host).
+/// texts; one that does not parse reads nothing), every host's `kv` values
+/// for a graph whose templates read `values()` (#15: they have a root of
+/// their own, so this reads no other export), and every host's exports for
+/// a graph whose `collect:` globs are templated (known only once rendered
+/// on the host).
 fn read_scope(synced: &[Synced]) -> Vec<String> {
     synced
         .iter()
@@ -256,8 +257,12 @@ fn read_scope(synced: &[Synced]) -> Vec<String> {
                     .as_deref()
                     .is_some_and(crate::graph::template::is_template)
             });
-            if templated || crate::graph::template::reads_values(&text) {
+            if crate::graph::template::reads_values(&text) {
+                scope.push(crate::world::VALUES.to_owned());
+            }
+            if templated {
                 scope.push(crate::world::EXPORTED.to_owned());
+                scope.push(crate::world::VALUES.to_owned());
             }
             Some(scope)
         })
@@ -355,5 +360,30 @@ async fn bridge(
             }
         });
         while checks.try_join_next().is_some() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synced(text: &str) -> Synced {
+        let (_tx, source) = watch::channel(Arc::new(text.to_owned()));
+        Synced {
+            name: "g.yaml".into(),
+            source,
+            rest: None,
+        }
+    }
+
+    // See: #13, #15 (a graph that reads values() reads every host's values,
+    // not every host's exports)
+    #[test]
+    fn reading_values_opens_the_values_not_the_exports() {
+        let g = "graph: g\nresources:\n  file:\n  - name: f\n    path: /tmp/f\n    content: \"{{ values('peer') | join(',') }}\"\n";
+        let scope = read_scope(&[synced(g)]);
+        assert_eq!(scope, vec![crate::world::VALUES.to_owned()]);
+        let plain = "graph: g\nresources:\n  noop:\n  - name: n\n";
+        assert!(read_scope(&[synced(plain)]).is_empty());
     }
 }

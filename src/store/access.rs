@@ -1,7 +1,8 @@
 //! Who may write what. A connection accepted on behalf of a host (a tunnel
 //! from that host) carries a [`Speaker`]: it speaks for that host, or for a
 //! gateway and the hosts behind it, and may write only their keys,
-//! `/_mgmt/exported/<host>/…` and `/_mgmt/converged/<host>`; compaction and
+//! `/_mgmt/exported/<host>/…`, `/_mgmt/values/<host>/…` and
+//! `/_mgmt/converged/<host>`; compaction and
 //! the maintenance calls that change state are refused to it, and so are
 //! revoking and renewing a lease another speaker granted. Anything else
 //! answers etcd's `permission denied`, and the store logs who tried.
@@ -22,6 +23,8 @@ use etcd_client::proto::{PbTxnRequest, PbTxnRequestOp};
 
 /// The exported resources of host `<h>` live under this prefix + `<h>/`.
 pub const EXPORTED: &str = "/_mgmt/exported/";
+/// The exchanged values (`kv`) of host `<h>` live under this prefix + `<h>/`.
+pub const VALUES: &str = "/_mgmt/values/";
 /// Host `<h>`'s converged key is this prefix + `<h>`.
 pub const CONVERGED: &str = "/_mgmt/converged/";
 
@@ -93,14 +96,17 @@ impl Speaker {
             return false;
         };
         self.hosts.iter().any(|h| {
-            let own = format!("{EXPORTED}{h}/");
-            if range_end.is_empty() {
-                return key.starts_with(&own) || key == format!("{CONVERGED}{h}");
+            if range_end.is_empty() && key == format!("{CONVERGED}{h}") {
+                return true;
             }
-            // A range must lie inside the host's exported prefix.
-            key.starts_with(&own)
-                && range_end != b"\0"
-                && range_end <= prefix_end(own.as_bytes()).as_slice()
+            [EXPORTED, VALUES].iter().any(|root| {
+                let own = format!("{root}{h}/");
+                // A range must lie inside one of the host's prefixes.
+                key.starts_with(&own)
+                    && (range_end.is_empty()
+                        || (range_end != b"\0"
+                            && range_end <= prefix_end(own.as_bytes()).as_slice()))
+            })
         })
     }
 
@@ -109,9 +115,11 @@ impl Speaker {
     pub(crate) fn owned_ranges(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut out = Vec::new();
         for h in &self.hosts {
-            let own = format!("{EXPORTED}{h}/").into_bytes();
-            let end = prefix_end(&own);
-            out.push((own, end));
+            for root in [EXPORTED, VALUES] {
+                let own = format!("{root}{h}/").into_bytes();
+                let end = prefix_end(&own);
+                out.push((own, end));
+            }
             let converged = format!("{CONVERGED}{h}").into_bytes();
             let mut after = converged.clone();
             after.push(0);
@@ -233,6 +241,10 @@ mod tests {
         assert!(!web1.may_write(b"/_mgmt/converged/web2", b""));
         assert!(!web1.may_write(b"/_mgmt/converged/web1x", b""));
         assert!(!web1.may_write(b"/other", b""));
+        // Its exchanged values, not another host's.
+        assert!(web1.may_write(b"/_mgmt/values/web1/resources/kv/peer", b""));
+        assert!(!web1.may_write(b"/_mgmt/values/web2/resources/kv/peer", b""));
+        assert!(!web1.may_write(b"/_mgmt/values/", b"/_mgmt/values0"));
         // Ranges: its own prefix, not beyond.
         assert!(web1.may_write(b"/_mgmt/exported/web1/", b"/_mgmt/exported/web10"));
         assert!(!web1.may_write(b"/_mgmt/exported/web1/", b"/_mgmt/exported/web2"));

@@ -10,18 +10,20 @@
 
 use std::collections::BTreeMap;
 
-use super::{decode, EXPORTED};
+use super::{decode, root_of, EXPORTED, VALUES};
 use crate::graph::{glob_match, Collect, ResourceDecl};
 
-/// The key prefix that holds every host `glob` can match.
-fn prefix_of(glob: Option<&str>) -> String {
+/// The key prefix that holds every `kind` resource of the hosts `glob`
+/// can match (`kv` values have a root of their own).
+fn prefix_of(kind: &str, glob: Option<&str>) -> String {
+    let root = root_of(kind);
     let Some(glob) = glob else {
-        return EXPORTED.to_owned();
+        return root.to_owned();
     };
     match glob.find(['*', '?']) {
-        Some(i) => format!("{EXPORTED}{}", &glob[..i]),
+        Some(i) => format!("{root}{}", &glob[..i]),
         // One host exactly: its own subtree, not `web1` for `web10` too.
-        None => format!("{EXPORTED}{glob}/"),
+        None => format!("{root}{glob}/"),
     }
 }
 
@@ -31,7 +33,7 @@ fn prefix_of(glob: Option<&str>) -> String {
 pub(crate) fn prefixes(entries: &[Collect]) -> Vec<String> {
     let mut all: Vec<String> = entries
         .iter()
-        .map(|c| prefix_of(c.hostname.as_deref()))
+        .map(|c| prefix_of(c.kind, c.hostname.as_deref()))
         .collect();
     all.sort();
     let mut out: Vec<String> = Vec::new();
@@ -163,15 +165,18 @@ pub(crate) fn collision(entries: &[Collect], kvs: &BTreeMap<String, Vec<u8>>) ->
     None
 }
 
-/// `<host>/resources/<kind>/<name>` after the prefix.
+/// `<host>/resources/<kind>/<name>` after the root; a key under the root
+/// that is not its kind's (a `kv` under the exports, say) is none.
 pub(crate) fn split_key(key: &str) -> Option<(&str, &str, &str)> {
-    let rest = key.strip_prefix(EXPORTED)?;
+    let (root, rest) = [EXPORTED, VALUES]
+        .into_iter()
+        .find_map(|r| Some((r, key.strip_prefix(r)?)))?;
     let mut parts = rest.splitn(4, '/');
     let host = parts.next()?;
     (parts.next()? == "resources").then_some(())?;
     let kind = parts.next()?;
     let name = parts.next()?;
-    Some((host, kind, name))
+    (root_of(kind) == root).then_some((host, kind, name))
 }
 
 #[cfg(test)]
