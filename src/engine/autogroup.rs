@@ -131,6 +131,7 @@ fn acyclic(edges: &[Edge], leader: &HashMap<VertexRef, VertexRef>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::tests::edge;
     use crate::graph::{Meta, Pos};
 
     fn decl(kind: &'static str, name: &str) -> ResourceDecl {
@@ -140,24 +141,6 @@ mod tests {
             exported: false,
             params: Default::default(),
             meta: Meta::default(),
-            pos: Pos::default(),
-        }
-    }
-
-    fn edge(from: (&'static str, &str), to: (&'static str, &str)) -> Edge {
-        Edge {
-            name: "e".into(),
-            from: VertexRef {
-                kind: from.0,
-                name: from.1.into(),
-            },
-            to: VertexRef {
-                kind: to.0,
-                name: to.1.into(),
-            },
-            notify: false,
-            send: None,
-            recv: None,
             pos: Pos::default(),
         }
     }

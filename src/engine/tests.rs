@@ -21,7 +21,7 @@ fn decl(kind: &'static str, name: &str, params: &str) -> ResourceDecl {
     }
 }
 
-fn edge(from: (&'static str, &str), to: (&'static str, &str)) -> Edge {
+pub(super) fn edge(from: (&'static str, &str), to: (&'static str, &str)) -> Edge {
     Edge {
         name: format!("{}->{}", from.1, to.1),
         from: VertexRef {

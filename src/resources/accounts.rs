@@ -11,7 +11,15 @@
 //! in step.
 
 use super::argv;
-use super::{Ctx, FieldError, ResourceError};
+use super::{Ctx, FieldError, FieldSpec, FieldType, ResourceError};
+
+/// The `state` field `user` and `group` share.
+pub(super) const STATE_FIELD: FieldSpec = FieldSpec {
+    name: "state",
+    ty: FieldType::Str,
+    required: false,
+    doc: "exists (default) or absent",
+};
 
 /// One line of `/etc/passwd`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,12 +19,7 @@ use super::{
 pub static SPEC: KindSpec = KindSpec {
     kind: "group",
     fields: &[
-        FieldSpec {
-            name: "state",
-            ty: FieldType::Str,
-            required: false,
-            doc: "exists (default) or absent",
-        },
+        accounts::STATE_FIELD,
         FieldSpec {
             name: "gid",
             ty: FieldType::Int,

@@ -22,12 +22,7 @@ use super::{
 pub static SPEC: KindSpec = KindSpec {
     kind: "user",
     fields: &[
-        FieldSpec {
-            name: "state",
-            ty: FieldType::Str,
-            required: false,
-            doc: "exists (default) or absent",
-        },
+        accounts::STATE_FIELD,
         FieldSpec {
             name: "uid",
             ty: FieldType::Int,
