@@ -169,7 +169,7 @@ fn hex_runs(text: &str, len: usize) -> Vec<String> {
         .collect()
 }
 
-fn one_noop_graph(d: &Dir, name: &str, urls: &[String]) -> std::path::PathBuf {
+pub(crate) fn one_noop_graph(d: &Dir, name: &str, urls: &[String]) -> std::path::PathBuf {
     let list: String = urls.iter().map(|u| format!("- {u}\n")).collect();
     d.write(
         name,

@@ -10,6 +10,7 @@ mod binary;
 mod child_death;
 mod exit_codes;
 mod hostkeys;
+mod nofile;
 mod noop;
 mod prefix;
 mod resources;
