@@ -245,13 +245,31 @@ fn nothing_left(fleet: &SshdFleet, hosts: &[usize], clean: &[usize]) {
     }
 }
 
-// See: #5 (^C propagates down the tree and leaves no process anywhere)
+// See: #5 (^C propagates down the tree and leaves no process anywhere);
+// #19 (keys never leave the laptop, checked during the run in every file
+// of every host, per-run directories included; the hosts behind the
+// gateway are stopped by the stop, not by a dropped link)
 #[test]
 fn interrupt_through_a_gateway_leaves_nothing_behind() {
     let fleet = SshdFleet::start(3);
     let (mut p, _d) = waiting_for_the_tree(&fleet, &[2, 3]);
+    let key = std::fs::read_to_string(&fleet.client_key).unwrap();
+    // A line of the key's body: the secret part, whatever wraps it.
+    let body = key.lines().nth(2).expect("a key body line");
+    for i in 1..=3 {
+        let found = crate::util::hostile::any_file_contains(&fleet.home(i), body.as_bytes());
+        assert!(
+            found.is_none(),
+            "host {i} holds the private key in {found:?}"
+        );
+    }
     p.signal(nix::sys::signal::Signal::SIGINT);
     assert_eq!(p.wait(LIMIT), 0, "{}", p.lines_so_far().join("\n"));
+    let log = p.lines_so_far().join("\n");
+    for i in [2, 3] {
+        let route = format!("{}/{}", fleet.ip(1), fleet.ip(i));
+        assert_eq!(row(&log, &route)[2], "stopped", "{log}");
+    }
     nothing_left(&fleet, &[2, 3], &[1, 2, 3]);
 }
 
