@@ -317,7 +317,13 @@ fn an_edit_reaches_hosts_behind_a_gateway() {
     let g = d.write("g.yaml", &graph("one"));
     let mut p = Proc::spawn(&mut remote_cmd(&fleet, &[&g], &[]));
     p.wait_line(&format!("wrote 3 bytes to {}", target.display()), LIMIT);
-    crate::remote_run::edit_lands_live(&mut p, &g, &graph("two!"), &target);
+    crate::remote_run::edit_lands_live(
+        &mut p,
+        &g,
+        &graph("two!"),
+        &target,
+        &[fleet.ip(1), fleet.ip(2)],
+    );
 }
 
 // See: #5 (a host failing behind a working gateway fails alone, with the
