@@ -26,19 +26,6 @@ fn stubborn(fifo: &Path) -> String {
     )
 }
 
-/// Whether process `pid` is alive (present and not a zombie).
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // "pid (comm) STATE ...": comm may hold spaces, so split after ')'.
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
 // See: #19 (README: "its stdin closes; one still running 2 s later gets SIGINT, and SIGKILL 5 s after that")
 #[test]
 fn a_child_that_ignores_eof_and_sigint_is_killed() {
@@ -70,7 +57,7 @@ fn a_child_that_ignores_eof_and_sigint_is_killed() {
     // That pid is the host's child of this run (the launch shell exec'd it).
     let cmd = crate::remote_run::cmdline(pid);
     assert!(cmd.contains(&format!("--hostname {ip}")), "{pid}: {cmd:?}");
-    assert!(alive(pid));
+    assert!(!crate::util::gone(pid));
 
     p.signal(nix::sys::signal::Signal::SIGINT);
     // In this order: stdin closes, the child stays; SIGINT by pid, which
@@ -85,7 +72,10 @@ fn a_child_that_ignores_eof_and_sigint_is_killed() {
         log.contains("did not stop within") && log.contains("of SIGINT; killed it"),
         "{log}"
     );
-    assert!(!alive(pid), "pid {pid} still runs on the host\n{log}");
+    assert!(
+        crate::util::gone(pid),
+        "pid {pid} still runs on the host\n{log}"
+    );
     assert!(
         crate::remote_run::procs_with(&format!("--hostname {ip}")).is_empty(),
         "a process of the run is left on the host\n{log}"
