@@ -516,11 +516,13 @@ fn interrupt_during_the_run_leaves_nothing_behind() {
 fn interrupt_during_the_copy_leaves_nothing_behind() {
     let fleet = SshdFleet::start(1);
     let d = Dir::new();
-    // A big "binary" (ELF magic, random body) so the copy lasts.
+    // A big "binary" so the copy lasts: ELF magic, then a hole (a sparse
+    // file: 512 MiB to read and send, nothing in memory or on disk here).
     let big = d.path().join("big");
-    let mut data = vec![0u8; 512 * 1024 * 1024];
-    data[..4].copy_from_slice(b"\x7fELF");
-    std::fs::write(&big, &data).unwrap();
+    let mut f = std::fs::File::create(&big).unwrap();
+    std::io::Write::write_all(&mut f, b"\x7fELF").unwrap();
+    f.set_len(512 * 1024 * 1024).unwrap();
+    drop(f);
     let g = one_noop_graph(&d, "g.yaml", &[fleet.url(1)]);
     let big_arg = big.display().to_string();
     let mut p = Proc::spawn(&mut remote_cmd(
