@@ -212,7 +212,8 @@ pub struct RunArgs {
     /// Write the run as JSON lines to FILE (`-`: stdout, which then carries
     /// nothing else; hosts' stdout lines move to stderr): `started`, each
     /// host's stages (connecting, authenticated, copying, cached, running,
-    /// converged, failed with its reason, stopped), its output lines, a
+    /// converged, failed with its reason, stopped), its resources applied,
+    /// changed or failed, its output lines, a
     /// `done` per host with result, bytes and times, and `ended` with the
     /// counts and exit code. Schema: docs/events.md.
     #[arg(long, value_name = "FILE")]

@@ -119,6 +119,15 @@ impl Events {
         );
     }
 
+    /// A resource on the host was applied, changed or failed.
+    pub fn resource(&self, route: &str, kind: &str, name: &str, what: &str, reason: &str) {
+        let mut fields = json!({"kind": kind, "name": name, "outcome": what});
+        if !reason.is_empty() {
+            fields["reason"] = json!(reason);
+        }
+        self.send("resource", Some(route), fields, false);
+    }
+
     /// One `done` event per host, from its summary row.
     pub fn done(&self, rows: &[SummaryRow]) {
         for row in rows {

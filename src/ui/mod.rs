@@ -251,6 +251,35 @@ impl Ui {
         }
     }
 
+    /// A resource of the host under `route` was applied, changed or failed
+    /// (`what`): a gateway passes it up, the initiator makes it an event.
+    pub fn resource(&self, route: &str, kind: &str, name: &str, what: &str, reason: &str) {
+        if self.inner.records {
+            self.record(&Record::Resource {
+                route: route.into(),
+                kind: kind.into(),
+                name: name.into(),
+                what: what.into(),
+                reason: reason.into(),
+            });
+        } else if let Some(ev) = self.inner.events.get() {
+            ev.resource(route, kind, name, what, reason);
+        }
+    }
+
+    /// A remote child reports one of its own resources' outcomes to its
+    /// parent: a route record on stdout, with no route (the parent knows
+    /// whose stdout it reads).
+    pub fn report_resource(&self, kind: &str, name: &str, what: &str, reason: &str) {
+        self.record(&Record::Resource {
+            route: String::new(),
+            kind: kind.into(),
+            name: name.into(),
+            what: what.into(),
+            reason: reason.into(),
+        });
+    }
+
     /// Whether this is a gateway's UI that writes route records.
     pub fn writes_records(&self) -> bool {
         self.inner.records

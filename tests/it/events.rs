@@ -344,3 +344,64 @@ fn misused_output_flags_are_usage_errors() {
         assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
     }
 }
+
+// See: #18 (resource events flow up from the hosts, through gateways: which
+// resource on which host failed, without parsing logs)
+#[test]
+fn resource_outcomes_reach_the_initiator_at_every_depth() {
+    let fleet = SshdFleet::start(3);
+    let d = Dir::new();
+    let resources = "resources:\n  exec:\n  - name: ok\n    cmd: \"true\"\n  - name: bad\n    cmd: \"exit 7\"\n";
+    let behind = d.write(
+        "behind.yaml",
+        &format!(
+            "graph: behind\nremote: {}\nvia:\n- {}\n{resources}",
+            fleet.url(2),
+            fleet.url(1)
+        ),
+    );
+    let direct = d.write(
+        "direct.yaml",
+        &format!("graph: direct\nremote: {}\n{resources}", fleet.url(3)),
+    );
+    let mut p = Proc::spawn(&mut remote_cmd(
+        &fleet,
+        &[&behind, &direct],
+        &["--converged-timeout", "1", "--events", "-"],
+    ));
+    let code = p.wait(LIMIT);
+    let log = p.lines_so_far().join("\n");
+    assert_eq!(code, 1, "{log}");
+    // The records are consumed, never shown.
+    assert!(!log.contains('\u{1e}'), "{log}");
+    let evs = events(&p.stdout_rest());
+    for route in [
+        format!("{}/{}", fleet.ip(1), fleet.ip(2)),
+        fleet.ip(3).to_string(),
+    ] {
+        let res: Vec<&Value> = of(&evs, &route)
+            .into_iter()
+            .filter(|e| e["event"] == "resource")
+            .collect();
+        let find = |name: &str| {
+            res.iter()
+                .find(|e| e["kind"] == "exec" && e["name"] == name)
+                .unwrap_or_else(|| panic!("no resource event for {name} on {route}: {res:?}"))
+        };
+        let bad = find("bad");
+        assert_eq!(bad["outcome"], "failed", "{bad}");
+        assert!(
+            bad["reason"].as_str().is_some_and(|r| r.contains("code 7")),
+            "{bad}"
+        );
+        let ok = find("ok");
+        assert!(
+            ok["outcome"] == "changed" || ok["outcome"] == "applied",
+            "{ok}"
+        );
+    }
+    // A gateway has no resources of its own to report.
+    assert!(of(&evs, fleet.ip(1))
+        .iter()
+        .all(|e| e["event"] != "resource"));
+}
