@@ -12,15 +12,15 @@
 //! `output` and `copying` events are dropped at once, and any other event
 //! waits at most [`WAIT_FOR_ROOM`] before it is dropped too. Every dropped
 //! event is counted in the `ended` event's `dropped`. A reader that went
-//! away (a write error, e.g. `EPIPE`) turns the writer into a drain. It does
-//! not decide stages or results: it reports what the UI is told.
+//! away (a write error, e.g. `EPIPE`) turns the writer into a drain, and at
+//! the end the writer gets [`WAIT_AT_CLOSE`] to finish. It does not decide
+//! stages or results: it reports what the UI is told.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Mutex;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
@@ -34,6 +34,8 @@ use super::{lock, Stream};
 pub const CAPACITY: usize = 4096;
 /// How long a lifecycle event waits for room in a full queue.
 pub const WAIT_FOR_ROOM: Duration = Duration::from_secs(2);
+/// How long [`Events::close`] waits for the writer to write what is queued.
+pub const WAIT_AT_CLOSE: Duration = Duration::from_secs(5);
 /// `copying` events: one per this many percent, plus the first and last.
 const COPY_STEP: u64 = 10;
 
@@ -54,7 +56,9 @@ pub struct RunInfo {
 pub struct Events {
     /// `None` once closed.
     tx: Mutex<Option<SyncSender<String>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Disconnected when the writer thread has finished (the thread drops
+    /// its sender), so that closing can wait for it with a bound.
+    finished: Mutex<Option<Receiver<()>>>,
     /// The run id, known once the fleet picked it (`""` before).
     run: Mutex<String>,
     /// Per route: the last stage reported, to turn stage changes into events.
@@ -66,12 +70,18 @@ impl Events {
     /// Starts the writer thread on `out`.
     pub fn new(out: Box<dyn Write + Send>) -> std::io::Result<Events> {
         let (tx, rx) = sync_channel(CAPACITY);
-        let thread = std::thread::Builder::new()
+        let (done_tx, done_rx) = sync_channel::<()>(0);
+        // Not joined: closing waits on `finished` instead, with a bound, and
+        // a writer stuck on a reader that never reads dies with the process.
+        std::thread::Builder::new()
             .name("mgmt-events".into())
-            .spawn(move || write_lines(out, rx))?;
+            .spawn(move || {
+                write_lines(out, rx);
+                drop(done_tx);
+            })?;
         Ok(Events {
             tx: Mutex::new(Some(tx)),
-            thread: Mutex::new(Some(thread)),
+            finished: Mutex::new(Some(done_rx)),
             run: Mutex::new(String::new()),
             seen: Mutex::new(HashMap::new()),
             dropped: AtomicU64::new(0),
@@ -149,11 +159,12 @@ impl Events {
         self.close();
     }
 
-    /// Stops taking events and waits for the writer to finish.
+    /// Stops taking events and waits up to [`WAIT_AT_CLOSE`] for the writer
+    /// to write what is queued.
     pub fn close(&self) {
         drop(lock(&self.tx).take());
-        if let Some(t) = lock(&self.thread).take() {
-            let _ = t.join();
+        if let Some(done) = lock(&self.finished).take() {
+            let _ = done.recv_timeout(WAIT_AT_CLOSE);
         }
     }
 
@@ -352,19 +363,65 @@ mod tests {
         assert_eq!(failed[0].1["reason"], "refused");
     }
 
+    #[derive(Clone, Default)]
+    struct Buf(std::sync::Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            lock(&self.0).extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A reader that reads nothing until it is let go.
+    struct Stuck {
+        go: Mutex<Receiver<()>>,
+        buf: Buf,
+    }
+    impl Write for Stuck {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let _ = lock(&self.go).recv();
+            self.buf.write(b)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stuck_reader_costs_dropped_output_not_a_stalled_run() {
+        let (go_tx, go) = sync_channel(0);
+        let buf = Buf::default();
+        let out = Stuck {
+            go: Mutex::new(go),
+            buf: buf.clone(),
+        };
+        let ev = Events::new(Box::new(out)).expect("thread");
+        let n = CAPACITY + 500;
+        let t = Instant::now();
+        for i in 0..n {
+            ev.output("web3", Stream::Stdout, &format!("line {i}"));
+        }
+        assert!(t.elapsed() < WAIT_FOR_ROOM, "{:?}", t.elapsed());
+        let dropped = ev.dropped.load(Ordering::Relaxed);
+        assert!(dropped >= 499, "{dropped}");
+        drop(go_tx);
+        ev.ended(&[], 1);
+        let text = String::from_utf8(lock(&buf.0).clone()).expect("utf-8");
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+        assert_eq!(lines.len() as u64, n as u64 - dropped + 1);
+        let ended = lines.last().expect("ended");
+        assert_eq!(ended["event"], "ended");
+        assert_eq!(ended["dropped"], dropped);
+    }
+
     #[test]
     fn lines_are_json_and_flushed_in_order() {
-        #[derive(Clone, Default)]
-        struct Buf(std::sync::Arc<Mutex<Vec<u8>>>);
-        impl Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                lock(&self.0).extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
         let buf = Buf::default();
         let ev = Events::new(Box::new(buf.clone())).expect("thread");
         ev.started(&RunInfo {
