@@ -209,6 +209,22 @@ pub struct RunArgs {
     #[arg(long)]
     pub trace: bool,
 
+    /// Write the run as JSON lines to FILE (`-`: stdout, which then carries
+    /// nothing else; hosts' stdout lines move to stderr): `started`, each
+    /// host's stages (connecting, authenticated, copying, cached, running,
+    /// converged, failed with its reason, stopped), its resources applied,
+    /// changed or failed, its output lines, a
+    /// `done` per host with result, bytes and times, and `ended` with the
+    /// counts and exit code. Schema: docs/events.md.
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
+
+    /// The end-of-run summary as a human table on stderr (`human`) or as
+    /// one JSON document on stdout (`json`; hosts' stdout lines move to
+    /// stderr).
+    #[arg(long, value_name = "FORMAT", default_value = "human", value_parser = ["human", "json"])]
+    pub summary: String,
+
     /// Position in a remote execution tree (internal: set by the parent).
     /// At depth 1 and more the process stops when its stdin closes.
     #[arg(long, default_value_t = 0, hide = true)]

@@ -99,9 +99,20 @@ pub struct Config {
     pub host: crate::graph::template::Host,
     /// `--route`: how the initiator shows this process, when it is a child.
     pub route: Option<String>,
+    /// `--events`: where the run's JSON lines go, if anywhere.
+    pub events: Option<EventsTo>,
+    /// `--summary json`.
+    pub summary_json: bool,
     /// Where `file` resources' absolute paths are rooted: `/`, or a host's
     /// own directory when `mgmt emulate` runs many hosts in one process.
     pub root: PathBuf,
+}
+
+/// Where `--events` writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventsTo {
+    Stdout,
+    File(PathBuf),
 }
 
 impl Config {
@@ -127,6 +138,7 @@ impl Config {
                 "nothing to run: give a graph with --file GRAPH.yaml or --remote GRAPH.yaml",
             ));
         }
+        let (events, summary_json) = output_flags(args, remote.is_some())?;
         let converged_timeout = match args.converged_timeout {
             -1 => None,
             t if t >= 0 => Some(Duration::from_secs(t as u64)),
@@ -196,6 +208,8 @@ impl Config {
                 count: args.host_count.max(1),
             },
             route: args.route.clone(),
+            events,
+            summary_json,
             hostname,
             root: "/".into(),
         })
@@ -231,6 +245,36 @@ fn store_listener(
         (None, true) => None,
         (None, false) => Some("127.0.0.1:0".into()),
     })
+}
+
+/// `--events` and `--summary`: only for the initiator of a remote run, and
+/// not both on stdout.
+fn output_flags(args: &RunArgs, remote: bool) -> Result<(Option<EventsTo>, bool), ConfigError> {
+    let json = args.summary == "json";
+    let events = args.events.as_ref().map(|p| match p.to_str() {
+        Some("-") => EventsTo::Stdout,
+        _ => EventsTo::File(p.clone()),
+    });
+    let needs_remote = |flag: &'static str| {
+        ConfigError::flag(
+            flag,
+            "reports on remote hosts: use it with --remote GRAPH.yaml",
+        )
+    };
+    if events.is_some() && (!remote || args.depth > 0) {
+        return Err(needs_remote("--events"));
+    }
+    if json && (!remote || args.depth > 0) {
+        return Err(needs_remote("--summary"));
+    }
+    if json && events == Some(EventsTo::Stdout) {
+        return Err(ConfigError::flag(
+            "--summary",
+            "json and --events - would both write to stdout: write the events to a file \
+             (--events FILE) or keep --summary human",
+        ));
+    }
+    Ok((events, json))
 }
 
 /// The `--remote` side of the flags, for the fleet's plan.

@@ -19,7 +19,7 @@
 //! - layer 0, [`facts`]: what a host knows about itself (OS, CPUs, addresses), for graph templates.
 //! - layer 1, [`store`]: the embedded etcd v3 compatible coordination store.
 //! - layer 1, [`ssh`]: one host over one SSH connection: URL and ssh_config, host keys, auth, commands, SFTP and the binary cache, the tunnel, the served agent.
-//! - layer 1, [`ui`]: progress bars, prefixed host lines, the summary, and the route records a gateway writes.
+//! - layer 1, [`ui`]: progress bars, prefixed host lines, the summary, the route records a gateway writes, and `--events`' JSON lines.
 //! - layer 2, [`resources`]: one file per resource kind behind the [`resources::Resource`] trait.
 //! - layer 3, [`graph`]: the YAML graph format and graph files: parsing with positions, validation, DAG.
 //! - layer 4, [`engine`]: applies a graph, reacts to events, detects convergence, live reload.

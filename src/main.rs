@@ -34,7 +34,11 @@ fn main() -> ExitCode {
     let ui = if args.depth > 0 && !args.remotes.is_empty() {
         mgmt::ui::Ui::records(Box::new(std::io::stdout()), Box::new(std::io::stderr()))
     } else {
-        mgmt::ui::Ui::new(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // `--events -` and `--summary json` keep stdout for themselves.
+        let stdout_taken =
+            args.summary == "json" || args.events.as_ref().is_some_and(|p| p.as_os_str() == "-");
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        mgmt::ui::Ui::new_with_stdout(tty, !stdout_taken)
     };
     init_logs(cli.verbose, args.depth > 0, &ui);
     let depth = args.depth;
@@ -55,50 +59,84 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = attach_outputs(&cfg, &ui) {
+        eprintln!("mgmt: {e:#}");
+        return ExitCode::from(2);
+    }
     with_runtime(|root| async move {
-        match mgmt::run::run(cfg, ui, root).await {
-            Ok(outcome) => {
-                for f in outcome.failed() {
-                    eprintln!("mgmt: failed: {f}");
-                }
-                // A run cut short (--max-runtime, or a child stopped by
-                // its parent) with resources still waiting did not succeed
-                // (#15); the last line names them, for the parent's summary.
-                let waiting = outcome.waiting();
-                let cut = outcome.reason == mgmt::run::StopReason::MaxRuntime || depth > 0;
-                if cut && !waiting.is_empty() && outcome.reason != mgmt::run::StopReason::Converged
-                {
-                    eprintln!(
-                        "mgmt: not converged, {} resource(s) still waiting: {}",
-                        waiting.len(),
-                        waiting.join("; ")
-                    );
-                    return 1;
-                }
-                outcome.exit_code()
-            }
-            // The graph did not render or validate on this host (#15):
-            // an input error, reported like one, nothing applied.
-            Err(e) if e.is::<mgmt::graph::GraphErrors>() => {
-                // The errors come last: a parent shows a child's last line
-                // in its summary.
-                if let Some(errors) = e.downcast_ref::<mgmt::graph::GraphErrors>() {
-                    eprintln!(
-                        "mgmt: {} error(s) in the graph; nothing was applied",
-                        errors.0.len()
-                    );
-                    for e in &errors.0 {
-                        eprintln!("mgmt: {e}");
-                    }
-                }
-                2
-            }
-            Err(e) => {
-                eprintln!("mgmt: {e:#}");
-                1
-            }
-        }
+        let events_ui = ui.clone();
+        let result = mgmt::run::run(cfg, ui, root).await;
+        let rows = result.as_ref().map(|o| o.hosts.clone()).unwrap_or_default();
+        let code = exit_code(result, depth);
+        events_ui.run_ended(&rows, code);
+        code
     })
+}
+
+/// `--events` and `--summary json`: tell the UI where they go.
+fn attach_outputs(cfg: &Config, ui: &mgmt::ui::Ui) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use mgmt::config::EventsTo;
+    ui.summary_json(cfg.summary_json);
+    let out: Box<dyn std::io::Write + Send> = match &cfg.events {
+        None => return Ok(()),
+        Some(EventsTo::Stdout) => Box::new(std::io::stdout()),
+        Some(EventsTo::File(p)) => Box::new(std::fs::File::create(p).with_context(|| {
+            format!(
+                "--events: cannot create {} (check the directory exists and is writable)",
+                p.display()
+            )
+        })?),
+    };
+    let events =
+        mgmt::ui::events::Events::new(out).context("--events: cannot start the writer thread")?;
+    ui.attach_events(events);
+    Ok(())
+}
+
+/// The run's exit code, its failures reported on stderr.
+fn exit_code(result: anyhow::Result<mgmt::run::Outcome>, depth: u32) -> u8 {
+    match result {
+        Ok(outcome) => {
+            for f in outcome.failed() {
+                eprintln!("mgmt: failed: {f}");
+            }
+            // A run cut short (--max-runtime, or a child stopped by
+            // its parent) with resources still waiting did not succeed
+            // (#15); the last line names them, for the parent's summary.
+            let waiting = outcome.waiting();
+            let cut = outcome.reason == mgmt::run::StopReason::MaxRuntime || depth > 0;
+            if cut && !waiting.is_empty() && outcome.reason != mgmt::run::StopReason::Converged {
+                eprintln!(
+                    "mgmt: not converged, {} resource(s) still waiting: {}",
+                    waiting.len(),
+                    waiting.join("; ")
+                );
+                return 1;
+            }
+            outcome.exit_code()
+        }
+        // The graph did not render or validate on this host (#15):
+        // an input error, reported like one, nothing applied.
+        Err(e) if e.is::<mgmt::graph::GraphErrors>() => {
+            // The errors come last: a parent shows a child's last line
+            // in its summary.
+            if let Some(errors) = e.downcast_ref::<mgmt::graph::GraphErrors>() {
+                eprintln!(
+                    "mgmt: {} error(s) in the graph; nothing was applied",
+                    errors.0.len()
+                );
+                for e in &errors.0 {
+                    eprintln!("mgmt: {e}");
+                }
+            }
+            2
+        }
+        Err(e) => {
+            eprintln!("mgmt: {e:#}");
+            1
+        }
+    }
 }
 
 /// Runs `job` on a multi-threaded runtime with signals cancelling its

@@ -134,7 +134,7 @@ pub async fn run_linked(
     // retrying against a store that is gone) skips to the stop below.
     let mut local = match &cfg.file {
         Some(file) => tokio::select! {
-            l = local::Local::start(&cfg, file, world.clone()) => Some(l?),
+            l = local::Local::start(&cfg, file, world.clone(), outcome_hook(&cfg, &ui)) => Some(l?),
             _ = cancel.cancelled() => None,
         },
         None => None,
@@ -266,6 +266,18 @@ pub async fn run_linked(
         Some(e) => Err(e),
         None => Ok(outcome),
     }
+}
+
+/// A remote child's resources' outcomes go up to its parent as route
+/// records on stdout (#18); elsewhere they are only logged.
+fn outcome_hook(cfg: &Config, ui: &Ui) -> Option<crate::engine::OutcomeHook> {
+    if cfg.depth == 0 || ui.writes_records() {
+        return None;
+    }
+    let ui = ui.clone();
+    Some(crate::engine::OutcomeHook(Arc::new(move |o| {
+        ui.report_resource(&o.kind, &o.name, o.what, &o.reason)
+    })))
 }
 
 /// The audit record of a child (a process its parent started over SSH,

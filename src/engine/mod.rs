@@ -50,6 +50,31 @@ pub struct Config {
     pub converged_timeout: Option<Duration>,
     /// Prefix for every filesystem path resources touch (`/` normally).
     pub root: PathBuf,
+    /// Told of each resource's outcome as it changes (applied, changed,
+    /// failed), e.g. to report it to the parent of a remote run (#18).
+    pub on_outcome: Option<OutcomeHook>,
+}
+
+/// What happened to one resource, for [`Config::on_outcome`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub kind: String,
+    pub name: String,
+    /// `applied` (first good check, nothing changed), `changed`, `failed`.
+    pub what: &'static str,
+    /// Why it failed; empty otherwise.
+    pub reason: String,
+}
+
+/// A callback for [`Outcome`]s. It runs on the engine's loop: it must not
+/// block (write a line, send on a channel with `try_send`).
+#[derive(Clone)]
+pub struct OutcomeHook(pub std::sync::Arc<dyn Fn(&Outcome) + Send + Sync>);
+
+impl std::fmt::Debug for OutcomeHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OutcomeHook")
+    }
 }
 
 /// The resources to run locally and the edges between them.
@@ -627,6 +652,17 @@ impl Engine {
             return;
         }
         let was_ok = v.state == State::Ok;
+        let hook = self.cfg.on_outcome.clone();
+        let tell = |what: &'static str, reason: &str| {
+            if let Some(h) = &hook {
+                h.0(&Outcome {
+                    kind: key.kind.to_string(),
+                    name: key.name.clone(),
+                    what,
+                    reason: reason.to_string(),
+                });
+            }
+        };
         let changed = match result {
             Ok(c) => {
                 v.state = State::Ok;
@@ -634,11 +670,17 @@ impl Engine {
             }
             Err(why) => {
                 tracing::error!("{}: {why}", v.label());
+                tell("failed", &why);
                 v.state = State::Failed(why);
                 self.publish();
                 return;
             }
         };
+        match (changed, was_ok) {
+            (true, _) => tell("changed", ""),
+            (false, false) => tell("applied", ""),
+            (false, true) => {}
+        }
         if changed {
             self.status.changes += 1;
         }

@@ -51,6 +51,7 @@ fn start(d: Desired, timeout_ms: u64) -> Running {
         noop: false,
         converged_timeout: Some(Duration::from_millis(timeout_ms)),
         root: "/".into(),
+        on_outcome: None,
     };
     let (updates, rx) = mpsc::channel(1);
     let (tx, status) = watch::channel(Status::default());

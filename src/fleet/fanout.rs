@@ -21,6 +21,7 @@ use crate::fswatch::PathWatch;
 use crate::graph;
 use crate::ssh::agent::OwnAgent;
 use crate::ssh::Stream;
+use crate::ui::events::RunInfo;
 use crate::ui::{SummaryRow, Ui};
 
 /// Everything a fan-out needs besides the plan.
@@ -33,6 +34,34 @@ pub struct Wiring {
     pub events: mpsc::Sender<HostEvent>,
     /// Set by the caller before cancelling when the cluster converged.
     pub converged: Arc<AtomicBool>,
+}
+
+/// What `--events`' `started` event says about the run.
+fn run_info(plan: &Plan, flags: &ChildFlags, run_id: &str) -> RunInfo {
+    let mut hosts: Vec<(String, String)> = plan
+        .gateways
+        .iter()
+        .map(|g| (g.name.clone(), g.name.clone()))
+        .collect();
+    hosts.extend(plan.routes());
+    let shown = serde_json::json!({
+        "noop": flags.noop,
+        "converged_timeout": flags.converged_timeout,
+        "no_watch": flags.no_watch,
+        "cconns": plan.cconns,
+        "caching": plan.caching,
+        "trace": plan.onward.trace,
+        "host_key_check": plan.onward.host_key_check,
+    });
+    RunInfo {
+        run: run_id.to_string(),
+        initiator: flags.initiator.clone(),
+        hosts,
+        flags: match shown {
+            serde_json::Value::Object(m) => m,
+            _ => Default::default(),
+        },
+    }
 }
 
 /// Runs every host and gateway until `cancel`, or until every one has
@@ -56,6 +85,8 @@ pub async fn run(plan: Plan, w: Wiring, cancel: CancellationToken) -> Vec<Summar
         }
         graphs.push(rx);
     }
+    let run_id = hex::encode(run_id);
+    w.ui.run_started(&run_info(&plan, &w.flags, &run_id));
     let hosts = plan.hosts.clone();
     let gateways = plan.gateways.clone();
     for h in &hosts {
@@ -65,7 +96,7 @@ pub async fn run(plan: Plan, w: Wiring, cancel: CancellationToken) -> Vec<Summar
     let (agent, _own_agent) = gateway_agent(&plan).await;
     let shared = Arc::new(Shared {
         plan,
-        run_id: hex::encode(run_id),
+        run_id,
         flags: w.flags,
         tunnels: w.tunnels,
         setup,

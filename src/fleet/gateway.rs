@@ -222,6 +222,13 @@ fn take_record(ui: &crate::ui::Ui, gw: &str, r: Record, below: &mut Below) -> Op
             };
             ui.line(&route, stream, &text);
         }
+        Record::Resource {
+            route,
+            kind,
+            name,
+            what,
+            reason,
+        } => ui.resource(&route, &kind, &name, &what, &reason),
         Record::Host { host, .. } if !below.leaves.contains(&host) => {
             tracing::warn!("{gw}: reported host {host:?}, which is not behind it; refused");
         }

@@ -25,6 +25,7 @@ use super::shared::{HostEvent, Shared, STDIN_GRACE};
 use super::supervise::{common_args, supervise, words, Launch, Synced};
 use crate::ssh::OutputLine;
 use crate::store::Speaker;
+use crate::ui::route::Record;
 use crate::ui::{RowResult, Stage, SummaryRow};
 
 /// Runs one host to its end; never fails: failures become the report.
@@ -55,7 +56,18 @@ pub async fn run(
         let ui = shared.ui.clone();
         let mut on_line = |line: OutputLine| {
             match line {
-                OutputLine::Stdout(l) => ui.line(&name, crate::ui::Stream::Stdout, &l),
+                OutputLine::Stdout(l) => match Record::decode(&l) {
+                    // Only a resource record, and under this host's own
+                    // route whatever it says: a host speaks for itself.
+                    Some(Record::Resource {
+                        kind,
+                        name: what_name,
+                        what,
+                        reason,
+                        ..
+                    }) => ui.resource(&name, &kind, &what_name, &what, &reason),
+                    _ => ui.line(&name, crate::ui::Stream::Stdout, &l),
+                },
                 OutputLine::Stderr(l) => ui.line(&name, crate::ui::Stream::Stderr, &l),
             }
             None

@@ -23,7 +23,14 @@ pub(super) struct Local {
 }
 
 impl Local {
-    pub async fn start(cfg: &Config, file: &GraphFile, world: World) -> anyhow::Result<Local> {
+    /// `on_outcome`: told of each resource's outcome (see
+    /// [`engine::Config::on_outcome`]).
+    pub async fn start(
+        cfg: &Config,
+        file: &GraphFile,
+        world: World,
+        on_outcome: Option<engine::OutcomeHook>,
+    ) -> anyhow::Result<Local> {
         // Armed before anything is applied, so no edit can slip through.
         let file_watch = match cfg.watch {
             true => match crate::fswatch::PathWatch::new(&file.path) {
@@ -63,6 +70,7 @@ impl Local {
             noop: cfg.noop,
             converged_timeout: cfg.converged_timeout,
             root: cfg.root.clone(),
+            on_outcome,
         };
         let engine = Task(tokio::spawn(engine::run(
             engine_cfg,

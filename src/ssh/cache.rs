@@ -115,7 +115,8 @@ impl Sftp {
     /// set to `0700` when it is ours; a new ancestor loses any group or
     /// other write bit the umask left. An existing directory that someone
     /// else can write is refused, never repaired: it may hold anything by now.
-    async fn trusted_dir(&self, path: &str, uid: u32, place: Place) -> Result<(), UploadError> {
+    /// Returns whether this call created it.
+    async fn trusted_dir(&self, path: &str, uid: u32, place: Place) -> Result<bool, UploadError> {
         let stat = |path| self.sftp.symlink_metadata(path);
         let (mut md, created) = match stat(path).await {
             Ok(md) => (md, false),
@@ -149,20 +150,22 @@ impl Sftp {
                 .map_err(Self::sftp_err("chmod", path))?;
             md.permissions = Some(perm & !0o7777 | want);
         }
-        Self::judged(&md, path, uid, place)
+        Self::judged(&md, path, uid, place)?;
+        Ok(created)
     }
 
     /// Makes `prefix` and `prefix/sub...` private directories on a path
     /// that only the login user and root can change ([`super::strict`]);
-    /// returns the prefix's real path. The deepest existing directory above
-    /// the prefix is resolved (`realpath`, as OpenSSH does) and checked up to
-    /// `/` before anything is created under it.
+    /// returns the prefix's real path and the directories above it that
+    /// this call created, outermost first. The deepest existing directory
+    /// above the prefix is resolved (`realpath`, as OpenSSH does) and
+    /// checked up to `/` before anything is created under it.
     async fn prepare_prefix(
         &self,
         uid: u32,
         prefix: &str,
         subs: &[&str],
-    ) -> Result<String, UploadError> {
+    ) -> Result<(String, Vec<String>), UploadError> {
         let (mut base, name) = split_prefix(prefix)?;
         let mut missing = Vec::new();
         loop {
@@ -183,9 +186,12 @@ impl Sftp {
             .map_err(Self::sftp_err("realpath", &base))?;
         self.check_ancestors(&real, uid).await?;
         let mut dir = real;
+        let mut created = Vec::new();
         for m in missing.iter().rev() {
             dir = join(&dir, m);
-            self.trusted_dir(&dir, uid, Place::Ancestor).await?;
+            if self.trusted_dir(&dir, uid, Place::Ancestor).await? {
+                created.push(dir.clone());
+            }
         }
         let prefix = join(&dir, &name);
         let mut path = prefix.clone();
@@ -194,12 +200,13 @@ impl Sftp {
             path = join(&path, s);
             self.trusted_dir(&path, uid, Place::Private).await?;
         }
-        Ok(prefix)
+        Ok((prefix, created))
     }
 
     /// Resolve the prefix: the given one (or `~/.cache/mgmt`; a relative
     /// one is under the home), else a private `/tmp` directory. Returns
-    /// (the prefix's real path, fallback?). A prefix that someone else
+    /// the prefix's real path, whether it is the fallback, and the
+    /// directories above it created on the way. A prefix that someone else
     /// could change fails the host, naming the directory: falling back to
     /// `/tmp` would hide what may be an attack.
     pub(super) async fn usable_prefix(
@@ -207,7 +214,7 @@ impl Sftp {
         session: &Session,
         wanted: Option<&str>,
         subs: &[&str],
-    ) -> Result<(String, bool), HostError<UploadError>> {
+    ) -> Result<(String, bool, Vec<String>), HostError<UploadError>> {
         let uid = self.login_uid(session).await.map_err(|k| self.err(k))?;
         let prefix = match wanted {
             Some(p) if p.starts_with("~/") => format!("{}/{}", self.home, &p[2..]),
@@ -216,7 +223,7 @@ impl Sftp {
             None => format!("{}/.cache/mgmt", self.home),
         };
         let first = match self.prepare_prefix(uid, &prefix, subs).await {
-            Ok(real) => return Ok((real, false)),
+            Ok((real, created)) => return Ok((real, false, created)),
             Err(e @ (UploadError::Untrusted { .. } | UploadError::BadPrefix(_))) => {
                 return Err(self.err(e))
             }
@@ -224,7 +231,7 @@ impl Sftp {
         };
         tracing::info!(host = %self.host, prefix, error = %first, "cache prefix not usable; falling back to /tmp");
         match self.tmp_prefix(uid, subs).await {
-            Ok(p) => Ok((p, true)),
+            Ok(p) => Ok((p, true, Vec::new())),
             Err(e @ UploadError::Untrusted { .. }) => Err(self.err(e)),
             Err(second) => Err(self.err(UploadError::NoUsableDir {
                 tried: format!("{prefix}: {first}; /tmp: {second}"),
@@ -251,7 +258,7 @@ impl Sftp {
                     && md.permissions.map(|p| p & 0o7777) == Some(0o700)
                 {
                     let path = format!("/tmp/{name}");
-                    if let Ok(p) = self.prepare_prefix(uid, &path, subs).await {
+                    if let Ok((p, _)) = self.prepare_prefix(uid, &path, subs).await {
                         return Ok(p);
                     }
                 }
@@ -262,7 +269,7 @@ impl Sftp {
             .create_dir(path.as_str())
             .await
             .map_err(Self::sftp_err("mkdir", &path))?;
-        self.prepare_prefix(uid, &path, subs).await
+        Ok(self.prepare_prefix(uid, &path, subs).await?.0)
     }
 
     /// Make sure `<prefix>/bin/<sha256>/mgmt` holds `local` (whose SHA-256
@@ -287,7 +294,7 @@ impl Sftp {
                 })
             })?
             .len();
-        let (prefix, fallback) = self
+        let (prefix, fallback, created) = self
             .usable_prefix(session, opts.prefix.as_deref(), &["bin", &sha256])
             .await?;
         let dir = format!("{prefix}/bin/{sha256}");
@@ -300,6 +307,7 @@ impl Sftp {
             hit: false,
             bytes_sent: 0,
             fallback,
+            created,
         };
 
         // Whatever is at the path must be ours (or root's) like its
@@ -370,7 +378,10 @@ impl Sftp {
     }
 
     /// Remove the cached binary and its directories (`--no-caching`), then
-    /// `bin/` and the prefix if they are empty.
+    /// `bin/` and the prefix if they are empty, then the directories above
+    /// the prefix that the upload created (e.g. `~/.cache`), innermost
+    /// first, each only if empty: one that holds anything now, or that was
+    /// there before, stays.
     pub async fn remove_binary(&self, cached: &CachedBinary) -> Result<(), HostError<UploadError>> {
         self.remove_flat_dir(&cached.dir)
             .await
@@ -378,6 +389,9 @@ impl Sftp {
         self.remove_if_empty(&format!("{}/bin", cached.prefix))
             .await;
         self.remove_if_empty(&cached.prefix).await;
+        for dir in cached.created.iter().rev() {
+            self.remove_if_empty(dir).await;
+        }
         Ok(())
     }
 }

@@ -32,6 +32,10 @@ pub struct CachedBinary {
     pub bytes_sent: u64,
     /// True when the `/tmp` fallback was used.
     pub fallback: bool,
+    /// Directories above the prefix that this upload created (they did not
+    /// exist), outermost first: `--no-caching` removes them again when they
+    /// are empty, and never one it did not create.
+    pub created: Vec<String>,
 }
 
 impl CachedBinary {
@@ -78,6 +82,7 @@ impl CachedBinary {
             hit: true,
             bytes_sent: 0,
             fallback: false,
+            created: Vec::new(),
         };
         // Only a command this process would have built is accepted.
         (probe.launch_command(&args)? == cmd).then_some((dir, sha, args))
@@ -136,6 +141,7 @@ mod launch_tests {
             hit: true,
             bytes_sent: 0,
             fallback: false,
+            created: Vec::new(),
         };
         let args = [
             "run",
@@ -172,6 +178,7 @@ mod launch_tests {
             hit: true,
             bytes_sent: 0,
             fallback: false,
+            created: Vec::new(),
         };
         // Only sha256sum on the PATH: the fallback is used.
         let only = tempfile::tempdir().expect("tmp");

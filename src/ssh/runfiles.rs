@@ -21,7 +21,7 @@ impl Sftp {
     ) -> Result<String, HostError<UploadError>> {
         check_name(run_id).map_err(|k| self.err(k))?;
         check_name(name).map_err(|k| self.err(k))?;
-        let (prefix, _) = self
+        let (prefix, _, _) = self
             .usable_prefix(session, prefix, &["run", run_id])
             .await?;
         let dir = format!("{prefix}/run/{run_id}");

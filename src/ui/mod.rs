@@ -18,7 +18,11 @@
 //! - a remote child's stdout lines: stdout, so `mgmt run … > out.txt` keeps
 //!   what the hosts printed apart from what mgmt says. When stdout is the same
 //!   terminal as the bars, they are printed above the bars instead (through
-//!   the bars' lock), or they would tear them.
+//!   the bars' lock), or they would tear them. With `--events -` or
+//!   `--summary json` stdout is theirs, and these lines go to stderr;
+//! - `--events`: every stage, host line and final row also goes to
+//!   [`events`], which writes JSON lines on a thread of its own;
+//! - `--summary json`: the summary as one JSON document on stdout.
 //!
 //! Printing above the bars redraws them (indicatif's `println` always does),
 //! so a flood of remote output costs one redraw per line; the bars are few
@@ -31,6 +35,7 @@
 
 mod bars;
 mod escape;
+pub mod events;
 mod log;
 pub mod route;
 mod stage;
@@ -91,6 +96,10 @@ struct Inner {
     /// A gateway's UI: stages, host lines and the summary go to stdout as
     /// route records for the parent (see [`crate::ui::route`]).
     records: bool,
+    /// `--events`: set once by `main`, after the configuration is read.
+    events: std::sync::OnceLock<events::Events>,
+    /// `--summary json`: the summary goes to stdout as one JSON document.
+    json_summary: std::sync::atomic::AtomicBool,
 }
 
 struct Sinks {
@@ -135,15 +144,26 @@ impl Ui {
     /// otherwise print plain lines. Falls back to plain lines when the
     /// terminal can't draw bars (`TERM=dumb`).
     pub fn new(tty: bool) -> Ui {
+        Ui::new_with_stdout(tty, true)
+    }
+
+    /// [`Ui::new`], but with `stdout_free` false (stdout carries `--events`
+    /// or `--summary json`) the hosts' stdout lines go to stderr instead.
+    pub fn new_with_stdout(tty: bool, stdout_free: bool) -> Ui {
+        let out: Box<dyn Write + Send> = match stdout_free {
+            true => Box::new(io::stdout()),
+            false => Box::new(io::stderr()),
+        };
         let sinks = Sinks {
-            out: Box::new(io::stdout()),
+            out,
             err: Box::new(io::stderr()),
         };
         if !tty {
             return Ui::build(sinks, None);
         }
         let target = ProgressDrawTarget::stderr_with_hz(bars::REFRESH_HZ);
-        let bars = bars::Bars::new(target, io::stdout().is_terminal());
+        let above = !stdout_free || io::stdout().is_terminal();
+        let bars = bars::Bars::new(target, above);
         if bars.is_hidden() {
             return Ui::build(sinks, None);
         }
@@ -185,6 +205,8 @@ impl Ui {
                 state: Mutex::new(State::default()),
                 bars,
                 records,
+                events: std::sync::OnceLock::new(),
+                json_summary: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -198,6 +220,64 @@ impl Ui {
                 line: line.into(),
             });
         }
+    }
+
+    /// Send every event of the run to `events` from now on (`--events`).
+    /// A second call is ignored.
+    pub fn attach_events(&self, events: events::Events) {
+        let _ = self.inner.events.set(events);
+    }
+
+    /// `--summary json`: [`Ui::finish`] writes the summary as one JSON
+    /// document on stdout instead of the table on stderr.
+    pub fn summary_json(&self, on: bool) {
+        self.inner
+            .json_summary
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The run began: the `started` event, if events are on.
+    pub fn run_started(&self, info: &events::RunInfo) {
+        if let Some(ev) = self.inner.events.get() {
+            ev.started(info);
+        }
+    }
+
+    /// The run is over with `exit_code`: the `ended` event, then the events
+    /// writer is flushed and closed. Nothing without `--events`.
+    pub fn run_ended(&self, rows: &[SummaryRow], exit_code: u8) {
+        if let Some(ev) = self.inner.events.get() {
+            ev.ended(rows, exit_code);
+        }
+    }
+
+    /// A resource of the host under `route` was applied, changed or failed
+    /// (`what`): a gateway passes it up, the initiator makes it an event.
+    pub fn resource(&self, route: &str, kind: &str, name: &str, what: &str, reason: &str) {
+        if self.inner.records {
+            self.record(&Record::Resource {
+                route: route.into(),
+                kind: kind.into(),
+                name: name.into(),
+                what: what.into(),
+                reason: reason.into(),
+            });
+        } else if let Some(ev) = self.inner.events.get() {
+            ev.resource(route, kind, name, what, reason);
+        }
+    }
+
+    /// A remote child reports one of its own resources' outcomes to its
+    /// parent: a route record on stdout, with no route (the parent knows
+    /// whose stdout it reads).
+    pub fn report_resource(&self, kind: &str, name: &str, what: &str, reason: &str) {
+        self.record(&Record::Resource {
+            route: String::new(),
+            kind: kind.into(),
+            name: name.into(),
+            what: what.into(),
+            reason: reason.into(),
+        });
     }
 
     /// Whether this is a gateway's UI that writes route records.
@@ -262,6 +342,12 @@ impl Ui {
     pub fn stage(&self, host: &str, stage: Stage) {
         if self.inner.records {
             return self.stage_record(host, stage);
+        }
+        // Outside the state lock: a full events queue may make this wait.
+        if let Some(ev) = self.inner.events.get() {
+            if !lock(&self.inner.state).finished {
+                ev.stage(host, &stage);
+            }
         }
         let notice = {
             let mut state = lock(&self.inner.state);
@@ -347,6 +433,9 @@ impl Ui {
                 text: text.into(),
             });
         }
+        if let Some(ev) = self.inner.events.get() {
+            ev.output(host, stream, text);
+        }
         self.emit(stream, &prefixed(host, text));
     }
 
@@ -390,8 +479,21 @@ impl Ui {
                 bars.clear(bar_state, hosts);
             }
         }
+        if let Some(ev) = self.inner.events.get() {
+            ev.done(rows);
+        }
         let text = summary::format_summary(rows);
-        self.emit(Stream::Stderr, text.trim_end_matches('\n'));
+        if self
+            .inner
+            .json_summary
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let doc = summary::format_json(rows);
+            let mut out = io::stdout().lock();
+            let _ = writeln!(out, "{doc}").and_then(|()| out.flush());
+        } else {
+            self.emit(Stream::Stderr, text.trim_end_matches('\n'));
+        }
         text
     }
 

@@ -3,8 +3,9 @@
 //! A gateway is `mgmt run --remote ...` started over SSH at depth 1 or more.
 //! Instead of progress bars and a summary table, its [`super::Ui`] writes
 //! one record per line on stdout: a host's stage, a line of a host's output,
-//! a host starting or ending (for the cluster-wide converged rule), and at
-//! the end one report row per host. The parent reads them off the gateway's
+//! a host starting or ending (for the cluster-wide converged rule), a
+//! resource's outcome on a host (for `--events`; a leaf child writes these
+//! too, without a route), and at the end one report row per host. The parent reads them off the gateway's
 //! stdout, prefixes each route with the gateway's name (`web3` becomes
 //! `gw.dc1/web3`, the "seen-by" route of a broker federation) and handles
 //! them as if its own host tasks had produced them; a parent that is itself
@@ -53,6 +54,17 @@ pub enum Record {
     /// A host key learned under `accept-new` for `host` (a known_hosts
     /// line), for the initiator's known_hosts.
     KnownHost { host: String, line: String },
+    /// A resource on the host was applied, changed something, or failed
+    /// (`what`). A leaf child writes it with an empty route: whoever reads
+    /// its stdout sets the route, so a host speaks only for itself.
+    Resource {
+        route: String,
+        kind: String,
+        name: String,
+        what: String,
+        #[serde(default)]
+        reason: String,
+    },
 }
 
 /// A [`SummaryRow`] on the wire, with the hop's timings.
@@ -118,6 +130,19 @@ impl Record {
                 Record::Report(row)
             }
             known @ Record::KnownHost { .. } => known,
+            Record::Resource {
+                route,
+                kind,
+                name,
+                what,
+                reason,
+            } => Record::Resource {
+                route: up(route),
+                kind,
+                name,
+                what,
+                reason,
+            },
         }
     }
 }
@@ -194,7 +219,9 @@ mod tests {
                 Record::Stage { route, .. } | Record::Line { route, .. } => route.clone(),
                 Record::Host { route, .. } => route.clone(),
                 Record::Report(w) => w.route.clone(),
-                Record::KnownHost { .. } => unreachable!("not in this list"),
+                Record::KnownHost { .. } | Record::Resource { .. } => {
+                    unreachable!("not in this list")
+                }
             };
             assert!(route.starts_with("gw1/"), "{route}");
         }

@@ -7,6 +7,12 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// The `v` of every `--events` line and of `--summary json`; raised only
+/// when a field changes meaning or goes away (new fields and new event
+/// kinds keep it).
+pub const SCHEMA_VERSION: u32 = 1;
 
 /// How long one hop's set-up steps took, for `--trace`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +94,58 @@ impl SummaryRow {
             &self.host
         }
     }
+}
+
+/// A row's result as (`converged` | `stopped` | `gateway` | `failed`, reason).
+pub(crate) fn result_of(r: &RowResult) -> (&'static str, Option<&str>) {
+    match r {
+        RowResult::Converged => ("converged", None),
+        RowResult::Stopped => ("stopped", None),
+        RowResult::Gateway => ("gateway", None),
+        RowResult::Failed(why) => ("failed", Some(why.as_str())),
+    }
+}
+
+/// The counts of the summary's counts line, as JSON fields.
+pub(crate) fn counts(rows: &[SummaryRow]) -> Value {
+    let n = |f: fn(&RowResult) -> bool| rows.iter().filter(|r| f(&r.result)).count();
+    let gateways = n(|r| matches!(r, RowResult::Gateway));
+    json!({
+        "converged": n(|r| matches!(r, RowResult::Converged)),
+        "failed": n(|r| matches!(r, RowResult::Failed(_))),
+        "stopped": n(|r| matches!(r, RowResult::Stopped)),
+        "gateways": gateways,
+        "hosts": rows.len() - gateways,
+    })
+}
+
+/// `--summary json`: the summary as one JSON document (one line): the
+/// counts, and per host its route, result, reason, bytes, cache hit and
+/// times. Field names as in the `done` event of `docs/events.md`.
+pub(crate) fn format_json(rows: &[SummaryRow]) -> String {
+    let hosts: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let (result, reason) = result_of(&r.result);
+            json!({
+                "host": r.host,
+                "route": r.route,
+                "result": result,
+                "reason": reason,
+                "binary_bytes": r.bytes_sent,
+                "wire_bytes": r.wire_sent,
+                "cache_hit": r.cache_hit,
+                "elapsed_ms": r.elapsed.as_millis().min(u128::from(u64::MAX)) as u64,
+                "hop": r.hop,
+            })
+        })
+        .collect();
+    let doc = json!({
+        "v": SCHEMA_VERSION,
+        "counts": counts(rows),
+        "hosts": hosts,
+    });
+    doc.to_string()
 }
 
 /// The widest the result cell gets in the table (`failed: ` included);

@@ -6,6 +6,7 @@ mod claims;
 mod cli;
 mod emulate;
 mod engine;
+mod events;
 mod exchange;
 mod gateway;
 mod hostile_cache;

@@ -168,6 +168,37 @@ async fn run_dir_cleanup_and_no_caching_leave_nothing_behind() {
             .await
             .expect("no-caching cleanup");
         assert!(!home.join(".cache/mgmt").exists());
+        // ~/.cache did not exist: the upload made it, the clean-up removed
+        // it (#18).
+        assert_eq!(cached.created.len(), 1, "{:?}", cached.created);
+        assert!(
+            cached.created[0].ends_with("/.cache"),
+            "{:?}",
+            cached.created
+        );
+        assert!(!home.join(".cache").exists());
+        u.s.close().await;
+    })
+    .await;
+}
+
+// See: #18 (--no-caching removes only the directories it created: a
+// ~/.cache that was there before stays, even empty)
+#[tokio::test]
+async fn no_caching_keeps_a_cache_dir_it_did_not_create() {
+    let fleet = SshdFleet::start(1);
+    guard(async {
+        let home = fleet.home(1);
+        std::fs::create_dir(home.join(".cache")).expect("mkdir");
+        let u = Upload::start(&fleet, 4096).await;
+        let cached = u.ensure(&CacheOptions::default()).await.expect("upload");
+        assert!(cached.created.is_empty(), "{:?}", cached.created);
+        u.sftp.remove_binary(&cached).await.expect("cleanup");
+        assert!(!home.join(".cache/mgmt").exists());
+        assert!(
+            home.join(".cache").is_dir(),
+            "a directory mgmt did not create was removed"
+        );
         u.s.close().await;
     })
     .await;
