@@ -17,6 +17,7 @@
 //! - layer 0, [`fswatch`]: one inotify instance shared by every path watch.
 //! - layer 0, [`audit`]: a host's own record of each run, in its system log.
 //! - layer 0, [`facts`]: what a host knows about itself (OS, CPUs, addresses), for graph templates.
+//! - layer 0, [`term`]: the terminal a prompt and the progress bars share: bars hide while a prompt is open.
 //! - layer 1, [`store`]: the embedded etcd v3 compatible coordination store.
 //! - layer 1, [`ssh`]: one host over one SSH connection: URL and ssh_config, host keys, auth, commands, SFTP and the binary cache, the tunnel, the served agent.
 //! - layer 1, [`ui`]: progress bars, prefixed host lines, the summary, the route records a gateway writes, and `--events`' JSON lines.
@@ -45,5 +46,6 @@ pub mod run;
 pub mod shutdown;
 pub mod ssh;
 pub mod store;
+pub mod term;
 pub mod ui;
 pub mod world;

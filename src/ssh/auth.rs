@@ -447,7 +447,11 @@ async fn try_password<H: Handler>(
 
 /// Read a secret from the terminal without echo, on a blocking thread.
 async fn prompt_secret(prompt: String, what: String) -> Result<Secret, AuthError> {
+    // The progress bars hide while the prompt is open, so that they do not
+    // draw over it or over what is typed.
+    crate::term::prompting(true);
     let read = tokio::task::spawn_blocking(move || rpassword::prompt_password(prompt)).await;
+    crate::term::prompting(false);
     match read {
         Ok(Ok(s)) => Ok(Secret::new(s)),
         Ok(Err(source)) => Err(AuthError::Prompt { what, source }),

@@ -108,6 +108,21 @@ impl Bars {
         self.hidden
     }
 
+    /// Hides the bars on stderr while a prompt is open ([`crate::term`]),
+    /// and draws them again when it closes.
+    pub(super) fn hide_while_prompting(&self) {
+        let multi = self.multi.clone();
+        crate::term::on_prompt(move |open| {
+            if open {
+                // Wipe what is drawn, then draw nowhere until it closes.
+                let _ = multi.clear();
+                multi.set_draw_target(ProgressDrawTarget::hidden());
+            } else {
+                multi.set_draw_target(ProgressDrawTarget::stderr_with_hz(REFRESH_HZ));
+            }
+        });
+    }
+
     /// Whether a line for `stream` is printed above the bars (else: sinks).
     pub(super) fn prints_above(&self, stream: Stream) -> bool {
         !self.hidden && (stream == Stream::Stderr || self.stdout_above)

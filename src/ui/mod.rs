@@ -167,6 +167,7 @@ impl Ui {
         if bars.is_hidden() {
             return Ui::build(sinks, None);
         }
+        bars.hide_while_prompting();
         Ui::build(sinks, Some(bars))
     }
 

@@ -137,3 +137,113 @@ fn a_url_password_logs_in_and_is_never_shown() {
         assert!(!all.contains(shown), "{shown:?} shown: {all}");
     }
 }
+
+/// `text` without ANSI escape sequences (`ESC [ ... letter`, `ESC letter`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+            continue;
+        }
+        if chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            chars.next();
+        }
+    }
+    out
+}
+
+// See: #19 (README: "then, only with `--allow-interactive`, a password
+// prompt"), #18 (the prompt is not drawn over by the progress bars)
+#[test]
+fn allow_interactive_asks_for_the_password_on_a_terminal() {
+    use std::io::{Read, Write};
+    const PASSWORD: &str = "typed-at-the-prompt";
+    let fleet = SshdFleet::start_with(
+        1,
+        FleetOptions {
+            root_password: Some(PASSWORD.into()),
+            ..Default::default()
+        },
+    );
+    let d = Dir::new();
+    let home = keyless_home(&d, &fleet);
+    let marker = fleet.home(1).join("logged-in");
+    let g = d.write(
+        "g.yaml",
+        &format!(
+            "graph: g\nresources:\n  file:\n  - name: m\n    path: {}\n    content: \"in\\n\"\nremote: {}\n",
+            marker.display(),
+            fleet.url(1)
+        ),
+    );
+    // `script` gives mgmt a pseudo-terminal (its progress bars draw there,
+    // and the prompt reads /dev/tty); what is written to its stdin is typed.
+    let cmd = format!(
+        "{} run --converged-timeout 0 --allow-interactive --remote {}",
+        env!("CARGO_BIN_EXE_mgmt"),
+        g.display()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-q", "-e", "-f", "-c", &cmd, "/dev/null"])
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("RUST_LOG")
+        .env("HOME", &home)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run script (util-linux)");
+    let pid = child.id() as i32;
+    let _guard = crate::util::KillOnDrop(pid);
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("password for root@") {
+        let n = stdout.read(&mut buf).expect("read the terminal");
+        assert!(n > 0, "no prompt:\n{}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(format!("{PASSWORD}\n").as_bytes())
+        .expect("type the password");
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).expect("read to the end");
+    let status = child.wait().expect("wait");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&seen),
+        String::from_utf8_lossy(&rest)
+    );
+    assert!(status.success(), "{all}");
+    assert_eq!(
+        std::fs::read_to_string(&marker).ok().as_deref(),
+        Some("in\n")
+    );
+    assert!(
+        fleet.log().contains("Accepted password for root"),
+        "{}",
+        fleet.log()
+    );
+    assert!(
+        !all.contains(PASSWORD),
+        "the typed password was echoed: {all}"
+    );
+    // The prompt starts its own line: no bar was drawn before it on it.
+    let text = strip_ansi(&String::from_utf8_lossy(&seen));
+    let at = text.find("password for root@").unwrap();
+    let line_start = text[..at].rfind(['\r', '\n']).map_or(0, |i| i + 1);
+    assert!(
+        text[line_start..at].trim().is_empty(),
+        "the prompt shares its line with {:?}",
+        &text[line_start..at]
+    );
+}

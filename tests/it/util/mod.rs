@@ -292,6 +292,20 @@ pub fn store_kvs(url: &str, prefix: &str) -> Vec<(String, String, i64)> {
     })
 }
 
+/// SIGKILLs process `pid` when dropped (a test that fails midway still
+/// stops what it started; a `script` killed so closes its terminal, which
+/// hangs up the program it ran).
+pub struct KillOnDrop(pub i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 /// The `root` password of the store listeners that remote runs under test
 /// open (a remote run's listener needs one).
 pub const STORE_PASSWORD: &str = "test-root-password";
