@@ -5,7 +5,6 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use crate::hostile_store::plant_child;
 use crate::remote_run::{interrupt, remote_cmd, LIMIT};
 use crate::util::sshd::SshdFleet;
 use crate::util::{Dir, Proc};
@@ -178,21 +177,7 @@ exec cat >/dev/null
 // See: #18 (output events stay valid JSON whatever a host prints)
 #[test]
 fn output_events_are_json_even_for_binary_garbage() {
-    let fleet = SshdFleet::start(1);
-    let d = Dir::new();
-    plant_child(&fleet, 1, GARBAGE);
-    let g = d.write(
-        "g.yaml",
-        &format!(
-            "graph: g\nresources:\n  noop:\n  - name: n\nremote: {}\n",
-            fleet.url(1)
-        ),
-    );
-    let mut p = Proc::spawn(&mut remote_cmd(
-        &fleet,
-        &[&g],
-        &["--remote-binary", "/bin/sh", "--events", "-"],
-    ));
+    let (fleet, _d, mut p) = crate::hostile_output::planted_run(GARBAGE, &["--events", "-"]);
     p.wait_line("garbage-done", LIMIT);
     interrupt(&mut p);
     let out = p.stdout_rest();

@@ -17,12 +17,13 @@ printf '\\033[1Ahostile out\\033c\\n'
 exec cat >/dev/null
 ";
 
-// See: #13 (hosts' output reached the terminal with escape sequences intact)
-#[test]
-fn control_characters_from_a_host_are_escaped() {
+/// A run of one host whose child is `script` ([`plant_child`]: the
+/// binary shipped is `/bin/sh`), with `extra` arguments; keep the fleet and
+/// the dir for as long as the run.
+pub(crate) fn planted_run(script: &str, extra: &[&str]) -> (SshdFleet, Dir, Proc) {
     let fleet = SshdFleet::start(1);
     let d = Dir::new();
-    plant_child(&fleet, 1, SCRIPT);
+    plant_child(&fleet, 1, script);
     let g = d.write(
         "g.yaml",
         &format!(
@@ -30,11 +31,16 @@ fn control_characters_from_a_host_are_escaped() {
             fleet.url(1)
         ),
     );
-    let mut p = Proc::spawn(&mut remote_cmd(
-        &fleet,
-        &[&g],
-        &["--remote-binary", "/bin/sh"],
-    ));
+    let mut args = vec!["--remote-binary", "/bin/sh"];
+    args.extend_from_slice(extra);
+    let p = Proc::spawn(&mut remote_cmd(&fleet, &[&g], &args));
+    (fleet, d, p)
+}
+
+// See: #13 (hosts' output reached the terminal with escape sequences intact)
+#[test]
+fn control_characters_from_a_host_are_escaped() {
+    let (_fleet, _d, mut p) = planted_run(SCRIPT, &[]);
     let line = p.wait_line("hostile host", LIMIT);
     let log = p.lines_so_far().join("\n");
     assert!(

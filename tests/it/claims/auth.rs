@@ -28,20 +28,10 @@ fn run_home(home: &Path, g: &Path) -> Output {
 fn the_default_ed25519_key_in_the_home_logs_in() {
     let fleet = SshdFleet::start(1);
     let d = Dir::new();
-    let home = d.path().join("home");
+    let home = keyless_home(&d, &fleet);
     let ssh = home.join(".ssh");
-    std::fs::create_dir_all(&ssh).unwrap();
-    std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o700)).unwrap();
-    std::fs::copy(&fleet.known_hosts, ssh.join("known_hosts")).unwrap();
     let marker = fleet.home(1).join("logged-in");
-    let g = d.write(
-        "g.yaml",
-        &format!(
-            "graph: g\nresources:\n  file:\n  - name: m\n    path: {}\n    content: \"in\\n\"\nremote: {}\n",
-            marker.display(),
-            fleet.url(1)
-        ),
-    );
+    let g = marker_graph(&d, &marker, &fleet.url(1));
     // Without a key in the home, nothing logs in: the key below is what
     // makes the difference.
     let out = run_home(&home, &g);
@@ -82,20 +72,38 @@ fn keyless_home(d: &Dir, fleet: &SshdFleet) -> std::path::PathBuf {
     home
 }
 
-// See: #19 (README: "then the URL password"; a password is never shown)
-#[test]
-fn a_url_password_logs_in_and_is_never_shown() {
-    const PASSWORD: &str = "s3cret/pa?ss#word";
+/// A graph that writes "in" to `marker` on the host at `url`.
+fn marker_graph(d: &Dir, marker: &Path, url: &str) -> std::path::PathBuf {
+    d.write(
+        "g.yaml",
+        &format!(
+            "graph: g\nresources:\n  file:\n  - name: m\n    path: {}\n    content: \"in\\n\"\nremote: {url}\n",
+            marker.display()
+        ),
+    )
+}
+
+/// One host whose root logs in with `password`, a home with no key, and
+/// where a [`marker_graph`] writes on the host.
+fn password_host(password: &str) -> (SshdFleet, Dir, std::path::PathBuf, std::path::PathBuf) {
     let fleet = SshdFleet::start_with(
         1,
         FleetOptions {
-            root_password: Some(PASSWORD.into()),
+            root_password: Some(password.into()),
             ..Default::default()
         },
     );
     let d = Dir::new();
     let home = keyless_home(&d, &fleet);
     let marker = fleet.home(1).join("logged-in");
+    (fleet, d, home, marker)
+}
+
+// See: #19 (README: "then the URL password"; a password is never shown)
+#[test]
+fn a_url_password_logs_in_and_is_never_shown() {
+    const PASSWORD: &str = "s3cret/pa?ss#word";
+    let (fleet, d, home, marker) = password_host(PASSWORD);
     let graph = |password: &str| {
         // The URL form percent-encodes what a URL cannot hold.
         let enc = password
@@ -106,13 +114,7 @@ fn a_url_password_logs_in_and_is_never_shown() {
         let url = fleet
             .url(1)
             .replacen("ssh://root@", &format!("ssh://root:{enc}@"), 1);
-        d.write(
-            "g.yaml",
-            &format!(
-                "graph: g\nresources:\n  file:\n  - name: m\n    path: {}\n    content: \"in\\n\"\nremote: {url}\n",
-                marker.display()
-            ),
-        )
+        marker_graph(&d, &marker, &url)
     };
     // A wrong password: refused, and neither password is shown.
     let out = run_home(&home, &graph("wrong-one"));
@@ -167,24 +169,8 @@ fn strip_ansi(text: &str) -> String {
 fn allow_interactive_asks_for_the_password_on_a_terminal() {
     use std::io::{Read, Write};
     const PASSWORD: &str = "typed-at-the-prompt";
-    let fleet = SshdFleet::start_with(
-        1,
-        FleetOptions {
-            root_password: Some(PASSWORD.into()),
-            ..Default::default()
-        },
-    );
-    let d = Dir::new();
-    let home = keyless_home(&d, &fleet);
-    let marker = fleet.home(1).join("logged-in");
-    let g = d.write(
-        "g.yaml",
-        &format!(
-            "graph: g\nresources:\n  file:\n  - name: m\n    path: {}\n    content: \"in\\n\"\nremote: {}\n",
-            marker.display(),
-            fleet.url(1)
-        ),
-    );
+    let (fleet, d, home, marker) = password_host(PASSWORD);
+    let g = marker_graph(&d, &marker, &fleet.url(1));
     // `script` gives mgmt a pseudo-terminal (its progress bars draw there,
     // and the prompt reads /dev/tty); what is written to its stdin is typed.
     let cmd = format!(
