@@ -309,10 +309,12 @@ fn a_host_reads_only_what_its_graph_collects() {
         2,
         &format!("exec {} run \"$@\"\n", env!("CARGO_BIN_EXE_mgmt")),
     );
+    // What the attacker's graph declares reads exchanged values (#15):
+    // that opens every host's values, not their other exports.
     let g1 = d.write(
         "g1.yaml",
         &format!(
-            "graph: g1\nresources:\n  noop:\n  - name: n\nremote: {}\n",
+            "graph: g1\nresources:\n  noop:\n  - name: \"n{{{{ values('peer') | length }}}}\"\nremote: {}\n",
             fleet.url(1)
         ),
     );
