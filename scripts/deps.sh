@@ -3,7 +3,8 @@
 # protoc (etcd-client's build), musl-tools and the musl target (the static
 # binary shipped to hosts), OpenSSH server and client and etcd (real peers
 # for the tests), etcdctl (a real client for the store's tests), dpkg-dev,
-# systemd, dbus and gdbus (the system kinds' tests). Runs
+# systemd, dbus and gdbus (the system kinds' tests), openssl and script
+# (the password-login tests). Runs
 # non-interactively; safe to run again.
 set -euo pipefail
 
@@ -32,6 +33,10 @@ command -v dpkg-scanpackages >/dev/null || need+=(dpkg-dev)
 command -v dbus-daemon >/dev/null || need+=(dbus)
 command -v gdbus >/dev/null || need+=(libglib2.0-bin)
 command -v useradd >/dev/null || need+=(passwd)
+# The password-login tests: root's hash for sshd's own /etc/shadow copy
+# (openssl passwd), and a pseudo-terminal for the prompt (script).
+command -v openssl >/dev/null || need+=(openssl)
+command -v script >/dev/null || need+=(bsdutils)
 
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
