@@ -110,6 +110,30 @@ fn two_gateways_of_ten_hosts_converge_and_exchange() {
     assert_eq!(bytes_per_hop(&log), [2 * size, 20 * size], "{log}");
     assert!(log.contains("binary sent: 2 copies, "), "{log}");
     assert!(log.contains("trace (per hop"), "{log}");
+    // --trace: one line per hop, gateways and the hosts behind them, each
+    // with its connect, copy and start times.
+    let traced: Vec<&str> = log
+        .lines()
+        .skip_while(|l| !l.starts_with("trace (per hop"))
+        .skip(1)
+        .filter(|l| l.contains("  connect ") && l.contains("  copy ") && l.contains("  start "))
+        .collect();
+    for i in 1..=22 {
+        let hop = match i {
+            1 | 2 => fleet.ip(i).to_owned(),
+            _ => {
+                let gw = if i <= 12 { fleet.ip(1) } else { fleet.ip(2) };
+                format!("{gw}/{}", fleet.ip(i))
+            }
+        };
+        assert!(
+            traced
+                .iter()
+                .any(|l| l.trim_start().starts_with(&format!("{hop}  connect "))),
+            "no trace line for {hop}:\n{log}"
+        );
+    }
+    assert_eq!(traced.len(), 22, "{log}");
     assert!(
         log.contains("20 converged, 0 failed, 0 stopped (20 hosts, 2 gateways)"),
         "{log}"
