@@ -56,6 +56,18 @@ fn forget(fleet: &SshdFleet, i: usize) {
     std::fs::write(&fleet.known_hosts, kh).unwrap();
 }
 
+/// A run of `files` to the end with `--events -` and a 1 s convergence:
+/// its exit code, its log (stderr) and its stdout (the events).
+fn events_run(fleet: &SshdFleet, files: &[&std::path::Path]) -> (i32, String, String) {
+    let mut p = Proc::spawn(&mut remote_cmd(
+        fleet,
+        files,
+        &["--converged-timeout", "1", "--events", "-"],
+    ));
+    let code = p.wait(LIMIT);
+    (code, p.lines_so_far().join("\n"), p.stdout_rest())
+}
+
 // See: #18 (a run as JSON lines: every host ends with a `done`, the failing
 // host's reason is there, the counts are the summary's)
 #[test]
@@ -72,14 +84,7 @@ fn events_on_stdout_tell_the_whole_run() {
             fleet.url(3)
         ),
     );
-    let mut p = Proc::spawn(&mut remote_cmd(
-        &fleet,
-        &[&g],
-        &["--converged-timeout", "1", "--events", "-"],
-    ));
-    let code = p.wait(LIMIT);
-    let log = p.lines_so_far().join("\n");
-    let out = p.stdout_rest();
+    let (code, log, out) = events_run(&fleet, &[&g]);
     assert_eq!(code, 1, "{log}");
     let evs = events(&out);
     let started = &evs[0];
@@ -281,15 +286,9 @@ fn hosts_behind_a_gateway_have_their_events() {
             fleet.url(1)
         ),
     );
-    let mut p = Proc::spawn(&mut remote_cmd(
-        &fleet,
-        &[&g],
-        &["--converged-timeout", "1", "--events", "-"],
-    ));
-    let code = p.wait(LIMIT);
-    let log = p.lines_so_far().join("\n");
+    let (code, log, out) = events_run(&fleet, &[&g]);
     assert_eq!(code, 0, "{log}");
-    let evs = events(&p.stdout_rest());
+    let evs = events(&out);
     let route = format!("{}/{}", fleet.ip(1), fleet.ip(2));
     let leaf = of(&evs, &route);
     let k = kinds(&leaf);
@@ -349,17 +348,11 @@ fn resource_outcomes_reach_the_initiator_at_every_depth() {
         "direct.yaml",
         &format!("graph: direct\nremote: {}\n{resources}", fleet.url(3)),
     );
-    let mut p = Proc::spawn(&mut remote_cmd(
-        &fleet,
-        &[&behind, &direct],
-        &["--converged-timeout", "1", "--events", "-"],
-    ));
-    let code = p.wait(LIMIT);
-    let log = p.lines_so_far().join("\n");
+    let (code, log, out) = events_run(&fleet, &[&behind, &direct]);
     assert_eq!(code, 1, "{log}");
     // The records are consumed, never shown.
     assert!(!log.contains('\u{1e}'), "{log}");
-    let evs = events(&p.stdout_rest());
+    let evs = events(&out);
     for route in [
         format!("{}/{}", fleet.ip(1), fleet.ip(2)),
         fleet.ip(3).to_string(),

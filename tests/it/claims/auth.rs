@@ -83,6 +83,19 @@ fn marker_graph(d: &Dir, marker: &Path, url: &str) -> std::path::PathBuf {
     )
 }
 
+/// The marker graph ran, and sshd says it took a password.
+fn logged_in_with_a_password(fleet: &SshdFleet, marker: &Path) {
+    assert_eq!(
+        std::fs::read_to_string(marker).ok().as_deref(),
+        Some("in\n")
+    );
+    assert!(
+        fleet.log().contains("Accepted password for root"),
+        "{}",
+        fleet.log()
+    );
+}
+
 /// One host whose root logs in with `password`, a home with no key, and
 /// where a [`marker_graph`] writes on the host.
 fn password_host(password: &str) -> (SshdFleet, Dir, std::path::PathBuf, std::path::PathBuf) {
@@ -126,15 +139,7 @@ fn a_url_password_logs_in_and_is_never_shown() {
     let out = run_home(&home, &graph(PASSWORD));
     let all = format!("{}{}", out.stdout, out.stderr);
     assert_eq!(out.code, 0, "{all}");
-    assert_eq!(
-        std::fs::read_to_string(&marker).ok().as_deref(),
-        Some("in\n")
-    );
-    assert!(
-        fleet.log().contains("Accepted password for root"),
-        "{}",
-        fleet.log()
-    );
+    logged_in_with_a_password(&fleet, &marker);
     for shown in [PASSWORD, "s3cret", "s3cret%2Fpa"] {
         assert!(!all.contains(shown), "{shown:?} shown: {all}");
     }
@@ -210,15 +215,7 @@ fn allow_interactive_asks_for_the_password_on_a_terminal() {
         String::from_utf8_lossy(&rest)
     );
     assert!(status.success(), "{all}");
-    assert_eq!(
-        std::fs::read_to_string(&marker).ok().as_deref(),
-        Some("in\n")
-    );
-    assert!(
-        fleet.log().contains("Accepted password for root"),
-        "{}",
-        fleet.log()
-    );
+    logged_in_with_a_password(&fleet, &marker);
     // The terminal may echo what was typed before the prompt turned echo
     // off (the test types at once); nothing mgmt printed after holds it.
     let after = String::from_utf8_lossy(&rest);
