@@ -6,6 +6,12 @@
 //! when mgmt itself ends in any way, SIGKILL included, everything the command
 //! started is killed, its process group and whatever left that group. Its
 //! output goes to the log, line by line, under the resource's id.
+//!
+//! The one exception is asked for by name: `detach: true` runs `cmd` (not
+//! `ifcmd` or `watchcmd`) without a keeper, so a daemon it starts outlives
+//! the run, as one started by a service manager would. mgmt then waits for
+//! `cmd` itself to exit, not for the end of its output (which the daemon
+//! may have inherited).
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,8 +24,8 @@ use tokio::process::{Child, Command};
 
 use super::keeper::{self, Stop};
 use super::{
-    int_field, str_field, Checked, Ctx, EventTx, FieldError, FieldSpec, FieldType, KindSpec,
-    Resource, ResourceError,
+    bool_field, int_field, str_field, Checked, Ctx, EventTx, FieldError, FieldSpec, FieldType,
+    KindSpec, Resource, ResourceError,
 };
 
 pub static SPEC: KindSpec = KindSpec {
@@ -55,6 +61,13 @@ pub static SPEC: KindSpec = KindSpec {
             required: false,
             doc: "long-running command; every line it prints triggers a new run",
         },
+        FieldSpec {
+            name: "detach",
+            ty: FieldType::Bool,
+            required: false,
+            doc: "cmd starts a daemon meant to outlive the run: what cmd leaves running is \
+                  not killed (where no service manager is; prefer svc)",
+        },
     ],
     sends: &[],
     receives: &["cmd", "shell", "ifcmd", "timeout"],
@@ -68,6 +81,8 @@ struct Exec {
     ifcmd: Option<String>,
     timeout: Option<Duration>,
     watchcmd: Option<String>,
+    /// `cmd` runs without a keeper (see the module docs).
+    detach: bool,
     /// Set by the watchcmd watcher for every line: run again.
     pending: Arc<AtomicBool>,
     /// `cmd` ran successfully since the last trigger.
@@ -95,6 +110,7 @@ fn build(_name: &str, params: &Mapping) -> Result<Box<dyn Resource>, FieldError>
         ifcmd: str_field(params, "ifcmd"),
         timeout,
         watchcmd: str_field(params, "watchcmd"),
+        detach: bool_field(params, "detach").unwrap_or(false),
         pending: Arc::new(AtomicBool::new(false)),
         done: false,
     }))
@@ -107,25 +123,11 @@ fn build(_name: &str, params: &Mapping) -> Result<Box<dyn Resource>, FieldError>
 fn start(shell: &str, cmd: &str, stderr: Stdio) -> std::io::Result<(Child, Stop)> {
     let (watch, stop) = keeper::pipe()?;
     let fd = watch.raw();
-    let mut c = Command::new(shell);
-    c.arg("-c")
-        .arg(cmd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(stderr)
-        // The keeper's own group, out of reach of a terminal's ^C.
-        .process_group(0);
+    let mut c = command(shell, cmd, stderr);
     // SAFETY: `split` is written for this place (raw system calls only,
-    // see keeper.rs); the second closure only makes one prctl(2) call. Both
-    // are async-signal-safe and touch no memory shared with the parent.
+    // see keeper.rs) and touches no memory shared with the parent.
     unsafe {
         c.pre_exec(move || keeper::split(fd));
-        // mgmt itself runs with transparent huge pages off (see main.rs);
-        // the operator's command gets the system's default back.
-        c.pre_exec(|| {
-            let _ = nix::sys::prctl::set_thp_disable(false);
-            Ok(())
-        });
     }
     let child = c.spawn();
     // The keeper has its copy; ours would hide mgmt's end from it.
@@ -133,15 +135,52 @@ fn start(shell: &str, cmd: &str, stderr: Stdio) -> std::io::Result<(Child, Stop)
     Ok((child?, stop))
 }
 
+/// `shell -c cmd` in a process group of its own, its output piped, without
+/// a keeper: what [`start`] builds on, and what `detach: true` runs as is.
+fn command(shell: &str, cmd: &str, stderr: Stdio) -> Command {
+    let mut c = Command::new(shell);
+    c.arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        // A group of its own, out of reach of a terminal's ^C.
+        .process_group(0);
+    // SAFETY: one prctl(2) call, async-signal-safe, touching no memory
+    // shared with the parent. mgmt itself runs with transparent huge pages
+    // off (see main.rs); the operator's command gets the system's default.
+    unsafe {
+        c.pre_exec(|| {
+            let _ = nix::sys::prctl::set_thp_disable(false);
+            Ok(())
+        });
+    }
+    c
+}
+
+/// How long the output of a `detach: true` command is still read after the
+/// command exited: a daemon that kept the pipe open never closes it.
+const DETACHED_OUTPUT_GRACE: Duration = Duration::from_millis(500);
+
 /// Runs `cmd`, logging its output under `id`; Ok(exit code).
+/// With `detach`, no keeper: it waits for the command's own exit and reads
+/// its output only a little longer ([`DETACHED_OUTPUT_GRACE`]).
 async fn run_logged(
     shell: &str,
     cmd: &str,
     id: &str,
     timeout: Option<Duration>,
+    detach: bool,
 ) -> Result<i32, ResourceError> {
-    let (mut child, _stop) = start(shell, cmd, Stdio::piped())
-        .map_err(|e| ResourceError::io(format!("cannot start {shell}"), e))?;
+    let started = if detach {
+        command(shell, cmd, Stdio::piped())
+            .spawn()
+            .map(|c| (c, None))
+    } else {
+        start(shell, cmd, Stdio::piped()).map(|(c, s)| (c, Some(s)))
+    };
+    let (mut child, _stop) =
+        started.map_err(|e| ResourceError::io(format!("cannot start {shell}"), e))?;
     let out = child
         .stdout
         .take()
@@ -151,6 +190,17 @@ async fn run_logged(
         .take()
         .map(|s| log_lines(BufReader::new(s), id.to_owned(), true));
     let wait = async {
+        if detach {
+            let output = async { tokio::join!(opt(out), opt(err)) };
+            tokio::pin!(output);
+            return tokio::select! {
+                status = child.wait() => {
+                    let _ = tokio::time::timeout(DETACHED_OUTPUT_GRACE, output).await;
+                    status
+                }
+                _ = &mut output => child.wait().await,
+            };
+        }
         let (_, _, status) = tokio::join!(opt(out), opt(err), child.wait());
         status
     };
@@ -189,7 +239,7 @@ impl Resource for Exec {
             return Ok(Checked::Ok);
         }
         if let Some(ifcmd) = &self.ifcmd {
-            let code = run_logged(&self.shell, ifcmd, &ctx.id, self.timeout).await?;
+            let code = run_logged(&self.shell, ifcmd, &ctx.id, self.timeout, false).await?;
             if code != 0 {
                 tracing::debug!("{}: ifcmd exited {code}, not running cmd", ctx.id);
                 return Ok(Checked::Ok);
@@ -200,7 +250,7 @@ impl Resource for Exec {
             return Ok(Checked::Changed);
         }
         tracing::info!("{}: running: {}", ctx.id, self.cmd);
-        let code = run_logged(&self.shell, &self.cmd, &ctx.id, self.timeout).await?;
+        let code = run_logged(&self.shell, &self.cmd, &ctx.id, self.timeout, self.detach).await?;
         if code != 0 {
             return Err(ResourceError::Failed(format!(
                 "command exited with code {code}: {}",
@@ -254,6 +304,7 @@ impl Resource for Exec {
             "shell" => Some(Value::String(self.shell.clone())),
             "ifcmd" => s(&self.ifcmd),
             "watchcmd" => s(&self.watchcmd),
+            "detach" => Some(Value::Bool(self.detach)),
             "timeout" => self.timeout.map(|t| Value::from(t.as_secs())),
             _ => None,
         }

@@ -2,6 +2,7 @@
 //! values, `meta.when`, and the errors of each, through the real binary
 //! (local runs) and real sshd fleets on loopback addresses (remote runs).
 
+mod cluster;
 mod errors;
 mod exchange;
 mod facts;

@@ -4,6 +4,7 @@
 
 pub mod etcd;
 pub mod hostile;
+pub mod netns;
 pub mod sshd;
 
 use std::io::{BufRead, BufReader};
