@@ -81,3 +81,47 @@ fn an_unreachable_host_exits_1() {
         out.stderr
     );
 }
+
+// See: #19 (README: exit 130, "a second signal: exited at once", for a --file run)
+#[test]
+fn a_second_signal_ends_a_file_run_with_130_and_nothing_left() {
+    use nix::sys::signal::Signal;
+    let d = Dir::new();
+    // A unique argument, to find the watch command's process by.
+    let marker = format!("{}", 424_242 + std::process::id());
+    let g = d.write(
+        "g.yaml",
+        &format!(
+            "graph: g\nresources:\n  exec:\n  - name: w\n    cmd: \"true\"\n    watchcmd: \"exec sleep {marker}\"\n"
+        ),
+    );
+    let mut c = mgmt();
+    c.args(["run", "--hostname", "h1", "--file"]).arg(&g);
+    let mut p = crate::util::Proc::spawn(&mut c);
+    p.wait_line("settled:", LIMIT);
+    let mut sleeps = Vec::new();
+    assert!(
+        crate::util::eventually(LIMIT, || {
+            sleeps = crate::remote_run::procs_with(&format!("sleep {marker}"));
+            !sleeps.is_empty()
+        }),
+        "the watch command never ran"
+    );
+    // Stopped, the process holds both signals pending; SIGCONT delivers
+    // them together, so the second arrives while the first stop has only
+    // begun, however fast the stop would have been.
+    p.signal(Signal::SIGSTOP);
+    p.signal(Signal::SIGINT);
+    p.signal(Signal::SIGTERM);
+    p.signal(Signal::SIGCONT);
+    let code = p.wait(LIMIT);
+    let log = p.lines_so_far().join("\n");
+    assert_eq!(code, 130, "{log}");
+    assert!(log.contains("second signal, exiting at once"), "{log}");
+    // Exiting at once still leaves nothing behind: the keeper of the watch
+    // command sees mgmt gone and kills it.
+    assert!(
+        crate::util::eventually(LIMIT, || sleeps.iter().all(|&s| crate::util::gone(s))),
+        "the watch command outlived mgmt"
+    );
+}
