@@ -3,7 +3,8 @@
 //! each host's root, and the emulator's counters agree with the
 //! initiator's summary. The emulator also refuses what it must: unknown
 //! keys and any command `mgmt` does not send (checked with OpenSSH's own
-//! client).
+//! client), and with `--shared-listener` any connection from another
+//! machine (one on a LAN of namespaces, even dialling a host's address).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use rand::Rng;
 use sha2::Digest;
 
+use crate::util::netns::NsLan;
 use crate::util::{eventually, mgmt, Dir, Proc};
 
 /// One emulator process, killed by pid when dropped.
@@ -25,6 +27,12 @@ struct Emu {
 impl Emu {
     /// `n` hosts on a random block of 127.0.0.0/8 and a random port.
     fn start(n: usize, shared_listener: bool) -> Emu {
+        Self::start_in(n, shared_listener, |c| c)
+    }
+
+    /// The same, its command passed through `wrap` first (to run it in a
+    /// namespace).
+    fn start_in(n: usize, shared_listener: bool, wrap: impl Fn(Command) -> Command) -> Emu {
         let d = Dir::new();
         keygen(&d.path().join("key"));
         keygen(&d.path().join("stranger"));
@@ -54,7 +62,7 @@ impl Emu {
             if shared_listener {
                 c.arg("--shared-listener");
             }
-            let mut proc = Proc::spawn(&mut c);
+            let mut proc = Proc::spawn(&mut wrap(c));
             let ready = eventually(Duration::from_secs(60), || {
                 d.path().join("known_hosts").exists()
                     || proc
@@ -399,4 +407,83 @@ fn the_emulator_lists_its_hosts_and_stops_on_sigterm_with_its_children() {
     let log = run.lines_so_far().join("\n");
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("0 converged, 0 failed, 3 stopped"), "{log}");
+}
+
+/// What a TCP client gets from `ip:port` within 10 s: `connected` and the
+/// first bytes the server sends (`b''` for a close), or why not.
+fn first_bytes(wrap: impl Fn(&Command) -> Command, ip: &str, port: u16) -> String {
+    let mut c = Command::new("python3");
+    c.arg("-c")
+        .arg(
+            "import socket, sys\n\
+             s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)\n\
+             print('connected')\n\
+             try:\n    print(repr(s.recv(64)))\n\
+             except OSError as e:\n    print('error', e)\n",
+        )
+        .arg(ip)
+        .arg(port.to_string());
+    let out = wrap(&c).output().expect("run python3");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+// See: #19 (README: `--shared-listener` is one socket on 0.0.0.0:PORT, and
+// connections from outside loopback are refused)
+#[test]
+fn the_shared_listener_serves_loopback_and_refuses_the_lan() {
+    let lan = NsLan::start(1);
+    let mut emu = Emu::start_in(1, true, |c| lan.in_laptop(&c));
+    // The same client, from the emulator's own loopback: a banner.
+    let local = first_bytes(|c| lan.in_laptop(c), &emu.addr(0), emu.port);
+    assert!(local.starts_with("connected\nb'SSH-2.0-"), "{local}");
+    // From another machine on the LAN, to the socket's address there: the
+    // connection is accepted by the kernel and closed unanswered.
+    let remote = first_bytes(|c| lan.in_host(1, c), &lan.laptop_ip(), emu.port);
+    assert_eq!(remote.trim(), "connected\nb''", "{remote}");
+    // Even dialled at an emulated host's own address: the LAN host routes
+    // 127.<a>.<b>.0/24 to the laptop and both sides accept such addresses
+    // on the wire (route_localnet), as a misconfigured neighbour could.
+    // Only the peer check stands in the way.
+    let block = emu.addr(0).rsplit_once('.').expect("dotted").0.to_owned();
+    let setup = |c: &Command| {
+        let mut sh = Command::new("sh");
+        sh.arg("-c")
+            .arg(format!(
+                "set -e; sysctl -qw net.ipv4.conf.all.route_localnet=1 net.ipv4.conf.eth0.route_localnet=1; \
+                 ip route del local 127.0.0.0/8 dev lo table local; \
+                 ip route add {block}.0/24 via {} dev eth0; exec \"$0\" \"$@\"",
+                lan.laptop_ip()
+            ))
+            .arg(c.get_program())
+            .args(c.get_args());
+        lan.in_host(1, &sh)
+    };
+    ns_sysctl(&lan, "net.ipv4.conf.all.route_localnet=1");
+    ns_sysctl(&lan, "net.ipv4.conf.br0.route_localnet=1");
+    let dialled = first_bytes(setup, &emu.addr(0), emu.port);
+    assert_eq!(dialled.trim(), "connected\nb''", "{dialled}");
+    let refused = format!("refused a connection from {}:", lan.ip(1));
+    assert!(
+        eventually(Duration::from_secs(10), || emu
+            .proc
+            .lines_so_far()
+            .iter()
+            .any(|l| l.contains(&refused))),
+        "{}",
+        emu.proc.lines_so_far().join("\n")
+    );
+    emu.proc.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(emu.proc.wait(Duration::from_secs(60)), 0);
+}
+
+/// `sysctl -w SETTING` in the laptop's network namespace.
+fn ns_sysctl(lan: &NsLan, setting: &str) {
+    let mut c = Command::new("sysctl");
+    c.args(["-qw", setting]);
+    let ok = lan.in_laptop(&c).status().expect("sysctl");
+    assert!(ok.success(), "sysctl -w {setting}");
 }

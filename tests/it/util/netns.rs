@@ -146,6 +146,29 @@ fn ns_run(holder: &Holder, flags: &[&str], args: &[&str]) {
     );
 }
 
+/// `c` (its program, arguments, environment and directory) run in
+/// `holder`'s namespaces `flags`, through `nsenter` (which execs it: no
+/// fork, so a pid taken of the child is the command's).
+fn nsenter(holder: &Holder, flags: &[&str], c: &Command) -> Command {
+    let mut n = Command::new("nsenter");
+    n.args(["-t", &holder.pid()])
+        .args(flags)
+        .arg("--")
+        .arg(c.get_program())
+        .args(c.get_args())
+        .stdin(Stdio::null());
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => n.env(k, v),
+            None => n.env_remove(k),
+        };
+    }
+    if let Some(dir) = c.get_current_dir() {
+        n.current_dir(dir);
+    }
+    n
+}
+
 /// One host: its namespaces, its address, its sshd.
 struct NsHost {
     holder: Holder,
@@ -156,6 +179,8 @@ struct NsHost {
 /// A private LAN of hosts in namespaces. Drop stops everything in it.
 pub struct NsLan {
     dir: tempfile::TempDir,
+    /// The LAN's first three octets (`10.<a>.<b>`).
+    net: String,
     laptop: Holder,
     hosts: Vec<NsHost>,
     /// Private key authorised for root on every host.
@@ -217,6 +242,7 @@ impl NsLan {
             laptop,
             hosts: Vec::new(),
             dir,
+            net: net.clone(),
         };
         let mut known = String::new();
         for i in 1..=n {
@@ -348,24 +374,20 @@ impl NsLan {
         format!("ssh://root@{}", self.ip(i))
     }
 
+    /// The laptop's address on the LAN (`.1`).
+    pub fn laptop_ip(&self) -> String {
+        format!("{}.1", self.net)
+    }
+
     /// `c` to be run in the laptop's network namespace (its program, its
     /// arguments, its environment and directory), through `nsenter`.
     pub fn in_laptop(&self, c: &Command) -> Command {
-        let mut n = Command::new("nsenter");
-        n.args(["-t", &self.laptop.pid(), "-n", "--"])
-            .arg(c.get_program())
-            .args(c.get_args())
-            .stdin(Stdio::null());
-        for (k, v) in c.get_envs() {
-            match v {
-                Some(v) => n.env(k, v),
-                None => n.env_remove(k),
-            };
-        }
-        if let Some(dir) = c.get_current_dir() {
-            n.current_dir(dir);
-        }
-        n
+        nsenter(&self.laptop, &["-n"], c)
+    }
+
+    /// `c` to be run in host `i`'s network and mount namespaces.
+    pub fn in_host(&self, i: usize, c: &Command) -> Command {
+        nsenter(&self.hosts[i - 1].holder, &["-n", "-m"], c)
     }
 
     /// Processes in host `i`'s namespace besides its holder and its sshd
