@@ -1,12 +1,15 @@
-//! Connection pacing: thirty parallel connects to one sshd with OpenSSH's
-//! default `MaxStartups 10:30:100`; unpaced, the handshakes sshd resets are
-//! retried, paced (`Pacer`), hardly any needs a retry.
+//! Connection pacing and the handshake retry: a handshake sshd drops past
+//! `MaxStartups` is retried until it gets through (made certain by holding
+//! sshd's only unauthenticated slot), and thirty parallel connects to one
+//! sshd with OpenSSH's default `MaxStartups 10:30:100`, paced (`Pacer`),
+//! hardly ever need a retry.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mgmt::ssh::{connect, ConnectError, Pacer};
 
 use super::guard;
+use crate::util::eventually;
 use crate::util::sshd::{FleetOptions, SshdFleet};
 
 /// One host behind an sshd with OpenSSH's default `MaxStartups`, which drops
@@ -55,17 +58,48 @@ async fn thirty_parallel(fleet: &SshdFleet, pacer: Option<std::sync::Arc<Pacer>>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thirty_parallel_connects_to_one_sshd_retry_resets() {
-    // OpenSSH's default MaxStartups drops handshakes beyond ten pending
-    // ones; the jittered retry must absorb that.
-    let fleet = default_max_startups();
-    let retried = guard(thirty_parallel(&fleet, None)).await;
-    // Thirty handshakes at once against a threshold of ten: without pacing
-    // sshd resets some, and this test shows the retry absorbed them.
-    assert!(
-        retried > 0,
-        "no handshake was reset: the test proves nothing"
+async fn a_handshake_sshd_drops_is_retried_until_it_gets_through() {
+    // `MaxStartups 1`: while one connection is unauthenticated, sshd drops
+    // every other one. A raw TCP connection that never speaks holds that
+    // slot, so every handshake is dropped, for certain, until it closes.
+    let fleet = SshdFleet::start_with(
+        1,
+        FleetOptions {
+            max_startups: "1".into(),
+            ..Default::default()
+        },
     );
+    let addr = format!("{}:{}", fleet.ip(1), fleet.port());
+    let held = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("hold the slot");
+    let mut settings = fleet.settings();
+    settings.handshake_retries = 1_000;
+    settings.retry_base = Duration::from_millis(10);
+    let target = fleet.target(1);
+    let connecting = tokio::spawn(async move { connect(&target, &settings).await });
+    // Synchronised on sshd's own word that it dropped one of ours.
+    let dropped = tokio::task::spawn_blocking(move || {
+        let seen = eventually(Duration::from_secs(60), || {
+            fleet.log().contains("past MaxStartups")
+        });
+        (seen, fleet)
+    });
+    let (seen, fleet) = guard(dropped).await.expect("join");
+    assert!(seen, "sshd never dropped a handshake:\n{}", fleet.log());
+    assert!(
+        !connecting.is_finished(),
+        "connected while the slot was held"
+    );
+    drop(held);
+    let s = guard(connecting)
+        .await
+        .expect("join")
+        .unwrap_or_else(|e| panic!("connect: {e}\n{}", fleet.log()));
+    assert!(s.timings.attempts >= 2, "{} attempt(s)", s.timings.attempts);
+    let out = s.run("echo ok").await.expect("run");
+    assert_eq!(out.stdout, ["ok"]);
+    s.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
