@@ -15,9 +15,22 @@
 #                  it (`mgmt --version`): check-copy-run (shared/bench/openssh_job.sh)
 #   openssh/warm   the same, cache full (1 ssh per host)
 #   openssh/true   xargs -P 50 ssh HOST true
+#   openssh/true-c25519  the same with -o KexAlgorithms=curve25519-sha256 (the
+#                  best-tuned bare ssh)
+#   openssh-mux/cold, openssh-mux/warm  check-copy-run as an expert would
+#                  script it: one multiplexed connection per host
+#                  (ControlMaster, ControlPersist until the job's end) and
+#                  curve25519 KEX, so the copy reuses the check's connection
 #   pssh/copy+run  parallel-scp the binary, then parallel-ssh run it (-p 50)
 #   ansible/cold   ansible-playbook -f 50: copy (into the cache) + command
 #   ansible/warm   the same, cache full
+#
+# Every case runs REPS times (default 3); each figure is the median, with the
+# min and max beside it. A case counts only when every repetition reached all
+# N hosts (and, for mgmt, exited 0); a ratio with an invalid side is printed as
+# "invalid", never as a number. Bytes come from an independent counter (the
+# loopback interface's tx_bytes in /proc/net/dev, both directions, everything
+# on loopback during the case) beside mgmt's own "wire sent" figure.
 #
 # Measured per case: wall time; client CPU (the tool and everything it starts,
 # from a cpuacct cgroup when /sys/fs/cgroup/cpuacct is writable, which also
@@ -29,7 +42,7 @@
 # ../shared/bench/peers.sh (see below).
 #
 # Knobs: MGMT_BIN (default: target/x86_64-unknown-linux-musl/release/mgmt),
-# CONC=50, SKIP=regex of case ids to skip (e.g. SKIP='ansible|pssh'),
+# CONC=50, REPS=3, SKIP=regex of case ids to skip (e.g. SKIP='ansible|pssh'),
 # FLEET_PORT (default 2222). Needs root, openssh-server, pssh, time; Ansible is
 # installed with apt-get if missing (skipped if that fails). Only loopback
 # addresses are used. Results also go to $OUT (default /tmp/mgmt-bench-results).
@@ -37,6 +50,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 NS=("$@"); [ "${#NS[@]}" -gt 0 ] || NS=(50 200)
 CONC=${CONC:-50}
+REPS=${REPS:-3}
 SKIP=${SKIP:-}
 BIN=${MGMT_BIN:-$HERE/target/x86_64-unknown-linux-musl/release/mgmt}
 OUT=${OUT:-/tmp/mgmt-bench-results}
@@ -112,7 +126,7 @@ fi
 
 close_masters() {
   local s
-  for s in "$WORK"/ansible/cp/*; do
+  for s in "$WORK"/ansible/cp/* "$WORK"/cm/*; do
     [ -S "$s" ] && ssh -o ControlPath="$s" -O exit x > /dev/null 2>&1 || true
   done
 }
@@ -130,7 +144,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "bench/remote.sh: interrupted" >&2; exit 130' INT TERM
 
-mkdir -p "$OUT" "$WORK/logs" "$WORK/ansible/cp" "$WORK/ansible/tmp"
+mkdir -p "$OUT" "$WORK/logs" "$WORK/ansible/cp" "$WORK/ansible/tmp" "$WORK/cm"
 HASH=$(sha256sum "$BIN" | awk '{print $1}')
 SIZE=$(stat -c %s "$BIN")
 
@@ -147,6 +161,22 @@ fi
 if [ "$rc" = 0 ]; then printf 'OK %s %s\n' "$h" "$out"; else echo "FAIL $h rc=$rc"; fi
 EOF
 chmod 755 "$WORK/openssh_job.sh"
+
+# The same over one multiplexed connection per host, curve25519 KEX: the copy
+# reuses the check's connection; the master ends with the job.
+cat > "$WORK/openssh_mux_job.sh" << 'EOF'
+#!/bin/sh
+h=$1
+set -- -F "$PB_CFG" -o ControlMaster=auto -o "ControlPath=$PB_CM/%C" -o ControlPersist=yes -o KexAlgorithms=curve25519-sha256
+f=".cache/bench/$PB_HASH/mgmt"
+out=$(ssh "$@" "$h" "cd && [ -x $f ] && exec ./$f --version; exit 99"); rc=$?
+if [ "$rc" = 99 ]; then
+  out=$(ssh "$@" "$h" "cd && mkdir -p .cache/bench/$PB_HASH && t=$f.tmp.\$\$ && cat > \$t && chmod 755 \$t && mv \$t $f && exec ./$f --version" < "$PB_PAYLOAD"); rc=$?
+fi
+ssh "$@" -O exit "$h" > /dev/null 2>&1
+if [ "$rc" = 0 ]; then printf 'OK %s %s\n' "$h" "$out"; else echo "FAIL $h rc=$rc"; fi
+EOF
+chmod 755 "$WORK/openssh_mux_job.sh"
 
 cat > "$WORK/ansible_job.yml" << 'EOF'
 - hosts: all
@@ -180,6 +210,9 @@ local_tmp = $WORK/ansible/tmp
 control_path_dir = $WORK/ansible/cp
 EOF
 
+# Bytes sent on the loopback interface so far (every byte of every case
+# crosses it once: both directions, all tools).
+lo_bytes() { sed 's/:/ /' /proc/net/dev | awk '$1 == "lo" {print $10}'; }
 cg_usage() { if [ -n "$1" ]; then cat "$1/cpuacct.usage"; else echo 0; fi; }
 # CPU seconds the whole machine has been busy (all cores), from /proc/stat.
 busy() { awk '/^cpu /{printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / 100; exit}' /proc/stat; }
@@ -199,14 +232,20 @@ wait_quiet() {
 RES="$WORK/results.tsv"
 : > "$RES"
 run_case() {
-  local id=$1 n=$2 prep=$3; shift 3
+  local id=$1 n=$2 prep=$3 r; shift 3
   if [ -n "$SKIP" ] && [[ $id =~ $SKIP ]]; then return 0; fi
-  local log="$WORK/logs/${id//\//_}.$n.log" tf="$WORK/logs/${id//\//_}.$n.time"
+  for ((r = 1; r <= REPS; r++)); do run_once "$id" "$n" "$prep" "$r" "$@"; done
+}
+
+# run_once ID N PREPARE REP CMD...: one repetition of a case.
+run_once() {
+  local id=$1 n=$2 prep=$3 rep=$4; shift 4
+  local log="$WORK/logs/${id//\//_}.$n.$rep.log" tf="$WORK/logs/${id//\//_}.$n.$rep.time"
   bash -c "$prep" < /dev/null > /dev/null 2>&1 || true
   sync
   wait_quiet
-  local c0 c1 s0 s1 b0 b1 t0 t1 rc=0
-  c0=$(cg_usage "$CG"); s0=$(cg_usage "$SCG"); b0=$(busy)
+  local c0 c1 s0 s1 b0 b1 t0 t1 l0 l1 rc=0
+  c0=$(cg_usage "$CG"); s0=$(cg_usage "$SCG"); b0=$(busy); l0=$(lo_bytes)
   t0=$(date +%s.%N)
   (
     [ -n "$CG" ] && echo "$BASHPID" > "$CG/cgroup.procs"
@@ -215,7 +254,8 @@ run_case() {
   t1=$(date +%s.%N)
   b1=$(busy); c1=$(cg_usage "$CG"); s1=$(cg_usage "$SCG")
   close_masters
-  local wall cpu self rss ok srv foreign
+  l1=$(lo_bytes)
+  local wall cpu self rss ok srv foreign wire
   wall=$(echo "$t0 $t1" | awk '{printf "%.2f", $2 - $1}')
   # /usr/bin/time: elapsed user sys maxrss(KB) of the command and its waited-for children
   read -r _ tu ts rss < <(tail -n 1 "$tf" 2> /dev/null || echo "0 0 0 0")
@@ -228,9 +268,11 @@ run_case() {
     cpu=$self; srv=0; foreign=0
   fi
   ok=$(ok_count "$id" "$n" "$log" "$rc")
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$n" "$ok" "$wall" "$cpu" "$rss" "$self" "$rc" "$srv" "$foreign" >> "$RES"
-  printf '  %-14s N=%-4s ok %4s/%-4s wall %7.2f s  CPU client %6.2f s server %6.2f s foreign %4.1f s  (rc %s)\n' \
-    "$id" "$n" "$ok" "$n" "$wall" "$cpu" "$srv" "$foreign" "$rc" >&2
+  # mgmt's own count of what it sent, beside the interface's.
+  wire=$(sed -n 's/^wire sent: .*(\([0-9]*\) B).*/\1/p' "$log" | tail -n 1)
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$n" "$ok" "$wall" "$cpu" "$rss" "$self" "$rc" "$srv" "$foreign" "$rep" "$((l1 - l0))" "${wire:-}" >> "$RES"
+  printf '  %-19s N=%-4s #%s ok %4s/%-4s wall %7.2f s  CPU client %6.2f s server %6.2f s foreign %4.1f s  lo %s B  (rc %s)\n' \
+    "$id" "$n" "$rep" "$ok" "$n" "$wall" "$cpu" "$srv" "$foreign" "$((l1 - l0))" "$rc" >&2
   if [ "$ok" != "$n" ]; then
     echo "  --- $id: last lines of its output:" >&2
     tail -n 15 "$log" | sed 's/^/  | /' >&2
@@ -241,8 +283,7 @@ ok_count() {
   local id=$1 n=$2 log=$3 rc=$4
   case "$id" in
     mgmt/*) if [ "$rc" = 0 ]; then echo "$n"; else echo 0; fi ;;  # mgmt exits 0 only if every host converged
-    openssh/true) echo $((n - $(grep -c '^FAIL' "$log" || true))) ;;
-    openssh/*) grep -c '^OK ' "$log" || true ;;
+    openssh*/*) grep -c '^OK ' "$log" || true ;;  # one OK line per host that succeeded
     # parallel-ssh runs only if parallel-scp succeeded everywhere: n SUCCESS lines, then one per host run
     pssh/*) grep -c '\[SUCCESS\]' "$log" | awk -v n="$n" '{print ($1 > n) ? $1 - n : 0}' ;;
     ansible/*) grep -E '^[0-9.]+ +: ok=2 .*failed=0' "$log" | grep -c unreachable=0 || true ;;
@@ -288,11 +329,17 @@ for n in "${NS[@]}"; do
   run_case mgmt/cold "$n" "$rm_cache" "${mgmt_cmd[@]}"
   run_case mgmt/warm "$n" "" "${mgmt_cmd[@]}"
   run_case openssh/cold "$n" "$rm_cache" \
-    env PB_CFG="$cfg" PB_HASH="$HASH" PB_PAYLOAD="$BIN" xargs -P "$CONC" -n 1 "$WORK/openssh_job.sh" < "$F/addrs"
+    env PB_CFG="$cfg" PB_HASH="$HASH" PB_PAYLOAD="$BIN" xargs -a "$F/addrs" -P "$CONC" -n 1 "$WORK/openssh_job.sh"
   run_case openssh/warm "$n" "" \
-    env PB_CFG="$cfg" PB_HASH="$HASH" PB_PAYLOAD="$BIN" xargs -P "$CONC" -n 1 "$WORK/openssh_job.sh" < "$F/addrs"
+    env PB_CFG="$cfg" PB_HASH="$HASH" PB_PAYLOAD="$BIN" xargs -a "$F/addrs" -P "$CONC" -n 1 "$WORK/openssh_job.sh"
   run_case openssh/true "$n" "" \
-    xargs -P "$CONC" -I{} sh -c 'ssh -F "$0" "$1" true || echo "FAIL $1"' "$cfg" {} < "$F/addrs"
+    xargs -a "$F/addrs" -P "$CONC" -I{} sh -c 'ssh -F "$0" "$1" true && echo "OK $1" || echo "FAIL $1"' "$cfg" {}
+  run_case openssh/true-c25519 "$n" "" \
+    xargs -a "$F/addrs" -P "$CONC" -I{} sh -c 'ssh -F "$0" -o KexAlgorithms=curve25519-sha256 "$1" true && echo "OK $1" || echo "FAIL $1"' "$cfg" {}
+  run_case openssh-mux/cold "$n" "$rm_cache" \
+    env PB_CFG="$cfg" PB_HASH="$HASH" PB_PAYLOAD="$BIN" PB_CM="$WORK/cm" xargs -a "$F/addrs" -P "$CONC" -n 1 "$WORK/openssh_mux_job.sh"
+  run_case openssh-mux/warm "$n" "" \
+    env PB_CFG="$cfg" PB_HASH="$HASH" PB_PAYLOAD="$BIN" PB_CM="$WORK/cm" xargs -a "$F/addrs" -P "$CONC" -n 1 "$WORK/openssh_mux_job.sh"
   run_case pssh/copy+run "$n" "rm -f $F/home-*/mgmt-pssh" \
     sh -c 'parallel-scp -h "$1" -p "$2" -t 300 -x "-F $3" "$4" mgmt-pssh && parallel-ssh -h "$1" -p "$2" -t 300 -x "-F $3" "chmod 755 mgmt-pssh && ./mgmt-pssh --version"' \
     _ "$F/addrs" "$CONC" "$cfg" "$BIN"
@@ -309,46 +356,79 @@ done
 cp "$RES" "$OUT/results.tsv"
 cp -r "$WORK/logs" "$OUT/" 2> /dev/null || true
 
-# Table and ratios.
+# Table and ratios: medians of the repetitions, min and max beside them.
 python3 - "$RES" "$SIZE" << 'EOF' | tee "$OUT/table.md"
-import sys
+import statistics, sys
 rows = [l.rstrip('\n').split('\t') for l in open(sys.argv[1]) if l.strip()]
 size = int(sys.argv[2])
+G = {}
+for id_, n, ok, wall, cpu, rss, self_, rc, srv, foreign, rep, lo, wire in rows:
+    G.setdefault((id_, int(n)), []).append(dict(
+        ok=ok, wall=float(wall), cpu=float(cpu), self=float(self_), rss=int(rss),
+        srv=float(srv), foreign=float(foreign), rc=rc, lo=int(lo or 0),
+        wire=int(wire) if wire else None))
 R = {}
-print(f"Payload: the mgmt static binary, {size/1e6:.1f} MB. Concurrency 50.\n")
-print("| case | N | ok/N | wall s | client CPU ms/host | server (sshd) CPU ms/host | initiator CPU ms/host | initiator peak RSS MB | foreign CPU s (noise) |")
-print("|---|---|---|---|---|---|---|---|---|")
-for id_, n, ok, wall, cpu, rss, self_, rc, srv, foreign in rows:
-    n = int(n); wall = float(wall); cpu = float(cpu); self_ = float(self_); rss = int(rss); srv = float(srv)
-    R[(id_, n)] = dict(ok=ok, wall=wall, cpu=cpu, self=self_, rss=rss)
+for (id_, n), reps in G.items():
+    valid = all(r['ok'] == str(n) for r in reps)
+    if id_.startswith('mgmt/'):
+        valid = valid and all(r['rc'] == '0' for r in reps)
+    med = {k: statistics.median(r[k] for r in reps)
+           for k in ('wall', 'cpu', 'self', 'rss', 'srv', 'foreign', 'lo')}
+    wires = [r['wire'] for r in reps if r['wire'] is not None]
+    R[(id_, n)] = dict(med, valid=valid, reps=len(reps),
+                       wall_min=min(r['wall'] for r in reps),
+                       wall_max=max(r['wall'] for r in reps),
+                       wire=statistics.median(wires) if len(wires) == len(reps) else None,
+                       oks="/".join(r['ok'] for r in reps))
+print(f"Payload: the mgmt static binary, {size/1e6:.1f} MB. Concurrency 50. "
+      "Each figure is the median of the case's repetitions.\n")
+print("| case | N | ok per rep | valid | wall s (min–max) | client CPU ms/host "
+      "| server (sshd) CPU ms/host | initiator CPU ms/host | initiator peak RSS MB "
+      "| loopback MB/host | mgmt wire sent MB/host | foreign CPU s |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+for (id_, n), r in sorted(R.items(), key=lambda kv: (kv[0][1], kv[0][0])):
     mg = id_.startswith('mgmt/')
-    print(f"| {id_} | {n} | {ok}/{n} | {wall:.2f} | {1000*cpu/n:.0f} | {1000*srv/n:.0f} | "
-          f"{(f'{1000*self_/n:.0f}' if mg else '')} | {(f'{rss/1024:.0f}' if mg else '')} | {foreign} |")
+    self_ms = f"{1000 * r['self'] / n:.0f}" if mg else ""
+    rss = f"{r['rss'] / 1024:.0f}" if mg else ""
+    wire = f"{r['wire'] / n / 1e6:.2f}" if r['wire'] is not None else ""
+    valid = "yes" if r['valid'] else "**no**"
+    print(f"| {id_} | {n} | {r['oks']} | {valid} "
+          f"| {r['wall']:.2f} ({r['wall_min']:.2f}–{r['wall_max']:.2f}) "
+          f"| {1000 * r['cpu'] / n:.0f} | {1000 * r['srv'] / n:.0f} | {self_ms} | {rss} "
+          f"| {r['lo'] / n / 1e6:.2f} | {wire} | {r['foreign']:.1f} |")
 print()
-def ratio(a, b, key, n, f=lambda r, k: r[k]):
-    if (a, n) in R and (b, n) in R and f(R[(b, n)], key) > 0:
-        return f(R[(a, n)], key) / f(R[(b, n)], key)
-    return None
 ns = sorted({k[1] for k in R})
+def ratio(a, b, f, n):
+    if (a, n) not in R or (b, n) not in R:
+        return None
+    if not (R[(a, n)]['valid'] and R[(b, n)]['valid']):
+        return "invalid"
+    d = f(R[(b, n)])
+    return f"{f(R[(a, n)]) / d:.2f}" if d > 0 else None
 print("| ratio (target) | " + " | ".join(f"N={n}" for n in ns) + " |")
 print("|---|" + "---|" * len(ns))
-def line(label, vals):
+def line(label, a, b, f=lambda r: r['wall'], g=None):
+    vals = [ratio(a, b, f, n) if g is None else g(a, b, n) for n in ns]
     print(f"| {label} | " + " | ".join('—' if v is None else v for v in vals) + " |")
-line("mgmt cold / OpenSSH check-copy-run cold, wall (≤ 0.5)",
-     [None if (r := ratio('mgmt/cold', 'openssh/cold', 'wall', n)) is None else f"{r:.2f}" for n in ns])
-line("mgmt warm / bare ssh true, wall (≤ 0.5)",
-     [None if (r := ratio('mgmt/warm', 'openssh/true', 'wall', n)) is None else f"{r:.2f}" for n in ns])
-line("mgmt warm / OpenSSH check-copy-run warm, wall",
-     [None if (r := ratio('mgmt/warm', 'openssh/warm', 'wall', n)) is None else f"{r:.2f}" for n in ns])
-def cpu_ratio(mcase, ocase, n):
-    if (mcase, n) in R and (ocase, n) in R and R[(ocase, n)]['cpu'] > 0:
-        return R[(mcase, n)]['self'] / R[(ocase, n)]['cpu']
-line("initiator CPU/host, mgmt cold / OpenSSH cold client (≤ 0.25)",
-     [None if (r := cpu_ratio('mgmt/cold', 'openssh/cold', n)) is None else f"{r:.2f}" for n in ns])
-line("initiator CPU/host, mgmt warm / OpenSSH warm client (≤ 0.25)",
-     [None if (r := cpu_ratio('mgmt/warm', 'openssh/warm', n)) is None else f"{r:.2f}" for n in ns])
-line("initiator peak RSS MB, cold / warm (< 150)",
-     [None if ('mgmt/cold', n) not in R else
-      f"{R[('mgmt/cold', n)]['rss']/1024:.0f} / {R.get(('mgmt/warm', n), {'rss': 0})['rss']/1024:.0f}" for n in ns])
+line("mgmt cold / OpenSSH check-copy-run cold, wall (≤ 0.5)", 'mgmt/cold', 'openssh/cold')
+line("mgmt cold / OpenSSH multiplexed check-copy-run cold, wall", 'mgmt/cold', 'openssh-mux/cold')
+line("mgmt warm / bare ssh true, wall (≤ 0.5)", 'mgmt/warm', 'openssh/true')
+line("mgmt warm / bare ssh true with curve25519, wall", 'mgmt/warm', 'openssh/true-c25519')
+line("mgmt warm / OpenSSH check-copy-run warm, wall", 'mgmt/warm', 'openssh/warm')
+line("mgmt warm / OpenSSH multiplexed check-copy-run warm, wall", 'mgmt/warm', 'openssh-mux/warm')
+line("loopback bytes, mgmt cold / OpenSSH cold", 'mgmt/cold', 'openssh/cold', lambda r: r['lo'])
+def cpu_ratio(a, b, n):
+    if (a, n) not in R or (b, n) not in R:
+        return None
+    if not (R[(a, n)]['valid'] and R[(b, n)]['valid']):
+        return "invalid"
+    return f"{R[(a, n)]['self'] / R[(b, n)]['cpu']:.2f}" if R[(b, n)]['cpu'] > 0 else None
+line("initiator CPU/host, mgmt cold / OpenSSH cold client (≤ 0.25)", 'mgmt/cold', 'openssh/cold', g=cpu_ratio)
+line("initiator CPU/host, mgmt warm / OpenSSH warm client (≤ 0.25)", 'mgmt/warm', 'openssh/warm', g=cpu_ratio)
+def rss(a, b, n):
+    if (a, n) not in R:
+        return None
+    return f"{R[(a, n)]['rss'] / 1024:.0f} / {R.get((b, n), {'rss': 0})['rss'] / 1024:.0f}"
+line("initiator peak RSS MB, cold / warm (< 150)", 'mgmt/cold', 'mgmt/warm', g=rss)
 EOF
 echo "bench/remote.sh: results in $OUT (table.md, results.tsv, logs/)" >&2

@@ -152,13 +152,16 @@ fn etcd_pid(e: &etcd::Etcd) -> u32 {
     panic!("etcd process for {} not found in /proc", e.endpoint);
 }
 
+/// Anonymous resident memory (`RssAnon`): heap and stacks. Not `VmRSS`,
+/// which also counts the pages of files mapped in, and etcd maps its bbolt
+/// database file, so its VmRSS grows with pages the kernel can drop.
 fn rss_mb(pid: u32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
     let kb: f64 = s
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix("RssAnon:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS line");
+        .expect("RssAnon line");
     kb / 1024.0
 }
 
@@ -336,9 +339,9 @@ fn print_table(a: &Figures, b: &Figures) {
     row("ranges/s, 16 clients", a.ranges_16, b.ranges_16);
     row("watch latency p50 (us)", a.watch_p50_us, b.watch_p50_us);
     row("watch latency p99 (us)", a.watch_p99_us, b.watch_p99_us);
-    rowf("RSS idle (MB)", a.rss_idle_mb, b.rss_idle_mb);
+    rowf("anonymous RSS idle (MB)", a.rss_idle_mb, b.rss_idle_mb);
     rowf(
-        "RSS, 100,000 x 100 B keys (MB)",
+        "anonymous RSS, 100,000 x 100 B keys (MB)",
         a.rss_100k_mb,
         b.rss_100k_mb,
     );
