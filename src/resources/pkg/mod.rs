@@ -208,6 +208,12 @@ fn backend() -> Result<Backend, ResourceError> {
         "amzn",
         "ol",
     ]);
+    let dnf5 = std::fs::canonicalize("/usr/bin/dnf").is_ok_and(|p| is_dnf5(&p));
+    if (rpm_family || !apt) && dnf && dnf5 {
+        return Err(ResourceError::Failed(format!(
+            "this host ({host}) has dnf 5 (/usr/bin/dnf is dnf5), which pkg does not support yet; only dnf 4 is (hint: install the package with an exec resource for now)"
+        )));
+    }
     if rpm_family && dnf {
         return Ok(Backend::Dnf);
     }
@@ -232,6 +238,15 @@ fn backend() -> Result<Backend, ResourceError> {
     Err(ResourceError::Failed(format!(
         "this host ({host}) uses {other}, which pkg does not support yet; only dpkg/apt (Debian, Ubuntu) and rpm/dnf (Fedora, RHEL) are (hint: install the package with an exec resource for now)"
     )))
+}
+
+/// Whether `dnf`, resolved, is dnf 5 (Fedora 41 on: `dnf -> dnf5`), whose
+/// command line has no `shell` and no `exit_on_lock`.
+fn is_dnf5(resolved: &std::path::Path) -> bool {
+    resolved
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("dnf5"))
 }
 
 /// One package's change: the word (apt) or line (dnf shell) the backend
@@ -384,6 +399,13 @@ mod tests {
         for g in good {
             assert!(check_name(g).is_ok(), "{g}");
         }
+    }
+
+    #[test]
+    fn dnf_5_is_told_from_dnf_4_by_what_dnf_resolves_to() {
+        assert!(is_dnf5(std::path::Path::new("/usr/bin/dnf5")));
+        assert!(!is_dnf5(std::path::Path::new("/usr/bin/dnf-3")));
+        assert!(!is_dnf5(std::path::Path::new("/usr/bin/dnf")));
     }
 
     #[test]

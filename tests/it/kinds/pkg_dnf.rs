@@ -198,47 +198,64 @@ fn packages_go_to_dnf_in_one_transaction_and_a_second_run_changes_nothing() {
     );
     assert_eq!(history(&s).len(), 1, "no dnf transaction the second time");
 
-    // A newer b, a removed, c pinned back to 1.0 after a 2.0 appears:
-    // again one transaction for the removal and the upgrade.
+    // A newer b and c, a removed, c pinned to the newer: again one
+    // transaction for the removal and both upgrades.
     publish(&s, "mgmtit-b", "2.0");
     publish(&s, "mgmtit-c", "2.0");
-    let g = graph(
-        &s,
-        r#"  pkg:
-  - name: mgmtit-a
-    state: absent
-  - name: mgmtit-b
-    state: newest
-  - name: mgmtit-c
-    version: "1.0"
-"#,
-    );
-    let third = s.run(&g, &[]);
+    let pinned = |c: &str| {
+        graph(
+            &s,
+            &format!(
+                "  pkg:\n  - name: mgmtit-a\n    state: absent\n  - name: mgmtit-b\n    state: newest\n  - name: mgmtit-c\n    version: \"{c}\"\n"
+            ),
+        )
+    };
+    let third = s.run(&pinned("2.0"), &[]);
     assert_eq!(third.code, 0, "{}", third.stderr);
     assert_eq!(installed(&s, "mgmtit-a"), None);
     assert_eq!(installed(&s, "mgmtit-b").as_deref(), Some("2.0-1"));
-    assert_eq!(installed(&s, "mgmtit-c").as_deref(), Some("1.0-1"));
-    assert!(
-        third.stderr.contains("change mgmtit-b from 1.0-1 to 2.0-1"),
-        "{}",
-        third.stderr
-    );
+    assert_eq!(installed(&s, "mgmtit-c").as_deref(), Some("2.0-1"));
+    for needle in [
+        "remove mgmtit-a 1.0-1",
+        "change mgmtit-b from 1.0-1 to 2.0-1",
+        "change mgmtit-c from 1.0-1 to 2.0-1",
+    ] {
+        assert!(
+            third.stderr.contains(needle),
+            "{needle} in {}",
+            third.stderr
+        );
+    }
     let h = history(&s);
     assert_eq!(h.len(), 2, "one more dnf transaction: {h:?}");
     for line in [
-        "Upgrade mgmtit-b-2.0-1.noarch",
         "Removed mgmtit-a-1.0-1.noarch",
+        "Upgrade mgmtit-b-2.0-1.noarch",
+        "Upgrade mgmtit-c-2.0-1.noarch",
     ] {
         assert!(h[1].iter().any(|l| l == line), "{line} in {:?}", h[1]);
     }
-    let fourth = s.run(&g, &[]);
+
+    // c pinned back to 1.0 (no release: any release of it): a downgrade.
+    let fourth = s.run(&pinned("1.0"), &[]);
+    assert_eq!(fourth.code, 0, "{}", fourth.stderr);
+    assert_eq!(installed(&s, "mgmtit-c").as_deref(), Some("1.0-1"));
+    let h = history(&s);
+    assert_eq!(h.len(), 3, "one more dnf transaction: {h:?}");
     assert!(
-        fourth
+        h[2].iter().any(|l| l == "Downgrade mgmtit-c-1.0-1.noarch"),
+        "{:?}",
+        h[2]
+    );
+    let fifth = s.run(&pinned("1.0"), &[]);
+    assert!(
+        fifth
             .stderr
             .contains("converged: 3 resources, 0 changed, 0 failed"),
         "{}",
-        fourth.stderr
+        fifth.stderr
     );
+    assert_eq!(history(&s).len(), 3);
 
     assert!(
         !Path::new("/srv/mgmt-it").exists(),
