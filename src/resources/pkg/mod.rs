@@ -178,20 +178,7 @@ impl Backend {
 /// apk, or an unknown one, is refused, as is a family whose tools are
 /// missing.
 fn backend() -> Result<Backend, ResourceError> {
-    let release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
-    let field = |key: &str| {
-        release
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .map(|v| v.trim_matches('"').to_owned())
-            .unwrap_or_default()
-    };
-    let ids = format!("{} {}", field("ID="), field("ID_LIKE="));
-    let has = |tool: &str| {
-        ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
-            .iter()
-            .any(|d| std::path::Path::new(d).join(tool).exists())
-    };
+    let ids = os_ids();
     let apt = has("apt-get") && has("dpkg-query");
     let dnf = has("dnf") && has("rpm");
     let family = |names: &[&str]| ids.split_whitespace().any(|id| names.contains(&id));
@@ -238,6 +225,26 @@ fn backend() -> Result<Backend, ResourceError> {
     Err(ResourceError::Failed(format!(
         "this host ({host}) uses {other}, which pkg does not support yet; only dpkg/apt (Debian, Ubuntu) and rpm/dnf (Fedora, RHEL) are (hint: install the package with an exec resource for now)"
     )))
+}
+
+/// `ID` and `ID_LIKE` of `/etc/os-release`, as one list of words.
+fn os_ids() -> String {
+    let release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let field = |key: &str| {
+        release
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim_matches('"').to_owned())
+            .unwrap_or_default()
+    };
+    format!("{} {}", field("ID="), field("ID_LIKE="))
+}
+
+/// Whether the system has `tool` in one of its own directories.
+fn has(tool: &str) -> bool {
+    ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+        .iter()
+        .any(|d| std::path::Path::new(d).join(tool).exists())
 }
 
 /// Whether `dnf`, resolved, is dnf 5 (Fedora 41 on: `dnf -> dnf5`), whose
