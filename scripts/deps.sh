@@ -3,8 +3,9 @@
 # protoc (etcd-client's build), musl-tools and the musl target (the static
 # binary shipped to hosts), OpenSSH server and client and etcd (real peers
 # for the tests), etcdctl (a real client for the store's tests), dpkg-dev,
-# systemd, dbus and gdbus (the system kinds' tests), openssl and script
-# (the password-login tests). Runs
+# systemd, dbus and gdbus (the system kinds' tests), rpm, rpmbuild, dnf and
+# createrepo_c (pkg's rpm/dnf backend tests), openssl and script (the
+# password-login tests). Runs
 # non-interactively; safe to run again.
 set -euo pipefail
 
@@ -33,6 +34,11 @@ command -v dpkg-scanpackages >/dev/null || need+=(dpkg-dev)
 command -v dbus-daemon >/dev/null || need+=(dbus)
 command -v gdbus >/dev/null || need+=(libglib2.0-bin)
 command -v useradd >/dev/null || need+=(passwd)
+# pkg's rpm/dnf tests: tiny rpms built by rpmbuild, a local repository
+# indexed by createrepo_c, and the real dnf 4 reading it.
+command -v rpmbuild >/dev/null || need+=(rpm)
+command -v dnf >/dev/null || need+=(dnf)
+command -v createrepo_c >/dev/null || need+=(createrepo-c)
 # The password-login tests: root's hash for sshd's own /etc/shadow copy
 # (openssl passwd), and a pseudo-terminal for the prompt (script).
 command -v openssl >/dev/null || need+=(openssl)

@@ -1,7 +1,8 @@
 //! The system kinds (issue #16) against the real tools, each run of `mgmt`
 //! inside a mount namespace of its own whose system directories are
 //! temporary copies, so the machine's own accounts and package database are
-//! never touched.
+//! never touched. `pkg` is tested against dpkg/apt (`pkg.rs`) and, in a
+//! namespace that looks like Fedora, rpm/dnf 4 (`pkg_dnf.rs`).
 //!
 //! Whole directories are bound (a copy of `/etc`, not of `/etc/passwd`
 //! alone): the shadow tools and dpkg replace a database by writing a new
@@ -12,6 +13,7 @@
 
 mod accounts;
 mod pkg;
+mod pkg_dnf;
 mod svc;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,327 @@
+//! The rpm/dnf backend of `pkg` (Fedora, RHEL and their kin, dnf 4): the
+//! state from `rpm -q`, what the repositories offer from `dnf repoquery
+//! --available`, the newest from `dnf check-update`, and every change in
+//! ONE dnf transaction: a `dnf shell` script of `install`, `upgrade` and
+//! `remove` lines ending in `run`, so installs and removals share a lock
+//! and a history entry.
+//!
+//! `dnf shell` exits 0 even when a line fails, so its stderr is read too:
+//! an `Error:` line fails the group; and every package is checked again
+//! afterwards. A package to install that no repository offers is refused
+//! before anything runs. dnf's own lock makes it exit at once rather than
+//! wait (`exit_on_lock`); rpm's transaction lock already does.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use super::super::argv::{self, words};
+use super::super::{Ctx, ResourceError};
+use super::{missing_error, State, Step, Want};
+
+/// `[epoch:]version-release`, the epoch only when the package has one.
+const QF: &str = "%{NAME}\t%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}\n";
+
+/// What rpm says of each package: its installed `[epoch:]version-release`.
+pub(super) async fn installed(
+    names: &[&str],
+    ctx: &Ctx,
+) -> Result<HashMap<String, String>, ResourceError> {
+    let mut args = words(["-q", "--qf", QF]);
+    args.extend(names.iter().map(|n| n.to_string()));
+    // Exits with the number of names not installed, said on stdout;
+    // a database that cannot be read says so on stderr.
+    let ran = argv::run("rpm", &args, &[], &ctx.cancel).await?;
+    if ran.code < 0 || ran.stderr.contains("error:") {
+        return Err(ResourceError::Failed(format!(
+            "rpm -q exited with code {}: {}",
+            ran.code,
+            ran.tail()
+        )));
+    }
+    Ok(tab_pairs(&ran.stdout))
+}
+
+/// `name<TAB>value` lines; the last line of a name wins (the newest of an
+/// install-only package such as a kernel, which rpm lists oldest first).
+fn tab_pairs(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// Whether the installed `evr` is the `want`ed version: the same, or the
+/// same without the epoch when `want` has none, or the same version with
+/// any release when `want` names no release (`1.2` is `1.2-3.fc40`).
+pub(super) fn same(evr: &str, want: &str) -> bool {
+    let evr = match (want.contains(':'), evr.split_once(':')) {
+        (false, Some((_, rest))) => rest,
+        _ => evr,
+    };
+    evr == want || (!want.contains('-') && evr.rsplit_once('-').is_some_and(|(v, _)| v == want))
+}
+
+/// A dnf query, reading the repositories' metadata afresh the first time
+/// in the resource's life (not under noop: dnf then uses its cache, which
+/// it fills itself when it has none or it has expired).
+async fn query(
+    args: &[&str],
+    names: &[&String],
+    refreshed: &mut bool,
+    ctx: &Ctx,
+) -> Result<argv::Ran, ResourceError> {
+    let mut all = words(["-q"]);
+    if !*refreshed && !ctx.noop {
+        tracing::info!("{}: reading the repositories (dnf --refresh)", ctx.id);
+        all.push("--refresh".into());
+        *refreshed = true;
+    }
+    all.extend(args.iter().map(|a| a.to_string()));
+    all.extend(names.iter().map(|n| n.to_string()));
+    argv::run("dnf", &all, &[], &ctx.cancel).await
+}
+
+/// Every version the repositories offer of each package, oldest first.
+async fn available(
+    names: &[&String],
+    refreshed: &mut bool,
+    ctx: &Ctx,
+) -> Result<HashMap<String, Vec<String>>, ResourceError> {
+    let args = ["repoquery", "--available", "--qf", "%{name}\t%{evr}"];
+    let ran = query(&args, names, refreshed, ctx).await?;
+    if !ran.ok() {
+        return Err(ResourceError::Failed(format!(
+            "dnf repoquery exited with code {}: {}",
+            ran.code,
+            ran.tail()
+        )));
+    }
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    for (n, v) in ran.stdout.lines().filter_map(|l| l.split_once('\t')) {
+        out.entry(n.to_owned()).or_default().push(v.to_owned());
+    }
+    Ok(out)
+}
+
+/// The newer version `dnf check-update` offers of each installed package
+/// (exit 100: some; 0: none).
+async fn updates(
+    names: &[&String],
+    refreshed: &mut bool,
+    ctx: &Ctx,
+) -> Result<HashMap<String, String>, ResourceError> {
+    let ran = query(&["check-update"], names, refreshed, ctx).await?;
+    if ran.code != 0 && ran.code != 100 {
+        return Err(ResourceError::Failed(format!(
+            "dnf check-update exited with code {}: {}",
+            ran.code,
+            ran.tail()
+        )));
+    }
+    Ok(check_update_lines(&ran.stdout))
+}
+
+/// `name.arch  evr  repo` lines, up to the obsoletes' section.
+fn check_update_lines(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .take_while(|l| !l.starts_with("Obsoleting"))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let [na, evr, _repo] = f.as_slice() else {
+                return None;
+            };
+            let (name, _arch) = na.rsplit_once('.')?;
+            Some((name.to_owned(), evr.to_string()))
+        })
+        .collect()
+}
+
+/// Every package's `dnf shell` line and log line, for those that are not
+/// as wanted; a package to install (at its version) that no repository
+/// offers fails, named, before anything changes.
+pub(super) async fn plan(
+    wants: &[Want],
+    refreshed: &mut bool,
+    ctx: &Ctx,
+) -> Result<Vec<Step>, ResourceError> {
+    let names: Vec<&str> = wants.iter().map(|w| w.name.as_str()).collect();
+    let now = installed(&names, ctx).await?;
+    let pin_ok = |w: &Want, v: &str| w.version.as_deref().is_none_or(|p| same(v, p));
+    let asked: Vec<&String> = wants
+        .iter()
+        .filter(|w| match (w.state, now.get(&w.name)) {
+            (State::Absent, _) | (State::Newest, Some(_)) => false,
+            (_, Some(v)) => !pin_ok(w, v),
+            (_, None) => true,
+        })
+        .map(|w| &w.name)
+        .collect();
+    let avail = if asked.is_empty() {
+        HashMap::new()
+    } else {
+        available(&asked, refreshed, ctx).await?
+    };
+    let newest: Vec<&String> = wants
+        .iter()
+        .filter(|w| w.state == State::Newest && now.contains_key(&w.name))
+        .map(|w| &w.name)
+        .collect();
+    let ups = if newest.is_empty() {
+        HashMap::new()
+    } else {
+        updates(&newest, refreshed, ctx).await?
+    };
+    // The version each asked package would get: the newest offered that
+    // the pin (if any) accepts.
+    let target = |w: &Want| -> Option<String> {
+        let offered = avail.get(&w.name)?;
+        offered.iter().rev().find(|v| pin_ok(w, v)).cloned()
+    };
+    let missing: Vec<String> = wants
+        .iter()
+        .filter(|w| asked.contains(&&w.name) && target(w).is_none())
+        .map(|w| match &w.version {
+            Some(v) => format!("{}-{v}", w.name),
+            None => w.name.clone(),
+        })
+        .collect();
+    if !missing.is_empty() {
+        let missing: Vec<&str> = missing.iter().map(String::as_str).collect();
+        return Err(missing_error(
+            &missing,
+            "dnf",
+            "a repository in /etc/yum.repos.d",
+        ));
+    }
+    Ok(wants
+        .iter()
+        .filter_map(|w| action(w, now.get(&w.name), target(w), ups.get(&w.name)))
+        .collect())
+}
+
+/// One package's `dnf shell` line and what it does in words; `None` when
+/// the package is as wanted. `to` is what an install would get, `up` what
+/// `dnf check-update` offers.
+fn action(w: &Want, now: Option<&String>, to: Option<String>, up: Option<&String>) -> Option<Step> {
+    let name = &w.name;
+    let step = |word: String, what: String| Some(Step { word, what });
+    let spec = match &w.version {
+        Some(v) => format!("{name}-{v}"),
+        None => name.clone(),
+    };
+    let to = to.unwrap_or_default();
+    match (w.state, now) {
+        (State::Absent, None) => None,
+        (State::Absent, Some(v)) => step(format!("remove {name}"), format!("remove {name} {v}")),
+        (State::Newest, Some(v)) => {
+            let up = up?;
+            step(
+                format!("upgrade {name}"),
+                format!("change {name} from {v} to {up}"),
+            )
+        }
+        (_, Some(v)) if w.version.as_deref().is_none_or(|p| same(v, p)) => None,
+        (_, Some(v)) => step(
+            format!("install {spec}"),
+            format!("change {name} from {v} to {to}"),
+        ),
+        (_, None) => step(format!("install {spec}"), format!("install {name} {to}")),
+    }
+}
+
+/// The one dnf transaction for every step: a `dnf shell` script, in a
+/// private temporary file, ending in `run`.
+pub(super) async fn apply(steps: &[Step], ctx: &Ctx) -> Result<(), ResourceError> {
+    let mut script = tempfile::Builder::new()
+        .prefix("mgmt-dnf-")
+        .tempfile()
+        .map_err(|e| ResourceError::io("cannot make dnf's script file", e))?;
+    let text: String = steps.iter().map(|s| format!("{}\n", s.word)).collect();
+    script
+        .write_all(format!("{text}run\n").as_bytes())
+        .map_err(|e| ResourceError::io("cannot write dnf's script file", e))?;
+    let lines: Vec<&str> = steps.iter().map(|s| s.word.as_str()).collect();
+    tracing::info!("{}: dnf shell: {}; run", ctx.id, lines.join("; "));
+    let mut args = words(["-y", "-q", "--setopt=exit_on_lock=True", "shell"]);
+    args.push(script.path().display().to_string());
+    let ran = argv::run("dnf", &args, &[], &ctx.cancel).await?;
+    let failed = ran
+        .stderr
+        .lines()
+        .any(|l| l.starts_with("Error:") || l.contains("error:"));
+    if ran.ok() && !failed {
+        return Ok(());
+    }
+    let names: Vec<&str> = steps
+        .iter()
+        .filter_map(|s| s.word.split_once(' ').map(|(_, n)| n))
+        .collect();
+    let hint = if ran.stderr.contains("already locked") || ran.stderr.contains("transaction lock") {
+        super::LOCK_HINT
+    } else {
+        ""
+    };
+    // `dnf shell` exits 0 after most errors; say which it was.
+    let how = match ran.code {
+        0 => "dnf shell reported an error".to_owned(),
+        code => format!("dnf shell exited with code {code}"),
+    };
+    Err(ResourceError::Failed(format!(
+        "cannot apply packages {}: {how}: {}{hint}",
+        names.join(", "),
+        ran.tail()
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::w;
+    use super::*;
+
+    #[test]
+    fn a_pinned_version_matches_with_or_without_epoch_and_release() {
+        assert!(same("1.0-1", "1.0-1"));
+        assert!(same("1.0-1.fc40", "1.0"));
+        assert!(same("2:1.0-1", "1.0-1"));
+        assert!(same("2:1.0-1", "2:1.0-1"));
+        assert!(!same("2:1.0-1", "1:1.0-1"));
+        assert!(!same("1.0-1", "1.0-2"));
+        assert!(!same("1.0.1-1", "1.0"));
+    }
+
+    #[test]
+    fn each_package_gets_the_line_dnf_shell_takes() {
+        let v = |s: &str| Some(s.to_owned());
+        let act = |want: &Want, now: Option<String>, up: Option<String>| {
+            action(want, now.as_ref(), v("9"), up.as_ref()).map(|s| s.word)
+        };
+        let line = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            act(&w("a", State::Installed, None), None, None),
+            line("install a")
+        );
+        assert_eq!(act(&w("a", State::Installed, None), v("1-1"), None), None);
+        assert_eq!(
+            act(&w("a", State::Newest, None), v("1-1"), v("2-1")),
+            line("upgrade a")
+        );
+        assert_eq!(act(&w("a", State::Newest, None), v("2-1"), None), None);
+        assert_eq!(
+            act(&w("a", State::Installed, Some("1.0")), v("2.0-1"), None),
+            line("install a-1.0")
+        );
+        assert_eq!(
+            act(&w("a", State::Absent, None), v("1-1"), None),
+            line("remove a")
+        );
+        assert_eq!(act(&w("a", State::Absent, None), None, None), None);
+    }
+
+    #[test]
+    fn check_update_lists_name_and_version_up_to_obsoletes() {
+        let text = "\nmgmtit-a.noarch   2.0-1   mgmtit\nObsoleting Packages\nx.noarch 1-1 r\n";
+        let got = check_update_lines(text);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got["mgmtit-a"], "2.0-1");
+    }
+}
