@@ -63,7 +63,9 @@ pub struct EmulateArgs {
     pub hosts_out: Option<PathBuf>,
 
     /// Rewrite this JSON file every second with per-host and total
-    /// counters (connections, bytes in and out, children, converged).
+    /// counters (connections, bytes in and out, children, converged), and
+    /// the leaf children of all hosts: running, the most at once, and the
+    /// order they started in.
     #[arg(long, value_name = "FILE")]
     pub stats: Option<PathBuf>,
 
@@ -148,6 +150,20 @@ pub struct RunArgs {
     /// clean-up at once; 0 means no cap. Running hosts do not hold a slot.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub cconns: usize,
+
+    /// Roll the run out: at most N hosts (of the whole tree, gateways' hosts
+    /// included) apply at once, in the order of the --remote files and of
+    /// each file's `remote:` list. A host's turn ends when it has converged
+    /// (its child exits; needs --converged-timeout) or failed; then the next
+    /// host starts. Set-up (connect, copy) runs ahead under --cconns.
+    #[arg(long, value_name = "N")]
+    pub rolling: Option<usize>,
+
+    /// With --rolling: stop the rollout once more than N hosts (or N% of
+    /// them) failed: no host starts any more, the ones applying finish, the
+    /// run exits 1 and the summary names the hosts that never started.
+    #[arg(long, value_name = "N|N%", requires = "rolling")]
+    pub max_fail: Option<String>,
 
     /// Seconds allowed for TCP connect plus SSH handshake, per attempt.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
@@ -269,6 +285,16 @@ pub struct RunArgs {
     /// (internal: set by the parent).
     #[arg(long, hide = true, value_name = "NAME", requires = "file")]
     pub graph_label: Option<String>,
+
+    /// A gateway of a rolling run: its hosts wait for turns given on stdin
+    /// (internal: set by the parent).
+    #[arg(long, hide = true, conflicts_with = "rolling", requires = "remotes")]
+    pub rolling_follow: bool,
+
+    /// Exit once converged, as the initiator would (internal: a rolling
+    /// run's host, whose turn ends there).
+    #[arg(long, hide = true, requires = "file")]
+    pub exit_converged: bool,
 
     /// How the initiator shows this process (`gw.dc1/web3`), for
     /// `host.route` and the routes of a gateway's hosts (internal: set by

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::cli::RunArgs;
 use crate::fleet::plan::{Plan, PlanError, PlanInputs};
+use crate::fleet::rolling::{MaxFail, RollMode};
 use crate::graph::{GraphErrors, GraphFile};
 
 /// An input error: nothing was started.
@@ -103,6 +104,10 @@ pub struct Config {
     pub events: Option<EventsTo>,
     /// `--summary json`.
     pub summary_json: bool,
+    /// `--rolling` (the initiator) or `--rolling-follow` (a gateway).
+    pub rolling: Option<crate::fleet::rolling::RollMode>,
+    /// `--exit-converged`: a rolling run's host ends when it converged.
+    pub exit_converged: bool,
     /// Where `file` resources' absolute paths are rooted: `/`, or a host's
     /// own directory when `mgmt emulate` runs many hosts in one process.
     pub root: PathBuf,
@@ -139,6 +144,7 @@ impl Config {
             ));
         }
         let (events, summary_json) = output_flags(args, remote.is_some())?;
+        let rolling = rolling(args, remote.is_some())?;
         let converged_timeout = match args.converged_timeout {
             -1 => None,
             t if t >= 0 => Some(Duration::from_secs(t as u64)),
@@ -211,6 +217,8 @@ impl Config {
             events,
             summary_json,
             hostname,
+            rolling,
+            exit_converged: args.exit_converged,
             root: "/".into(),
         })
     }
@@ -275,6 +283,41 @@ fn output_flags(args: &RunArgs, remote: bool) -> Result<(Option<EventsTo>, bool)
         ));
     }
     Ok((events, json))
+}
+
+/// `--rolling N [--max-fail N|N%]`, or a gateway's `--rolling-follow`.
+fn rolling(args: &RunArgs, remote: bool) -> Result<Option<RollMode>, ConfigError> {
+    if args.rolling_follow {
+        return Ok(Some(RollMode::Follow));
+    }
+    let Some(cap) = args.rolling else {
+        return Ok(None);
+    };
+    if !remote || args.depth > 0 {
+        return Err(ConfigError::flag(
+            "--rolling",
+            "rolls out remote hosts: use it with --remote GRAPH.yaml",
+        ));
+    }
+    if cap == 0 {
+        return Err(ConfigError::flag(
+            "--rolling",
+            "0 hosts at once would never start any: give 1 or more",
+        ));
+    }
+    if args.converged_timeout < 0 {
+        return Err(ConfigError::flag(
+            "--rolling",
+            "a host's turn ends when it has converged: give --converged-timeout SECONDS",
+        ));
+    }
+    let max_fail = args
+        .max_fail
+        .as_deref()
+        .map(MaxFail::parse)
+        .transpose()
+        .map_err(|m| ConfigError::flag("--max-fail", m))?;
+    Ok(Some(RollMode::Lead { cap, max_fail }))
 }
 
 /// The `--remote` side of the flags, for the fleet's plan.

@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, StoreMode};
 use crate::engine::Status;
-use crate::fleet::fanout::{self, Wiring};
+use crate::fleet::fanout::{self, RollWiring, Wiring};
+use crate::fleet::rolling::RollMode;
 use crate::fleet::shared::{ChildFlags, HostEvent};
 use crate::link::ParentLink;
 use crate::ssh::tunnel::TunnelSecret;
@@ -128,8 +129,23 @@ pub async fn run_linked(
     let dial = link.dial.clone();
     let engine_converged = link.engine_converged.clone();
     let local = store.as_ref().map(|h| h.local.clone());
-    let (mut world, secret) =
-        connect_world(&cfg, (&seeds, local), &cancel, &converged_flag, link).await?;
+    // A gateway of a rolling run: the turns its parent gives, from stdin.
+    let (turns_tx, turns_rx) = match cfg.rolling {
+        Some(RollMode::Follow) => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        }
+        _ => (None, None),
+    };
+    let (mut world, secret) = connect_world(
+        &cfg,
+        (&seeds, local),
+        &cancel,
+        (&converged_flag, turns_tx),
+        link,
+    )
+    .await?;
+    let rollout_done = CancellationToken::new();
     // A stop while the graph is starting (its first export may be
     // retrying against a store that is gone) skips to the stop below.
     let mut local = match &cfg.file {
@@ -176,6 +192,11 @@ pub async fn run_linked(
             tunnels: tunnels_tx,
             events: events_tx,
             converged: converged_flag.clone(),
+            rolling: cfg.rolling.map(|mode| RollWiring {
+                mode,
+                done: rollout_done.clone(),
+                turns: turns_rx,
+            }),
         };
         fan = Some(Task(tokio::spawn(fanout::run(
             plan,
@@ -186,7 +207,10 @@ pub async fn run_linked(
         drop(events_tx);
     }
 
-    let exit_on_converged = cfg.converged_timeout.is_some() && cfg.depth == 0;
+    // A rolling run's host exits once converged: its turn is over.
+    let exit_on_converged =
+        cfg.converged_timeout.is_some() && (cfg.depth == 0 || cfg.exit_converged);
+    let lead = matches!(cfg.rolling, Some(RollMode::Lead { .. }));
     let peers = if cfg.remote.is_some() {
         Peers::Hosts(expected)
     } else if matches!(cfg.store, StoreMode::Embedded { .. }) {
@@ -204,8 +228,18 @@ pub async fn run_linked(
             tracing::info!("--max-runtime reached; stopping");
             StopReason::MaxRuntime
         }
-        r = wait_converged(&mut world, status_rx.as_mut(), peers, &mut events_rx, exit_on_converged, &ui) => match r {
-            Ok(()) => {
+        r = async {
+            if lead {
+                wait_rollout(&rollout_done, &mut events_rx).await;
+                return Ok(true);
+            }
+            wait_converged(&mut world, status_rx.as_mut(), peers, &mut events_rx, exit_on_converged, &ui).await.map(|()| false)
+        } => match r {
+            Ok(true) => {
+                tracing::info!("the rollout is over; stopping");
+                StopReason::HostsEnded
+            }
+            Ok(false) => {
                 converged_flag.store(true, Ordering::SeqCst);
                 match cfg.converged_timeout {
                     Some(t) => tracing::info!("converged for {}s; stopping", t.as_secs()),
@@ -351,7 +385,7 @@ async fn connect_world(
     cfg: &Config,
     (seeds, local): (&[String], Option<crate::link::Dial>),
     root: &CancellationToken,
-    converged: &Arc<AtomicBool>,
+    (converged, turns): (&Arc<AtomicBool>, Option<mpsc::UnboundedSender<String>>),
     link: ParentLink,
 ) -> anyhow::Result<(World, Option<crate::link::Secret>)> {
     if let Some(dial) = local {
@@ -378,10 +412,11 @@ async fn connect_world(
         ));
     }
     let (secret, rest) = crate::link::read_secret(stdin, Duration::from_secs(30)).await?;
-    tokio::spawn(crate::link::stop_on_eof(
+    tokio::spawn(crate::link::stop_on_eof_with_turns(
         rest,
         root.clone(),
         converged.clone(),
+        turns,
     ));
     let url = seeds.first().context("--seeds is empty")?;
     let client = crate::link::connect_store(url, Some(&secret), link.dial).await?;
@@ -630,6 +665,19 @@ async fn wait_converged(
                 Some(HostEvent::Running(_)) => {}
                 None => events_open = false,
             },
+        }
+    }
+}
+
+/// Returns when a rolling run's lead says the rollout is over; reads host
+/// events meanwhile (nothing else needs them: the turns end the run, not
+/// the converged rule).
+async fn wait_rollout(done: &CancellationToken, events: &mut mpsc::Receiver<HostEvent>) {
+    let mut open = true;
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return,
+            ev = events.recv(), if open => open = ev.is_some(),
         }
     }
 }

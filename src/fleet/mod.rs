@@ -13,6 +13,8 @@
 //!   files kept in step, the stop by pid).
 //! - [`gateway`]: one gateway and the group behind it, whose progress comes
 //!   back as route records ([`crate::ui::route`]).
+//! - [`rolling`]: `--rolling`'s turns: at most N hosts of the tree
+//!   applying at once, in the plan's order, and `--max-fail`.
 //! - [`shared`]: what every host task shares, and what each reports back.
 //!
 //! The fleet reports to the UI through the types `ui` owns (stages, summary
@@ -28,5 +30,6 @@ pub mod gateway;
 pub mod host;
 pub mod place;
 pub mod plan;
+pub mod rolling;
 pub mod shared;
 pub mod supervise;

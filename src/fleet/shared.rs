@@ -106,6 +106,9 @@ pub struct Shared {
     pub agent: Option<std::path::PathBuf>,
     /// Whether the stop is still progressing (see [`StopClock`]).
     pub ended: StopClock,
+    /// `--rolling`'s turns (or a gateway's share of them); `None`: every
+    /// host applies as soon as it is placed.
+    pub rolling: Option<Arc<super::rolling::Rolling>>,
 }
 
 /// Told to the run loop as hosts come and go, for the converged rule.

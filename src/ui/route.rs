@@ -153,6 +153,7 @@ impl WireRow {
             RowResult::Converged => ("converged", String::new()),
             RowResult::Stopped => ("stopped", String::new()),
             RowResult::Gateway => ("gateway", String::new()),
+            RowResult::NotStarted => ("not started", String::new()),
             RowResult::Failed(w) => ("failed", w.clone()),
         };
         WireRow {
@@ -173,6 +174,7 @@ impl WireRow {
             "converged" => RowResult::Converged,
             "stopped" => RowResult::Stopped,
             "gateway" => RowResult::Gateway,
+            "not started" => RowResult::NotStarted,
             _ => RowResult::Failed(self.why),
         };
         SummaryRow {
