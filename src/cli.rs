@@ -25,9 +25,64 @@ pub enum Command {
     /// Apply a resource graph here and keep it applied.
     #[command(visible_alias = "r")]
     Run(Box<RunArgs>),
+    /// Print the facts of this machine, or of every host of --remote graph
+    /// files (connecting and copying the binary as a run does, applying
+    /// nothing): an inventory to query before a rollout.
+    Facts(FactsArgs),
     /// Serve many emulated SSH hosts from this one process (for measuring
     /// runs at scale); each runs the real engine for `mgmt run` in-process.
     Emulate(EmulateArgs),
+}
+
+/// Flags of `mgmt facts`.
+#[derive(Debug, Args, Clone)]
+pub struct FactsArgs {
+    /// A graph file whose `remote:` hosts to ask (repeatable); none: this
+    /// machine. Nothing of the graph is applied.
+    #[arg(long = "remote", value_name = "GRAPH.yaml")]
+    pub remotes: Vec<PathBuf>,
+
+    /// One JSON document on stdout (`{"v":1,"hosts":[{"host","facts",
+    /// "error"}]}`; this machine alone: its facts) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// How many hosts may be in set-up (connect, authenticate, copy) at
+    /// once; 0 means no cap.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub cconns: usize,
+
+    /// Seconds allowed for TCP connect plus SSH handshake, per attempt.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub connect_timeout: u64,
+
+    /// A private key file to authenticate with (repeatable), after ssh-agent.
+    #[arg(short = 'i', long = "identity", value_name = "PATH")]
+    pub identities: Vec<PathBuf>,
+
+    /// The known_hosts file host keys are checked against.
+    #[arg(long, value_name = "PATH")]
+    pub known_hosts: Option<PathBuf>,
+
+    /// strict, accept-new or off, as for `mgmt run`.
+    #[arg(long, value_name = "POLICY", default_value = "strict", value_parser = ["strict", "accept-new", "off"])]
+    pub host_key_check: String,
+
+    /// The ssh client config honoured (default ~/.ssh/config).
+    #[arg(long, value_name = "PATH")]
+    pub ssh_config: Option<PathBuf>,
+
+    /// The binary to copy to hosts (default: this one; it must be static).
+    #[arg(long, value_name = "PATH")]
+    pub remote_binary: Option<PathBuf>,
+
+    /// Directory on hosts for the binary cache (default ~/.cache/mgmt).
+    #[arg(long, value_name = "DIR")]
+    pub remote_prefix: Option<String>,
+
+    /// Remove the binary from hosts afterwards.
+    #[arg(long)]
+    pub no_caching: bool,
 }
 
 /// Flags of `mgmt emulate`.

@@ -285,6 +285,49 @@ fn output_flags(args: &RunArgs, remote: bool) -> Result<(Option<EventsTo>, bool)
     Ok((events, json))
 }
 
+/// What `mgmt facts` asks, validated: the hosts of its `--remote` files
+/// (`None`: this machine), and how to print.
+#[derive(Debug)]
+pub struct FactsConfig {
+    pub remote: Option<Plan>,
+    pub json: bool,
+}
+
+impl FactsConfig {
+    pub fn from_args(args: &crate::cli::FactsArgs) -> Result<FactsConfig, ConfigError> {
+        let inputs = PlanInputs {
+            remotes: args.remotes.clone(),
+            host_key_check: args.host_key_check.clone(),
+            known_hosts: args.known_hosts.clone(),
+            identities: args.identities.clone(),
+            ssh_config: args.ssh_config.clone(),
+            remote_binary: args.remote_binary.clone(),
+            connect_timeout: args.connect_timeout,
+            cconns: args.cconns,
+            remote_prefix: args.remote_prefix.clone(),
+            caching: !args.no_caching,
+            ..PlanInputs::default()
+        };
+        let remote = crate::fleet::plan::plan(&inputs).map_err(|e| match e {
+            PlanError::Graphs(g) => ConfigError::Graph(g),
+            PlanError::Flag { flag, message } => ConfigError::Flag { flag, message },
+        })?;
+        if let Some(g) = remote.as_ref().and_then(|p| p.gateways.first()) {
+            return Err(ConfigError::flag(
+                "--remote",
+                format!(
+                    "mgmt facts does not reach hosts behind gateways yet (gateway {});                      ask the gateway's hosts from a machine that reaches them",
+                    g.name
+                ),
+            ));
+        }
+        Ok(FactsConfig {
+            remote,
+            json: args.json,
+        })
+    }
+}
+
 /// `--rolling N [--max-fail N|N%]`, or a gateway's `--rolling-follow`.
 fn rolling(args: &RunArgs, remote: bool) -> Result<Option<RollMode>, ConfigError> {
     if args.rolling_follow {

@@ -302,6 +302,42 @@ pub async fn run_linked(
     }
 }
 
+/// `mgmt facts`: this machine's facts, or every `--remote` host's, on
+/// stdout; exit 1 when a host gave none.
+pub async fn facts(
+    cfg: crate::config::FactsConfig,
+    ui: Ui,
+    cancel: CancellationToken,
+) -> anyhow::Result<u8> {
+    use crate::ui::inventory::{facts_json, facts_table};
+    let answers = match cfg.remote {
+        Some(plan) => crate::fleet::inventory::gather(plan, ui.clone(), cancel).await,
+        None => {
+            let f = tokio::task::spawn_blocking(crate::facts::gather).await?;
+            if cfg.json {
+                // What a host prints for `mgmt facts --remote`: the facts alone.
+                println!("{}", serde_json::to_string(&f)?);
+                return Ok(0);
+            }
+            vec![crate::fleet::inventory::HostFacts {
+                host: f.hostname.clone(),
+                facts: Ok(serde_json::to_value(&f)?),
+            }]
+        }
+    };
+    let rows: Vec<crate::ui::inventory::Answer<'_>> = answers
+        .iter()
+        .map(|a| (a.host.as_str(), a.facts.as_ref().map_err(String::as_str)))
+        .collect();
+    ui.close();
+    if cfg.json {
+        println!("{}", facts_json(&rows));
+    } else {
+        print!("{}", facts_table(&rows));
+    }
+    Ok(u8::from(answers.iter().any(|a| a.facts.is_err())))
+}
+
 /// A remote child's resources' outcomes go up to its parent as route
 /// records on stdout (#18); elsewhere they are only logged.
 fn outcome_hook(cfg: &Config, ui: &Ui) -> Option<crate::engine::OutcomeHook> {

@@ -8,6 +8,7 @@ mod emulate;
 mod engine;
 mod events;
 mod exchange;
+mod facts;
 mod gateway;
 mod hostile_cache;
 mod hostile_output;
