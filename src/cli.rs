@@ -206,6 +206,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub cconns: usize,
 
+    /// Run only where EXPR holds, with the host's facts and place
+    /// (`facts.os.id == "debian" and facts.memory_mb >= 4096`, `host.name`,
+    /// `host.index`): a host where it is false applies nothing and is
+    /// reported as skipped. Evaluated on each host; a graph's `when:` does
+    /// the same for that graph.
+    #[arg(long = "where", value_name = "EXPR")]
+    pub where_expr: Option<String>,
+
     /// Roll the run out: at most N hosts (of the whole tree, gateways' hosts
     /// included) apply at once, in the order of the --remote files and of
     /// each file's `remote:` list. A host's turn ends when it has converged

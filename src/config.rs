@@ -108,6 +108,8 @@ pub struct Config {
     pub rolling: Option<crate::fleet::rolling::RollMode>,
     /// `--exit-converged`: a rolling run's host ends when it converged.
     pub exit_converged: bool,
+    /// `--where`: a host where it is false applies nothing.
+    pub where_expr: Option<String>,
     /// Where `file` resources' absolute paths are rooted: `/`, or a host's
     /// own directory when `mgmt emulate` runs many hosts in one process.
     pub root: PathBuf,
@@ -145,6 +147,10 @@ impl Config {
         }
         let (events, summary_json) = output_flags(args, remote.is_some())?;
         let rolling = rolling(args, remote.is_some())?;
+        if let Some(w) = &args.where_expr {
+            crate::graph::template::check_condition(w)
+                .map_err(|e| ConfigError::flag("--where", format!("{w:?}: {e}")))?;
+        }
         let converged_timeout = match args.converged_timeout {
             -1 => None,
             t if t >= 0 => Some(Duration::from_secs(t as u64)),
@@ -219,6 +225,7 @@ impl Config {
             hostname,
             rolling,
             exit_converged: args.exit_converged,
+            where_expr: args.where_expr.clone(),
             root: "/".into(),
         })
     }

@@ -75,6 +75,10 @@ pub async fn read_secret<R: AsyncRead + Unpin>(
 /// hosts as converged rather than stopped, and tells its own children.
 pub const CONVERGED_LINE: &[u8] = b"converged\n";
 
+/// A child's exit code when `--where` or its graph's `when:` is false on
+/// its host: it applied nothing, and its parent reports it as skipped.
+pub const SKIPPED_EXIT: u8 = 3;
+
 /// What a parent writes on a gateway's stdin to give a host behind it its
 /// turn in a rolling run: `turn NAME`.
 pub const TURN_PREFIX: &[u8] = b"turn ";

@@ -144,6 +144,10 @@ fn exit_code(result: anyhow::Result<mgmt::run::Outcome>, depth: u32) -> u8 {
                 );
                 return 1;
             }
+            if outcome.reason == mgmt::run::StopReason::Skipped && depth == 0 {
+                // Only a parent reads the skipped code; here it is no failure.
+                return 0;
+            }
             outcome.exit_code()
         }
         // The graph did not render or validate on this host (#15):

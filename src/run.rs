@@ -47,11 +47,16 @@ pub enum StopReason {
     MaxRuntime,
     /// Every remote host ended (failed or finished) and nothing runs here.
     HostsEnded,
+    /// `--where` or the graph's `when:` is false here: nothing was applied.
+    Skipped,
 }
 
 impl Outcome {
     /// 0 when nothing failed, 1 otherwise (input errors, 2, never get here).
     pub fn exit_code(&self) -> u8 {
+        if self.reason == StopReason::Skipped {
+            return crate::link::SKIPPED_EXIT;
+        }
         let local_failed = self.status.as_ref().is_some_and(|s| !s.failed.is_empty());
         let host_failed = self
             .hosts
@@ -121,6 +126,17 @@ pub async fn run_linked(
         a.record(&a.started());
     }
     let started = std::time::Instant::now();
+    if let Some(why) = skipped(&cfg).await? {
+        tracing::info!("host {}: skipped: {why}; nothing applied", cfg.hostname);
+        if let Some(a) = &audit {
+            a.record(&a.ended(0, "skipped"));
+        }
+        return Ok(Outcome {
+            status: None,
+            hosts: Vec::new(),
+            reason: StopReason::Skipped,
+        });
+    }
     let store_cancel = CancellationToken::new();
     let (seeds, store) = start_store(&cfg, &store_cancel).await?;
     // Set when the run ends because the cluster converged: by the run loop
@@ -187,6 +203,7 @@ pub async fn run_linked(
                 depth: cfg.depth,
                 initiator: cfg.initiator.clone(),
                 route: cfg.route.clone(),
+                where_expr: cfg.where_expr.clone(),
             },
             ui: ui.clone(),
             tunnels: tunnels_tx,
@@ -336,6 +353,45 @@ pub async fn facts(
         print!("{}", facts_table(&rows));
     }
     Ok(u8::from(answers.iter().any(|a| a.facts.is_err())))
+}
+
+/// Why this host applies nothing: `--where` or its graph's `when:` is
+/// false with its facts; `None` when both hold (or there is no graph here).
+async fn skipped(cfg: &Config) -> anyhow::Result<Option<String>> {
+    let Some(file) = &cfg.file else {
+        return Ok(None);
+    };
+    let when = file
+        .graph
+        .when
+        .as_ref()
+        .map(|w| (w.value.clone(), Some(w.pos)));
+    let conditions: Vec<(String, Option<crate::graph::Pos>)> = cfg
+        .where_expr
+        .iter()
+        .map(|w| (w.clone(), None))
+        .chain(when)
+        .collect();
+    if conditions.is_empty() {
+        return Ok(None);
+    }
+    let ctx = crate::graph::template::Context {
+        facts: tokio::task::spawn_blocking(crate::facts::gather).await?,
+        host: cfg.host.clone(),
+        values: Default::default(),
+    };
+    for (expr, pos) in conditions {
+        let at = match pos {
+            Some(p) => format!("{}:{}:{}: when:", file.label, p.line, p.col),
+            None => "--where".to_owned(),
+        };
+        match crate::graph::template::eval_condition(&expr, &ctx) {
+            Ok(true) => {}
+            Ok(false) => return Ok(Some(format!("{at} {expr} is false on this host"))),
+            Err(e) => anyhow::bail!("{at} {expr}: {e}"),
+        }
+    }
+    Ok(None)
 }
 
 /// A remote child's resources' outcomes go up to its parent as route

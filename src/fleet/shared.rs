@@ -64,6 +64,9 @@ pub struct ChildFlags {
     pub depth: u32,
     /// `user@host` of the run's initiator, for the hosts' audit records.
     pub initiator: String,
+    /// `--where`: passed to every child; a host where it is false applies
+    /// nothing.
+    pub where_expr: Option<String>,
     /// This process's own route when it is a gateway (`--route`): its
     /// children's routes start with it.
     pub route: Option<String>,

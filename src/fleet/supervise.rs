@@ -144,6 +144,9 @@ pub(crate) async fn supervise(
             RowResult::Converged
         }
         ExitStatus::Exited(0) => RowResult::Stopped,
+        ExitStatus::Exited(c) if c == u32::from(crate::link::SKIPPED_EXIT) && !stopping => {
+            RowResult::Skipped
+        }
         ExitStatus::Signaled { .. } if stopping => RowResult::Stopped,
         other if last_err.is_empty() => RowResult::Failed(format!("the child ended: {other}")),
         other => RowResult::Failed(format!("the child ended ({other}): {}", last_err.trim())),
@@ -350,6 +353,9 @@ pub(crate) fn common_args(shared: &Shared) -> Vec<String> {
     }
     if shared.flags.no_watch {
         a.push("--no-watch".into());
+    }
+    if let Some(w) = &shared.flags.where_expr {
+        a.push(format!("--where={w}"));
     }
     a.push(format!("--initiator={}", shared.flags.initiator));
     a

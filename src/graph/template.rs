@@ -3,7 +3,8 @@
 //!
 //! Every string value of the document (names, paths, content, commands, a
 //! `meta.when`; never a mapping key, nor `graph:`, `hostname:`, `remote:`
-//! and `via:`, which the initiator reads) that holds `{{`, `{%` or `{#` is
+//! and `via:`, which the initiator reads, nor `when:`, an expression of its
+//! own evaluated by [`eval_condition`]) that holds `{{`, `{%` or `{#` is
 //! rendered with minijinja before the graph is checked, so the usual checks
 //! (an absolute path, an octal mode) apply to what was rendered. A template
 //! sees `facts` ([`crate::facts::Facts`]), `host` ([`Host`]) and two
@@ -103,7 +104,30 @@ pub(crate) fn render_tree(
 
 /// Top-level keys read as written: the initiator needs them before any
 /// host has facts (the host's identity, where it is, how to get there).
-const AS_WRITTEN: &[&str] = &["graph", "hostname", "remote", "via"];
+/// `when:` too: it is an expression itself, evaluated by [`eval_condition`].
+const AS_WRITTEN: &[&str] = &["graph", "hostname", "remote", "via", "when"];
+
+/// Checks the syntax of a condition (`--where`, a graph's `when:`): a Jinja
+/// expression such as `facts.os.id == "debian" and facts.memory_mb >= 4096`.
+pub fn check_condition(expr: &str) -> Result<(), String> {
+    let env = environment(&Values::new());
+    env.compile_expression(expr)
+        .map(|_| ())
+        .map_err(|e| describe(expr, &e))
+}
+
+/// Evaluates a condition with this host's `facts` and `host`: whether it
+/// holds (Jinja truth: false, 0, empty and none do not).
+pub fn eval_condition(expr: &str, ctx: &Context) -> Result<bool, String> {
+    let env = environment(&ctx.values);
+    let e = env
+        .compile_expression(expr)
+        .map_err(|e| describe(expr, &e))?;
+    let vars = minijinja::context! { facts => &ctx.facts, host => &ctx.host };
+    e.eval(vars)
+        .map(|v| v.is_true())
+        .map_err(|e| describe(expr, &e))
+}
 
 fn walk(
     value: &mut Value,

@@ -154,6 +154,7 @@ impl WireRow {
             RowResult::Stopped => ("stopped", String::new()),
             RowResult::Gateway => ("gateway", String::new()),
             RowResult::NotStarted => ("not started", String::new()),
+            RowResult::Skipped => ("skipped", String::new()),
             RowResult::Failed(w) => ("failed", w.clone()),
         };
         WireRow {
@@ -175,6 +176,7 @@ impl WireRow {
             "stopped" => RowResult::Stopped,
             "gateway" => RowResult::Gateway,
             "not started" => RowResult::NotStarted,
+            "skipped" => RowResult::Skipped,
             _ => RowResult::Failed(self.why),
         };
         SummaryRow {

@@ -47,6 +47,9 @@ pub enum RowResult {
     /// A rolling run (`--rolling`) stopped before this host's turn: nothing
     /// was applied there.
     NotStarted,
+    /// `--where` or the graph's `when:` is false on this host: nothing was
+    /// applied there.
+    Skipped,
 }
 
 /// One line of the summary table.
@@ -107,6 +110,7 @@ pub(crate) fn result_of(r: &RowResult) -> (&'static str, Option<&str>) {
         RowResult::Stopped => ("stopped", None),
         RowResult::Gateway => ("gateway", None),
         RowResult::NotStarted => ("not started", None),
+        RowResult::Skipped => ("skipped", None),
         RowResult::Failed(why) => ("failed", Some(why.as_str())),
     }
 }
@@ -116,6 +120,7 @@ pub(crate) fn counts(rows: &[SummaryRow]) -> Value {
     let n = |f: fn(&RowResult) -> bool| rows.iter().filter(|r| f(&r.result)).count();
     let gateways = n(|r| matches!(r, RowResult::Gateway));
     let never = n(|r| matches!(r, RowResult::NotStarted));
+    let skipped = n(|r| matches!(r, RowResult::Skipped));
     let mut counts = json!({
         "converged": n(|r| matches!(r, RowResult::Converged)),
         "failed": n(|r| matches!(r, RowResult::Failed(_))),
@@ -127,6 +132,10 @@ pub(crate) fn counts(rows: &[SummaryRow]) -> Value {
     // keep their fields as they were.
     if never > 0 {
         counts["not_started"] = json!(never);
+    }
+    // Likewise for hosts skipped by --where or when:.
+    if skipped > 0 {
+        counts["skipped"] = json!(skipped);
     }
     counts
 }
@@ -320,6 +329,7 @@ fn cells(row: &SummaryRow) -> [String; 6] {
         RowResult::Stopped => "stopped".to_string(),
         RowResult::Gateway => "gateway".to_string(),
         RowResult::NotStarted => "not started".to_string(),
+        RowResult::Skipped => "skipped".to_string(),
         RowResult::Failed(reason) => {
             truncate(&format!("failed: {}", one_line(reason)), RESULT_WIDTH)
         }
@@ -341,7 +351,7 @@ fn cells(row: &SummaryRow) -> [String; 6] {
 
 fn counts_line(rows: &[SummaryRow]) -> String {
     let (mut converged, mut failed, mut stopped, mut gateways) = (0, 0, 0, 0);
-    let mut never = 0;
+    let (mut never, mut skipped) = (0, 0);
     for row in rows {
         match row.result {
             RowResult::Converged => converged += 1,
@@ -349,14 +359,18 @@ fn counts_line(rows: &[SummaryRow]) -> String {
             RowResult::Stopped => stopped += 1,
             RowResult::Gateway => gateways += 1,
             RowResult::NotStarted => never += 1,
+            RowResult::Skipped => skipped += 1,
         }
     }
     // Only rolling runs stop before a host's turn: other summaries keep
     // their line as it was.
-    let stopped = match never {
-        0 => format!("{stopped} stopped"),
-        n => format!("{stopped} stopped, {n} not started"),
-    };
+    let mut stopped = format!("{stopped} stopped");
+    if never > 0 {
+        stopped.push_str(&format!(", {never} not started"));
+    }
+    if skipped > 0 {
+        stopped.push_str(&format!(", {skipped} skipped"));
+    }
     let n = rows.len() - gateways;
     let hosts = if n == 1 { "host" } else { "hosts" };
     let gws = match gateways {

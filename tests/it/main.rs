@@ -22,4 +22,5 @@ mod role;
 mod rolling;
 mod store;
 mod store_login;
+mod targeting;
 mod util;
