@@ -218,3 +218,36 @@ fn bad_rolling_flags_exit_2() {
         assert!(err.contains(says), "{flags:?}: {err}");
     }
 }
+
+// See: #20 (an interrupted rollout: the host applying is stopped, the
+// hosts whose turn never came are reported as never started)
+#[test]
+fn an_interrupted_rollout_names_the_hosts_never_started() {
+    const N: usize = 4;
+    let emu = Emu::start(N, false);
+    let d = Dir::new();
+    seed_all(&emu, N);
+    let files: Vec<PathBuf> = (0..N).map(|i| graph(&emu, &d, i, false, "")).collect();
+    let mut c = emu.run(&files, "key");
+    // Never converges within the test: the first turn lasts until ^C.
+    c.args(["--converged-timeout=600", "--rolling", "1"]);
+    let mut p = Proc::spawn(&mut c);
+    let first = eventually(Duration::from_secs(60), || {
+        emu.stats()["leaf_children"]["running"].as_u64() == Some(1)
+    });
+    assert!(first, "{}", p.lines_so_far().join("\n"));
+    p.signal(nix::sys::signal::Signal::SIGINT);
+    let code = p.wait(Duration::from_secs(120));
+    let text = p.lines_so_far().join("\n");
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("0 converged, 0 failed, 1 stopped, 3 not started (4 hosts)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("never started (the rollout stopped first): h001, h002, h003"),
+        "{text}"
+    );
+    let leaves = leaf_counters(&emu, 1);
+    assert_eq!(leaves["start_order"][0], emu.addr(0).as_str(), "{leaves:#}");
+}

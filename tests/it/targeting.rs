@@ -125,3 +125,36 @@ fn a_bad_condition_is_refused_with_exit_2() {
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("w.yaml:2:7: when: "), "{}", out.stderr);
 }
+
+// See: #20 (--where is passed on through a gateway: the hosts behind it
+// are skipped or applied as they match)
+#[test]
+fn where_reaches_the_hosts_behind_a_gateway() {
+    let emu = Emu::start(5, true);
+    let d = Dir::new();
+    seed_all(&emu, 5);
+    let gw = emu.url(4);
+    let files: Vec<PathBuf> = (0..4)
+        .map(|i| {
+            let extra = format!("hostname: h{i}\nvia: [{gw}]\n");
+            graph(&d, &format!("h{i}"), &emu.url(i), &extra)
+        })
+        .collect();
+    let (code, log) = run(
+        &emu,
+        &files,
+        &[
+            "--where",
+            "host.index == 0 and host.name != \"h3\" and host.name != \"h1\"",
+        ],
+    );
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.contains("2 converged, 0 failed, 0 stopped, 2 skipped (4 hosts, 1 gateway)"),
+        "{log}"
+    );
+    for i in 0..4 {
+        let a = emu.root(i).join("tmp/a");
+        assert_eq!(a.exists(), i % 2 == 0, "host {i}: {log}");
+    }
+}
