@@ -378,7 +378,7 @@ async fn skipped(cfg: &Config) -> anyhow::Result<Option<String>> {
     let ctx = crate::graph::template::Context {
         facts: tokio::task::spawn_blocking(crate::facts::gather).await?,
         host: cfg.host.clone(),
-        values: Default::default(),
+        ..Default::default()
     };
     for (expr, pos) in conditions {
         let at = match pos {

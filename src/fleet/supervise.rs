@@ -279,6 +279,10 @@ fn read_scope(synced: &[Synced]) -> Vec<String> {
             if crate::graph::template::reads_values(&text) {
                 scope.push(crate::world::VALUES.to_owned());
             }
+            if crate::graph::template::reads_hosts(&text) {
+                // Every host's published facts and graph name (#20).
+                scope.push(crate::world::FACTS.to_owned());
+            }
             if templated {
                 scope.push(crate::world::EXPORTED.to_owned());
                 scope.push(crate::world::VALUES.to_owned());

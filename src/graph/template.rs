@@ -10,7 +10,9 @@
 //! sees `facts` ([`crate::facts::Facts`]), `host` ([`Host`]) and two
 //! functions over the values hosts publish with `kv` resources:
 //! `values(NAME[, GLOB])`, a list sorted by host name, and
-//! `values_by_host(NAME[, GLOB])`, a mapping host → value.
+//! `values_by_host(NAME[, GLOB])`, a mapping host → value; and
+//! `hosts(WHERE)`, the hosts whose published facts and graph name match an
+//! expression (#20).
 //!
 //! Undefined variables are errors (strict undefined), and so is any other
 //! template error; each is reported at the value's `file:line:col` with the
@@ -48,12 +50,50 @@ pub struct Host {
 /// Values hosts publish with `kv` resources: name → host → value.
 pub type Values = BTreeMap<String, BTreeMap<String, String>>;
 
+/// What hosts publish about themselves (#20): host → `{graph, facts}`
+/// (JSON), for `hosts(WHERE)`.
+pub type Published = BTreeMap<String, serde_json::Value>;
+
 /// What templates may read.
 #[derive(Debug, Clone, Default)]
 pub struct Context {
     pub facts: Facts,
     pub host: Host,
     pub values: Values,
+    /// Every host's published facts and graph name, while the text calls
+    /// `hosts()`.
+    pub hosts: Published,
+}
+
+/// Whether the text of a graph calls `hosts()` (then its host must follow
+/// every host's published facts).
+pub fn reads_hosts(src: &str) -> bool {
+    src.contains("hosts(")
+}
+
+/// `hosts(WHERE)`: the hosts whose published record makes `expr` true,
+/// with `name`, `graph` and `facts` as variables, sorted by name; each as
+/// `{name, graph, facts}`. A record the expression cannot be evaluated on
+/// (a fact it lacks) does not match; a bad expression is an error.
+fn select_hosts(hosts: &Published, expr: &str) -> Result<Vec<minijinja::Value>, minijinja::Error> {
+    let env = Environment::new();
+    let e = env.compile_expression(expr)?;
+    let mut out = Vec::new();
+    for (name, rec) in hosts {
+        let vars = minijinja::context! {
+            name => name,
+            graph => rec["graph"].as_str().unwrap_or(""),
+            facts => minijinja::Value::from_serialize(&rec["facts"]),
+        };
+        if e.eval(vars).is_ok_and(|v| v.is_true()) {
+            out.push(minijinja::Value::from_serialize(serde_json::json!({
+                "name": name,
+                "graph": rec["graph"],
+                "facts": rec["facts"],
+            })));
+        }
+    }
+    Ok(out)
 }
 
 /// Whether `s` holds template syntax, so it is rendered at all.
@@ -76,7 +116,7 @@ pub(crate) fn render_tree(
     ctx: &Context,
     errs: &mut Errors,
 ) -> Originals {
-    let env = environment(&ctx.values);
+    let env = environment(&ctx.values, &ctx.hosts);
     let mut originals = Originals::new();
     let Value::Mapping(map) = value else {
         walk(value, at, &env, ctx, errs, &mut originals);
@@ -110,7 +150,7 @@ const AS_WRITTEN: &[&str] = &["graph", "hostname", "remote", "via", "when"];
 /// Checks the syntax of a condition (`--where`, a graph's `when:`): a Jinja
 /// expression such as `facts.os.id == "debian" and facts.memory_mb >= 4096`.
 pub fn check_condition(expr: &str) -> Result<(), String> {
-    let env = environment(&Values::new());
+    let env = environment(&Values::new(), &Published::new());
     env.compile_expression(expr)
         .map(|_| ())
         .map_err(|e| describe(expr, &e))
@@ -119,7 +159,7 @@ pub fn check_condition(expr: &str) -> Result<(), String> {
 /// Evaluates a condition with this host's `facts` and `host`: whether it
 /// holds (Jinja truth: false, 0, empty and none do not).
 pub fn eval_condition(expr: &str, ctx: &Context) -> Result<bool, String> {
-    let env = environment(&ctx.values);
+    let env = environment(&ctx.values, &ctx.hosts);
     let e = env
         .compile_expression(expr)
         .map_err(|e| describe(expr, &e))?;
@@ -177,7 +217,7 @@ fn walk(
 
 /// The environment: strict undefined, no auto-escaping (these are config
 /// files and commands, not HTML), and the two value functions.
-fn environment(values: &Values) -> Environment<'static> {
+fn environment(values: &Values, hosts: &Published) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
@@ -192,6 +232,8 @@ fn environment(values: &Values) -> Environment<'static> {
         "values_by_host",
         move |name: String, glob: Option<String>| selected(&shared, &name, glob.as_deref()),
     );
+    let hosts = Arc::new(hosts.clone());
+    env.add_function("hosts", move |expr: String| select_hosts(&hosts, &expr));
     env
 }
 
@@ -250,6 +292,7 @@ mod tests {
                 .insert(h.into(), v.into());
         }
         Context {
+            hosts: Published::new(),
             facts: Facts::default(),
             host: Host {
                 name: "a".into(),

@@ -16,6 +16,7 @@ mod hostile_paths;
 mod hostile_store;
 mod kinds;
 mod layers;
+mod published;
 mod remote;
 mod remote_run;
 mod role;
