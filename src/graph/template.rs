@@ -364,4 +364,33 @@ mod tests {
             "{e}"
         );
     }
+
+    // See: #20 (hosts(WHERE): the hosts whose published record matches)
+    #[test]
+    fn hosts_where_selects_by_graph_and_facts() {
+        let mut ctx = ctx();
+        for (h, graph, mem) in [
+            ("b", "web", 512),
+            ("a", "db-master", 4096),
+            ("c", "web", 8192),
+        ] {
+            let rec = serde_json::json!({"graph": graph, "facts": {"memory_mb": mem}});
+            ctx.hosts.insert(h.into(), rec);
+        }
+        let env = environment(&ctx.values, &ctx.hosts);
+        let render = |t: &str| env.render_str(t, minijinja::context! {}).unwrap();
+        let db = "{{ hosts('graph == \"db-master\"') | map(attribute='name') | join(',') }}";
+        assert_eq!(render(db), "a");
+        let big = "{{ hosts('facts.memory_mb >= 4096') | map(attribute='name') | join(',') }}";
+        assert_eq!(render(big), "a,c");
+        // A record lacking the fact does not match; none match: empty.
+        ctx.hosts
+            .insert("d".into(), serde_json::json!({"graph": "web", "facts": {}}));
+        let env = environment(&ctx.values, &ctx.hosts);
+        let none = "{{ hosts('facts.cpus > 1') | length }}";
+        assert_eq!(env.render_str(none, minijinja::context! {}).unwrap(), "0");
+        assert!(env
+            .render_str("{{ hosts('graph ==') }}", minijinja::context! {})
+            .is_err());
+    }
 }
