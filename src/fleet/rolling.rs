@@ -100,6 +100,9 @@ struct State {
     /// Hosts of this process waiting for their turn: told when it comes.
     waiting: HashMap<String, oneshot::Sender<()>>,
     failed: usize,
+    /// Turns given that have not ended: kept as a count, not recounted on
+    /// every end (thousands of hosts).
+    applying: usize,
     /// No more turns will be given.
     closed: bool,
     /// `--max-fail` was exceeded.
@@ -174,6 +177,7 @@ impl Rolling {
                     continue;
                 }
                 s.granted.insert(host.clone());
+                s.applying += 1;
                 s.permits.insert(host.clone(), permit);
             }
             tracing::debug!("rolling: {host}'s turn");
@@ -232,6 +236,9 @@ impl Rolling {
             if s.ended.insert(host.to_owned(), failed).is_some() {
                 return;
             }
+            if s.granted.contains(host) {
+                s.applying -= 1;
+            }
             s.failed += usize::from(failed);
             s.permits.remove(host);
             if let Some(m) = max_fail {
@@ -283,10 +290,7 @@ impl Rolling {
 impl State {
     /// Turns given that have not ended.
     fn running(&self) -> usize {
-        self.granted
-            .iter()
-            .filter(|h| !self.ended.contains_key(*h))
-            .count()
+        self.applying
     }
 }
 
