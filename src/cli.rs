@@ -25,9 +25,64 @@ pub enum Command {
     /// Apply a resource graph here and keep it applied.
     #[command(visible_alias = "r")]
     Run(Box<RunArgs>),
+    /// Print the facts of this machine, or of every host of --remote graph
+    /// files (connecting and copying the binary as a run does, applying
+    /// nothing): an inventory to query before a rollout.
+    Facts(FactsArgs),
     /// Serve many emulated SSH hosts from this one process (for measuring
     /// runs at scale); each runs the real engine for `mgmt run` in-process.
     Emulate(EmulateArgs),
+}
+
+/// Flags of `mgmt facts`.
+#[derive(Debug, Args, Clone)]
+pub struct FactsArgs {
+    /// A graph file whose `remote:` hosts to ask (repeatable); none: this
+    /// machine. Nothing of the graph is applied.
+    #[arg(long = "remote", value_name = "GRAPH.yaml")]
+    pub remotes: Vec<PathBuf>,
+
+    /// One JSON document on stdout (`{"v":1,"hosts":[{"host","facts",
+    /// "error"}]}`; this machine alone: its facts) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// How many hosts may be in set-up (connect, authenticate, copy) at
+    /// once; 0 means no cap.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub cconns: usize,
+
+    /// Seconds allowed for TCP connect plus SSH handshake, per attempt.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub connect_timeout: u64,
+
+    /// A private key file to authenticate with (repeatable), after ssh-agent.
+    #[arg(short = 'i', long = "identity", value_name = "PATH")]
+    pub identities: Vec<PathBuf>,
+
+    /// The known_hosts file host keys are checked against.
+    #[arg(long, value_name = "PATH")]
+    pub known_hosts: Option<PathBuf>,
+
+    /// strict, accept-new or off, as for `mgmt run`.
+    #[arg(long, value_name = "POLICY", default_value = "strict", value_parser = ["strict", "accept-new", "off"])]
+    pub host_key_check: String,
+
+    /// The ssh client config honoured (default ~/.ssh/config).
+    #[arg(long, value_name = "PATH")]
+    pub ssh_config: Option<PathBuf>,
+
+    /// The binary to copy to hosts (default: this one; it must be static).
+    #[arg(long, value_name = "PATH")]
+    pub remote_binary: Option<PathBuf>,
+
+    /// Directory on hosts for the binary cache (default ~/.cache/mgmt).
+    #[arg(long, value_name = "DIR")]
+    pub remote_prefix: Option<String>,
+
+    /// Remove the binary from hosts afterwards.
+    #[arg(long)]
+    pub no_caching: bool,
 }
 
 /// Flags of `mgmt emulate`.
@@ -63,7 +118,9 @@ pub struct EmulateArgs {
     pub hosts_out: Option<PathBuf>,
 
     /// Rewrite this JSON file every second with per-host and total
-    /// counters (connections, bytes in and out, children, converged).
+    /// counters (connections, bytes in and out, children, converged), and
+    /// the leaf children of all hosts: running, the most at once, and the
+    /// order they started in.
     #[arg(long, value_name = "FILE")]
     pub stats: Option<PathBuf>,
 
@@ -148,6 +205,28 @@ pub struct RunArgs {
     /// clean-up at once; 0 means no cap. Running hosts do not hold a slot.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub cconns: usize,
+
+    /// Run only where EXPR holds, with the host's facts and place
+    /// (`facts.os.id == "debian" and facts.memory_mb >= 4096`, `host.name`,
+    /// `host.index`): a host where it is false applies nothing and is
+    /// reported as skipped. Evaluated on each host; a graph's `when:` does
+    /// the same for that graph.
+    #[arg(long = "where", value_name = "EXPR")]
+    pub where_expr: Option<String>,
+
+    /// Roll the run out: at most N hosts (of the whole tree, gateways' hosts
+    /// included) apply at once, in the order of the --remote files and of
+    /// each file's `remote:` list. A host's turn ends when it has converged
+    /// (its child exits; needs --converged-timeout) or failed; then the next
+    /// host starts. Set-up (connect, copy) runs ahead under --cconns.
+    #[arg(long, value_name = "N")]
+    pub rolling: Option<usize>,
+
+    /// With --rolling: stop the rollout once more than N hosts (or N% of
+    /// them) failed: no host starts any more, the ones applying finish, the
+    /// run exits 1 and the summary names the hosts that never started.
+    #[arg(long, value_name = "N|N%", requires = "rolling")]
+    pub max_fail: Option<String>,
 
     /// Seconds allowed for TCP connect plus SSH handshake, per attempt.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
@@ -269,6 +348,16 @@ pub struct RunArgs {
     /// (internal: set by the parent).
     #[arg(long, hide = true, value_name = "NAME", requires = "file")]
     pub graph_label: Option<String>,
+
+    /// A gateway of a rolling run: its hosts wait for turns given on stdin
+    /// (internal: set by the parent).
+    #[arg(long, hide = true, conflicts_with = "rolling", requires = "remotes")]
+    pub rolling_follow: bool,
+
+    /// Exit once converged, as the initiator would (internal: a rolling
+    /// run's host, whose turn ends there).
+    #[arg(long, hide = true, requires = "file")]
+    pub exit_converged: bool,
 
     /// How the initiator shows this process (`gw.dc1/web3`), for
     /// `host.route` and the routes of a gateway's hosts (internal: set by

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::cli::RunArgs;
 use crate::fleet::plan::{Plan, PlanError, PlanInputs};
+use crate::fleet::rolling::{MaxFail, RollMode};
 use crate::graph::{GraphErrors, GraphFile};
 
 /// An input error: nothing was started.
@@ -103,6 +104,12 @@ pub struct Config {
     pub events: Option<EventsTo>,
     /// `--summary json`.
     pub summary_json: bool,
+    /// `--rolling` (the initiator) or `--rolling-follow` (a gateway).
+    pub rolling: Option<crate::fleet::rolling::RollMode>,
+    /// `--exit-converged`: a rolling run's host ends when it converged.
+    pub exit_converged: bool,
+    /// `--where`: a host where it is false applies nothing.
+    pub where_expr: Option<String>,
     /// Where `file` resources' absolute paths are rooted: `/`, or a host's
     /// own directory when `mgmt emulate` runs many hosts in one process.
     pub root: PathBuf,
@@ -139,6 +146,11 @@ impl Config {
             ));
         }
         let (events, summary_json) = output_flags(args, remote.is_some())?;
+        let rolling = rolling(args, remote.is_some())?;
+        if let Some(w) = &args.where_expr {
+            crate::graph::template::check_condition(w)
+                .map_err(|e| ConfigError::flag("--where", format!("{w:?}: {e}")))?;
+        }
         let converged_timeout = match args.converged_timeout {
             -1 => None,
             t if t >= 0 => Some(Duration::from_secs(t as u64)),
@@ -211,6 +223,9 @@ impl Config {
             events,
             summary_json,
             hostname,
+            rolling,
+            exit_converged: args.exit_converged,
+            where_expr: args.where_expr.clone(),
             root: "/".into(),
         })
     }
@@ -275,6 +290,84 @@ fn output_flags(args: &RunArgs, remote: bool) -> Result<(Option<EventsTo>, bool)
         ));
     }
     Ok((events, json))
+}
+
+/// What `mgmt facts` asks, validated: the hosts of its `--remote` files
+/// (`None`: this machine), and how to print.
+#[derive(Debug)]
+pub struct FactsConfig {
+    pub remote: Option<Plan>,
+    pub json: bool,
+}
+
+impl FactsConfig {
+    pub fn from_args(args: &crate::cli::FactsArgs) -> Result<FactsConfig, ConfigError> {
+        let inputs = PlanInputs {
+            remotes: args.remotes.clone(),
+            host_key_check: args.host_key_check.clone(),
+            known_hosts: args.known_hosts.clone(),
+            identities: args.identities.clone(),
+            ssh_config: args.ssh_config.clone(),
+            remote_binary: args.remote_binary.clone(),
+            connect_timeout: args.connect_timeout,
+            cconns: args.cconns,
+            remote_prefix: args.remote_prefix.clone(),
+            caching: !args.no_caching,
+            ..PlanInputs::default()
+        };
+        let remote = crate::fleet::plan::plan(&inputs).map_err(|e| match e {
+            PlanError::Graphs(g) => ConfigError::Graph(g),
+            PlanError::Flag { flag, message } => ConfigError::Flag { flag, message },
+        })?;
+        if let Some(g) = remote.as_ref().and_then(|p| p.gateways.first()) {
+            return Err(ConfigError::flag(
+                "--remote",
+                format!(
+                    "mgmt facts does not reach hosts behind gateways yet (gateway {});                      ask the gateway's hosts from a machine that reaches them",
+                    g.name
+                ),
+            ));
+        }
+        Ok(FactsConfig {
+            remote,
+            json: args.json,
+        })
+    }
+}
+
+/// `--rolling N [--max-fail N|N%]`, or a gateway's `--rolling-follow`.
+fn rolling(args: &RunArgs, remote: bool) -> Result<Option<RollMode>, ConfigError> {
+    if args.rolling_follow {
+        return Ok(Some(RollMode::Follow));
+    }
+    let Some(cap) = args.rolling else {
+        return Ok(None);
+    };
+    if !remote || args.depth > 0 {
+        return Err(ConfigError::flag(
+            "--rolling",
+            "rolls out remote hosts: use it with --remote GRAPH.yaml",
+        ));
+    }
+    if cap == 0 {
+        return Err(ConfigError::flag(
+            "--rolling",
+            "0 hosts at once would never start any: give 1 or more",
+        ));
+    }
+    if args.converged_timeout < 0 {
+        return Err(ConfigError::flag(
+            "--rolling",
+            "a host's turn ends when it has converged: give --converged-timeout SECONDS",
+        ));
+    }
+    let max_fail = args
+        .max_fail
+        .as_deref()
+        .map(MaxFail::parse)
+        .transpose()
+        .map_err(|m| ConfigError::flag("--max-fail", m))?;
+    Ok(Some(RollMode::Lead { cap, max_fail }))
 }
 
 /// The `--remote` side of the flags, for the fleet's plan.

@@ -75,6 +75,14 @@ pub async fn read_secret<R: AsyncRead + Unpin>(
 /// hosts as converged rather than stopped, and tells its own children.
 pub const CONVERGED_LINE: &[u8] = b"converged\n";
 
+/// A child's exit code when `--where` or its graph's `when:` is false on
+/// its host: it applied nothing, and its parent reports it as skipped.
+pub const SKIPPED_EXIT: u8 = 3;
+
+/// What a parent writes on a gateway's stdin to give a host behind it its
+/// turn in a rolling run: `turn NAME`.
+pub const TURN_PREFIX: &[u8] = b"turn ";
+
 /// Cancels `root` when stdin reaches EOF (or fails): the parent is gone.
 /// A `converged` line before that (the parent ends the run because the
 /// whole cluster converged) sets `converged` first.
@@ -82,6 +90,16 @@ pub async fn stop_on_eof<R: AsyncRead + Unpin>(
     stdin: R,
     root: CancellationToken,
     converged: Arc<AtomicBool>,
+) {
+    stop_on_eof_with_turns(stdin, root, converged, None).await
+}
+
+/// [`stop_on_eof`], passing each `turn NAME` line's NAME to `turns`.
+pub async fn stop_on_eof_with_turns<R: AsyncRead + Unpin>(
+    stdin: R,
+    root: CancellationToken,
+    converged: Arc<AtomicBool>,
+    turns: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 ) {
     let mut stdin = BufReader::new(stdin);
     let mut line = Vec::new();
@@ -91,6 +109,12 @@ pub async fn stop_on_eof<R: AsyncRead + Unpin>(
         match (&mut stdin).take(4096).read_until(b'\n', &mut line).await {
             Ok(0) | Err(_) => break,
             Ok(_) if line == CONVERGED_LINE => converged.store(true, Ordering::SeqCst),
+            Ok(_) if line.starts_with(TURN_PREFIX) => {
+                let name = String::from_utf8_lossy(&line[TURN_PREFIX.len()..]);
+                if let Some(t) = &turns {
+                    let _ = t.send(name.trim_end().to_owned());
+                }
+            }
             Ok(_) => continue,
         }
     }

@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, StoreMode};
 use crate::engine::Status;
-use crate::fleet::fanout::{self, Wiring};
+use crate::fleet::fanout::{self, RollWiring, Wiring};
+use crate::fleet::rolling::RollMode;
 use crate::fleet::shared::{ChildFlags, HostEvent};
 use crate::link::ParentLink;
 use crate::ssh::tunnel::TunnelSecret;
@@ -46,11 +47,16 @@ pub enum StopReason {
     MaxRuntime,
     /// Every remote host ended (failed or finished) and nothing runs here.
     HostsEnded,
+    /// `--where` or the graph's `when:` is false here: nothing was applied.
+    Skipped,
 }
 
 impl Outcome {
     /// 0 when nothing failed, 1 otherwise (input errors, 2, never get here).
     pub fn exit_code(&self) -> u8 {
+        if self.reason == StopReason::Skipped {
+            return crate::link::SKIPPED_EXIT;
+        }
         let local_failed = self.status.as_ref().is_some_and(|s| !s.failed.is_empty());
         let host_failed = self
             .hosts
@@ -120,6 +126,17 @@ pub async fn run_linked(
         a.record(&a.started());
     }
     let started = std::time::Instant::now();
+    if let Some(why) = skipped(&cfg).await? {
+        tracing::info!("host {}: skipped: {why}; nothing applied", cfg.hostname);
+        if let Some(a) = &audit {
+            a.record(&a.ended(0, "skipped"));
+        }
+        return Ok(Outcome {
+            status: None,
+            hosts: Vec::new(),
+            reason: StopReason::Skipped,
+        });
+    }
     let store_cancel = CancellationToken::new();
     let (seeds, store) = start_store(&cfg, &store_cancel).await?;
     // Set when the run ends because the cluster converged: by the run loop
@@ -128,8 +145,23 @@ pub async fn run_linked(
     let dial = link.dial.clone();
     let engine_converged = link.engine_converged.clone();
     let local = store.as_ref().map(|h| h.local.clone());
-    let (mut world, secret) =
-        connect_world(&cfg, (&seeds, local), &cancel, &converged_flag, link).await?;
+    // A gateway of a rolling run: the turns its parent gives, from stdin.
+    let (turns_tx, turns_rx) = match cfg.rolling {
+        Some(RollMode::Follow) => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        }
+        _ => (None, None),
+    };
+    let (mut world, secret) = connect_world(
+        &cfg,
+        (&seeds, local),
+        &cancel,
+        (&converged_flag, turns_tx),
+        link,
+    )
+    .await?;
+    let rollout_done = CancellationToken::new();
     // A stop while the graph is starting (its first export may be
     // retrying against a store that is gone) skips to the stop below.
     let mut local = match &cfg.file {
@@ -171,11 +203,17 @@ pub async fn run_linked(
                 depth: cfg.depth,
                 initiator: cfg.initiator.clone(),
                 route: cfg.route.clone(),
+                where_expr: cfg.where_expr.clone(),
             },
             ui: ui.clone(),
             tunnels: tunnels_tx,
             events: events_tx,
             converged: converged_flag.clone(),
+            rolling: cfg.rolling.map(|mode| RollWiring {
+                mode,
+                done: rollout_done.clone(),
+                turns: turns_rx,
+            }),
         };
         fan = Some(Task(tokio::spawn(fanout::run(
             plan,
@@ -186,7 +224,10 @@ pub async fn run_linked(
         drop(events_tx);
     }
 
-    let exit_on_converged = cfg.converged_timeout.is_some() && cfg.depth == 0;
+    // A rolling run's host exits once converged: its turn is over.
+    let exit_on_converged =
+        cfg.converged_timeout.is_some() && (cfg.depth == 0 || cfg.exit_converged);
+    let lead = matches!(cfg.rolling, Some(RollMode::Lead { .. }));
     let peers = if cfg.remote.is_some() {
         Peers::Hosts(expected)
     } else if matches!(cfg.store, StoreMode::Embedded { .. }) {
@@ -204,8 +245,18 @@ pub async fn run_linked(
             tracing::info!("--max-runtime reached; stopping");
             StopReason::MaxRuntime
         }
-        r = wait_converged(&mut world, status_rx.as_mut(), peers, &mut events_rx, exit_on_converged, &ui) => match r {
-            Ok(()) => {
+        r = async {
+            if lead {
+                wait_rollout(&rollout_done, &mut events_rx).await;
+                return Ok(true);
+            }
+            wait_converged(&mut world, status_rx.as_mut(), peers, &mut events_rx, exit_on_converged, &ui).await.map(|()| false)
+        } => match r {
+            Ok(true) => {
+                tracing::info!("the rollout is over; stopping");
+                StopReason::HostsEnded
+            }
+            Ok(false) => {
                 converged_flag.store(true, Ordering::SeqCst);
                 match cfg.converged_timeout {
                     Some(t) => tracing::info!("converged for {}s; stopping", t.as_secs()),
@@ -266,6 +317,81 @@ pub async fn run_linked(
         Some(e) => Err(e),
         None => Ok(outcome),
     }
+}
+
+/// `mgmt facts`: this machine's facts, or every `--remote` host's, on
+/// stdout; exit 1 when a host gave none.
+pub async fn facts(
+    cfg: crate::config::FactsConfig,
+    ui: Ui,
+    cancel: CancellationToken,
+) -> anyhow::Result<u8> {
+    use crate::ui::inventory::{facts_json, facts_table};
+    let answers = match cfg.remote {
+        Some(plan) => crate::fleet::inventory::gather(plan, ui.clone(), cancel).await,
+        None => {
+            let f = tokio::task::spawn_blocking(crate::facts::gather).await?;
+            if cfg.json {
+                // What a host prints for `mgmt facts --remote`: the facts alone.
+                println!("{}", serde_json::to_string(&f)?);
+                return Ok(0);
+            }
+            vec![crate::fleet::inventory::HostFacts {
+                host: f.hostname.clone(),
+                facts: Ok(serde_json::to_value(&f)?),
+            }]
+        }
+    };
+    let rows: Vec<crate::ui::inventory::Answer<'_>> = answers
+        .iter()
+        .map(|a| (a.host.as_str(), a.facts.as_ref().map_err(String::as_str)))
+        .collect();
+    ui.close();
+    if cfg.json {
+        println!("{}", facts_json(&rows));
+    } else {
+        print!("{}", facts_table(&rows));
+    }
+    Ok(u8::from(answers.iter().any(|a| a.facts.is_err())))
+}
+
+/// Why this host applies nothing: `--where` or its graph's `when:` is
+/// false with its facts; `None` when both hold (or there is no graph here).
+async fn skipped(cfg: &Config) -> anyhow::Result<Option<String>> {
+    let Some(file) = &cfg.file else {
+        return Ok(None);
+    };
+    let when = file
+        .graph
+        .when
+        .as_ref()
+        .map(|w| (w.value.clone(), Some(w.pos)));
+    let conditions: Vec<(String, Option<crate::graph::Pos>)> = cfg
+        .where_expr
+        .iter()
+        .map(|w| (w.clone(), None))
+        .chain(when)
+        .collect();
+    if conditions.is_empty() {
+        return Ok(None);
+    }
+    let ctx = crate::graph::template::Context {
+        facts: tokio::task::spawn_blocking(crate::facts::gather).await?,
+        host: cfg.host.clone(),
+        ..Default::default()
+    };
+    for (expr, pos) in conditions {
+        let at = match pos {
+            Some(p) => format!("{}:{}:{}: when:", file.label, p.line, p.col),
+            None => "--where".to_owned(),
+        };
+        match crate::graph::template::eval_condition(&expr, &ctx) {
+            Ok(true) => {}
+            Ok(false) => return Ok(Some(format!("{at} {expr} is false on this host"))),
+            Err(e) => anyhow::bail!("{at} {expr}: {e}"),
+        }
+    }
+    Ok(None)
 }
 
 /// A remote child's resources' outcomes go up to its parent as route
@@ -351,7 +477,7 @@ async fn connect_world(
     cfg: &Config,
     (seeds, local): (&[String], Option<crate::link::Dial>),
     root: &CancellationToken,
-    converged: &Arc<AtomicBool>,
+    (converged, turns): (&Arc<AtomicBool>, Option<mpsc::UnboundedSender<String>>),
     link: ParentLink,
 ) -> anyhow::Result<(World, Option<crate::link::Secret>)> {
     if let Some(dial) = local {
@@ -378,10 +504,11 @@ async fn connect_world(
         ));
     }
     let (secret, rest) = crate::link::read_secret(stdin, Duration::from_secs(30)).await?;
-    tokio::spawn(crate::link::stop_on_eof(
+    tokio::spawn(crate::link::stop_on_eof_with_turns(
         rest,
         root.clone(),
         converged.clone(),
+        turns,
     ));
     let url = seeds.first().context("--seeds is empty")?;
     let client = crate::link::connect_store(url, Some(&secret), link.dial).await?;
@@ -630,6 +757,19 @@ async fn wait_converged(
                 Some(HostEvent::Running(_)) => {}
                 None => events_open = false,
             },
+        }
+    }
+}
+
+/// Returns when a rolling run's lead says the rollout is over; reads host
+/// events meanwhile (nothing else needs them: the turns end the run, not
+/// the converged rule).
+async fn wait_rollout(done: &CancellationToken, events: &mut mpsc::Receiver<HostEvent>) {
+    let mut open = true;
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return,
+            ev = events.recv(), if open => open = ev.is_some(),
         }
     }
 }

@@ -10,6 +10,8 @@
 //!   unchanged graph causes no watch event anywhere.
 //! - `/_mgmt/converged/<host>`: `true` or `false`, attached to a lease the
 //!   process keeps alive, so a host that dies stops counting.
+//! - `/_mgmt/facts/<host>`: `{"graph", "facts"}` (JSON) under a lease of its
+//!   own, followed by hosts whose templates call `hosts()` ([`Published`]).
 //!
 //! Collecting reads and watches only the prefixes the entries' hostname
 //! globs allow ([`collect`]) and follows them incrementally ([`Follower`]).
@@ -39,6 +41,7 @@ use crate::resources;
 mod collect;
 mod converged;
 mod follow;
+mod published;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -51,6 +54,7 @@ pub fn collect_prefixes(graph: &crate::graph::Graph) -> Vec<String> {
 }
 pub use collect::Collision;
 pub use follow::Follower;
+pub use published::Published;
 
 pub const EXPORTED: &str = "/_mgmt/exported/";
 /// `kv` resources (exchanged values, #15) live under this root instead:
@@ -68,6 +72,9 @@ pub(crate) fn root_of(kind: &str) -> &'static str {
     }
 }
 pub const CONVERGED: &str = "/_mgmt/converged/";
+/// Host `<h>`'s facts and graph name (JSON), under a lease: this prefix +
+/// `<h>`. Read by hosts whose templates call `hosts()`.
+pub const FACTS: &str = "/_mgmt/facts/";
 
 /// How long a host's converged key outlives a silent host.
 const LEASE_TTL_SECS: i64 = 30;
@@ -356,7 +363,21 @@ impl World {
     ) {
         let key = format!("{CONVERGED}{}", self.hostname);
         let leases = converged::EtcdLeases(self.client);
-        converged::publish(leases, key, LEASE_TTL_SECS, status, cancel).await
+        let value = (status, converged::converged_value as fn(&_) -> String);
+        converged::publish(leases, key, LEASE_TTL_SECS, value, cancel).await
+    }
+
+    /// Publishes this host's facts and graph name, `record` (JSON), at
+    /// `/_mgmt/facts/<host>` under a lease kept alive here until `cancel`,
+    /// then revoked (which deletes the key): templates' `hosts()` on other
+    /// hosts see it appear and go (#20).
+    pub async fn publish_facts(self, record: String, cancel: CancellationToken) {
+        let key = format!("{FACTS}{}", self.hostname);
+        let leases = converged::EtcdLeases(self.client);
+        // Held until the end: a closed channel would stop the publisher.
+        let (_tx, rx) = watch::channel(record);
+        let value = (rx, String::clone as fn(&String) -> String);
+        converged::publish(leases, key, LEASE_TTL_SECS, value, cancel).await
     }
 }
 

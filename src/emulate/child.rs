@@ -88,6 +88,10 @@ pub(crate) async fn run(
         engine_converged: Some(converged.clone()),
     };
     let cancel = CancellationToken::new();
+    let leaf = !gateway;
+    if leaf {
+        ctx.emu.leaves().started(&ctx.host.name);
+    }
     let task = tokio::spawn(crate::run::run_linked(cfg, ui, cancel.clone(), link));
     ctx.host
         .add_child(pid, cancel, task.abort_handle(), converged);
@@ -106,6 +110,9 @@ pub(crate) async fn run(
         Err(_) => 101,
     };
     ctx.host.remove_child(pid);
+    if leaf {
+        ctx.emu.leaves().ended();
+    }
     drop(pump);
     // Everything the child printed goes out before its exit status.
     let _ = tokio::time::timeout(Duration::from_secs(2), forward).await;

@@ -13,7 +13,10 @@
 //! through the real tunnel. Uploads are stored once per content.
 //!
 //! Counters (connections, bytes in and out, SFTP sessions, children running, converged)
-//! are kept per host and written as JSON to `--stats` every second.
+//! are kept per host and written as JSON to `--stats` every second, with,
+//! for every host together, the leaf children (`mgmt run --file`) running,
+//! the most that ever ran at once, and the hosts in the order their leaf
+//! children started (`leaf_children`: what bounds a rolling run, #20).
 
 mod agent;
 mod child;
@@ -108,9 +111,45 @@ pub(crate) struct Emulator {
     blobs: Arc<files::Blobs>,
     pids: AtomicU32,
     ports: AtomicU32,
+    /// Leaf children (`mgmt run --file`, not gateways) of every host: seen
+    /// from outside the initiator, what a rolling run's cap must bound.
+    leaves: LeafCounters,
+}
+
+/// How many leaf children run at once, the most that ever did, and the
+/// order they started in (by host).
+#[derive(Default)]
+pub(crate) struct LeafCounters {
+    running: AtomicU64,
+    max_running: AtomicU64,
+    start_order: Mutex<Vec<String>>,
+}
+
+impl LeafCounters {
+    pub fn started(&self, host: &str) {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_running.fetch_max(now, Ordering::SeqCst);
+        lock(&self.start_order).push(host.to_owned());
+    }
+
+    pub fn ended(&self) {
+        self.running.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        serde_json::json!({
+            "running": self.running.load(Ordering::SeqCst),
+            "max_running": self.max_running.load(Ordering::SeqCst),
+            "start_order": *lock(&self.start_order),
+        })
+    }
 }
 
 impl Emulator {
+    pub fn leaves(&self) -> &LeafCounters {
+        &self.leaves
+    }
+
     /// An emulated pid, unique in this process.
     pub fn next_pid(&self) -> u32 {
         self.pids.fetch_add(1, Ordering::Relaxed)
@@ -223,6 +262,7 @@ pub async fn run(opts: Options, cancel: CancellationToken) -> Result<(), Emulate
         ),
         pids: AtomicU32::new(100_000),
         ports: AtomicU32::new(0),
+        leaves: LeafCounters::default(),
     });
     let mut hosts = Vec::with_capacity(addrs.len());
     let mut served = HashMap::with_capacity(addrs.len());
@@ -273,27 +313,27 @@ pub async fn run(opts: Options, cancel: CancellationToken) -> Result<(), Emulate
         opts.port,
         opts.known_hosts.display()
     );
-    report(&opts, &hosts, &cancel).await;
+    report(&opts, &emu, &hosts, &cancel).await;
     drop(tasks);
     for h in &hosts {
         h.stop_children();
     }
     wait_children(&hosts).await;
     if let Some(p) = &opts.stats {
-        let _ = write_file(p, &stats(&hosts).to_string(), "--stats");
+        let _ = write_file(p, &stats(&emu, &hosts).to_string(), "--stats");
     }
     Ok(())
 }
 
 /// Writes the counters every second until `cancel`.
-async fn report(opts: &Options, hosts: &[Arc<Host>], cancel: &CancellationToken) {
+async fn report(opts: &Options, emu: &Emulator, hosts: &[Arc<Host>], cancel: &CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {
                 if let Some(p) = &opts.stats {
-                    if let Err(e) = write_file(p, &stats(hosts).to_string(), "--stats") {
+                    if let Err(e) = write_file(p, &stats(emu, hosts).to_string(), "--stats") {
                         tracing::warn!("{e}");
                     }
                 }
@@ -313,7 +353,7 @@ async fn wait_children(hosts: &[Arc<Host>]) {
     }
 }
 
-fn stats(hosts: &[Arc<Host>]) -> serde_json::Value {
+fn stats(emu: &Emulator, hosts: &[Arc<Host>]) -> serde_json::Value {
     let mut per_host = serde_json::Map::new();
     let mut totals: std::collections::BTreeMap<String, u64> = Default::default();
     for h in hosts {
@@ -323,7 +363,12 @@ fn stats(hosts: &[Arc<Host>]) -> serde_json::Value {
         }
         per_host.insert(h.name.clone(), s);
     }
-    serde_json::json!({ "hosts": hosts.len(), "totals": totals, "per_host": per_host })
+    serde_json::json!({
+        "hosts": hosts.len(),
+        "totals": totals,
+        "per_host": per_host,
+        "leaf_children": emu.leaves.stats(),
+    })
 }
 
 /// Listens for every host, per host or on one shared socket.

@@ -6,6 +6,7 @@
 //! converged keys (told which hosts are running through [`HostEvent`]s) and
 //! cancels the token; every host then stops its child and cleans up.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::gateway;
 use super::host;
 use super::plan::Plan;
+use super::rolling::{RollMode, Rolling};
 use super::shared::{ChildFlags, HostEvent, Shared};
 use crate::fswatch::PathWatch;
 use crate::graph;
@@ -34,10 +36,28 @@ pub struct Wiring {
     pub events: mpsc::Sender<HostEvent>,
     /// Set by the caller before cancelling when the cluster converged.
     pub converged: Arc<AtomicBool>,
+    /// `--rolling` (or `--rolling-follow`), with what it needs: cancelled
+    /// when the rollout is over (lead), the turns given on stdin (follow).
+    pub rolling: Option<RollWiring>,
+}
+
+/// A rolling run's ends outside the fleet.
+pub struct RollWiring {
+    pub mode: RollMode,
+    /// Cancelled by the lead when no turn will be given any more and every
+    /// turn given has ended; the caller then stops the run.
+    pub done: CancellationToken,
+    /// A follower's turns, as its parent writes them on its stdin.
+    pub turns: Option<mpsc::UnboundedReceiver<String>>,
 }
 
 /// What `--events`' `started` event says about the run.
-fn run_info(plan: &Plan, flags: &ChildFlags, run_id: &str) -> RunInfo {
+fn run_info(
+    plan: &Plan,
+    flags: &ChildFlags,
+    flags_rolling: Option<RollMode>,
+    run_id: &str,
+) -> RunInfo {
     let mut hosts: Vec<(String, String)> = plan
         .gateways
         .iter()
@@ -53,6 +73,11 @@ fn run_info(plan: &Plan, flags: &ChildFlags, run_id: &str) -> RunInfo {
         "trace": plan.onward.trace,
         "host_key_check": plan.onward.host_key_check,
     });
+    let mut shown = shown;
+    if let Some(RollMode::Lead { cap, max_fail }) = flags_rolling {
+        shown["rolling"] = serde_json::json!(cap);
+        shown["max_fail"] = serde_json::json!(max_fail.map(|m| m.to_string()));
+    }
     RunInfo {
         run: run_id.to_string(),
         initiator: flags.initiator.clone(),
@@ -86,7 +111,8 @@ pub async fn run(plan: Plan, w: Wiring, cancel: CancellationToken) -> Vec<Summar
         graphs.push(rx);
     }
     let run_id = hex::encode(run_id);
-    w.ui.run_started(&run_info(&plan, &w.flags, &run_id));
+    let mode = w.rolling.as_ref().map(|r| r.mode);
+    w.ui.run_started(&run_info(&plan, &w.flags, mode, &run_id));
     let hosts = plan.hosts.clone();
     let gateways = plan.gateways.clone();
     for h in &hosts {
@@ -94,6 +120,8 @@ pub async fn run(plan: Plan, w: Wiring, cancel: CancellationToken) -> Vec<Summar
     }
     // Keeps the agent served to gateways alive for the whole run.
     let (agent, _own_agent) = gateway_agent(&plan).await;
+    let order = plan.order.clone();
+    let (rolling, mut gw_turns, mut roll_tasks) = rolling_for(&plan, w.rolling, &w.ui, &cancel);
     let shared = Arc::new(Shared {
         plan,
         run_id,
@@ -104,7 +132,11 @@ pub async fn run(plan: Plan, w: Wiring, cancel: CancellationToken) -> Vec<Summar
         converged: w.converged,
         agent,
         ended: Default::default(),
+        rolling: rolling.clone(),
     });
+    if let Some(r) = &rolling {
+        roll_tasks.spawn(r.clone().lead(order, cancel.clone()));
+    }
     let mut tasks = JoinSet::new();
     for (i, h) in hosts.into_iter().enumerate() {
         let g = graphs[h.file].clone();
@@ -116,10 +148,11 @@ pub async fn run(plan: Plan, w: Wiring, cancel: CancellationToken) -> Vec<Summar
         let g = gw.files.iter().map(|f| graphs[*f].clone()).collect();
         // A child token per gateway: cancelling it stops its subtree only.
         let (shared, events, token) = (shared.clone(), w.events.clone(), cancel.child_token());
+        let turns = gw_turns.remove(&gw.name);
         tasks.spawn(async move {
             (
                 first_gw + i,
-                gateway::run(shared, gw, g, events, token).await,
+                gateway::run(shared, gw, g, (events, turns), token).await,
             )
         });
     }
@@ -130,7 +163,53 @@ pub async fn run(plan: Plan, w: Wiring, cancel: CancellationToken) -> Vec<Summar
         }
     }
     watchers.abort_all();
-    reports.into_iter().flatten().collect()
+    roll_tasks.abort_all();
+    let mut rows: Vec<SummaryRow> = reports.into_iter().flatten().collect();
+    if let Some(r) = &rolling {
+        r.mark_not_started(&mut rows);
+    }
+    rows
+}
+
+/// Each gateway's stdin lines (a rolling run's turns), by gateway name.
+type GatewayLines = HashMap<String, mpsc::UnboundedReceiver<String>>;
+
+/// The turns of a rolling run: the [`Rolling`] its hosts share, the
+/// stdin lines of each gateway (by name), and, for a follower, the task
+/// that takes its parent's turns. The lead's own task is started by the
+/// caller, once the hosts can wait for their turns.
+fn rolling_for(
+    plan: &Plan,
+    wiring: Option<RollWiring>,
+    ui: &Ui,
+    cancel: &CancellationToken,
+) -> (Option<Arc<Rolling>>, GatewayLines, JoinSet<()>) {
+    let mut tasks = JoinSet::new();
+    let mut lines = HashMap::new();
+    let Some(wiring) = wiring else {
+        return (None, lines, tasks);
+    };
+    let mut via = HashMap::new();
+    for g in &plan.gateways {
+        let (tx, rx) = mpsc::unbounded_channel();
+        for leaf in &g.leaves {
+            via.insert(leaf.clone(), tx.clone());
+        }
+        lines.insert(g.name.clone(), rx);
+    }
+    let total = plan.order.len();
+    let r = Rolling::new(wiring.mode, total, via, wiring.done, ui.clone());
+    if let Some(turns) = wiring.turns {
+        let follower = r.clone();
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                () = follower.follow(turns) => {}
+                _ = cancel.cancelled() => {}
+            }
+        });
+    }
+    (Some(r), lines, tasks)
 }
 
 /// The agent gateways get access to: the user's (when no `-i` key was

@@ -43,6 +43,9 @@ struct Below {
     /// Hosts that started and have not ended yet.
     running: HashSet<String>,
     ended: HashSet<String>,
+    /// Hosts below whose stage said they failed (a rolling run counts them
+    /// for `--max-fail` when they end).
+    failed: HashSet<String>,
     /// The hosts of this gateway's subtree: a record naming any other host
     /// is refused, so a gateway cannot end or report hosts outside it.
     leaves: HashSet<String>,
@@ -60,7 +63,10 @@ pub async fn run(
     shared: Arc<Shared>,
     gw: GatewayPlan,
     graphs: Vec<watch::Receiver<Arc<String>>>,
-    events: mpsc::Sender<HostEvent>,
+    (events, turns): (
+        mpsc::Sender<HostEvent>,
+        Option<mpsc::UnboundedReceiver<String>>,
+    ),
     cancel: CancellationToken,
 ) -> Vec<SummaryRow> {
     let start = Instant::now();
@@ -85,7 +91,14 @@ pub async fn run(
             own.bytes_sent = p.cached.bytes_sent;
             own.cache_hit = Some(p.cached.hit);
             own.result = supervise(
-                &shared, &gw, &p, graphs, &events, &cancel, &mut own, &mut below,
+                &shared,
+                &gw,
+                &p,
+                (graphs, turns),
+                &events,
+                &cancel,
+                &mut own,
+                &mut below,
             )
             .await;
             // Rows come only once the gateway finished its run: then its
@@ -154,7 +167,10 @@ async fn supervise(
     shared: &Shared,
     gw: &GatewayPlan,
     p: &Placed,
-    graphs: Vec<watch::Receiver<Arc<String>>>,
+    (graphs, turns): (
+        Vec<watch::Receiver<Arc<String>>>,
+        Option<mpsc::UnboundedReceiver<String>>,
+    ),
     events: &mpsc::Sender<HostEvent>,
     cancel: &CancellationToken,
     own: &mut SummaryRow,
@@ -167,9 +183,12 @@ async fn supervise(
         OutputLine::Stdout(l) => match Record::decode(&l) {
             Some(r) => {
                 let ev = take_record(&ui, label, r.under(label), below);
-                if matches!(ev, Some(HostEvent::Ended(_))) {
+                if let Some(HostEvent::Ended(host)) = &ev {
                     // A leaf below ended: this gateway's stop is progressing.
                     shared.ended.mark();
+                    if let Some(r) = &shared.rolling {
+                        r.ended(host, below.failed.contains(host));
+                    }
                 }
                 ev
             }
@@ -202,6 +221,8 @@ async fn supervise(
             + GRACE_PER_HOST * gw.leaves.len() as u32,
         on_line: &mut on_line,
         events: events.clone(),
+        stdin_lines: turns,
+        written: Vec::new(),
     };
     supervise::supervise(shared, p, launch, cancel, own).await
 }
@@ -209,7 +230,14 @@ async fn supervise(
 /// Shows one record from below; returns the event it means for the run.
 fn take_record(ui: &crate::ui::Ui, gw: &str, r: Record, below: &mut Below) -> Option<HostEvent> {
     match r {
-        Record::Stage { route, stage } => ui.stage(&route, stage),
+        Record::Stage { route, stage } => {
+            if let (Stage::Failed(_), Some(host)) = (&stage, route.rsplit('/').next()) {
+                if below.leaves.contains(host) {
+                    below.failed.insert(host.to_owned());
+                }
+            }
+            ui.stage(&route, stage)
+        }
         Record::Line {
             route,
             stderr,
@@ -319,6 +347,10 @@ fn gateway_args(shared: &Shared, gw: &GatewayPlan, dir: &str) -> Vec<String> {
     if plan.onward.trace {
         a.push("--trace".into());
     }
+    if shared.rolling.is_some() {
+        // Its hosts wait for the turns written on its stdin.
+        a.push("--rolling-follow".into());
+    }
     a.extend(common_args(shared));
     a
 }
@@ -348,6 +380,10 @@ async fn finish_group(
         .collect();
     for leaf in &gw.leaves {
         if !below.ended.contains(leaf) {
+            if let Some(r) = &shared.rolling {
+                let own_failed = matches!(own.result, RowResult::Failed(_));
+                r.ended(leaf, own_failed || !stopping);
+            }
             let _ = events.send(HostEvent::Ended(leaf.clone())).await;
             shared
                 .ui

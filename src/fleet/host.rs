@@ -7,7 +7,10 @@
 //!
 //! Teardown is explicit and in reverse order of set-up, because `Drop`
 //! cannot await. The set-up permit (`--cconns`) is held from before connect
-//! until the copy is done, and released before the child runs.
+//! until the copy is done, and released before the child runs. In a
+//! rolling run the placed host then waits for its turn
+//! ([`super::rolling`]) before its child runs, and its child exits once
+//! converged.
 //!
 //! The steps live in [`super::place`] (set-up and teardown, shared with
 //! gateways) and [`super::supervise`] (the running child); this file strings
@@ -47,6 +50,15 @@ pub async fn run(
             None
         }
     };
+    // A rolling run's host waits here, placed, for its turn; without one
+    // (the rollout stopped first) it is cleaned up and never started.
+    let placed = match (placed, &shared.rolling) {
+        (Some(p), Some(r)) if !r.turn(&name, &cancel).await => {
+            finish_placed(&shared, p, &mut report).await;
+            None
+        }
+        (p, _) => p,
+    };
     if let Some(p) = placed {
         report.bytes_sent = p.cached.bytes_sent;
         report.cache_hit = Some(p.cached.hit);
@@ -85,18 +97,26 @@ pub async fn run(
             stdin_grace: shared.grace(STDIN_GRACE),
             on_line: &mut on_line,
             events: events.clone(),
+            stdin_lines: None,
+            written: Vec::new(),
         };
         report.result = supervise(&shared, &p, launch, &cancel, &mut report).await;
         finish_placed(&shared, p, &mut report).await;
+    }
+    // The final stage first: a gateway's parent reads a failure from it
+    // before the host's end (a rolling run counts it for --max-fail).
+    let failed = matches!(report.result, RowResult::Failed(_));
+    if let RowResult::Failed(why) = &report.result {
+        shared.ui.stage(&name, Stage::Failed(why.clone()));
+    } else {
+        shared.ui.stage(&name, Stage::Done);
     }
     // Every host ends, placed or not: it no longer holds up convergence.
     shared.ended.mark();
     let _ = events.send(HostEvent::Ended(name.clone())).await;
     shared.ui.host_event(&name, &name, false);
-    if let RowResult::Failed(why) = &report.result {
-        shared.ui.stage(&name, Stage::Failed(why.clone()));
-    } else {
-        shared.ui.stage(&name, Stage::Done);
+    if let Some(r) = &shared.rolling {
+        r.ended(&name, failed);
     }
     report.elapsed = start.elapsed();
     report
@@ -137,6 +157,10 @@ fn child_args(shared: &Shared, host: &HostPlan, graph: &str) -> Vec<String> {
     }
     if let Some((dir, _)) = graph.rsplit_once('/') {
         a.extend(words(&["--run-dir", dir]));
+    }
+    if shared.rolling.is_some() {
+        // Its turn ends when it has converged: it exits by itself.
+        a.push("--exit-converged".into());
     }
     a.extend(common_args(shared));
     a

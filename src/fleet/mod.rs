@@ -13,6 +13,10 @@
 //!   files kept in step, the stop by pid).
 //! - [`gateway`]: one gateway and the group behind it, whose progress comes
 //!   back as route records ([`crate::ui::route`]).
+//! - [`inventory`]: `mgmt facts --remote`: every host placed, its facts
+//!   gathered by its own binary, nothing applied.
+//! - [`rolling`]: `--rolling`'s turns: at most N hosts of the tree
+//!   applying at once, in the plan's order, and `--max-fail`.
 //! - [`shared`]: what every host task shares, and what each reports back.
 //!
 //! The fleet reports to the UI through the types `ui` owns (stages, summary
@@ -26,7 +30,9 @@
 pub mod fanout;
 pub mod gateway;
 pub mod host;
+pub mod inventory;
 pub mod place;
 pub mod plan;
+pub mod rolling;
 pub mod shared;
 pub mod supervise;

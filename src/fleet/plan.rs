@@ -78,6 +78,10 @@ pub struct Plan {
     pub settings: ClientSettings,
     /// Hosts in set-up at once; 0: no cap.
     pub cconns: usize,
+    /// Every host's identity, direct or behind gateways, in the order of
+    /// the `--remote` files and of each file's `remote:` list: the order of
+    /// a rolling run's turns.
+    pub order: Vec<String>,
     pub binary: Arc<Binary>,
     /// `--remote-prefix`.
     pub prefix: Option<String>,
@@ -187,7 +191,7 @@ pub fn plan(args: &PlanInputs) -> Result<Option<Plan>, PlanError> {
     }
     .map_err(|e| flag("--ssh-config", e.to_string()))?;
     let via = Located::unplaced(&args.via);
-    let (mut files, hosts, groups) = targets(&args.remotes, &via, &ssh_config)?;
+    let (mut files, hosts, groups, order) = targets(&args.remotes, &via, &ssh_config)?;
     if files.len() == args.labels.len() {
         for (f, label) in files.iter_mut().zip(&args.labels) {
             f.label.clone_from(label);
@@ -244,6 +248,7 @@ pub fn plan(args: &PlanInputs) -> Result<Option<Plan>, PlanError> {
         gateways,
         settings,
         cconns: args.cconns,
+        order,
         binary: Arc::new(binary),
         prefix: args.remote_prefix.clone(),
         caching: args.caching,
@@ -293,7 +298,9 @@ impl Group {
     }
 }
 
-type Targets = (Vec<GraphFile>, Vec<HostPlan>, Vec<Group>);
+/// The files, the direct hosts, the gateways' groups, and every host's
+/// identity in plan order.
+type Targets = (Vec<GraphFile>, Vec<HostPlan>, Vec<Group>, Vec<String>);
 
 /// Reads every graph (duplicates removed) and resolves its `remote:` and
 /// `via:` URLs; hosts behind a gateway go into that gateway's group.
@@ -319,6 +326,7 @@ fn targets(
     }
     let user = local_user();
     let mut hosts = Vec::new();
+    let mut order = Vec::new();
     let mut groups: Vec<Group> = Vec::new();
     let mut names: HashMap<String, String> = HashMap::new();
     for (i, f) in files.iter().enumerate() {
@@ -408,6 +416,7 @@ fn targets(
                 errors.push(at(format!("host {name:?} is already a target (at {first}); each host may appear once (set hostname: to tell them apart)")));
                 continue;
             }
+            order.push(name.clone());
             match group {
                 Some(g) => {
                     groups[g].leaves.push(name);
@@ -424,7 +433,7 @@ fn targets(
         }
     }
     if errors.is_empty() {
-        Ok((files, hosts, groups))
+        Ok((files, hosts, groups, order))
     } else {
         Err(PlanError::Graphs(GraphErrors(errors)))
     }
@@ -731,10 +740,11 @@ mod tests {
         );
         let c = w("c.yaml", "graph: c\nremote: ssh://root@w4\n");
         let none = SshConfigFile::none();
-        let (files, hosts, groups) = match targets(&[a.clone(), b.clone(), c.clone()], &[], &none) {
-            Ok(t) => t,
-            Err(e) => panic!("{e}"),
-        };
+        let (files, hosts, groups, _) =
+            match targets(&[a.clone(), b.clone(), c.clone()], &[], &none) {
+                Ok(t) => t,
+                Err(e) => panic!("{e}"),
+            };
         assert_eq!(files.len(), 3);
         assert_eq!(
             hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(),
@@ -750,7 +760,7 @@ mod tests {
         assert_eq!(behind, ["gw2", "w1", "w2", "w3"]);
         // --via applies to the graph without a via:, not to the others.
         let flag = Located::unplaced(&["ssh://admin@gw9".to_string()]);
-        let Ok((_, hosts, groups)) = targets(&[a, c], &flag, &none) else {
+        let Ok((_, hosts, groups, _)) = targets(&[a, c], &flag, &none) else {
             panic!("plan failed");
         };
         assert!(hosts.is_empty());

@@ -64,6 +64,9 @@ pub struct ChildFlags {
     pub depth: u32,
     /// `user@host` of the run's initiator, for the hosts' audit records.
     pub initiator: String,
+    /// `--where`: passed to every child; a host where it is false applies
+    /// nothing.
+    pub where_expr: Option<String>,
     /// This process's own route when it is a gateway (`--route`): its
     /// children's routes start with it.
     pub route: Option<String>,
@@ -106,6 +109,9 @@ pub struct Shared {
     pub agent: Option<std::path::PathBuf>,
     /// Whether the stop is still progressing (see [`StopClock`]).
     pub ended: StopClock,
+    /// `--rolling`'s turns (or a gateway's share of them); `None`: every
+    /// host applies as soon as it is placed.
+    pub rolling: Option<Arc<super::rolling::Rolling>>,
 }
 
 /// Told to the run loop as hosts come and go, for the converged rule.

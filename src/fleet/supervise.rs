@@ -59,6 +59,11 @@ pub(crate) struct Launch<'a> {
     /// Every line the child prints; may return an event for the run loop.
     pub on_line: &'a mut (dyn FnMut(OutputLine) -> Option<HostEvent> + Send),
     pub events: mpsc::Sender<HostEvent>,
+    /// Lines for the child's stdin after the secret (a rolling run's
+    /// turns, for a gateway); each is written again to a relaunched child.
+    pub stdin_lines: Option<mpsc::UnboundedReceiver<String>>,
+    /// What was written so far.
+    pub written: Vec<String>,
 }
 
 /// Where `{port}` stands in [`Launch::args`] until the tunnel is open.
@@ -109,6 +114,9 @@ pub(crate) async fn supervise(
             Err(e) => return RowResult::Failed(explain(&e)),
         };
         report.hop.start_ms = t0.elapsed().as_millis() as u64;
+        for l in &launch.written {
+            let _ = child.write_stdin(l.as_bytes()).await;
+        }
         ui.stage(label, Stage::Running);
         let (status, last_err) =
             follow(shared, p, &mut child, &mut launch, cancel, &mut stopping).await;
@@ -129,9 +137,16 @@ pub(crate) async fn supervise(
     if status == ExitStatus::Exited(0) {
         p.child_cleaned.store(true, Ordering::Relaxed);
     }
+    // A rolling run's child exits by itself once converged.
+    let rolled = shared.rolling.is_some() && !stopping;
     match status {
-        ExitStatus::Exited(0) if shared.converged.load(Ordering::SeqCst) => RowResult::Converged,
+        ExitStatus::Exited(0) if rolled || shared.converged.load(Ordering::SeqCst) => {
+            RowResult::Converged
+        }
         ExitStatus::Exited(0) => RowResult::Stopped,
+        ExitStatus::Exited(c) if c == u32::from(crate::link::SKIPPED_EXIT) && !stopping => {
+            RowResult::Skipped
+        }
         ExitStatus::Signaled { .. } if stopping => RowResult::Stopped,
         other if last_err.is_empty() => RowResult::Failed(format!("the child ended: {other}")),
         other => RowResult::Failed(format!("the child ended ({other}): {}", last_err.trim())),
@@ -191,6 +206,10 @@ async fn follow(
                     let _ = launch.events.send(ev).await;
                 }
             },
+            Some(l) = next_line(&mut launch.stdin_lines), if !*stopping => {
+                let _ = child.write_stdin(l.as_bytes()).await;
+                launch.written.push(l);
+            }
             Some(i) = changes.next(), if !*stopping => {
                 // The new graph's collects may read more: allowed before
                 // the host can see the new text.
@@ -260,6 +279,10 @@ fn read_scope(synced: &[Synced]) -> Vec<String> {
             if crate::graph::template::reads_values(&text) {
                 scope.push(crate::world::VALUES.to_owned());
             }
+            if crate::graph::template::reads_hosts(&text) {
+                // Every host's published facts and graph name (#20).
+                scope.push(crate::world::FACTS.to_owned());
+            }
             if templated {
                 scope.push(crate::world::EXPORTED.to_owned());
                 scope.push(crate::world::VALUES.to_owned());
@@ -287,6 +310,13 @@ async fn sync_file(shared: &Shared, p: &Placed, label: &str, s: &mut Synced) {
     match put {
         Ok(_) => tracing::info!("{label}: {} updated", s.name),
         Err(e) => tracing::warn!("{label}: cannot update {}: {}", s.name, e.kind),
+    }
+}
+
+async fn next_line(lines: &mut Option<mpsc::UnboundedReceiver<String>>) -> Option<String> {
+    match lines {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -327,6 +357,9 @@ pub(crate) fn common_args(shared: &Shared) -> Vec<String> {
     }
     if shared.flags.no_watch {
         a.push("--no-watch".into());
+    }
+    if let Some(w) = &shared.flags.where_expr {
+        a.push(format!("--where={w}"));
     }
     a.push(format!("--initiator={}", shared.flags.initiator));
     a

@@ -44,6 +44,9 @@ pub struct Graph {
     pub remote: Vec<Located<String>>,
     /// `via:` gateway URLs, outermost first.
     pub via: Vec<Located<String>>,
+    /// `when:`, an expression over `facts` and `host`: a host where it is
+    /// false applies nothing and is reported as skipped (#20).
+    pub when: Option<Located<String>>,
     /// Every resource declared, exported (`@@`) ones included.
     pub resources: Vec<ResourceDecl>,
     pub collect: Vec<Collect>,

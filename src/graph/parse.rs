@@ -26,6 +26,7 @@ const TOP_KEYS: &[&str] = &[
     "hostname",
     "remote",
     "via",
+    "when",
     "resources",
     "collect",
     "edges",
@@ -87,6 +88,7 @@ fn empty_graph() -> Graph {
         hostname: None,
         remote: Vec::new(),
         via: Vec::new(),
+        when: None,
         resources: Vec::new(),
         collect: Vec::new(),
         edges: Vec::new(),
@@ -227,11 +229,26 @@ fn read_top_key<'a>(
         "hostname" => graph.hostname = read_name(node, "hostname", "hostname: web-1", errs),
         "remote" => graph.remote = read_urls(node, "remote", errs),
         "via" => graph.via = read_urls(node, "via", errs),
+        "when" => graph.when = read_when(node, errs),
         "resources" => sections.resources = Some(node),
         "collect" => sections.collect = Some(node),
         "edges" => sections.edges = Some(node),
         _ => unknown_key(key, "top level", TOP_KEYS, errs),
     }
+}
+
+/// `when:`: an expression, checked for syntax here (it is evaluated on
+/// each host, with its facts).
+fn read_when(node: Node<'_>, errs: &mut Errors) -> Option<Located<String>> {
+    let value = read_name(node, "when", "when: facts.os.id == \"debian\"", errs)?;
+    if let Err(e) = template::check_condition(&value) {
+        errs.at(node.pos(), format!("when: {e}"));
+        return None;
+    }
+    Some(Located {
+        value,
+        pos: node.pos().unwrap_or_default(),
+    })
 }
 
 /// `remote:` or `via:`: one URL or a list of them, kept as positioned strings.

@@ -3,13 +3,16 @@
 //!
 //! Every string value of the document (names, paths, content, commands, a
 //! `meta.when`; never a mapping key, nor `graph:`, `hostname:`, `remote:`
-//! and `via:`, which the initiator reads) that holds `{{`, `{%` or `{#` is
+//! and `via:`, which the initiator reads, nor `when:`, an expression of its
+//! own evaluated by [`eval_condition`]) that holds `{{`, `{%` or `{#` is
 //! rendered with minijinja before the graph is checked, so the usual checks
 //! (an absolute path, an octal mode) apply to what was rendered. A template
 //! sees `facts` ([`crate::facts::Facts`]), `host` ([`Host`]) and two
 //! functions over the values hosts publish with `kv` resources:
 //! `values(NAME[, GLOB])`, a list sorted by host name, and
-//! `values_by_host(NAME[, GLOB])`, a mapping host → value.
+//! `values_by_host(NAME[, GLOB])`, a mapping host → value; and
+//! `hosts(WHERE)`, the hosts whose published facts and graph name match an
+//! expression (#20).
 //!
 //! Undefined variables are errors (strict undefined), and so is any other
 //! template error; each is reported at the value's `file:line:col` with the
@@ -47,12 +50,50 @@ pub struct Host {
 /// Values hosts publish with `kv` resources: name → host → value.
 pub type Values = BTreeMap<String, BTreeMap<String, String>>;
 
+/// What hosts publish about themselves (#20): host → `{graph, facts}`
+/// (JSON), for `hosts(WHERE)`.
+pub type Published = BTreeMap<String, serde_json::Value>;
+
 /// What templates may read.
 #[derive(Debug, Clone, Default)]
 pub struct Context {
     pub facts: Facts,
     pub host: Host,
     pub values: Values,
+    /// Every host's published facts and graph name, while the text calls
+    /// `hosts()`.
+    pub hosts: Published,
+}
+
+/// Whether the text of a graph calls `hosts()` (then its host must follow
+/// every host's published facts).
+pub fn reads_hosts(src: &str) -> bool {
+    src.contains("hosts(")
+}
+
+/// `hosts(WHERE)`: the hosts whose published record makes `expr` true,
+/// with `name`, `graph` and `facts` as variables, sorted by name; each as
+/// `{name, graph, facts}`. A record the expression cannot be evaluated on
+/// (a fact it lacks) does not match; a bad expression is an error.
+fn select_hosts(hosts: &Published, expr: &str) -> Result<Vec<minijinja::Value>, minijinja::Error> {
+    let env = Environment::new();
+    let e = env.compile_expression(expr)?;
+    let mut out = Vec::new();
+    for (name, rec) in hosts {
+        let vars = minijinja::context! {
+            name => name,
+            graph => rec["graph"].as_str().unwrap_or(""),
+            facts => minijinja::Value::from_serialize(&rec["facts"]),
+        };
+        if e.eval(vars).is_ok_and(|v| v.is_true()) {
+            out.push(minijinja::Value::from_serialize(serde_json::json!({
+                "name": name,
+                "graph": rec["graph"],
+                "facts": rec["facts"],
+            })));
+        }
+    }
+    Ok(out)
 }
 
 /// Whether `s` holds template syntax, so it is rendered at all.
@@ -75,7 +116,7 @@ pub(crate) fn render_tree(
     ctx: &Context,
     errs: &mut Errors,
 ) -> Originals {
-    let env = environment(&ctx.values);
+    let env = environment(&ctx.values, &ctx.hosts);
     let mut originals = Originals::new();
     let Value::Mapping(map) = value else {
         walk(value, at, &env, ctx, errs, &mut originals);
@@ -103,7 +144,30 @@ pub(crate) fn render_tree(
 
 /// Top-level keys read as written: the initiator needs them before any
 /// host has facts (the host's identity, where it is, how to get there).
-const AS_WRITTEN: &[&str] = &["graph", "hostname", "remote", "via"];
+/// `when:` too: it is an expression itself, evaluated by [`eval_condition`].
+const AS_WRITTEN: &[&str] = &["graph", "hostname", "remote", "via", "when"];
+
+/// Checks the syntax of a condition (`--where`, a graph's `when:`): a Jinja
+/// expression such as `facts.os.id == "debian" and facts.memory_mb >= 4096`.
+pub fn check_condition(expr: &str) -> Result<(), String> {
+    let env = environment(&Values::new(), &Published::new());
+    env.compile_expression(expr)
+        .map(|_| ())
+        .map_err(|e| describe(expr, &e))
+}
+
+/// Evaluates a condition with this host's `facts` and `host`: whether it
+/// holds (Jinja truth: false, 0, empty and none do not).
+pub fn eval_condition(expr: &str, ctx: &Context) -> Result<bool, String> {
+    let env = environment(&ctx.values, &ctx.hosts);
+    let e = env
+        .compile_expression(expr)
+        .map_err(|e| describe(expr, &e))?;
+    let vars = minijinja::context! { facts => &ctx.facts, host => &ctx.host };
+    e.eval(vars)
+        .map(|v| v.is_true())
+        .map_err(|e| describe(expr, &e))
+}
 
 fn walk(
     value: &mut Value,
@@ -153,7 +217,7 @@ fn walk(
 
 /// The environment: strict undefined, no auto-escaping (these are config
 /// files and commands, not HTML), and the two value functions.
-fn environment(values: &Values) -> Environment<'static> {
+fn environment(values: &Values, hosts: &Published) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
@@ -168,6 +232,8 @@ fn environment(values: &Values) -> Environment<'static> {
         "values_by_host",
         move |name: String, glob: Option<String>| selected(&shared, &name, glob.as_deref()),
     );
+    let hosts = Arc::new(hosts.clone());
+    env.add_function("hosts", move |expr: String| select_hosts(&hosts, &expr));
     env
 }
 
@@ -226,6 +292,7 @@ mod tests {
                 .insert(h.into(), v.into());
         }
         Context {
+            hosts: Published::new(),
             facts: Facts::default(),
             host: Host {
                 name: "a".into(),
@@ -296,5 +363,34 @@ mod tests {
                 .contains("rendered to \"a\"; expected true or false"),
             "{e}"
         );
+    }
+
+    // See: #20 (hosts(WHERE): the hosts whose published record matches)
+    #[test]
+    fn hosts_where_selects_by_graph_and_facts() {
+        let mut ctx = ctx();
+        for (h, graph, mem) in [
+            ("b", "web", 512),
+            ("a", "db-master", 4096),
+            ("c", "web", 8192),
+        ] {
+            let rec = serde_json::json!({"graph": graph, "facts": {"memory_mb": mem}});
+            ctx.hosts.insert(h.into(), rec);
+        }
+        let env = environment(&ctx.values, &ctx.hosts);
+        let render = |t: &str| env.render_str(t, minijinja::context! {}).unwrap();
+        let db = "{{ hosts('graph == \"db-master\"') | map(attribute='name') | join(',') }}";
+        assert_eq!(render(db), "a");
+        let big = "{{ hosts('facts.memory_mb >= 4096') | map(attribute='name') | join(',') }}";
+        assert_eq!(render(big), "a,c");
+        // A record lacking the fact does not match; none match: empty.
+        ctx.hosts
+            .insert("d".into(), serde_json::json!({"graph": "web", "facts": {}}));
+        let env = environment(&ctx.values, &ctx.hosts);
+        let none = "{{ hosts('facts.cpus > 1') | length }}";
+        assert_eq!(env.render_str(none, minijinja::context! {}).unwrap(), "0");
+        assert!(env
+            .render_str("{{ hosts('graph ==') }}", minijinja::context! {})
+            .is_err());
     }
 }

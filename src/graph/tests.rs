@@ -234,7 +234,7 @@ fn top_level_not_a_mapping() {
 fn unknown_top_level_key() {
     assert_eq!(
         one_error("graph: g\nresource: {}\n"),
-        "g.yaml:2:1: top level: unknown key \"resource\"; expected one of: graph, comment, hostname, remote, via, resources, collect, edges"
+        "g.yaml:2:1: top level: unknown key \"resource\"; expected one of: graph, comment, hostname, remote, via, when, resources, collect, edges"
     );
 }
 
@@ -568,7 +568,7 @@ fn three_different_errors_are_all_reported() {
     assert_eq!(
         err.as_deref(),
         Some(
-            "g.yaml:2:1: top level: unknown key \"colour\"; expected one of: graph, comment, hostname, remote, via, resources, collect, edges\n\
+            "g.yaml:2:1: top level: unknown key \"colour\"; expected one of: graph, comment, hostname, remote, via, when, resources, collect, edges\n\
              g.yaml:4:31: timer[t]: interval: expected an integer, found the string \"soon\"\n\
              g.yaml:6:66: edge \"e\": to: unknown resource noop[n]; no local noop resource is declared"
         )

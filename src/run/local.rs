@@ -19,6 +19,8 @@ pub(super) struct Local {
     source: Task<()>,
     source_cancel: CancellationToken,
     publisher: Task<()>,
+    /// Publishes this host's facts until `publish_cancel` (revoking them).
+    facts_publisher: Option<Task<()>>,
     publish_cancel: CancellationToken,
 }
 
@@ -53,10 +55,13 @@ impl Local {
         let facts = tokio::task::spawn_blocking(crate::facts::gather)
             .await
             .unwrap_or_default();
+        // This host's facts and graph, for other hosts' `hosts()` (#20);
+        // not in --noop, which publishes nothing.
+        let record = serde_json::json!({"graph": file.graph.name, "facts": facts}).to_string();
         let ctx = crate::graph::template::Context {
             facts,
             host: cfg.host.clone(),
-            values: Default::default(),
+            ..Default::default()
         };
         let mut source = source::Source::new(file, ctx, world.clone(), cfg.noop, updates_tx);
         // An input error stays a GraphErrors, which main turns into exit 2.
@@ -83,8 +88,15 @@ impl Local {
         let source = Task(tokio::spawn(source.run(file_watch, source_cancel.clone())));
         let publish_cancel = CancellationToken::new();
         let publisher = Task(tokio::spawn(
-            world.publish_converged(status.clone(), publish_cancel.clone()),
+            world
+                .clone()
+                .publish_converged(status.clone(), publish_cancel.clone()),
         ));
+        let facts_publisher = (!cfg.noop).then(|| {
+            Task(tokio::spawn(
+                world.publish_facts(record, publish_cancel.clone()),
+            ))
+        });
         Ok(Local {
             status,
             engine,
@@ -92,6 +104,7 @@ impl Local {
             source,
             source_cancel,
             publisher,
+            facts_publisher,
             publish_cancel,
         })
     }
@@ -113,6 +126,9 @@ impl Local {
         let status = (&mut self.engine.0).await.unwrap_or_default();
         self.publish_cancel.cancel();
         let _ = (&mut self.publisher.0).await;
+        if let Some(f) = self.facts_publisher.as_mut() {
+            let _ = (&mut f.0).await;
+        }
         status
     }
 }

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::Desired;
 use crate::fswatch::PathWatch;
-use crate::graph::template::{reads_values, Context};
+use crate::graph::template::{reads_hosts, reads_values, Context};
 use crate::graph::{self, Collect, Graph, GraphError, GraphErrors, GraphFile, ResourceDecl};
 use crate::world::{Collision, Follower, World, WorldError};
 
@@ -61,6 +61,8 @@ pub(super) struct Source {
     follow: Follower,
     /// Follows every host's `kv` exports while the text reads `values()`.
     values: Follower,
+    /// Follows every host's published facts while the text calls `hosts()`.
+    published: crate::world::Published,
     world: World,
     /// `--noop`: nothing is exported (as mgmt does); rendered values are shown.
     noop: bool,
@@ -85,6 +87,7 @@ impl Source {
             collected: Vec::new(),
             follow: Follower::new(world.clone()),
             values: Follower::new(world.clone()),
+            published: crate::world::Published::new(world.clone()),
             world,
             noop,
             last: Desired::default(),
@@ -122,6 +125,8 @@ impl Source {
     async fn try_initial(&mut self) -> Result<Desired, StartError> {
         self.values.follow(&values_entries(&self.text)).await?;
         self.ctx.values = self.values.values();
+        self.published.follow(reads_hosts(&self.text)).await?;
+        self.ctx.hosts = self.published.hosts();
         self.local = self.render()?;
         self.show();
         self.export().await?;
@@ -251,6 +256,15 @@ impl Source {
                         }
                     }
                 }
+                () = self.published.changed() => {
+                    let hosts = self.published.hosts();
+                    if hosts != self.ctx.hosts {
+                        self.ctx.hosts = hosts;
+                        if !self.reload(Why::Values).await {
+                            return;
+                        }
+                    }
+                }
                 _ = self.follow.changed() => {
                     match self.gathered() {
                         Ok(collected) => self.collected = collected,
@@ -277,6 +291,10 @@ impl Source {
                     tracing::warn!("cannot follow exchanged values: {e}");
                 }
                 self.ctx.values = self.values.values();
+                if let Err(e) = self.published.follow(reads_hosts(&self.text)).await {
+                    tracing::warn!("cannot follow the hosts' published facts: {e}");
+                }
+                self.ctx.hosts = self.published.hosts();
                 self.reload(Why::Edit).await
             }
             Ok(_) => true,

@@ -1,8 +1,8 @@
 //! Who may write what. A connection accepted on behalf of a host (a tunnel
 //! from that host) carries a [`Speaker`]: it speaks for that host, or for a
 //! gateway and the hosts behind it, and may write only their keys,
-//! `/_mgmt/exported/<host>/…`, `/_mgmt/values/<host>/…` and
-//! `/_mgmt/converged/<host>`; compaction and
+//! `/_mgmt/exported/<host>/…`, `/_mgmt/values/<host>/…`,
+//! `/_mgmt/converged/<host>` and `/_mgmt/facts/<host>`; compaction and
 //! the maintenance calls that change state are refused to it, and so are
 //! revoking and renewing a lease another speaker granted. Anything else
 //! answers etcd's `permission denied`, and the store logs who tried.
@@ -27,6 +27,9 @@ pub const EXPORTED: &str = "/_mgmt/exported/";
 pub const VALUES: &str = "/_mgmt/values/";
 /// Host `<h>`'s converged key is this prefix + `<h>`.
 pub const CONVERGED: &str = "/_mgmt/converged/";
+/// Host `<h>`'s facts key is this prefix + `<h>` (#20); others read it only
+/// when their templates call `hosts()`.
+pub const FACTS: &str = "/_mgmt/facts/";
 
 /// Whom a connection speaks for.
 #[derive(Debug)]
@@ -96,7 +99,9 @@ impl Speaker {
             return false;
         };
         self.hosts.iter().any(|h| {
-            if range_end.is_empty() && key == format!("{CONVERGED}{h}") {
+            if range_end.is_empty()
+                && (key == format!("{CONVERGED}{h}") || key == format!("{FACTS}{h}"))
+            {
                 return true;
             }
             [EXPORTED, VALUES].iter().any(|root| {
@@ -120,10 +125,12 @@ impl Speaker {
                 let end = prefix_end(&own);
                 out.push((own, end));
             }
-            let converged = format!("{CONVERGED}{h}").into_bytes();
-            let mut after = converged.clone();
-            after.push(0);
-            out.push((converged, after));
+            for root in [CONVERGED, FACTS] {
+                let key = format!("{root}{h}").into_bytes();
+                let mut after = key.clone();
+                after.push(0);
+                out.push((key, after));
+            }
         }
         out
     }
@@ -240,6 +247,10 @@ mod tests {
         );
         assert!(!web1.may_write(b"/_mgmt/converged/web2", b""));
         assert!(!web1.may_write(b"/_mgmt/converged/web1x", b""));
+        assert!(web1.may_write(b"/_mgmt/facts/web1", b""));
+        assert!(!web1.may_write(b"/_mgmt/facts/web2", b""));
+        assert!(!web1.may_write(b"/_mgmt/facts/", b"/_mgmt/facts0"));
+        assert!(!web1.may_read(b"/_mgmt/facts/", b"/_mgmt/facts0"));
         assert!(!web1.may_write(b"/other", b""));
         // Its exchanged values, not another host's.
         assert!(web1.may_write(b"/_mgmt/values/web1/resources/kv/peer", b""));

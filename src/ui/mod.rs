@@ -36,6 +36,7 @@
 mod bars;
 mod escape;
 pub mod events;
+pub mod inventory;
 mod log;
 pub mod route;
 mod stage;
@@ -455,6 +456,21 @@ impl Ui {
     pub fn trace(&self, rows: &[SummaryRow]) {
         if !self.inner.records {
             self.emit(Stream::Stderr, summary::format_trace(rows).trim_end());
+        }
+    }
+
+    /// Clear the bars and ignore later stage changes, printing nothing
+    /// (`mgmt facts` prints its own table).
+    pub fn close(&self) {
+        let mut state = lock(&self.inner.state);
+        state.finished = true;
+        if let Some(bars) = &self.inner.bars {
+            let State {
+                hosts,
+                bars: bar_state,
+                ..
+            } = &mut *state;
+            bars.clear(bar_state, hosts);
         }
     }
 

@@ -153,6 +153,8 @@ impl WireRow {
             RowResult::Converged => ("converged", String::new()),
             RowResult::Stopped => ("stopped", String::new()),
             RowResult::Gateway => ("gateway", String::new()),
+            RowResult::NotStarted => ("not started", String::new()),
+            RowResult::Skipped => ("skipped", String::new()),
             RowResult::Failed(w) => ("failed", w.clone()),
         };
         WireRow {
@@ -173,6 +175,8 @@ impl WireRow {
             "converged" => RowResult::Converged,
             "stopped" => RowResult::Stopped,
             "gateway" => RowResult::Gateway,
+            "not started" => RowResult::NotStarted,
+            "skipped" => RowResult::Skipped,
             _ => RowResult::Failed(self.why),
         };
         SummaryRow {

@@ -44,6 +44,12 @@ pub enum RowResult {
     /// A gateway that ran its group to the end (its hosts have rows of
     /// their own).
     Gateway,
+    /// A rolling run (`--rolling`) stopped before this host's turn: nothing
+    /// was applied there.
+    NotStarted,
+    /// `--where` or the graph's `when:` is false on this host: nothing was
+    /// applied there.
+    Skipped,
 }
 
 /// One line of the summary table.
@@ -96,12 +102,15 @@ impl SummaryRow {
     }
 }
 
-/// A row's result as (`converged` | `stopped` | `gateway` | `failed`, reason).
+/// A row's result as (`converged` | `stopped` | `gateway` | `not started` |
+/// `failed`, reason).
 pub(crate) fn result_of(r: &RowResult) -> (&'static str, Option<&str>) {
     match r {
         RowResult::Converged => ("converged", None),
         RowResult::Stopped => ("stopped", None),
         RowResult::Gateway => ("gateway", None),
+        RowResult::NotStarted => ("not started", None),
+        RowResult::Skipped => ("skipped", None),
         RowResult::Failed(why) => ("failed", Some(why.as_str())),
     }
 }
@@ -110,13 +119,25 @@ pub(crate) fn result_of(r: &RowResult) -> (&'static str, Option<&str>) {
 pub(crate) fn counts(rows: &[SummaryRow]) -> Value {
     let n = |f: fn(&RowResult) -> bool| rows.iter().filter(|r| f(&r.result)).count();
     let gateways = n(|r| matches!(r, RowResult::Gateway));
-    json!({
+    let never = n(|r| matches!(r, RowResult::NotStarted));
+    let skipped = n(|r| matches!(r, RowResult::Skipped));
+    let mut counts = json!({
         "converged": n(|r| matches!(r, RowResult::Converged)),
         "failed": n(|r| matches!(r, RowResult::Failed(_))),
         "stopped": n(|r| matches!(r, RowResult::Stopped)),
         "gateways": gateways,
         "hosts": rows.len() - gateways,
-    })
+    });
+    // Only a rolling run has hosts that never started: other runs' counts
+    // keep their fields as they were.
+    if never > 0 {
+        counts["not_started"] = json!(never);
+    }
+    // Likewise for hosts skipped by --where or when:.
+    if skipped > 0 {
+        counts["skipped"] = json!(skipped);
+    }
+    counts
 }
 
 /// `--summary json`: the summary as one JSON document (one line): the
@@ -203,6 +224,17 @@ pub(crate) fn format_summary(rows: &[SummaryRow]) -> String {
         if let RowResult::Failed(reason) = &row.result {
             out.push_str(&full_reason(row.label(), reason));
         }
+    }
+    let never: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.result == RowResult::NotStarted)
+        .map(SummaryRow::label)
+        .collect();
+    if !never.is_empty() {
+        out.push_str(&format!(
+            "never started (the rollout stopped first): {}\n",
+            never.join(", ")
+        ));
     }
     out
 }
@@ -296,6 +328,8 @@ fn cells(row: &SummaryRow) -> [String; 6] {
         RowResult::Converged => "converged".to_string(),
         RowResult::Stopped => "stopped".to_string(),
         RowResult::Gateway => "gateway".to_string(),
+        RowResult::NotStarted => "not started".to_string(),
+        RowResult::Skipped => "skipped".to_string(),
         RowResult::Failed(reason) => {
             truncate(&format!("failed: {}", one_line(reason)), RESULT_WIDTH)
         }
@@ -317,13 +351,25 @@ fn cells(row: &SummaryRow) -> [String; 6] {
 
 fn counts_line(rows: &[SummaryRow]) -> String {
     let (mut converged, mut failed, mut stopped, mut gateways) = (0, 0, 0, 0);
+    let (mut never, mut skipped) = (0, 0);
     for row in rows {
         match row.result {
             RowResult::Converged => converged += 1,
             RowResult::Failed(_) => failed += 1,
             RowResult::Stopped => stopped += 1,
             RowResult::Gateway => gateways += 1,
+            RowResult::NotStarted => never += 1,
+            RowResult::Skipped => skipped += 1,
         }
+    }
+    // Only rolling runs stop before a host's turn: other summaries keep
+    // their line as it was.
+    let mut stopped = format!("{stopped} stopped");
+    if never > 0 {
+        stopped.push_str(&format!(", {never} not started"));
+    }
+    if skipped > 0 {
+        stopped.push_str(&format!(", {skipped} skipped"));
     }
     let n = rows.len() - gateways;
     let hosts = if n == 1 { "host" } else { "hosts" };
@@ -332,7 +378,7 @@ fn counts_line(rows: &[SummaryRow]) -> String {
         1 => ", 1 gateway".to_string(),
         g => format!(", {g} gateways"),
     };
-    format!("{converged} converged, {failed} failed, {stopped} stopped ({n} {hosts}{gws})")
+    format!("{converged} converged, {failed} failed, {stopped} ({n} {hosts}{gws})")
 }
 
 /// `host: reason`, continuation lines of a multi-line reason indented.

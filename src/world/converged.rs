@@ -135,11 +135,11 @@ enum End {
 
 /// Publishes `converged` at `key` until `cancel` (or until the engine's
 /// status channel closes), then revokes the lease, which deletes the key.
-pub(super) async fn publish<L: Leases>(
+pub(super) async fn publish<L: Leases, T: Send + Sync>(
     mut leases: L,
     key: String,
     ttl: i64,
-    mut converged: watch::Receiver<Status>,
+    (mut converged, render): (watch::Receiver<T>, fn(&T) -> String),
     cancel: CancellationToken,
 ) {
     let mut backoff = Backoff(BACKOFF_MIN);
@@ -159,7 +159,7 @@ pub(super) async fn publish<L: Leases>(
                     &mut session,
                     &key,
                     ttl,
-                    &mut converged,
+                    (&mut converged, render),
                     &cancel,
                     &mut backoff,
                     &mut stale,
@@ -185,15 +185,20 @@ pub(super) async fn publish<L: Leases>(
     }
 }
 
+/// The converged key's value for `status`: `true` or `false`.
+pub(super) fn converged_value(status: &Status) -> String {
+    if status.converged { "true" } else { "false" }.to_owned()
+}
+
 /// Runs one session: writes the key on every change of `converged` and
 /// keeps the lease alive, until it is stopped or lost.
 #[allow(clippy::too_many_arguments)]
-async fn serve<L: Leases>(
+async fn serve<L: Leases, T: Send + Sync>(
     leases: &mut L,
     session: &mut L::Session,
     key: &str,
     ttl: i64,
-    converged: &mut watch::Receiver<Status>,
+    (converged, render): (&mut watch::Receiver<T>, fn(&T) -> String),
     cancel: &CancellationToken,
     backoff: &mut Backoff,
     stale: &mut Vec<i64>,
@@ -203,12 +208,11 @@ async fn serve<L: Leases>(
         Ack(Result<Option<i64>, etcd_client::Error>),
     }
     let mut tick = tokio::time::interval(Duration::from_secs((ttl / 3).max(1) as u64));
-    let mut last: Option<bool> = None;
+    let mut last: Option<String> = None;
     loop {
-        let now = converged.borrow_and_update().converged;
-        if last != Some(now) {
-            let value = if now { "true" } else { "false" };
-            if let Err(e) = leases.put(key, value, session.lease()).await {
+        let now = render(&converged.borrow_and_update());
+        if last.as_ref() != Some(&now) {
+            if let Err(e) = leases.put(key, &now, session.lease()).await {
                 return End::Lost(format!("cannot write the key: {e}"));
             }
             last = Some(now);
@@ -361,7 +365,7 @@ mod tests {
         let fake = Fake::new(false, 10);
         let (log, stop) = (fake.log.clone(), fake.stop.clone());
         let (_status_tx, status) = watch::channel(Status::default());
-        let run = publish(fake, "k".into(), 10, status, stop);
+        let run = publish(fake, "k".into(), 10, (status, converged_value), stop);
         tokio::time::timeout(GUARD, run)
             .await
             .expect("publisher stops");
@@ -383,7 +387,13 @@ mod tests {
         let (log, put) = (fake.log.clone(), fake.put.clone());
         let (status_tx, status) = watch::channel(Status::default());
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(publish(fake, "k".into(), 10, status, cancel.clone()));
+        let task = tokio::spawn(publish(
+            fake,
+            "k".into(),
+            10,
+            (status, converged_value),
+            cancel.clone(),
+        ));
         tokio::time::timeout(GUARD, put.notified())
             .await
             .expect("first put");

@@ -17,8 +17,8 @@ use crate::util::netns::NsLan;
 use crate::util::{eventually, mgmt, Dir, Proc};
 
 /// One emulator process, killed by pid when dropped.
-struct Emu {
-    proc: Proc,
+pub(crate) struct Emu {
+    pub(crate) proc: Proc,
     d: Dir,
     first: [u8; 3],
     port: u16,
@@ -26,7 +26,7 @@ struct Emu {
 
 impl Emu {
     /// `n` hosts on a random block of 127.0.0.0/8 and a random port.
-    fn start(n: usize, shared_listener: bool) -> Emu {
+    pub(crate) fn start(n: usize, shared_listener: bool) -> Emu {
         Self::start_in(n, shared_listener, |c| c)
     }
 
@@ -83,7 +83,7 @@ impl Emu {
         panic!("the emulator could not listen on 5 random address blocks");
     }
 
-    fn addr(&self, i: usize) -> String {
+    pub(crate) fn addr(&self, i: usize) -> String {
         // Host i is the (i+1)th address from .1 on.
         let n = i + 1;
         format!(
@@ -94,24 +94,24 @@ impl Emu {
         )
     }
 
-    fn url(&self, i: usize) -> String {
+    pub(crate) fn url(&self, i: usize) -> String {
         format!("ssh://root@{}:{}", self.addr(i), self.port)
     }
 
-    fn home(&self, i: usize) -> PathBuf {
+    pub(crate) fn home(&self, i: usize) -> PathBuf {
         self.root(i).join("home")
     }
 
-    fn root(&self, i: usize) -> PathBuf {
+    pub(crate) fn root(&self, i: usize) -> PathBuf {
         self.d.path().join("root").join(self.addr(i))
     }
 
-    fn stats(&self) -> serde_json::Value {
+    pub(crate) fn stats(&self) -> serde_json::Value {
         let text = std::fs::read_to_string(self.d.path().join("stats.json")).unwrap_or_default();
         serde_json::from_str(&text).unwrap_or_default()
     }
 
-    fn run(&self, files: &[PathBuf], key: &str) -> Command {
+    pub(crate) fn run(&self, files: &[PathBuf], key: &str) -> Command {
         let mut c = mgmt();
         c.env_remove("SSH_AUTH_SOCK").arg("run");
         for f in files {
@@ -136,7 +136,7 @@ fn keygen(path: &Path) {
 }
 
 /// Puts the test binary in host `i`'s cache, as a previous run would have.
-fn seed_cache(emu: &Emu, i: usize, sha: &str) {
+pub(crate) fn seed_cache(emu: &Emu, i: usize, sha: &str) {
     let dir = emu.home(i).join(".cache/mgmt/bin").join(sha);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::hard_link(env!("CARGO_BIN_EXE_mgmt"), dir.join("mgmt")).unwrap();

@@ -1,0 +1,129 @@
+//! `mgmt facts --remote FILE...` (#20 item 4): every host's facts, gathered
+//! by the host itself, without applying anything.
+//!
+//! Each host is placed as in a run (the `--cconns` set-up permit, connect,
+//! the binary in its cache) and runs `<cached mgmt> facts --json`, which
+//! prints [`crate::facts::gather`] as one JSON line and exits: no tunnel,
+//! no store, no graph, no per-run files. The clean-up is the run's
+//! (`--no-caching` removes the binary). A host that cannot be reached or
+//! whose output is not JSON gets its reason instead of facts.
+//!
+//! Hosts behind gateways are not reached yet: the caller refuses such
+//! plans before connecting.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::place::{explain, finish_placed, place_binary, setup_permit};
+use super::plan::{HostPlan, Plan};
+use super::shared::{ChildFlags, Shared};
+use crate::ssh::{ExecOptions, ExitStatus, OutputLine};
+use crate::ui::{Stage, SummaryRow, Ui};
+
+/// One host's answer: its facts as the host printed them, or why not.
+#[derive(Debug, Clone)]
+pub struct HostFacts {
+    pub host: String,
+    pub facts: Result<serde_json::Value, String>,
+}
+
+/// Gathers the facts of every host of `plan` (direct hosts only), in plan
+/// order.
+pub async fn gather(plan: Plan, ui: Ui, cancel: CancellationToken) -> Vec<HostFacts> {
+    let mut run_id = [0u8; 8];
+    rand::fill(&mut run_id[..]);
+    let hosts = plan.hosts.clone();
+    for h in &hosts {
+        ui.add_host(&h.name);
+    }
+    // Nothing is tunnelled: the store end of the channel is dropped.
+    let (tunnels, _) = mpsc::channel(1);
+    let shared = Arc::new(Shared {
+        setup: (plan.cconns > 0).then(|| Arc::new(Semaphore::new(plan.cconns))),
+        plan,
+        run_id: hex::encode(run_id),
+        flags: ChildFlags::default(),
+        tunnels,
+        ui,
+        converged: Arc::new(AtomicBool::new(false)),
+        agent: None,
+        ended: Default::default(),
+        rolling: None,
+    });
+    let mut tasks = JoinSet::new();
+    for (i, h) in hosts.into_iter().enumerate() {
+        let (shared, cancel) = (shared.clone(), cancel.clone());
+        tasks.spawn(async move { (i, one(&shared, &h, &cancel).await) });
+    }
+    let mut out: Vec<Option<HostFacts>> = (0..tasks.len()).map(|_| None).collect();
+    while let Some(r) = tasks.join_next().await {
+        if let Ok((i, f)) = r {
+            out[i] = Some(f);
+        }
+    }
+    out.into_iter().flatten().collect()
+}
+
+async fn one(shared: &Shared, h: &HostPlan, cancel: &CancellationToken) -> HostFacts {
+    let facts = facts_of(shared, h, cancel).await;
+    match &facts {
+        Ok(_) => shared.ui.stage(&h.name, Stage::Done),
+        Err(why) => shared.ui.stage(&h.name, Stage::Failed(why.clone())),
+    }
+    HostFacts {
+        host: h.name.clone(),
+        facts,
+    }
+}
+
+async fn facts_of(
+    shared: &Shared,
+    h: &HostPlan,
+    cancel: &CancellationToken,
+) -> Result<serde_json::Value, String> {
+    let permit = setup_permit(shared, &h.name, cancel).await?;
+    let p = place_binary(shared, &h.name, &h.target, cancel).await?;
+    drop(permit);
+    p.sftp.park().await;
+    shared.ui.stage(&h.name, Stage::Running);
+    let got = run_facts(&p, cancel).await;
+    if got.is_ok() {
+        // Nothing was put in a run directory: nothing to remove there.
+        p.child_cleaned.store(true, Ordering::Relaxed);
+    }
+    let mut row = SummaryRow::new(&h.name, &h.name);
+    finish_placed(shared, p, &mut row).await;
+    got
+}
+
+/// Runs `mgmt facts --json` on the placed host and parses what it printed.
+async fn run_facts(
+    p: &super::place::Placed,
+    cancel: &CancellationToken,
+) -> Result<serde_json::Value, String> {
+    let mut child = p
+        .cached
+        .launch(&p.session, &["facts", "--json"], ExecOptions::default())
+        .await
+        .map_err(|e| explain(&e))?;
+    let (mut out, mut last_err) = (String::new(), String::new());
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Err("the run was interrupted".into()),
+            line = child.next_line() => match line {
+                Some(OutputLine::Stdout(l)) => out.push_str(&l),
+                Some(OutputLine::Stderr(l)) => last_err = l,
+                None => break,
+            },
+        }
+    }
+    match child.status().await {
+        ExitStatus::Exited(0) => serde_json::from_str(out.trim())
+            .map_err(|e| format!("the host printed no facts as JSON ({e}): {out:.200}")),
+        other => Err(format!("mgmt facts ended ({other}): {}", last_err.trim())),
+    }
+}
