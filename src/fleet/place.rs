@@ -110,6 +110,7 @@ pub(crate) async fn place_binary(
             progress_ui.stage(&progress_name, Stage::Copying { sent, total })
         })),
         cancel: Some(cancel.clone()),
+        packer: Some(shared.plan.binary.packer.clone()),
     };
     let bin = &shared.plan.binary;
     let cached = sftp
@@ -139,6 +140,7 @@ pub(crate) async fn replace_binary(
     let opts = CacheOptions {
         prefix: shared.plan.prefix.clone(),
         verify_hit: true,
+        packer: Some(bin.packer.clone()),
         ..CacheOptions::default()
     };
     // A replacement is a copy like any other: under a set-up permit.

@@ -18,6 +18,7 @@ mod layers;
 mod remote;
 mod remote_run;
 mod role;
+mod ship;
 mod store;
 mod store_login;
 mod util;
