@@ -33,6 +33,9 @@ use sha2::{Digest, Sha256};
 
 use super::shell_quote;
 
+/// Name of the binary inside its cache directory.
+pub(super) const BIN_NAME: &str = "mgmt";
+
 /// Exit code of [`unpack_command`] when the decompressed result is not the
 /// binary (the tool failed, or its output hashed wrong); it was not kept.
 pub const UNPACK_FAILED_EXIT: u32 = 122;
@@ -362,9 +365,11 @@ fn prune(made: &Path) {
 /// so on stderr and exits [`UNPACK_FAILED_EXIT`]. `None` for a directory
 /// that cannot be quoted.
 pub fn unpack_command(dir: &str, sha256: &str, codec: Codec) -> Option<String> {
-    let bin = super::launch::BIN_NAME;
+    let bin = BIN_NAME;
     let packed = format!("{bin}.{}", codec.ext());
-    let tmp = format!(".{bin}.{}.part", super::sftp::random_suffix());
+    let mut r = [0u8; 8];
+    rand::fill(&mut r);
+    let tmp = format!(".{bin}.{}.part", hex::encode(r));
     let msg = format!(
         "mgmt: {dir}/{packed} did not decompress to the binary with `{} -dc` \
          (it failed or its sha-256 is wrong); not using it",
