@@ -99,7 +99,11 @@ pub(crate) async fn place_binary(
         ui.known_host(label, line);
     }
     let t1 = Instant::now();
-    let sftp = Sftp::open(&session).await.map_err(|e| explain(&e))?;
+    // The probe (uid, codecs) goes out while SFTP starts: neither waits
+    // for the other's answer (#17 item 3). Its result is kept in the
+    // session; an error shows again where it is used.
+    let (sftp, _) = tokio::join!(Sftp::open(&session), crate::ssh::cache::probe(&session));
+    let sftp = sftp.map_err(|e| explain(&e))?;
     let total = shared.plan.binary.size;
     let progress_ui = ui.clone();
     let progress_name = label.to_string();

@@ -81,28 +81,14 @@ impl std::fmt::Debug for CacheOptions {
 }
 
 impl Sftp {
-    /// The login user's uid on the host and the codecs it has: one
-    /// command ([`PROBE_COMMAND`]), run once per connection.
+    /// The login user's uid on the host and the codecs it has (see
+    /// [`probe`]).
     pub(super) async fn probe<'s>(
         &self,
         session: &'s Session,
     ) -> Result<&'s HostProbe, UploadError> {
-        let ask = || async {
-            let out = session
-                .run(PROBE_COMMAND)
-                .await
-                .map_err(|e| UploadError::Exec(e.kind))?;
-            match HostProbe::parse(&out.stdout) {
-                Some(p) if out.status.success() => Ok(p),
-                _ => {
-                    let line = out.stdout.first().map(|l| l.trim()).unwrap_or_default();
-                    Err(UploadError::NoUid(line.to_owned()))
-                }
-            }
-        };
-        session.probe.get_or_try_init(ask).await
+        probe(session).await
     }
-
     /// The login user's uid on the host (see [`Self::probe`]).
     pub(super) async fn login_uid(&self, session: &Session) -> Result<u32, UploadError> {
         Ok(self.probe(session).await?.uid)
@@ -243,8 +229,14 @@ impl Sftp {
             Some(p) => format!("{}/{p}", self.home),
             None => format!("{}/.cache/mgmt", self.home),
         };
+        if let Some(found) = self.checked_before(uid, &prefix, subs).await {
+            return found.map_err(|k| self.err(k));
+        }
         let first = match self.prepare_prefix(uid, &prefix, subs).await {
-            Ok((real, created)) => return Ok((real, false, created)),
+            Ok((real, created)) => {
+                self.remember(&prefix, &real, false);
+                return Ok((real, false, created));
+            }
             Err(e @ (UploadError::Untrusted { .. } | UploadError::BadPrefix(_))) => {
                 return Err(self.err(e))
             }
@@ -252,12 +244,46 @@ impl Sftp {
         };
         tracing::info!(host = %self.host, prefix, error = %first, "cache prefix not usable; falling back to /tmp");
         match self.tmp_prefix(uid, subs).await {
-            Ok(p) => Ok((p, true, Vec::new())),
+            Ok(p) => {
+                self.remember(&prefix, &p, true);
+                Ok((p, true, Vec::new()))
+            }
             Err(e @ UploadError::Untrusted { .. }) => Err(self.err(e)),
             Err(second) => Err(self.err(UploadError::NoUsableDir {
                 tried: format!("{prefix}: {first}; /tmp: {second}"),
             })),
         }
+    }
+
+    /// Notes that `asked` resolved to the checked prefix `real` on this
+    /// SFTP session.
+    fn remember(&self, asked: &str, real: &str, fallback: bool) {
+        *super::lock(&self.checked) = Some((asked.to_owned(), real.to_owned(), fallback));
+    }
+
+    /// The prefix checked earlier on this session, when `prefix` names it
+    /// (as asked, or its real path), with `subs` made and checked below it:
+    /// the directories above it were judged already (only the login user
+    /// and root can change them), so the run files' step skips the walk
+    /// from `/` (four round trips). `None`: not checked yet.
+    async fn checked_before(
+        &self,
+        uid: u32,
+        prefix: &str,
+        subs: &[&str],
+    ) -> Option<Result<(String, bool, Vec<String>), UploadError>> {
+        let (asked, real, fallback) = super::lock(&self.checked).clone()?;
+        if prefix != asked && prefix != real {
+            return None;
+        }
+        let mut path = real.clone();
+        for s in subs {
+            path = join(&path, s);
+            if let Err(e) = self.trusted_dir(&path, uid, Place::Private).await {
+                return Some(Err(e));
+            }
+        }
+        Some(Ok((real, fallback, Vec::new())))
     }
 
     /// Find our own `0700` `/tmp/mgmt-<user>-*` directory or make a new one
@@ -475,6 +501,26 @@ impl Sftp {
         }
         Ok(())
     }
+}
+
+/// The login user's uid on the host and the codecs it has: one command
+/// ([`PROBE_COMMAND`]), run once per connection. A caller may start it
+/// while the SFTP session opens, so it costs no round trip of its own.
+pub async fn probe(session: &Session) -> Result<&HostProbe, UploadError> {
+    let ask = || async {
+        let out = session
+            .run(PROBE_COMMAND)
+            .await
+            .map_err(|e| UploadError::Exec(e.kind))?;
+        match HostProbe::parse(&out.stdout) {
+            Some(p) if out.status.success() => Ok(p),
+            _ => {
+                let line = out.stdout.first().map(|l| l.trim()).unwrap_or_default();
+                Err(UploadError::NoUid(line.to_owned()))
+            }
+        }
+    };
+    session.probe.get_or_try_init(ask).await
 }
 
 /// `path` (absolute) split into its parent and its last name; `..` is

@@ -153,6 +153,9 @@ pub struct Sftp {
     /// Absolute start directory of the SFTP server (the user's home).
     pub(super) home: String,
     pub(super) user: String,
+    /// The cache prefix this session checked from `/` down: as asked, its
+    /// real path, and whether it is the `/tmp` fallback ([`super::cache`]).
+    pub(super) checked: std::sync::Mutex<Option<(String, String, bool)>>,
 }
 
 impl std::fmt::Debug for Sftp {
@@ -255,6 +258,7 @@ impl Sftp {
             host,
             home,
             user: session.target().user.clone(),
+            checked: std::sync::Mutex::new(None),
         })
     }
 
