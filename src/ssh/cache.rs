@@ -8,7 +8,7 @@
 //! ```text
 //! <prefix>/                 0700
 //!   bin/<sha256>/mgmt       0700 dirs, 0700 file; content-addressed
-//!   bin/<sha256>/mgmt.xz    what was sent (or mgmt.gz), kept for gateways
+//!   bin/<sha256>/mgmt.zst   what was sent (or .xz, .gz), kept for gateways
 //!   run/<run-id>/graph.yaml 0700 dirs; one directory per run
 //! ```
 //!

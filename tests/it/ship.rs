@@ -97,14 +97,10 @@ fn bin_dir(home: &Path) -> PathBuf {
     dirs.remove(0)
 }
 
-/// The name of the compressed form in a cache directory: `mgmt.xz` for
-/// the release binary, `mgmt.gz` for a debug build (over 32 MiB).
+/// The name of the compressed form in a cache directory: `mgmt.zst` on
+/// this machine, which has zstd (and xz and gzip).
 pub(crate) fn packed_name(dir: &Path) -> String {
-    let want = if binary_size() > 32 << 20 {
-        "mgmt.gz"
-    } else {
-        "mgmt.xz"
-    };
+    let want = "mgmt.zst";
     assert!(dir.join(want).is_file(), "no {want} in {}", dir.display());
     want.to_owned()
 }
@@ -142,7 +138,7 @@ fn a_cold_host_gets_the_binary_compressed() {
     );
     let size = binary_size();
     let dir = bin_dir(&home);
-    // What arrived is the compressed form (xz; gzip for a debug build);
+    // What arrived is the compressed form (zstd, the host having it);
     // the binary next to it is the real one.
     let form = packed_name(&dir);
     let xz = std::fs::metadata(dir.join(&form)).expect("form").len();
@@ -152,7 +148,7 @@ fn a_cold_host_gets_the_binary_compressed() {
     );
     let ours = wire_bytes(&events, "127.0.0.1");
     let relayed = relay.up.load(Ordering::Relaxed);
-    eprintln!("binary {size} B, xz {xz} B, wire: mgmt {ours} B, relay {relayed} B");
+    eprintln!("binary {size} B, {form} {xz} B, wire: mgmt {ours} B, relay {relayed} B");
     for (what, n) in [
         ("the upload", xz),
         ("mgmt's count", ours),
@@ -186,7 +182,7 @@ fn a_decompressor_that_lies_runs_nothing() {
     // given, they print a script that would leave the marker.
     let fake = home.join(".path");
     std::fs::create_dir_all(&fake).unwrap();
-    for tool in ["xz", "gzip"] {
+    for tool in ["zstd", "xz", "gzip"] {
         let p = fake.join(tool);
         std::fs::write(
             &p,
