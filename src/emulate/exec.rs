@@ -1,7 +1,8 @@
 //! The commands an emulated host runs: exactly those `mgmt` sends, nothing
 //! else. The launch of a cached binary (its hash checked first, as the
 //! shell would) becomes an in-process child ([`super::child`]); `kill`
-//! signals such a child by its emulated pid; `id -u`, `sha256sum -- PATH`
+//! signals such a child by its emulated pid; `id -u` (and the cache's
+//! probe, answered with no codec), `sha256sum -- PATH`
 //! and `mv -f -- A B` are answered inside the host's directory. Any other
 //! command line fails with exit code 127 and says why on stderr.
 
@@ -50,6 +51,11 @@ pub(crate) async fn run(
             }
         }
         return child::run(ctx.clone(), pid, bin, args, read, write.clone()).await;
+    }
+    if command == crate::ssh::pack::PROBE_COMMAND {
+        // The uid and no codec: an emulated host gets the binary as it is.
+        out.stdout(&format!("{}\n", nix::unistd::getuid())).await;
+        return 0;
     }
     let Some(words) = shlex::split(&command) else {
         return refuse(&out, &command).await;

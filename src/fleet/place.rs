@@ -99,7 +99,11 @@ pub(crate) async fn place_binary(
         ui.known_host(label, line);
     }
     let t1 = Instant::now();
-    let sftp = Sftp::open(&session).await.map_err(|e| explain(&e))?;
+    // The probe (uid, codecs) goes out while SFTP starts: neither waits
+    // for the other's answer (#17 item 3). Its result is kept in the
+    // session; an error shows again where it is used.
+    let (sftp, _) = tokio::join!(Sftp::open(&session), crate::ssh::cache::probe(&session));
+    let sftp = sftp.map_err(|e| explain(&e))?;
     let total = shared.plan.binary.size;
     let progress_ui = ui.clone();
     let progress_name = label.to_string();
@@ -110,6 +114,7 @@ pub(crate) async fn place_binary(
             progress_ui.stage(&progress_name, Stage::Copying { sent, total })
         })),
         cancel: Some(cancel.clone()),
+        packer: Some(shared.plan.binary.packer.clone()),
     };
     let bin = &shared.plan.binary;
     let cached = sftp
@@ -139,6 +144,7 @@ pub(crate) async fn replace_binary(
     let opts = CacheOptions {
         prefix: shared.plan.prefix.clone(),
         verify_hit: true,
+        packer: Some(bin.packer.clone()),
         ..CacheOptions::default()
     };
     // A replacement is a copy like any other: under a set-up permit.

@@ -65,6 +65,9 @@ pub struct Binary {
     /// Lowercase hex SHA-256 of its content.
     pub sha256: String,
     pub size: u64,
+    /// Its compressed forms for cold hosts, kept in the initiator's cache
+    /// unless `--no-caching` ([`crate::ssh::pack`]).
+    pub packer: Arc<crate::ssh::pack::Packer>,
 }
 
 /// Everything a remote run needs, validated.
@@ -197,7 +200,7 @@ pub fn plan(args: &PlanInputs) -> Result<Option<Plan>, PlanError> {
             f.label.clone_from(label);
         }
     }
-    let binary = binary(args.remote_binary.as_deref())?;
+    let binary = binary(args.remote_binary.as_deref(), args.caching)?;
     raise_open_files(hosts.len() + groups.len())?;
     let policy = match args.host_key_check.as_str() {
         "accept-new" => HostKeyPolicy::AcceptNew,
@@ -602,7 +605,7 @@ fn reserialised(text: &str, rest: Option<&[String]>) -> Option<String> {
 }
 
 /// Finds and hashes the binary to ship; warns when it is not static.
-fn binary(given: Option<&Path>) -> Result<Binary, PlanError> {
+fn binary(given: Option<&Path>, caching: bool) -> Result<Binary, PlanError> {
     let path = match given {
         Some(p) => p.to_path_buf(),
         None => std::env::current_exe().map_err(|e| {
@@ -626,9 +629,13 @@ fn binary(given: Option<&Path>) -> Result<Binary, PlanError> {
             path.display()
         );
     }
+    let sha256 = hex::encode(Sha256::digest(&data));
+    let size = data.len() as u64;
+    let keep = caching.then(crate::ssh::pack::default_keep_dir).flatten();
     Ok(Binary {
-        sha256: hex::encode(Sha256::digest(&data)),
-        size: data.len() as u64,
+        packer: Arc::new(crate::ssh::pack::Packer::new(&path, &sha256, size, keep)),
+        sha256,
+        size,
         path,
     })
 }

@@ -8,6 +8,7 @@
 //! ```text
 //! <prefix>/                 0700
 //!   bin/<sha256>/mgmt       0700 dirs, 0700 file; content-addressed
+//!   bin/<sha256>/mgmt.zst   what was sent (or .xz, .gz), kept for gateways
 //!   run/<run-id>/graph.yaml 0700 dirs; one directory per run
 //! ```
 //!
@@ -25,6 +26,10 @@
 //!
 //! Every file is written under a temporary name in its final directory and
 //! renamed into place, so a partial upload is never at the final path. A
+//! miss sends the compressed form the host can decompress ([`super::pack`]):
+//! it is written like any file, then the host decompresses it to a
+//! temporary name in the same checked directory and renames the result to
+//! `mgmt` only once its SHA-256 matched. A
 //! cached file counts as a hit when it is a regular file of the right size,
 //! owned and moded like its directories; its hash is then checked by the
 //! command that runs it, every time ([`CachedBinary::launch_command`]):
@@ -35,12 +40,14 @@
 //! to clean up, `--no-caching`) is the caller's.
 
 use std::path::{Component, Path};
+use std::sync::Arc;
 use std::time::Instant;
 
 use russh_sftp::protocol::FileAttributes;
 use tokio_util::sync::CancellationToken;
 
 use super::launch::{CachedBinary, BIN_NAME};
+use super::pack::{unpack_command, HostProbe, Packer, PROBE_COMMAND};
 use super::session::Session;
 use super::sftp::{is_not_found, random_suffix, Progress, Sftp, Transfer, UploadError};
 use super::strict::{chain, is_dir, judge, Place};
@@ -59,6 +66,9 @@ pub struct CacheOptions {
     pub progress: Option<Progress>,
     /// Checked between writes; a cancelled upload removes its temporary file.
     pub cancel: Option<CancellationToken>,
+    /// The binary's compressed forms: a miss sends the best one the host
+    /// can decompress ([`super::pack`]); `None` sends the binary as it is.
+    pub packer: Option<Arc<Packer>>,
 }
 
 impl std::fmt::Debug for CacheOptions {
@@ -71,20 +81,17 @@ impl std::fmt::Debug for CacheOptions {
 }
 
 impl Sftp {
-    /// The login user's uid on the host: `id -u`, run once per connection.
+    /// The login user's uid on the host and the codecs it has (see
+    /// [`probe`]).
+    pub(super) async fn probe<'s>(
+        &self,
+        session: &'s Session,
+    ) -> Result<&'s HostProbe, UploadError> {
+        probe(session).await
+    }
+    /// The login user's uid on the host (see [`Self::probe`]).
     pub(super) async fn login_uid(&self, session: &Session) -> Result<u32, UploadError> {
-        let ask = || async {
-            let out = session
-                .run("id -u")
-                .await
-                .map_err(|e| UploadError::Exec(e.kind))?;
-            let line = out.stdout.first().map(|l| l.trim()).unwrap_or_default();
-            match line.parse::<u32>() {
-                Ok(uid) if out.status.success() => Ok(uid),
-                _ => Err(UploadError::NoUid(line.to_owned())),
-            }
-        };
-        session.login_uid.get_or_try_init(ask).await.copied()
+        Ok(self.probe(session).await?.uid)
     }
 
     /// `md` (the `lstat` of `path`) judged for `place`.
@@ -222,8 +229,14 @@ impl Sftp {
             Some(p) => format!("{}/{p}", self.home),
             None => format!("{}/.cache/mgmt", self.home),
         };
+        if let Some(found) = self.checked_before(uid, &prefix, subs).await {
+            return found.map_err(|k| self.err(k));
+        }
         let first = match self.prepare_prefix(uid, &prefix, subs).await {
-            Ok((real, created)) => return Ok((real, false, created)),
+            Ok((real, created)) => {
+                self.remember(&prefix, &real, false);
+                return Ok((real, false, created));
+            }
             Err(e @ (UploadError::Untrusted { .. } | UploadError::BadPrefix(_))) => {
                 return Err(self.err(e))
             }
@@ -231,12 +244,46 @@ impl Sftp {
         };
         tracing::info!(host = %self.host, prefix, error = %first, "cache prefix not usable; falling back to /tmp");
         match self.tmp_prefix(uid, subs).await {
-            Ok(p) => Ok((p, true, Vec::new())),
+            Ok(p) => {
+                self.remember(&prefix, &p, true);
+                Ok((p, true, Vec::new()))
+            }
             Err(e @ UploadError::Untrusted { .. }) => Err(self.err(e)),
             Err(second) => Err(self.err(UploadError::NoUsableDir {
                 tried: format!("{prefix}: {first}; /tmp: {second}"),
             })),
         }
+    }
+
+    /// Notes that `asked` resolved to the checked prefix `real` on this
+    /// SFTP session.
+    fn remember(&self, asked: &str, real: &str, fallback: bool) {
+        *super::lock(&self.checked) = Some((asked.to_owned(), real.to_owned(), fallback));
+    }
+
+    /// The prefix checked earlier on this session, when `prefix` names it
+    /// (as asked, or its real path), with `subs` made and checked below it:
+    /// the directories above it were judged already (only the login user
+    /// and root can change them), so the run files' step skips the walk
+    /// from `/` (four round trips). `None`: not checked yet.
+    async fn checked_before(
+        &self,
+        uid: u32,
+        prefix: &str,
+        subs: &[&str],
+    ) -> Option<Result<(String, bool, Vec<String>), UploadError>> {
+        let (asked, real, fallback) = super::lock(&self.checked).clone()?;
+        if prefix != asked && prefix != real {
+            return None;
+        }
+        let mut path = real.clone();
+        for s in subs {
+            path = join(&path, s);
+            if let Err(e) = self.trusted_dir(&path, uid, Place::Private).await {
+                return Some(Err(e));
+            }
+        }
+        Some(Ok((real, fallback, Vec::new())))
     }
 
     /// Find our own `0700` `/tmp/mgmt-<user>-*` directory or make a new one
@@ -326,11 +373,71 @@ impl Sftp {
             return Ok(cached);
         }
         let t = Instant::now();
-        cached.bytes_sent = self
-            .put_file(session, local, &cached.dir, BIN_NAME, size, opts)
-            .await?;
+        let have = match self.probe(session).await {
+            Ok(p) => p.codecs.as_slice(),
+            Err(_) => &[],
+        };
+        let codec = opts
+            .packer
+            .as_ref()
+            .and_then(|p| Some((p, p.choose(have)?)));
+        let packed = match codec {
+            Some((packer, codec)) => match packer.get(codec).await {
+                Ok(p) => Some(p),
+                Err(why) => {
+                    tracing::warn!(host = %self.host, "{why}; sending the binary uncompressed");
+                    None
+                }
+            },
+            _ => None,
+        };
+        cached.bytes_sent = match packed {
+            Some(p) => self.put_packed(session, &cached, &p, opts).await?,
+            None => {
+                self.put_file(session, local, &cached.dir, BIN_NAME, size, opts)
+                    .await?
+            }
+        };
         tracing::debug!(host = %self.host, bytes = cached.bytes_sent, elapsed = ?t.elapsed(), "binary uploaded");
         Ok(cached)
+    }
+
+    /// Uploads the compressed form `p` beside the binary's path, then has
+    /// the host decompress it there and verify the result before renaming
+    /// it into place ([`unpack_command`]). The form stays, for a gateway to
+    /// send onward. Returns the bytes sent.
+    async fn put_packed(
+        &self,
+        session: &Session,
+        cached: &CachedBinary,
+        p: &super::pack::Packed,
+        opts: &CacheOptions,
+    ) -> Result<u64, HostError<UploadError>> {
+        let name = format!("{BIN_NAME}.{}", p.codec.ext());
+        let sent = self
+            .put_file(session, &p.path, &cached.dir, &name, p.size, opts)
+            .await?;
+        let Some(cmd) = unpack_command(&cached.dir, &cached.sha256, p.codec) else {
+            return Err(self.err(UploadError::BadName(cached.dir.clone())));
+        };
+        // Not bounded by the command timeout: like the upload, it takes
+        // time in proportion to the binary (a debug build is 150 MB).
+        let out = session
+            .exec(&cmd, super::ExecOptions::default())
+            .await
+            .map_err(|e| self.err(UploadError::Exec(e.kind)))?
+            .collect()
+            .await;
+        if !out.status.success() {
+            let said = out.stderr.last().cloned().unwrap_or_default();
+            return Err(self.err(UploadError::Unpack {
+                path: format!("{}/{name}", cached.dir),
+                tool: p.codec.tool(),
+                status: out.status.to_string(),
+                said,
+            }));
+        }
+        Ok(sent)
     }
 
     /// Whether the cached binary hashes right, computed on the host.
@@ -394,6 +501,26 @@ impl Sftp {
         }
         Ok(())
     }
+}
+
+/// The login user's uid on the host and the codecs it has: one command
+/// ([`PROBE_COMMAND`]), run once per connection. A caller may start it
+/// while the SFTP session opens, so it costs no round trip of its own.
+pub async fn probe(session: &Session) -> Result<&HostProbe, UploadError> {
+    let ask = || async {
+        let out = session
+            .run(PROBE_COMMAND)
+            .await
+            .map_err(|e| UploadError::Exec(e.kind))?;
+        match HostProbe::parse(&out.stdout) {
+            Some(p) if out.status.success() => Ok(p),
+            _ => {
+                let line = out.stdout.first().map(|l| l.trim()).unwrap_or_default();
+                Err(UploadError::NoUid(line.to_owned()))
+            }
+        }
+    };
+    session.probe.get_or_try_init(ask).await
 }
 
 /// `path` (absolute) split into its parent and its last name; `..` is

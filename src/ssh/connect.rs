@@ -304,7 +304,7 @@ pub async fn connect_with(
         auth_method,
         timings,
         command_timeout: settings.connect_timeout.max(Duration::from_secs(10)),
-        login_uid: tokio::sync::OnceCell::new(),
+        probe: tokio::sync::OnceCell::new(),
     })
 }
 

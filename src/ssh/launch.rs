@@ -13,7 +13,7 @@ use super::{shell_join, shell_quote, HostError};
 pub const VERIFY_FAILED_EXIT: u32 = 121;
 
 /// Name of the binary inside its cache directory.
-pub(super) const BIN_NAME: &str = "mgmt";
+pub(super) use super::pack::BIN_NAME;
 
 /// Where the binary is on the host, and what it cost to get it there.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -22,7 +22,8 @@
 //!   [`cache`] and the per-run files ([`runfiles`]), every directory on
 //!   their path checked as OpenSSH's StrictModes would ([`strict`]);
 //!   [`launch`] runs the cached binary only after its hash checked out on
-//!   the host.
+//!   the host; [`pack`] compresses the binary once on the initiator and
+//!   has the host decompress and verify it before it is put in place.
 //! - [`tunnel`]: the reverse TCP forward back to the embedded store and the
 //!   secret preamble check; [`agent`] is the ssh-agent served to gateways,
 //!   and every forwarded agent channel goes through `agent_filter` (list
@@ -48,6 +49,7 @@ pub(crate) mod handler;
 pub mod hostkey;
 pub(crate) mod known_index;
 pub mod launch;
+pub mod pack;
 pub mod runfiles;
 pub mod session;
 pub mod sftp;

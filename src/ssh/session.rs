@@ -58,9 +58,10 @@ pub struct Session {
     pub timings: ConnectTimings,
     /// Bound used for short helper commands (kill, mkdir...).
     pub(crate) command_timeout: Duration,
-    /// The login user's uid on the host (`id -u`), asked once per
-    /// connection by the cache's ownership checks.
-    pub(crate) login_uid: tokio::sync::OnceCell<u32>,
+    /// The login user's uid on the host (`id -u`) and the codecs it can
+    /// decompress, asked once per connection by the cache
+    /// ([`super::pack::PROBE_COMMAND`]).
+    pub(crate) probe: tokio::sync::OnceCell<super::pack::HostProbe>,
 }
 
 impl std::fmt::Debug for Session {

@@ -88,6 +88,20 @@ pub enum UploadError {
     /// `id -u` did not print a uid.
     #[error("cannot tell the login user's uid: `id -u` printed {0:?}")]
     NoUid(String),
+    /// The host did not turn the compressed upload into the binary: its
+    /// tool failed or gave bytes with another SHA-256. Nothing was put at
+    /// the binary's path, and nothing ran.
+    #[error("{path}: `{tool} -dc` on the host did not give the binary ({status}): {said}")]
+    Unpack {
+        /// The compressed file on the host.
+        path: String,
+        /// The host's tool.
+        tool: &'static str,
+        /// How the command ended.
+        status: String,
+        /// Its last stderr line.
+        said: String,
+    },
     /// A helper command failed.
     #[error(transparent)]
     Exec(ExecError),
@@ -111,6 +125,10 @@ impl Hint for UploadError {
                 "name the directory without '..', e.g. ~/.cache/mgmt or /var/cache/mgmt".into(),
             ),
             Self::NoUid(_) => Some("the login shell must run `id -u` (POSIX)".into()),
+            Self::Unpack { tool, .. } => Some(format!(
+                "check the host's `{tool}` (which one is first on PATH, and that it works): \
+                 it changed the binary's bytes"
+            )),
             _ => None,
         }
     }
@@ -135,6 +153,9 @@ pub struct Sftp {
     /// Absolute start directory of the SFTP server (the user's home).
     pub(super) home: String,
     pub(super) user: String,
+    /// The cache prefix this session checked from `/` down: as asked, its
+    /// real path, and whether it is the `/tmp` fallback ([`super::cache`]).
+    pub(super) checked: std::sync::Mutex<Option<(String, String, bool)>>,
 }
 
 impl std::fmt::Debug for Sftp {
@@ -237,6 +258,7 @@ impl Sftp {
             host,
             home,
             user: session.target().user.clone(),
+            checked: std::sync::Mutex::new(None),
         })
     }
 

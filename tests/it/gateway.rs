@@ -58,6 +58,20 @@ fn binary_size() -> u64 {
     std::fs::metadata(crate::util::shipped()).unwrap().len()
 }
 
+/// The size of the compressed binary that arrived on host `i`.
+fn packed_size(fleet: &SshdFleet, i: usize) -> u64 {
+    let bin = fleet.home(i).join(".cache/mgmt/bin");
+    let dir = std::fs::read_dir(&bin)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::metadata(dir.join(crate::ship::packed_name(&dir)))
+        .unwrap()
+        .len()
+}
+
 // See: #5 (two gateways x 10 hosts: all converge, exported data crosses
 // groups, the binary crosses the primary link once per gateway)
 #[test]
@@ -104,10 +118,20 @@ fn two_gateways_of_ten_hosts_converge_and_exchange() {
         no_keys_in_home(&fleet, g);
         assert_eq!(row(&log, fleet.ip(g))[2], "gateway", "{log}");
     }
-    // Bytes per hop: one binary per gateway from here, one per host from
-    // the gateways (exact, in bytes, from the hop line).
-    let size = binary_size();
-    assert_eq!(bytes_per_hop(&log), [2 * size, 20 * size], "{log}");
+    // Bytes per hop: one compressed binary per gateway from here, and the
+    // same form, which each gateway received and kept, from the gateways
+    // to each host (exact, in bytes, from the hop line); the gateways made
+    // no form of their own (#17).
+    let xz = packed_size(&fleet, 1);
+    assert!(xz * 10 <= binary_size() * 4, "{xz} B");
+    for i in [2, 3, 22] {
+        assert_eq!(packed_size(&fleet, i), xz, "host {i}");
+    }
+    assert_eq!(bytes_per_hop(&log), [2 * xz, 20 * xz], "{log}");
+    for g in [1, 2] {
+        let ship = fleet.home(g).join(".cache/mgmt/ship");
+        assert!(!ship.exists(), "gateway {g} compressed the binary itself");
+    }
     assert!(log.contains("binary sent: 2 copies, "), "{log}");
     assert!(log.contains("trace (per hop"), "{log}");
     // --trace: one line per hop, gateways and the hosts behind them, each

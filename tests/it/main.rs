@@ -21,6 +21,7 @@ mod remote;
 mod remote_run;
 mod role;
 mod rolling;
+mod ship;
 mod store;
 mod store_login;
 mod targeting;

@@ -516,19 +516,24 @@ fn interrupt_during_the_run_leaves_nothing_behind() {
 fn interrupt_during_the_copy_leaves_nothing_behind() {
     let fleet = SshdFleet::start(1);
     let d = Dir::new();
-    // A big "binary" so the copy lasts: ELF magic, then a hole (a sparse
-    // file: 512 MiB to read and send, nothing in memory or on disk here).
+    // A big "binary" so the copy lasts: ELF magic, then 256 MiB of random
+    // bytes, which no codec shrinks (#17: a hole would compress to 16 KB).
+    // --no-caching: its compressed form is not kept on this machine either.
     let big = d.path().join("big");
-    let mut f = std::fs::File::create(&big).unwrap();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&big).unwrap());
     std::io::Write::write_all(&mut f, b"\x7fELF").unwrap();
-    f.set_len(512 * 1024 * 1024).unwrap();
+    let mut block = vec![0u8; 1 << 20];
+    for _ in 0..256 {
+        rand::fill(&mut block[..]);
+        std::io::Write::write_all(&mut f, &block).unwrap();
+    }
     drop(f);
     let g = one_noop_graph(&d, "g.yaml", &[fleet.url(1)]);
     let big_arg = big.display().to_string();
     let mut p = Proc::spawn(&mut remote_cmd(
         &fleet,
         &[&g],
-        &["--remote-binary", &big_arg],
+        &["--remote-binary", &big_arg, "--no-caching"],
     ));
     p.wait_line("copying", LIMIT);
     interrupt(&mut p);

@@ -8,7 +8,9 @@
 //! `SetEnv` (so the shell reads that home's rc files, not root's) and a
 //! `ForceCommand` wrapper that `cd`s there and runs the client's command, or
 //! for the sftp subsystem `sftp-server -d <home>`. `SetEnv HOME` alone does
-//! not move SFTP: sftp starts in the passwd home, hence `-d`. Readiness is
+//! not move SFTP: sftp starts in the passwd home, hence `-d`. A host's
+//! `<home>/.path`, when a test makes it, comes first on that host's `PATH`
+//! (a fake `xz` or `gzip`, say). Readiness is
 //! sshd's own "Server listening on" line per address on stderr (`-e`), never
 //! a sleep. Dropping the fleet stops every process it started, by pid, and
 //! waits for it. Also: [`Agent`], an `ssh-agent -D` child with a key loaded.
@@ -168,6 +170,8 @@ impl SshdFleet {
              # ForceCommand wrapper: run the client's command in this host's home.\n\
              cd \"$1\" || exit 1\n\
              export HOME=\"$1\"\n\
+             # A test puts tools of its own first on this host's PATH here.\n\
+             if [ -d \"$1/.path\" ]; then PATH=\"$1/.path:$PATH\"; export PATH; fi\n\
              case \"$SSH_ORIGINAL_COMMAND\" in\n\
              internal-sftp) exec /usr/lib/openssh/sftp-server -d \"$1\" ;;\n\
              '') exec /bin/sh -l ;;\n\
