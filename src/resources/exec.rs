@@ -125,18 +125,22 @@ fn start(shell: &str, cmd: &str, stderr: Stdio) -> std::io::Result<(Child, Stop)
     let fd = watch.raw();
     let mut c = command(shell, cmd, stderr);
     // SAFETY: `split` is written for this place (raw system calls only,
-    // see keeper.rs) and touches no memory shared with the parent.
+    // see keeper.rs) and touches no memory shared with the parent. It runs
+    // before `restore_thp`, so the keeper keeps mgmt's setting and only
+    // the command gets the system's.
     unsafe {
         c.pre_exec(move || keeper::split(fd));
     }
+    restore_thp(&mut c);
     let child = c.spawn();
     // The keeper has its copy; ours would hide mgmt's end from it.
     drop(watch);
     Ok((child?, stop))
 }
 
-/// `shell -c cmd` in a process group of its own, its output piped, without
-/// a keeper: what [`start`] builds on, and what `detach: true` runs as is.
+/// `shell -c cmd` in a process group of its own, its output piped: what
+/// [`start`] builds on, and, with [`restore_thp`], what `detach: true` runs
+/// as it is, without a keeper.
 fn command(shell: &str, cmd: &str, stderr: Stdio) -> Command {
     let mut c = Command::new(shell);
     c.arg("-c")
@@ -146,16 +150,20 @@ fn command(shell: &str, cmd: &str, stderr: Stdio) -> Command {
         .stderr(stderr)
         // A group of its own, out of reach of a terminal's ^C.
         .process_group(0);
+    c
+}
+
+/// mgmt itself runs with transparent huge pages off (see main.rs); the
+/// operator's command gets the system's default back, right before exec.
+fn restore_thp(c: &mut Command) {
     // SAFETY: one prctl(2) call, async-signal-safe, touching no memory
-    // shared with the parent. mgmt itself runs with transparent huge pages
-    // off (see main.rs); the operator's command gets the system's default.
+    // shared with the parent.
     unsafe {
         c.pre_exec(|| {
             let _ = nix::sys::prctl::set_thp_disable(false);
             Ok(())
         });
     }
-    c
 }
 
 /// How long the output of a `detach: true` command is still read after the
@@ -173,9 +181,9 @@ async fn run_logged(
     detach: bool,
 ) -> Result<i32, ResourceError> {
     let started = if detach {
-        command(shell, cmd, Stdio::piped())
-            .spawn()
-            .map(|c| (c, None))
+        let mut c = command(shell, cmd, Stdio::piped());
+        restore_thp(&mut c);
+        c.spawn().map(|c| (c, None))
     } else {
         start(shell, cmd, Stdio::piped()).map(|(c, s)| (c, Some(s)))
     };
