@@ -484,18 +484,7 @@ impl Ui {
             }
             return summary::format_summary(rows);
         }
-        {
-            let mut state = lock(&self.inner.state);
-            state.finished = true;
-            if let Some(bars) = &self.inner.bars {
-                let State {
-                    hosts,
-                    bars: bar_state,
-                    ..
-                } = &mut *state;
-                bars.clear(bar_state, hosts);
-            }
-        }
+        self.close();
         if let Some(ev) = self.inner.events.get() {
             ev.done(rows);
         }

@@ -22,16 +22,6 @@ fn facts_cmd(fleet: &SshdFleet, graph: &std::path::Path, extra: &[&str]) -> std:
     c
 }
 
-/// `ID=` of this machine's os-release: the sshd hosts run here.
-fn os_id() -> String {
-    let text = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix("ID="))
-        .unwrap_or("")
-        .trim_matches('"')
-        .to_owned()
-}
-
 // See: #20 (tests: `mgmt facts` on real sshd hosts prints each host's
 // facts; its JSON parses; nothing is applied)
 #[test]
@@ -61,7 +51,7 @@ fn facts_of_real_sshd_hosts_as_json_and_as_a_table() {
         assert!(h["error"].is_null(), "{doc:#}");
         let f = &h["facts"];
         assert_eq!(f["arch"], std::env::consts::ARCH, "{doc:#}");
-        assert_eq!(f["os"]["id"], os_id().as_str(), "{doc:#}");
+        assert_eq!(f["os"]["id"], crate::util::os_id().as_str(), "{doc:#}");
         assert!(f["memory_mb"].as_u64().unwrap() > 0, "{doc:#}");
         assert!(f["cpus"].as_u64().unwrap() > 0, "{doc:#}");
     }
@@ -91,7 +81,7 @@ fn facts_of_real_sshd_hosts_as_json_and_as_a_table() {
         .find(|l| l.starts_with(fleet.ip(1)))
         .expect(&out);
     assert!(
-        row.contains(&os_id()) && row.contains(std::env::consts::ARCH),
+        row.contains(&crate::util::os_id()) && row.contains(std::env::consts::ARCH),
         "{out}"
     );
     assert!(out.contains("1 of 2 host(s) answered"), "{out}");

@@ -12,16 +12,6 @@ use sha2::Digest;
 use crate::emulate::{seed_cache, Emu};
 use crate::util::{Dir, Proc};
 
-/// `ID=` of this machine's os-release: the emulated hosts' `facts.os.id`.
-fn os_id() -> String {
-    let text = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix("ID="))
-        .unwrap_or("")
-        .trim_matches('"')
-        .to_owned()
-}
-
 fn seed_all(emu: &Emu, n: usize) {
     let bin = std::fs::read(env!("CARGO_BIN_EXE_mgmt")).unwrap();
     let sha = hex::encode(sha2::Sha256::digest(&bin));
@@ -63,7 +53,7 @@ fn where_and_when_skip_the_hosts_that_do_not_match() {
         .collect();
     let expr = format!(
         "facts.os.id == \"{}\" and facts.memory_mb >= 1 and host.name in [\"h0\", \"h2\"]",
-        os_id()
+        crate::util::os_id()
     );
     let (code, log) = run(&emu, &files, &["--where", &expr]);
     assert_eq!(code, 0, "{log}");
@@ -80,7 +70,10 @@ fn where_and_when_skip_the_hosts_that_do_not_match() {
         &d,
         "pair",
         &format!("[{}, {}]", emu.url(4), emu.url(5)),
-        &format!("when: host.index == 0 and facts.os.id == \"{}\"\n", os_id()),
+        &format!(
+            "when: host.index == 0 and facts.os.id == \"{}\"\n",
+            crate::util::os_id()
+        ),
     );
     let (code, log) = run(&emu, &[g], &[]);
     assert_eq!(code, 0, "{log}");

@@ -357,3 +357,14 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// `ID=` of this machine's os-release: the `facts.os.id` of hosts emulated
+/// here (sshd fleets and `mgmt emulate` alike).
+pub fn os_id() -> String {
+    let text = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("ID="))
+        .unwrap_or("")
+        .trim_matches('"')
+        .to_owned()
+}
