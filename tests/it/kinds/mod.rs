@@ -128,3 +128,23 @@ pub fn refused(graph: &Path, needles: &[&str]) {
         assert!(out.stderr.contains(n), "no {n:?} in:\n{}", out.stderr);
     }
 }
+
+/// Holds a POSIX record lock on the whole of `path` (created if missing),
+/// the kind dpkg, apt and rpm take, until the returned file is dropped.
+pub(crate) fn hold_record_lock(path: &std::path::Path) -> std::fs::File {
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let fl = nix::libc::flock {
+        l_type: nix::libc::F_WRLCK as i16,
+        l_whence: nix::libc::SEEK_SET as i16,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    nix::fcntl::fcntl(&lock, nix::fcntl::FcntlArg::F_SETLK(&fl)).expect("lock");
+    lock
+}

@@ -241,22 +241,7 @@ fn a_missing_package_is_named() {
 fn a_held_lock_is_an_error_naming_the_packages() {
     let s = sandbox();
     publish(&s, "mgmtit-a", "1.0-1");
-    let lock = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(s.path("/var/lib/dpkg/lock-frontend"))
-        .unwrap();
-    // The lock dpkg and apt take: a POSIX record lock on the whole file,
-    // held by this test process until `lock` is dropped.
-    let fl = nix::libc::flock {
-        l_type: nix::libc::F_WRLCK as i16,
-        l_whence: nix::libc::SEEK_SET as i16,
-        l_start: 0,
-        l_len: 0,
-        l_pid: 0,
-    };
-    nix::fcntl::fcntl(&lock, nix::fcntl::FcntlArg::F_SETLK(&fl)).expect("lock");
+    let lock = super::hold_record_lock(&s.path("/var/lib/dpkg/lock-frontend"));
     let g = graph(&s, "  pkg:\n  - name: mgmtit-a\n");
     let out = s.run(&g, &[]);
     drop(lock);

@@ -336,20 +336,7 @@ fn a_held_dnf_or_rpm_lock_is_an_error_naming_the_packages() {
 
     // rpm's transaction lock: a POSIX record lock on the whole file, held
     // by this test process until `lock` is dropped.
-    let lock = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(s.path("/var/lib/rpm/.rpm.lock"))
-        .unwrap();
-    let fl = nix::libc::flock {
-        l_type: nix::libc::F_WRLCK as i16,
-        l_whence: nix::libc::SEEK_SET as i16,
-        l_start: 0,
-        l_len: 0,
-        l_pid: 0,
-    };
-    nix::fcntl::fcntl(&lock, nix::fcntl::FcntlArg::F_SETLK(&fl)).expect("lock");
+    let lock = super::hold_record_lock(&s.path("/var/lib/rpm/.rpm.lock"));
     let out = s.run(&g, &[]);
     drop(lock);
     assert_eq!(out.code, 1, "{}", out.stderr);
