@@ -350,3 +350,74 @@ fn a_host_reads_only_what_its_graph_collects() {
     p.wait(LIMIT);
     assert!(!home1.join("stolen/secret").exists());
 }
+
+// See: #20 (facts in the store: a host reads other hosts' facts records
+// only when the graph it was given calls `hosts()`)
+#[test]
+fn a_host_reads_other_hosts_facts_only_when_its_graph_asks() {
+    let fleet = SshdFleet::start(2);
+    let d = Dir::new();
+    let (attacker, victim) = (fleet.ip(1).to_string(), fleet.ip(2).to_string());
+    let (home1, home2) = (fleet.home(1), fleet.home(2));
+    // What the attacker runs instead of its graph: every host's facts.
+    let evil = home1.join("evil.yaml");
+    std::fs::write(
+        &evil,
+        format!(
+            "graph: evil\nresources:\n  file:\n  - name: {}/stolen\n    content: \"{{{{ hosts('true') | map(attribute='name') | join(',') }}}}\"\n",
+            home1.display()
+        ),
+    )
+    .unwrap();
+    // It starts once the victim's graph has been applied, by which time the
+    // victim's facts record is in the store.
+    let ready = home2.join("ready");
+    let wait_ready = format!("while [ ! -e {} ]; do sleep 0.1; done\n", ready.display());
+    plant_child(
+        &fleet,
+        1,
+        &(wait_ready + &tampered("--file", &evil.display().to_string())),
+    );
+    plant_child(
+        &fleet,
+        2,
+        &format!("exec {} run \"$@\"\n", env!("CARGO_BIN_EXE_mgmt")),
+    );
+    // The graph the initiator gave the attacker never calls hosts().
+    let g1 = d.write(
+        "g1.yaml",
+        &format!(
+            "graph: g1\nresources:\n  noop:\n  - name: n\nremote: {}\n",
+            fleet.url(1)
+        ),
+    );
+    let g2 = d.write(
+        "g2.yaml",
+        &format!(
+            "graph: g2\nresources:\n  file:\n  - name: {}\n    content: \"\"\nremote: {}\n",
+            ready.display(),
+            fleet.url(2)
+        ),
+    );
+    let mut p = Proc::spawn(
+        remote_cmd(&fleet, &[&g1, &g2], &["--remote-binary", "/bin/sh"])
+            .args(crate::util::listener_args()),
+    );
+    let url = p.store_url(LIMIT);
+    p.wait_line(&format!("store: {attacker} tried to"), LIMIT);
+    assert!(
+        store_keys(&url)
+            .iter()
+            .any(|k| k == &format!("/_mgmt/facts/{victim}")),
+        "the victim's facts were never published"
+    );
+    let failed = p.wait_line(&format!("[{attacker}] failed"), LIMIT);
+    assert!(failed.contains("permission denied"), "{failed}");
+    let stolen = std::fs::read_to_string(home1.join("stolen")).unwrap_or_default();
+    assert!(
+        !stolen.contains(&victim),
+        "the attacker read the victim's facts"
+    );
+    p.signal(nix::sys::signal::Signal::SIGINT);
+    p.wait(LIMIT);
+}
