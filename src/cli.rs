@@ -325,6 +325,18 @@ pub struct RunArgs {
     )]
     pub run_dir: Option<std::path::PathBuf>,
 
+    /// The graph comes on stdin, LEN bytes right after the secret line,
+    /// and is written to `graph.yaml` in --run-dir, which is made if
+    /// missing (internal: a warm start, set by the parent).
+    #[arg(
+        long,
+        hide = true,
+        value_name = "LEN",
+        requires = "run_dir",
+        conflicts_with = "file"
+    )]
+    pub graph_stdin: Option<usize>,
+
     /// `user@host` of the process that started the run, for the host's audit
     /// record (internal: set by the parent).
     #[arg(long, hide = true, value_name = "USER@HOST", requires = "run_dir")]

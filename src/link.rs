@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod rundir;
+
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
@@ -40,6 +42,12 @@ pub enum LinkError {
     NoSecret(Duration),
     #[error("the tunnel secret on stdin is malformed (expected one line of hex)")]
     BadSecret,
+    #[error("no graph of {0} bytes on stdin after the secret within 30s")]
+    NoGraph(usize),
+    #[error("a graph of {0} bytes on stdin is more than a warm start takes")]
+    GraphTooBig(usize),
+    #[error("cannot write the graph into the run directory {0}: {1}")]
+    RunDir(String, #[source] std::io::Error),
     #[error("cannot read stdin: {0}")]
     Stdin(#[from] std::io::Error),
     #[error("bad store URL {url:?}: {reason}")]
@@ -63,11 +71,54 @@ pub async fn read_secret<R: AsyncRead + Unpin>(
     let n = tokio::time::timeout(wait, reader.read_line(&mut line))
         .await
         .map_err(|_| LinkError::NoSecret(wait))??;
-    let hex = line.trim_end();
-    if n == 0 || hex.is_empty() || hex.len() > 1024 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if n == 0 {
         return Err(LinkError::BadSecret);
     }
-    Ok((Secret(zeroize::Zeroizing::new(hex.to_owned())), reader))
+    Ok((Secret::parse(&line)?, reader))
+}
+
+impl Secret {
+    /// The secret from its line on stdin.
+    fn parse(line: &str) -> Result<Secret, LinkError> {
+        let hex = line.trim_end();
+        if hex.is_empty() || hex.len() > 1024 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(LinkError::BadSecret);
+        }
+        Ok(Secret(zeroize::Zeroizing::new(hex.to_owned())))
+    }
+}
+
+/// The largest graph a warm start takes on stdin.
+pub const MAX_GRAPH_STDIN: usize = 64 << 20;
+
+/// A warm start's stdin (`--graph-stdin LEN`): the secret line, then
+/// exactly `len` bytes of graph, which go to `graph.yaml` in `run_dir`
+/// ([`rundir`]). Returns `link` with the secret taken and its
+/// stdin the rest, and the graph's path.
+pub async fn take_graph(
+    link: ParentLink,
+    len: usize,
+    run_dir: &std::path::Path,
+) -> Result<(ParentLink, std::path::PathBuf), LinkError> {
+    if len > MAX_GRAPH_STDIN {
+        return Err(LinkError::GraphTooBig(len));
+    }
+    let (secret, mut rest) = read_secret(link.stdin, Duration::from_secs(30)).await?;
+    let mut graph = vec![0; len];
+    tokio::time::timeout(Duration::from_secs(30), rest.read_exact(&mut graph))
+        .await
+        .map_err(|_| LinkError::NoGraph(len))??;
+    let dir = run_dir.to_owned();
+    let path = tokio::task::spawn_blocking(move || rundir::write_graph(&dir, &graph))
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(|e| LinkError::RunDir(run_dir.display().to_string(), e))?;
+    let link = ParentLink {
+        stdin: Box::new(rest),
+        secret: Some(secret),
+        ..link
+    };
+    Ok((link, path))
 }
 
 /// What a parent writes on a child's stdin, before closing it, when the run
@@ -141,6 +192,9 @@ impl<T: AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Duplex for T {}
 pub struct ParentLink {
     pub stdin: Box<dyn AsyncRead + Send + Unpin>,
     pub dial: Option<Dial>,
+    /// The tunnel secret, when it was already read from `stdin`
+    /// ([`take_graph`]).
+    pub secret: Option<Secret>,
     /// Kept equal to the local engine's converged state, for whoever runs
     /// this child in-process (the emulator's counters).
     pub engine_converged: Option<Arc<AtomicBool>>,
@@ -152,6 +206,7 @@ impl ParentLink {
         ParentLink {
             stdin: Box::new(tokio::io::stdin()),
             dial: None,
+            secret: None,
             engine_converged: None,
         }
     }

@@ -43,8 +43,38 @@ fn main() -> ExitCode {
     };
     init_logs(cli.verbose, args.depth > 0, &ui);
     let depth = args.depth;
-    let cfg = match Config::from_args(args) {
-        Ok(cfg) => cfg,
+    let mut args = args.clone();
+    with_runtime(|root| async move {
+        // A warm start's graph comes on stdin, before the configuration.
+        let link = mgmt::link::ParentLink::stdio();
+        let link = match mgmt::run::graph_from_stdin(&mut args, link).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("mgmt: {e}");
+                return 2;
+            }
+        };
+        let cfg = match config(&args) {
+            Ok(cfg) => cfg,
+            Err(code) => return code,
+        };
+        if let Err(e) = attach_outputs(&cfg, &ui) {
+            eprintln!("mgmt: {e:#}");
+            return 2;
+        }
+        let events_ui = ui.clone();
+        let result = mgmt::run::run_linked(cfg, ui, root, link).await;
+        let rows = result.as_ref().map(|o| o.hosts.clone()).unwrap_or_default();
+        let code = exit_code(result, depth);
+        events_ui.run_ended(&rows, code);
+        code
+    })
+}
+
+/// The run's configuration, or the exit code (2) after saying why not.
+fn config(args: &mgmt::cli::RunArgs) -> Result<Config, u8> {
+    match Config::from_args(args) {
+        Ok(cfg) => Ok(cfg),
         Err(ConfigError::Graph(errors)) => {
             for e in &errors.0 {
                 eprintln!("mgmt: {e}");
@@ -53,25 +83,13 @@ fn main() -> ExitCode {
                 "mgmt: {} error(s) in the graph; nothing was applied",
                 errors.0.len()
             );
-            return ExitCode::from(2);
+            Err(2)
         }
         Err(e) => {
             eprintln!("mgmt: {e:#}");
-            return ExitCode::from(2);
+            Err(2)
         }
-    };
-    if let Err(e) = attach_outputs(&cfg, &ui) {
-        eprintln!("mgmt: {e:#}");
-        return ExitCode::from(2);
     }
-    with_runtime(|root| async move {
-        let events_ui = ui.clone();
-        let result = mgmt::run::run(cfg, ui, root).await;
-        let rows = result.as_ref().map(|o| o.hosts.clone()).unwrap_or_default();
-        let code = exit_code(result, depth);
-        events_ui.run_ended(&rows, code);
-        code
-    })
 }
 
 /// `--events` and `--summary json`: tell the UI where they go.

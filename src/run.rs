@@ -299,7 +299,7 @@ pub async fn run_linked(
         }
     }
     if let Some(dir) = &cfg.run_dir {
-        remove_run_dir(dir);
+        crate::link::rundir::remove(dir);
     }
     let outcome = Outcome {
         status,
@@ -470,6 +470,21 @@ async fn sleep_opt(d: Option<Duration>) {
     }
 }
 
+/// A warm start (`--graph-stdin`): takes the graph from `link`'s stdin
+/// into the run directory and points `args.file` at it; other runs get
+/// `link` back as it is.
+pub async fn graph_from_stdin(
+    args: &mut crate::cli::RunArgs,
+    link: ParentLink,
+) -> Result<ParentLink, crate::link::LinkError> {
+    let (Some(len), Some(dir)) = (args.graph_stdin, args.run_dir.clone()) else {
+        return Ok(link);
+    };
+    let (link, path) = crate::link::take_graph(link, len, &dir).await?;
+    args.file = Some(path);
+    Ok(link)
+}
+
 /// Connects to the store; a child (depth 1 and more) also starts following
 /// its stdin, whose end means the parent is gone. Returns the tunnel secret
 /// when it came on stdin (a gateway hands it down).
@@ -503,7 +518,17 @@ async fn connect_world(
             None,
         ));
     }
-    let (secret, rest) = crate::link::read_secret(stdin, Duration::from_secs(30)).await?;
+    let (secret, rest) = match link.secret {
+        // A warm start's: read with its graph, before the configuration.
+        Some(secret) => (secret, stdin),
+        None => {
+            let (secret, rest) = crate::link::read_secret(stdin, Duration::from_secs(30)).await?;
+            (
+                secret,
+                Box::new(rest) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+            )
+        }
+    };
     tokio::spawn(crate::link::stop_on_eof_with_turns(
         rest,
         root.clone(),
@@ -513,25 +538,6 @@ async fn connect_world(
     let url = seeds.first().context("--seeds is empty")?;
     let client = crate::link::connect_store(url, Some(&secret), link.dial).await?;
     Ok((World::from_client(client, &cfg.hostname), Some(secret)))
-}
-
-/// Removes the per-run directory the parent made for this process: its
-/// files (the parent makes no subdirectories there), the directory, and
-/// `run/` above it if that is now empty. Whatever fails is left for the
-/// parent's own cleanup, which tolerates a directory already gone.
-fn remove_run_dir(dir: &std::path::Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_file()) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
-    if std::fs::remove_dir(dir).is_ok() {
-        if let Some(parent) = dir.parent() {
-            let _ = std::fs::remove_dir(parent);
-        }
-    }
 }
 
 /// Where the hosts' tunnel connections go: the embedded store, or, in a

@@ -48,7 +48,15 @@ pub(crate) async fn run(
     write: Arc<ChannelWriteHalf<Msg>>,
 ) -> u32 {
     let out = Out { write: &write };
-    let cfg = match config(&ctx, &bin, args).await {
+    let (stdin_w, stdin_r) = tokio::io::duplex(64 * 1024);
+    let pump = super::Abort(tokio::spawn(pump_stdin(read, stdin_w)));
+    let link = ParentLink {
+        stdin: Box::new(stdin_r),
+        dial: None,
+        secret: None,
+        engine_converged: None,
+    };
+    let (cfg, mut link) = match config(&ctx, &bin, args, link).await {
         Ok(c) => c,
         Err(msg) => {
             out.stderr(&msg).await;
@@ -66,8 +74,6 @@ pub(crate) async fn run(
         true => Some(agent_for(&ctx, &mut cfg).await),
         false => None,
     };
-    let (stdin_w, stdin_r) = tokio::io::duplex(64 * 1024);
-    let pump = super::Abort(tokio::spawn(pump_stdin(read, stdin_w)));
     let (lines_tx, lines_rx) = mpsc::unbounded_channel();
     let forward = tokio::spawn(forward_output(lines_rx, write.clone()));
     let sink = |ext| {
@@ -82,11 +88,8 @@ pub(crate) async fn run(
     };
     drop(lines_tx);
     let converged = Arc::new(AtomicBool::new(false));
-    let link = ParentLink {
-        stdin: Box::new(stdin_r),
-        dial: Some(dial(ctx.clone(), port)),
-        engine_converged: Some(converged.clone()),
-    };
+    link.dial = Some(dial(ctx.clone(), port));
+    link.engine_converged = Some(converged.clone());
     let cancel = CancellationToken::new();
     let leaf = !gateway;
     if leaf {
@@ -119,13 +122,15 @@ pub(crate) async fn run(
     code
 }
 
-/// The child's configuration, as `mgmt run` would build it from `args`,
-/// rooted in the host's directory; the error text otherwise.
+/// The child's configuration, as `mgmt run` would build it from `args`
+/// (a warm start's graph taken from `link`'s stdin first), rooted in the
+/// host's directory, and the link; the error text otherwise.
 async fn config(
     ctx: &ChildCtx,
     bin: &std::path::Path,
     args: Vec<String>,
-) -> Result<Config, String> {
+    link: ParentLink,
+) -> Result<(Config, ParentLink), String> {
     let argv = std::iter::once("mgmt".to_string()).chain(args);
     let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
     let Command::Run(mut run_args) = cli.command else {
@@ -135,12 +140,15 @@ async fn config(
         // A gateway sends on the binary it was started from.
         run_args.remote_binary = Some(bin.to_path_buf());
     }
+    let link = crate::run::graph_from_stdin(&mut run_args, link)
+        .await
+        .map_err(|e| format!("mgmt: {e}\n"))?;
     let mut cfg = Config::from_args(&run_args).map_err(|e| match e {
         ConfigError::Graph(errors) => errors.0.iter().map(|e| format!("mgmt: {e}\n")).collect(),
         e => format!("mgmt: {e:#}\n"),
     })?;
     cfg.root = ctx.host.jail.top.clone();
-    Ok(cfg)
+    Ok((cfg, link))
 }
 
 fn tunnel_port(cfg: &Config) -> Option<u32> {

@@ -1,6 +1,7 @@
 //! The commands an emulated host runs: exactly those `mgmt` sends, nothing
 //! else. The launch of a cached binary (its hash checked first, as the
-//! shell would) becomes an in-process child ([`super::child`]); `kill`
+//! shell would; a warm start's too, which answers the probe on a miss)
+//! becomes an in-process child ([`super::child`]); `kill`
 //! signals such a child by its emulated pid; `id -u` (and the cache's
 //! probe, answered with no codec), `sha256sum -- PATH`
 //! and `mv -f -- A B` are answered inside the host's directory. Any other
@@ -14,6 +15,7 @@ use russh::{ChannelReadHalf, ChannelWriteHalf};
 use super::child::{self, ChildCtx};
 use super::Out;
 use crate::ssh::launch::{CachedBinary, VERIFY_FAILED_EXIT};
+use crate::ssh::warm::{WarmSpec, WARM_MISS_EXIT};
 
 /// Runs `line` (an exec request) to its end; returns its exit code.
 pub(crate) async fn run(
@@ -32,6 +34,9 @@ pub(crate) async fn run(
         }
         None => (ctx.emu.next_pid(), line.to_owned()),
     };
+    if let Some((parent, name, spec)) = WarmSpec::parse(&command) {
+        return warm(ctx, pid, (&parent, &name), spec, read, write).await;
+    }
     if let Some((dir, sha, args)) = CachedBinary::parse_launch(&command) {
         let Some(dir) = ctx.host.jail.resolve(&dir) else {
             out.stderr("mgmt emulate: the cache directory is outside this host\n")
@@ -89,6 +94,41 @@ pub(crate) async fn run(
         }
         _ => refuse(&out, &command).await,
     }
+}
+
+/// A warm start: the child when the binary is in the host's cache with
+/// the right hash, else the miss and the probe's answer (no codec).
+async fn warm(
+    ctx: ChildCtx,
+    pid: u32,
+    (parent, name): (&str, &str),
+    spec: WarmSpec,
+    read: ChannelReadHalf,
+    write: Arc<ChannelWriteHalf<Msg>>,
+) -> u32 {
+    let out = Out { write: &write };
+    let prefix = ctx.host.jail.resolve(parent).map(|d| d.join(name));
+    let bin = prefix
+        .as_ref()
+        .map(|p| p.join("bin").join(&spec.sha256).join("mgmt"));
+    let hit = bin
+        .as_ref()
+        .is_some_and(|b| ctx.emu.blobs.sha256(b).is_ok_and(|h| h == spec.sha256));
+    let (Some(prefix), Some(bin), true) = (prefix, bin, hit) else {
+        out.stdout(&format!("mgmt-warm:miss\n{}\n", nix::unistd::getuid()))
+            .await;
+        return WARM_MISS_EXIT;
+    };
+    out.stdout(&format!("mgmt-warm:{pid} {}\n", prefix.display()))
+        .await;
+    let run_dir = prefix.join("run").join(&spec.run_id);
+    let mut args = spec.args;
+    args.extend([
+        "--run-dir".to_owned(),
+        run_dir.display().to_string(),
+        format!("--graph-stdin={}", spec.graph_len),
+    ]);
+    child::run(ctx.clone(), pid, bin, args, read, write.clone()).await
 }
 
 async fn refuse(out: &Out<'_>, command: &str) -> u32 {

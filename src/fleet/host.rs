@@ -1,16 +1,18 @@
 //! One host of a remote run, from the set-up slot to the last cleanup:
-//! connect and authenticate, copy the binary (or find it cached) and the
-//! graph, open the authenticated reverse tunnel, run the child with the
-//! secret on its stdin, stream its output, keep its graph in step with the
-//! local file, and on stop end the child by its pid, close the tunnel and
-//! remove the per-run files.
+//! connect and authenticate, start the cached binary warm or copy the
+//! binary and the graph, open the authenticated reverse tunnel, run the
+//! child with the secret on its stdin, stream its output, keep its graph
+//! in step with the local file, and on stop end the child by its pid,
+//! close the tunnel and remove the per-run files.
 //!
 //! Teardown is explicit and in reverse order of set-up, because `Drop`
-//! cannot await. The set-up permit (`--cconns`) is held from before connect
-//! until the copy is done, and released before the child runs. In a
-//! rolling run the placed host then waits for its turn
-//! ([`super::rolling`]) before its child runs, and its child exits once
-//! converged.
+//! cannot await. The set-up permit (`--cconns`) is held from before
+//! connect until the child has started warm ([`crate::ssh::warm`]: one
+//! exec, no SFTP, when the binary is cached and trusted) or, on the SFTP
+//! path (a miss, `--no-caching`, a rolling run), until the copy is done,
+//! and released before that child is launched. In a rolling run the placed
+//! host then waits for its turn ([`super::rolling`]) before its child runs,
+//! and its child exits once converged.
 //!
 //! The steps live in [`super::place`] (set-up and teardown, shared with
 //! gateways) and [`super::supervise`] (the running child); this file strings
@@ -22,11 +24,16 @@ use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::place::{finish_placed, place_binary, setup_permit, Placed};
+use super::place::{
+    connect_host, copy_binary, explain, finish_placed, place_binary, setup_permit, Placed,
+};
 use super::plan::HostPlan;
 use super::shared::{HostEvent, Shared, STDIN_GRACE};
-use super::supervise::{common_args, supervise, words, Launch, Synced};
-use crate::ssh::OutputLine;
+use super::supervise::{common_args, link_up, run_child, supervise, words, Launch, Linked, Synced};
+use crate::link::rundir::GRAPH_NAME;
+use crate::ssh::sftp::SftpSlot;
+use crate::ssh::warm::{warm_start, Warm, WarmSpec};
+use crate::ssh::{ExecOptions, OutputLine, RemoteChild};
 use crate::store::Speaker;
 use crate::ui::route::Record;
 use crate::ui::{RowResult, Stage, SummaryRow};
@@ -42,8 +49,43 @@ pub async fn run(
     let start = Instant::now();
     let name = host.name.clone();
     let mut report = SummaryRow::new(&name, &name);
-    let placed = match place(&shared, &host, &graph, &cancel).await {
-        Ok(p) => Some(p),
+    let ui = shared.ui.clone();
+    let mut on_line = |line: OutputLine| {
+        match line {
+            OutputLine::Stdout(l) => match Record::decode(&l) {
+                // Only a resource record, and under this host's own
+                // route whatever it says: a host speaks for itself.
+                Some(Record::Resource {
+                    kind,
+                    name: what_name,
+                    what,
+                    reason,
+                    ..
+                }) => ui.resource(&name, &kind, &what_name, &what, &reason),
+                _ => ui.line(&name, crate::ui::Stream::Stdout, &l),
+            },
+            OutputLine::Stderr(l) => ui.line(&name, crate::ui::Stream::Stderr, &l),
+        }
+        None
+    };
+    let mut launch = Launch {
+        speaker: Speaker::new(&name, []),
+        label: &name,
+        args: Vec::new(),
+        synced: vec![Synced {
+            name: GRAPH_NAME.into(),
+            source: graph,
+            rest: None,
+        }],
+        agent: false,
+        stdin_grace: shared.grace(STDIN_GRACE),
+        on_line: &mut on_line,
+        events: events.clone(),
+        stdin_lines: None,
+        written: Vec::new(),
+    };
+    let set_up = match place(&shared, &host, &mut launch, &cancel).await {
+        Ok(s) => Some(s),
         Err(_) if cancel.is_cancelled() => None,
         Err(why) => {
             report.result = RowResult::Failed(why);
@@ -52,55 +94,27 @@ pub async fn run(
     };
     // A rolling run's host waits here, placed, for its turn; without one
     // (the rollout stopped first) it is cleaned up and never started.
-    let placed = match (placed, &shared.rolling) {
-        (Some(p), Some(r)) if !r.turn(&name, &cancel).await => {
-            finish_placed(&shared, p, &mut report).await;
+    let set_up = match (set_up, &shared.rolling) {
+        (Some(s), Some(r)) if !r.turn(&name, &cancel).await => {
+            finish_placed(&shared, s.placed, &mut report).await;
             None
         }
-        (p, _) => p,
+        (s, _) => s,
     };
-    if let Some(p) = placed {
+    if let Some(SetUp {
+        placed: p,
+        linked,
+        started,
+    }) = set_up
+    {
         report.bytes_sent = p.cached.bytes_sent;
         report.cache_hit = Some(p.cached.hit);
         let _ = events.send(HostEvent::Running(name.clone())).await;
         shared.ui.host_event(&name, &name, true);
-        let graph_path = format!("{}/run/{}/graph.yaml", p.cached.prefix, shared.run_id);
-        let ui = shared.ui.clone();
-        let mut on_line = |line: OutputLine| {
-            match line {
-                OutputLine::Stdout(l) => match Record::decode(&l) {
-                    // Only a resource record, and under this host's own
-                    // route whatever it says: a host speaks for itself.
-                    Some(Record::Resource {
-                        kind,
-                        name: what_name,
-                        what,
-                        reason,
-                        ..
-                    }) => ui.resource(&name, &kind, &what_name, &what, &reason),
-                    _ => ui.line(&name, crate::ui::Stream::Stdout, &l),
-                },
-                OutputLine::Stderr(l) => ui.line(&name, crate::ui::Stream::Stderr, &l),
-            }
-            None
+        report.result = match linked {
+            Some(l) => run_child(&shared, &p, launch, l, started, &cancel, &mut report).await,
+            None => supervise(&shared, &p, launch, &cancel, &mut report).await,
         };
-        let launch = Launch {
-            speaker: Speaker::new(&name, []),
-            label: &name,
-            args: child_args(&shared, &host, &graph_path),
-            synced: vec![Synced {
-                name: "graph.yaml".into(),
-                source: graph,
-                rest: None,
-            }],
-            agent: false,
-            stdin_grace: shared.grace(STDIN_GRACE),
-            on_line: &mut on_line,
-            events: events.clone(),
-            stdin_lines: None,
-            written: Vec::new(),
-        };
-        report.result = supervise(&shared, &p, launch, &cancel, &mut report).await;
         finish_placed(&shared, p, &mut report).await;
     }
     // The final stage first: a gateway's parent reads a failure from it
@@ -122,31 +136,108 @@ pub async fn run(
     report
 }
 
-/// Set-up, under a `--cconns` permit: connect, copy binary and graph.
+/// What set-up leaves: the placed host and, when the tunnel is already up
+/// (a warm start was tried), the tunnel and the child if it started.
+struct SetUp {
+    placed: Placed,
+    linked: Option<Linked>,
+    started: Option<RemoteChild>,
+}
+
+/// Whether a host is first tried warm ([`crate::ssh::warm`]): not with
+/// `--no-caching` (the binary is never there), nor in a rolling run,
+/// whose set-up runs ahead of the host's turn.
+fn warm_first(shared: &Shared) -> bool {
+    shared.plan.caching && shared.rolling.is_none()
+}
+
+/// Set-up, under a `--cconns` permit: connect, then start the child warm
+/// if the binary is cached and trusted (the permit is held until it runs);
+/// otherwise copy the binary and the graph over SFTP, and the child is
+/// launched after the permit is released.
 async fn place(
     shared: &Shared,
     host: &HostPlan,
-    graph: &watch::Receiver<Arc<String>>,
+    launch: &mut Launch<'_>,
     cancel: &CancellationToken,
-) -> Result<Placed, String> {
+) -> Result<SetUp, String> {
     let _permit = setup_permit(shared, &host.name, cancel).await?;
-    let placed = place_binary(shared, &host.name, &host.target, cancel).await?;
-    let text = graph.borrow().clone();
     // Without `remote:`/`via:` and their credentials (#13).
-    let text =
-        super::plan::host_text(&text, None).ok_or("cannot rewrite graph.yaml for the host")?;
-    let put = placed.put_run_file(&shared.run_id, "graph.yaml", text.as_bytes());
-    put.await.map_err(|e| e.kind.to_string())?;
+    let text = launch.synced[0]
+        .text()
+        .ok_or("cannot rewrite graph.yaml for the host")?;
+    if !warm_first(shared) {
+        let placed = place_binary(shared, &host.name, &host.target, cancel).await?;
+        launch.args = put_graph(shared, host, &placed, &text).await?;
+        return Ok(SetUp {
+            placed,
+            linked: None,
+            started: None,
+        });
+    }
+    let (session, connect) = connect_host(shared, &host.name, &host.target, cancel).await?;
+    let parts = (launch.speaker.clone(), &launch.synced[..], false);
+    let linked = link_up(shared, &session, parts).await?;
+    launch.args = child_args(shared, host, None);
+    let spec = WarmSpec {
+        prefix: shared.plan.prefix.clone(),
+        sha256: shared.plan.binary.sha256.clone(),
+        run_id: shared.run_id.clone(),
+        args: linked.args(launch),
+        graph_len: text.len(),
+    };
+    let mut stdin = linked.secret.stdin_line();
+    stdin.extend_from_slice(text.as_bytes());
+    shared.ui.stage(&host.name, Stage::Starting);
+    let t1 = Instant::now();
+    let opts = ExecOptions {
+        close_stdin: false,
+        ..ExecOptions::default()
+    };
+    let warm = tokio::select! {
+        _ = cancel.cancelled() => return Err("the run is stopping".into()),
+        w = warm_start(&session, &spec, &stdin, opts) => w.map_err(|e| explain(&e))?,
+    };
+    let (placed, started) = match warm {
+        Warm::Started { child, cached } => {
+            // Still under the permit: tests measure the set-up concurrency with it.
+            tracing::debug!("{}: set-up done (started warm)", host.name);
+            let placed = Placed::new(session, SftpSlot::empty(), cached, connect, t1.elapsed());
+            (placed, Some(child))
+        }
+        Warm::Miss(_) => {
+            let placed = copy_binary(shared, &host.name, session, connect, cancel).await?;
+            launch.args = put_graph(shared, host, &placed, &text).await?;
+            (placed, None)
+        }
+    };
+    Ok(SetUp {
+        placed,
+        linked: Some(linked),
+        started,
+    })
+}
+
+/// Puts the host's graph in its run directory over SFTP (then parked);
+/// returns the child's arguments that read it there.
+async fn put_graph(
+    shared: &Shared,
+    host: &HostPlan,
+    placed: &Placed,
+    text: &str,
+) -> Result<Vec<String>, String> {
+    let put = placed.put_run_file(&shared.run_id, GRAPH_NAME, text.as_bytes());
+    let path = put.await.map_err(|e| e.kind.to_string())?;
     placed.sftp.park().await;
     // Still under the permit: tests measure the set-up concurrency with it.
     tracing::debug!("{}: set-up done", host.name);
-    Ok(placed)
+    Ok(child_args(shared, host, Some(&path)))
 }
 
 /// The child's command line (each word quoted by `launch`; [`PORT_SLOT`]
 /// becomes the tunnel port).
-fn child_args(shared: &Shared, host: &HostPlan, graph: &str) -> Vec<String> {
-    let mut a = words(&["run", "--hostname", &host.name, "--file", graph]);
+fn child_args(shared: &Shared, host: &HostPlan, graph: Option<&str>) -> Vec<String> {
+    let mut a = words(&["run", "--hostname", &host.name]);
     a.extend([
         format!("--host-index={}", host.index),
         format!("--host-count={}", host.count),
@@ -155,8 +246,13 @@ fn child_args(shared: &Shared, host: &HostPlan, graph: &str) -> Vec<String> {
     if let Some(f) = shared.plan.files.get(host.file) {
         a.push(format!("--graph-label={}", f.label));
     }
-    if let Some((dir, _)) = graph.rsplit_once('/') {
-        a.extend(words(&["--run-dir", dir]));
+    // A warm start's graph comes on stdin, and the start adds its run
+    // directory ([`crate::ssh::warm`]).
+    if let Some(graph) = graph {
+        a.extend(words(&["--file", graph]));
+        if let Some((dir, _)) = graph.rsplit_once('/') {
+            a.extend(words(&["--run-dir", dir]));
+        }
     }
     if shared.rolling.is_some() {
         // Its turn ends when it has converged: it exits by itself.

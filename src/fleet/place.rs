@@ -30,6 +30,24 @@ pub(crate) struct Placed {
 }
 
 impl Placed {
+    /// A host set up: connected, the binary in its cache.
+    pub fn new(
+        session: Session,
+        sftp: SftpSlot,
+        cached: CachedBinary,
+        connect: Duration,
+        copy: Duration,
+    ) -> Placed {
+        Placed {
+            session,
+            sftp,
+            cached,
+            connect,
+            copy,
+            child_cleaned: AtomicBool::new(false),
+        }
+    }
+
     /// Writes `data` as `name` into the host's run directory (SFTP opened
     /// again if it was parked; the caller parks it when done).
     pub async fn put_run_file(
@@ -82,6 +100,18 @@ pub(crate) async fn place_binary(
     target: &crate::ssh::Target,
     cancel: &CancellationToken,
 ) -> Result<Placed, String> {
+    let (session, connect) = connect_host(shared, label, target, cancel).await?;
+    copy_binary(shared, label, session, connect, cancel).await
+}
+
+/// Connects to `target` and authenticates (shown under `label`); returns
+/// the session and how long that took.
+pub(crate) async fn connect_host(
+    shared: &Shared,
+    label: &str,
+    target: &crate::ssh::Target,
+    cancel: &CancellationToken,
+) -> Result<(Session, Duration), String> {
     let ui = &shared.ui;
     ui.stage(label, Stage::Connecting);
     let t0 = Instant::now();
@@ -93,11 +123,23 @@ pub(crate) async fn place_binary(
             ui.stage(label, Stage::Authenticating)
         }) => r.map_err(|e| explain(&e))?,
     };
-    let connect = t0.elapsed();
     if let Some(line) = &session.learned {
         // Learned here, behind a gateway: the initiator records it too.
         ui.known_host(label, line);
     }
+    Ok((session, t0.elapsed()))
+}
+
+/// Makes sure the binary is in the cache of the host `session` reaches
+/// (copied if missing) over SFTP.
+pub(crate) async fn copy_binary(
+    shared: &Shared,
+    label: &str,
+    session: Session,
+    connect: Duration,
+    cancel: &CancellationToken,
+) -> Result<Placed, String> {
+    let ui = &shared.ui;
     let t1 = Instant::now();
     // The probe (uid, codecs) goes out while SFTP starts: neither waits
     // for the other's answer (#17 item 3). Its result is kept in the

@@ -19,7 +19,9 @@ use super::shared::{HostEvent, Shared, STOP_GRACE};
 use crate::ssh::launch::VERIFY_FAILED_EXIT;
 use crate::ssh::session::KillSignal;
 use crate::ssh::tunnel::{ReverseTunnel, TunnelSecret};
-use crate::ssh::{check_preamble, ExecOptions, ExitStatus, OutputLine, RemoteChild, Stream};
+use crate::ssh::{
+    check_preamble, ExecOptions, ExitStatus, OutputLine, RemoteChild, Session, Stream,
+};
 use crate::store::Speaker;
 use crate::ui::{RowResult, Stage, SummaryRow};
 
@@ -69,51 +71,106 @@ pub(crate) struct Launch<'a> {
 /// Where `{port}` stands in [`Launch::args`] until the tunnel is open.
 pub(crate) const PORT_SLOT: &str = "{port}";
 
+/// The reverse tunnel to a host's child, the secret that opens it, and the
+/// bridge that checks the secret before a byte reaches the store.
+pub(crate) struct Linked {
+    port: String,
+    pub secret: TunnelSecret,
+    bridges: JoinSet<()>,
+    t0: Instant,
+}
+
+impl Linked {
+    /// The launch's arguments with the tunnel's port on the host.
+    pub fn args(&self, launch: &Launch<'_>) -> Vec<String> {
+        launch
+            .args
+            .iter()
+            .map(|a| a.replace(PORT_SLOT, &self.port))
+            .collect()
+    }
+}
+
+/// Opens the reverse tunnel for a launch's child on `session`: its store
+/// connections speak for the launch's speaker, reading what its synced
+/// graphs collect; `agent` forwards agent access to it.
+pub(crate) async fn link_up(
+    shared: &Shared,
+    session: &Session,
+    (speaker, synced, agent): (Arc<Speaker>, &[Synced], bool),
+) -> Result<Linked, String> {
+    let t0 = Instant::now();
+    speaker.allow_reads(read_scope(synced));
+    let tunnel = session.reverse_tunnel(64).await.map_err(|e| explain(&e))?;
+    // A secret of this launch's own: it opens this host's tunnel only.
+    let secret = TunnelSecret::generate();
+    let port = tunnel.port.to_string();
+    let mut bridges = JoinSet::new();
+    bridges.spawn(bridge(
+        tunnel,
+        secret.clone(),
+        speaker,
+        shared.tunnels.clone(),
+    ));
+    if agent {
+        session.set_agent_forwarding(shared.agent.clone());
+    }
+    Ok(Linked {
+        port,
+        secret,
+        bridges,
+        t0,
+    })
+}
+
 /// Runs the child until it ends or the run stops; the host's result.
 pub(crate) async fn supervise(
     shared: &Shared,
     p: &Placed,
+    launch: Launch<'_>,
+    cancel: &CancellationToken,
+    report: &mut SummaryRow,
+) -> RowResult {
+    let parts = (launch.speaker.clone(), &launch.synced[..], launch.agent);
+    match link_up(shared, &p.session, parts).await {
+        Ok(linked) => run_child(shared, p, launch, linked, None, cancel, report).await,
+        Err(why) => RowResult::Failed(why),
+    }
+}
+
+/// [`supervise`] once the tunnel is up: launches the child (or follows
+/// `started`, one already launched), relaunches it once after replacing a
+/// binary that failed its hash check, and reads how it ended.
+pub(crate) async fn run_child(
+    shared: &Shared,
+    p: &Placed,
     mut launch: Launch<'_>,
+    mut linked: Linked,
+    mut started: Option<RemoteChild>,
     cancel: &CancellationToken,
     report: &mut SummaryRow,
 ) -> RowResult {
     let ui = &shared.ui;
     let label = launch.label;
-    let t0 = Instant::now();
-    let tunnel = match p.session.reverse_tunnel(64).await {
-        Ok(t) => t,
-        Err(e) => return RowResult::Failed(explain(&e)),
-    };
-    let port = tunnel.port.to_string();
-    let args: Vec<String> = launch
-        .args
-        .iter()
-        .map(|a| a.replace(PORT_SLOT, &port))
-        .collect();
-    launch.speaker.allow_reads(read_scope(&launch.synced));
-    // A secret of this launch's own: it opens this host's tunnel only.
-    let secret = TunnelSecret::generate();
-    let mut bridges = JoinSet::new();
-    bridges.spawn(bridge(
-        tunnel,
-        secret.clone(),
-        launch.speaker.clone(),
-        shared.tunnels.clone(),
-    ));
-    if launch.agent {
-        p.session.set_agent_forwarding(shared.agent.clone());
+    let args = linked.args(&launch);
+    if started.is_none() {
+        ui.stage(label, Stage::Starting);
     }
-    ui.stage(label, Stage::Starting);
     let mut replaced = false;
     let mut stopping = false;
     let status = loop {
-        let mut opts = exec_options(&secret);
-        opts.agent_forward = launch.agent && shared.agent.is_some();
-        let mut child = match p.cached.launch(&p.session, &args, opts).await {
-            Ok(c) => c,
-            Err(e) => return RowResult::Failed(explain(&e)),
+        let mut child = match started.take() {
+            Some(c) => c,
+            None => {
+                let mut opts = exec_options(&linked.secret);
+                opts.agent_forward = launch.agent && shared.agent.is_some();
+                match p.cached.launch(&p.session, &args, opts).await {
+                    Ok(c) => c,
+                    Err(e) => return RowResult::Failed(explain(&e)),
+                }
+            }
         };
-        report.hop.start_ms = t0.elapsed().as_millis() as u64;
+        report.hop.start_ms = linked.t0.elapsed().as_millis() as u64;
         for l in &launch.written {
             let _ = child.write_stdin(l.as_bytes()).await;
         }
@@ -132,6 +189,7 @@ pub(crate) async fn supervise(
         }
         break (status, last_err);
     };
+    let bridges = &mut linked.bridges;
     bridges.abort_all();
     let (status, last_err) = status;
     if status == ExitStatus::Exited(0) {

@@ -56,6 +56,7 @@ pub mod sftp;
 pub mod strict;
 pub mod target;
 pub mod tunnel;
+pub mod warm;
 pub(crate) mod wire;
 
 use std::fmt;

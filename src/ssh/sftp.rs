@@ -420,6 +420,11 @@ impl SftpSlot {
         SftpSlot(tokio::sync::Mutex::new(Some(sftp)))
     }
 
+    /// A slot with no session yet: the first [`SftpSlot::get`] opens one.
+    pub fn empty() -> Self {
+        SftpSlot(tokio::sync::Mutex::new(None))
+    }
+
     /// The session, opened again on `session` if it was parked.
     pub async fn get(
         &self,

@@ -26,3 +26,4 @@ mod store;
 mod store_login;
 mod targeting;
 mod util;
+mod warm;

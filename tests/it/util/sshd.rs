@@ -44,6 +44,9 @@ pub struct FleetOptions {
     /// replaced (the machine's own file is never touched), and takes
     /// passwords.
     pub root_password: Option<String>,
+    /// sshd `LogLevel`: `VERBOSE` adds each connection's client port and
+    /// each session's start, for tests that watch the hosts from outside.
+    pub log_level: &'static str,
 }
 
 impl Default for FleetOptions {
@@ -52,6 +55,7 @@ impl Default for FleetOptions {
             max_startups: "200:30:400".into(),
             ipv6: false,
             root_password: None,
+            log_level: "INFO",
         }
     }
 }
@@ -242,7 +246,8 @@ impl SshdFleet {
              AllowTcpForwarding yes\n\
              AllowAgentForwarding yes\n\
              Subsystem sftp internal-sftp\n\
-             LogLevel INFO\n",
+             LogLevel {ll}\n",
+            ll = opts.log_level,
             d = d.display(),
             ms = opts.max_startups,
             pw = if opts.root_password.is_some() {

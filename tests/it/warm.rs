@@ -1,0 +1,177 @@
+//! The warm start against a real sshd (#17 item 3): a host whose binary is
+//! cached starts in one exec, with no SFTP session; one whose cache fails
+//! the trust rule is never started from it; and the `--cconns` cap seen
+//! from outside mgmt, in sshd's own log (#19 item 3).
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::remote_run::{one_noop_graph, remote_cmd, row, LIMIT};
+use crate::util::hostile::nobody;
+use crate::util::sshd::{FleetOptions, SshdFleet};
+use crate::util::{eventually, run, Dir};
+
+/// A fleet whose sshd logs each connection's client port and each
+/// session's start (`LogLevel VERBOSE`).
+fn verbose_fleet(hosts: usize) -> SshdFleet {
+    SshdFleet::start_with(
+        hosts,
+        FleetOptions {
+            log_level: "VERBOSE",
+            ..FleetOptions::default()
+        },
+    )
+}
+
+/// Runs the graph on the fleet; the exit code, mgmt's output, and what
+/// sshd logged during the run, once it logged the end of every connection
+/// the run opened (its log reaches the test through a pipe, later).
+fn run_logged(fleet: &SshdFleet, g: &Path, extra: &[&str]) -> (i32, String, String) {
+    let before = fleet.log().len();
+    let out = run(&mut remote_cmd(fleet, &[g], extra), LIMIT);
+    let log = format!("{}\n{}", out.stdout, out.stderr);
+    let ended = |s: &str| {
+        let opened = count(s, "Connection from ");
+        let closed = count(s, "Disconnected from user ") + count(s, "Connection closed by ");
+        opened > 0 && closed == opened
+    };
+    let done = eventually(Duration::from_secs(30), || ended(&fleet.log()[before..]));
+    let sshd = fleet.log()[before..].to_owned();
+    assert!(
+        done,
+        "sshd did not log the end of every connection:\n{sshd}\n{log}"
+    );
+    (out.code, log, sshd)
+}
+
+fn count(log: &str, what: &str) -> usize {
+    log.lines().filter(|l| l.contains(what)).count()
+}
+
+/// A session started: an exec or SFTP alike (the fleet's sshd forces a
+/// command that runs either in the host's home).
+const SESSION: &str = "Starting session: ";
+
+// See: #17 (a warm run: one exec per host, no SFTP session, nothing copied)
+#[test]
+fn a_cached_host_starts_in_one_exec_without_sftp() {
+    let fleet = verbose_fleet(1);
+    let d = Dir::new();
+    let g = one_noop_graph(&d, "g.yaml", &[fleet.url(1)]);
+    let host = fleet.ip(1);
+    let once = ["--converged-timeout", "0"];
+    let (code, log, sshd) = run_logged(&fleet, &g, &once);
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(row(&log, host)[4], "miss", "{log}");
+    // The cold run: the warm check, SFTP, the unpacking, the launch.
+    assert!(count(&sshd, SESSION) >= 3, "{sshd}");
+    let (code, log, sshd) = run_logged(&fleet, &g, &once);
+    assert_eq!(code, 0, "{log}");
+    let r = row(&log, host);
+    assert_eq!(
+        (r[2].as_str(), r[3].as_str(), r[4].as_str()),
+        ("converged", "0 B", "hit"),
+        "{log}"
+    );
+    // One session in all: no SFTP session, nothing but the child's start.
+    assert_eq!(count(&sshd, SESSION), 1, "{sshd}");
+    // The child wrote its graph itself and removed its run directory.
+    let run_dir = fleet.home(1).join(".cache/mgmt/run");
+    assert!(!run_dir.exists(), "left behind: {}", run_dir.display());
+}
+
+// See: #17, #13 (a genuine binary in a directory nobody owns is never started warm)
+#[test]
+fn a_genuine_binary_in_a_directory_nobody_owns_is_not_started() {
+    let fleet = verbose_fleet(1);
+    let d = Dir::new();
+    let g = one_noop_graph(&d, "g.yaml", &[fleet.url(1)]);
+    let once = ["--converged-timeout", "0"];
+    let (code, log, _) = run_logged(&fleet, &g, &once);
+    assert_eq!(code, 0, "{log}");
+    // nobody's own directory in place of the hash directory, holding a
+    // byte-identical copy of the binary: its hash passes, so only the
+    // directory check stands between it and a swap after the hash check.
+    // (nobody cannot reach the fleet's homes; root builds it and hands
+    // it over, as if nobody had made it.)
+    let cache = fleet.home(1).join(".cache/mgmt");
+    let bin = cache.join("bin");
+    let sha_dir = std::fs::read_dir(&bin)
+        .expect("ls")
+        .flatten()
+        .map(|e| e.path())
+        .next()
+        .expect("a cached binary");
+    let genuine = sha_dir.with_extension("orig");
+    std::fs::rename(&sha_dir, &genuine).expect("mv");
+    std::fs::create_dir(&sha_dir).expect("mkdir");
+    std::fs::copy(genuine.join("mgmt"), sha_dir.join("mgmt")).expect("copy");
+    let (uid, gid) = nobody();
+    for p in [sha_dir.clone(), sha_dir.join("mgmt")] {
+        std::os::unix::fs::chown(&p, Some(uid), Some(gid)).expect("chown");
+    }
+    let audit = cache.join("audit.log");
+    let _ = std::fs::remove_file(&audit);
+    let (code, log, sshd) = run_logged(&fleet, &g, &once);
+    assert_eq!(code, 1, "{log}");
+    assert!(row(&log, fleet.ip(1))[2].starts_with("failed"), "{log}");
+    let named = format!("{} is owned by uid {uid}", sha_dir.display());
+    assert!(log.contains(&named), "{log}");
+    // The binary never started: it writes an audit record first thing.
+    assert!(!audit.exists(), "the binary ran:\n{log}\n{sshd}");
+}
+
+/// The most hosts between their connection and their child's start, by
+/// sshd's log in order: a connection opens at "Connection from ... port P"
+/// and its set-up ends at the first session started for port P.
+fn most_at_once(sshd: &str) -> (usize, usize) {
+    let port_after = |l: &str, key: &str| -> Option<String> {
+        let rest = &l[l.find(key)? + key.len()..];
+        Some(rest.split_whitespace().next()?.to_owned())
+    };
+    let (mut open, mut done) = (HashSet::new(), HashSet::new());
+    let (mut most, mut connections) = (0, 0);
+    for l in sshd.lines() {
+        if l.contains("Connection from ") {
+            if let Some(p) = port_after(l, " port ") {
+                open.insert(p);
+                connections += 1;
+                most = most.max(open.len());
+            }
+        } else if l.contains(SESSION) {
+            if let Some(p) = port_after(l, " port ") {
+                if !done.contains(&p) && open.remove(&p) {
+                    done.insert(p);
+                }
+            }
+        }
+    }
+    (most, connections)
+}
+
+// See: #19 (the --cconns cap observed from outside mgmt: sshd's log)
+#[test]
+fn the_set_up_cap_holds_in_sshds_own_log() {
+    // 16 hosts: one sshd, so its log is one stream in the order of events.
+    let hosts = 16;
+    let fleet = verbose_fleet(hosts);
+    let d = Dir::new();
+    let urls: Vec<String> = (1..=hosts).map(|i| fleet.url(i)).collect();
+    let g = one_noop_graph(&d, "g.yaml", &urls);
+    let (code, log, _) = run_logged(&fleet, &g, &["--converged-timeout", "0"]);
+    assert_eq!(code, 0, "{log}");
+    // Warm: a host's permit is held from before it connects until its
+    // child has started, and sshd logs the session's start before that.
+    let cap = ["--cconns", "3", "--converged-timeout", "0"];
+    let (code, log, sshd) = run_logged(&fleet, &g, &cap);
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.contains(&format!("{hosts} converged, 0 failed")),
+        "{log}"
+    );
+    let (most, connections) = most_at_once(&sshd);
+    assert_eq!(connections, hosts, "{sshd}");
+    assert!(most <= 3, "{most} hosts were in set-up at once:\n{sshd}");
+    assert!(most >= 2, "set-up never overlapped ({most}):\n{sshd}");
+}
