@@ -70,7 +70,9 @@ fn facts_of_real_sshd_hosts_as_json_and_as_a_table() {
     let out = p.stdout_rest();
     let log = p.lines_so_far().join("\n");
     assert_eq!(code, 1, "{log}\n{out}");
-    eprintln!("{out}");
+    if std::env::var_os("MGMT_TEST_LOG").is_some() {
+        eprintln!("{log}\n{out}");
+    }
     let lines: Vec<&str> = out.lines().collect();
     assert!(
         lines[0].starts_with("host") && lines[0].contains("kernel"),
@@ -88,18 +90,117 @@ fn facts_of_real_sshd_hosts_as_json_and_as_a_table() {
     assert!(out.lines().any(|l| l.starts_with("127.0.0.1: ")), "{out}");
 }
 
-// See: #20 (not yet through gateways: refused before connecting, exit 2)
+/// The `facts` of one host row of a `mgmt facts --json` document are this
+/// machine's (every sshd host here is this machine).
+fn assert_local_facts(h: &serde_json::Value, doc: &serde_json::Value) {
+    assert!(h["error"].is_null(), "{doc:#}");
+    let f = &h["facts"];
+    assert_eq!(f["arch"], std::env::consts::ARCH, "{doc:#}");
+    assert_eq!(f["os"]["id"], crate::util::os_id().as_str(), "{doc:#}");
+    assert!(f["memory_mb"].as_u64().unwrap() > 0, "{doc:#}");
+}
+
+// See: #20 (facts through gateways: the gateway gathers the facts of the
+// hosts behind it; they appear in the JSON and the table with the direct
+// hosts', and a host behind it that cannot be reached is an error row, exit 1)
 #[test]
-fn facts_behind_a_gateway_are_refused_with_exit_2() {
+fn facts_of_hosts_behind_a_gateway_as_json_and_as_a_table() {
+    let fleet = SshdFleet::start(4);
     let d = Dir::new();
-    let g = d.write(
-        "g.yaml",
-        "graph: g\nresources:\n  noop:\n  - name: n\nremote: ssh://root@10.9.9.9\nvia: [ssh://root@127.0.0.1:1]\n",
+    let marker = fleet.home(2).join("applied");
+    let behind = d.write(
+        "behind.yaml",
+        &format!(
+            "graph: behind\nresources:\n  file:\n  - name: m\n    path: {}\n    content: x\nremote: [{}, {}]\nvia: [{}]\n",
+            marker.display(),
+            fleet.url(2),
+            fleet.url(3),
+            fleet.url(1)
+        ),
     );
-    let out = crate::util::run(
-        mgmt().arg("facts").arg("--remote").arg(&g),
-        Duration::from_secs(30),
+    let direct = d.write(
+        "direct.yaml",
+        &format!(
+            "graph: direct\nresources:\n  noop:\n  - name: n\nremote: {}\n",
+            fleet.url(4)
+        ),
     );
-    assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(out.stderr.contains("behind gateways"), "{}", out.stderr);
+    let mut c = facts_cmd(&fleet, &behind, &["--json", "--remote"]);
+    c.arg(&direct);
+    let mut p = Proc::spawn(&mut c);
+    let code = p.wait(Duration::from_secs(180));
+    let out = p.stdout_rest();
+    let log = p.lines_so_far().join("\n");
+    assert_eq!(code, 0, "{log}\n{out}");
+    let doc: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON document");
+    let hosts = doc["hosts"].as_array().expect("hosts");
+    // Every host, in the order of the files and their remote: lists; the
+    // gateway itself is a hop, not a host of the inventory.
+    let names: Vec<&str> = hosts.iter().map(|h| h["host"].as_str().unwrap()).collect();
+    assert_eq!(names, [fleet.ip(2), fleet.ip(3), fleet.ip(4)], "{doc:#}");
+    for (h, i) in hosts.iter().zip([2, 3]) {
+        assert_eq!(
+            h["route"],
+            format!("{}/{}", fleet.ip(1), fleet.ip(i)),
+            "{doc:#}"
+        );
+        assert_local_facts(h, &doc);
+    }
+    assert_eq!(hosts[2]["route"], fleet.ip(4), "{doc:#}");
+    assert_local_facts(&hosts[2], &doc);
+    assert!(!marker.exists(), "mgmt facts applied nothing");
+    // The gateway authenticated onward with the agent forwarded to it: no
+    // key in its home; and its run directory is gone.
+    assert!(!fleet.home(1).join(".ssh").exists());
+    let runs = fleet.home(1).join(".cache/mgmt/run");
+    let left: Vec<_> = std::fs::read_dir(&runs)
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+
+    // The table, with a host behind the gateway that cannot be reached:
+    // an error row, its reason after the table, exit 1.
+    let g2 = d.write(
+        "g2.yaml",
+        &format!(
+            "graph: g2\nresources:\n  noop:\n  - name: n\nremote: [{}, ssh://root@127.0.0.1:1]\nvia: [{}]\n",
+            fleet.url(2),
+            fleet.url(1)
+        ),
+    );
+    let mut c = facts_cmd(&fleet, &g2, &["--connect-timeout", "5", "--remote"]);
+    c.arg(&direct);
+    let mut p = Proc::spawn(&mut c);
+    let code = p.wait(Duration::from_secs(180));
+    let out = p.stdout_rest();
+    let log = p.lines_so_far().join("\n");
+    assert_eq!(code, 1, "{log}\n{out}");
+    if std::env::var_os("MGMT_TEST_LOG").is_some() {
+        eprintln!("{log}\n{out}");
+    }
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("host"), "{out}");
+    for i in [2, 4] {
+        let row = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("{} ", fleet.ip(i))))
+            .expect(&out);
+        assert!(
+            row.contains(&crate::util::os_id()) && row.contains(std::env::consts::ARCH),
+            "{out}"
+        );
+    }
+    let failed = lines
+        .iter()
+        .find(|l| l.starts_with("127.0.0.1 "))
+        .expect(&out);
+    assert_eq!(failed.split_whitespace().nth(1), Some("-"), "{out}");
+    assert!(out.contains("2 of 3 host(s) answered"), "{out}");
+    // The reason names the route: it was the gateway that could not connect.
+    let why = format!("{}/127.0.0.1: ", fleet.ip(1));
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&why) && l.contains("refused")),
+        "{out}"
+    );
 }
