@@ -136,7 +136,7 @@ pub async fn run(
 /// `mgmt facts` through one gateway: placed as for a run, the gateway runs
 /// `mgmt facts --json --remote ...` for its group (no tunnel: nothing
 /// reaches the store) and prints its group's stages as route records, then
-/// its inventory as one line. Returns the rows of the hosts behind it
+/// its inventory, a one-host document per line. Returns the rows of the hosts behind it
 /// (routes under its name; a row for any other host is refused), or why
 /// there are none. The stop is a run's: stdin closed, then signals by pid.
 pub(crate) async fn facts(
@@ -191,7 +191,7 @@ async fn facts_below(
     args.extend(onward_args(shared, gw, &dir));
     let ui = shared.ui.clone();
     let mut below = Below::of(shared, gw);
-    let mut inventory = None;
+    let mut inventory = Vec::new();
     let mut on_line = |line: OutputLine| {
         match line {
             OutputLine::Stdout(l) => match Record::decode(&l) {
@@ -199,8 +199,8 @@ async fn facts_below(
                     take_record(&ui, label, r.under(label), &mut below);
                 }
                 None => match crate::ui::inventory::parse_facts_json(&l) {
-                    Some(rows) if inventory.is_none() => inventory = Some(rows),
-                    _ => ui.line(label, Stream::Stdout, &l),
+                    Some(rows) => inventory.extend(rows),
+                    None => ui.line(label, Stream::Stdout, &l),
                 },
             },
             OutputLine::Stderr(l) => ui.line(label, Stream::Stderr, &l),
@@ -223,13 +223,11 @@ async fn facts_below(
     };
     let (status, last_err) = supervise::run_plain(shared, p, &mut launch, cancel).await?;
     drop(launch);
-    match inventory {
-        Some(rows) => Ok(rows),
-        None => Err(format!(
-            "mgmt facts ended ({status}) without an inventory: {}",
-            last_err.trim()
-        )),
+    // Exit 1 is a host below without facts: its row says why.
+    if inventory.is_empty() {
+        return Err(format!("mgmt facts ended ({status}): {}", last_err.trim()));
     }
+    Ok(inventory)
 }
 
 /// Set-up under a permit: the binary, the group's graphs, known_hosts.

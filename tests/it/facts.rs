@@ -204,3 +204,70 @@ fn facts_of_hosts_behind_a_gateway_as_json_and_as_a_table() {
         "{out}"
     );
 }
+
+// See: #20 (facts through gateways at depth two, and through a gateway
+// whose host key does not match: refused, each host behind it an error
+// row naming it, exit 1)
+#[test]
+fn facts_through_two_gateways_and_past_a_gateway_with_a_wrong_key() {
+    let fleet = SshdFleet::start(5);
+    let d = Dir::new();
+    let deep = d.write(
+        "deep.yaml",
+        &format!(
+            "graph: deep\nresources:\n  noop:\n  - name: n\nremote: {}\nvia: [{}, {}]\n",
+            fleet.url(3),
+            fleet.url(1),
+            fleet.url(2)
+        ),
+    );
+    let past = d.write(
+        "past.yaml",
+        &format!(
+            "graph: past\nresources:\n  noop:\n  - name: n\nremote: {}\nvia: [{}]\n",
+            fleet.url(5),
+            fleet.url(4)
+        ),
+    );
+    // Gateway 4's known_hosts line names another key.
+    crate::util::sshd::keygen(&d.path().join("other"));
+    let other = std::fs::read_to_string(d.path().join("other.pub")).unwrap();
+    let other: Vec<&str> = other.split_whitespace().take(2).collect();
+    let gw4 = format!("[{}]:{} ", fleet.ip(4), fleet.port());
+    let known: String = std::fs::read_to_string(&fleet.known_hosts)
+        .unwrap()
+        .lines()
+        .map(|l| match l.starts_with(&gw4) {
+            true => format!("{gw4}{}\n", other.join(" ")),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(&fleet.known_hosts, known).unwrap();
+    let mut c = facts_cmd(&fleet, &deep, &["--json", "--remote"]);
+    c.arg(&past);
+    let mut p = Proc::spawn(&mut c);
+    let code = p.wait(Duration::from_secs(180));
+    let out = p.stdout_rest();
+    let log = p.lines_so_far().join("\n");
+    assert_eq!(code, 1, "{log}\n{out}");
+    let doc: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON document");
+    let hosts = doc["hosts"].as_array().expect("hosts");
+    assert_eq!(hosts.len(), 2, "{doc:#}");
+    assert_eq!(hosts[0]["host"], fleet.ip(3), "{doc:#}");
+    assert_eq!(
+        hosts[0]["route"],
+        format!("{}/{}/{}", fleet.ip(1), fleet.ip(2), fleet.ip(3)),
+        "{doc:#}"
+    );
+    assert_local_facts(&hosts[0], &doc);
+    assert_eq!(hosts[1]["host"], fleet.ip(5), "{doc:#}");
+    assert!(hosts[1]["facts"].is_null(), "{doc:#}");
+    let why = hosts[1]["error"].as_str().expect("a reason");
+    assert!(why.starts_with(&format!("via {}: ", fleet.ip(4))), "{why}");
+    assert!(why.contains("host key does not match"), "{why}");
+    for g in [1, 2, 4] {
+        assert!(!fleet.home(g).join(".ssh").exists(), "gateway {g}");
+    }
+    // Nothing ran past the refused gateway: no binary reached host 5.
+    assert!(!fleet.home(5).join(".cache/mgmt/bin").exists());
+}
