@@ -1,6 +1,8 @@
 //! `mgmt facts` (#20 item 4): the inventory of real sshd hosts, gathered
 //! by the shipped binary on each host, printed as a table or as JSON;
-//! nothing of the graph is applied.
+//! nothing of the graph is applied. Hosts behind gateways (at depth one
+//! and two) are asked by their gateway; a gateway refused, or one that
+//! reports a host outside its subtree, cannot stand in for those hosts.
 
 use std::time::Duration;
 
@@ -16,9 +18,11 @@ fn facts_cmd(fleet: &SshdFleet, graph: &std::path::Path, extra: &[&str]) -> std:
         .arg("--identity")
         .arg(&fleet.client_key)
         .arg("--known-hosts")
-        .arg(&fleet.known_hosts)
-        .args(crate::util::shipped_args())
-        .args(extra);
+        .arg(&fleet.known_hosts);
+    if !extra.contains(&"--remote-binary") {
+        c.args(crate::util::shipped_args());
+    }
+    c.args(extra);
     c
 }
 
@@ -270,4 +274,75 @@ fn facts_through_two_gateways_and_past_a_gateway_with_a_wrong_key() {
     }
     // Nothing ran past the refused gateway: no binary reached host 5.
     assert!(!fleet.home(5).join(".cache/mgmt/bin").exists());
+}
+
+// See: #20, #13 (a gateway's inventory could report facts for hosts
+// outside its subtree): a compromised gateway reports forged facts for a
+// direct host of the run; they are refused, and that host's row is its own
+#[test]
+fn a_gateway_cannot_report_facts_for_hosts_outside_its_subtree() {
+    use crate::hostile_store::plant_command;
+    let fleet = SshdFleet::start(2);
+    let d = Dir::new();
+    let victim = fleet.ip(2).to_string();
+    let row = |host: &str, id: &str| {
+        format!(
+            r#"{{"v":1,"hosts":[{{"host":"{host}","route":"{host}","facts":{{"os":{{"id":"{id}"}}}},"error":null}}]}}"#
+        )
+    };
+    // What the gateway runs instead of mgmt facts: a forged row for the
+    // victim, and one for its own host.
+    plant_command(
+        &fleet,
+        1,
+        "facts",
+        &format!(
+            "printf '%s\\n' '{}' '{}'\n",
+            row(&victim, "forged"),
+            row("leaf", "planted")
+        ),
+    );
+    plant_command(
+        &fleet,
+        2,
+        "facts",
+        "printf '%s\\n' '{\"os\":{\"id\":\"real\"}}'\n",
+    );
+    let direct = d.write(
+        "direct.yaml",
+        &format!(
+            "graph: direct\nresources:\n  noop:\n  - name: n\nremote: {}\n",
+            fleet.url(2)
+        ),
+    );
+    let behind = d.write(
+        "behind.yaml",
+        &format!(
+            "graph: behind\nresources:\n  noop:\n  - name: n\nvia: [{}]\nremote: ssh://root@127.0.0.9:2222\nhostname: leaf\n",
+            fleet.url(1)
+        ),
+    );
+    let mut c = facts_cmd(
+        &fleet,
+        &direct,
+        &["--json", "--remote-binary", "/bin/sh", "--remote"],
+    );
+    c.arg(&behind);
+    let mut p = Proc::spawn(&mut c);
+    let code = p.wait(Duration::from_secs(120));
+    let out = p.stdout_rest();
+    let log = p.lines_so_far().join("\n");
+    assert_eq!(code, 0, "{log}\n{out}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&format!("{victim:?}, which is not behind it; refused"))),
+        "{log}"
+    );
+    let doc: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON document");
+    let hosts = doc["hosts"].as_array().expect("hosts");
+    assert_eq!(hosts.len(), 2, "{doc:#}");
+    assert_eq!(hosts[0]["host"], victim.as_str(), "{doc:#}");
+    assert_eq!(hosts[0]["facts"]["os"]["id"], "real", "{doc:#}");
+    assert_eq!(hosts[1]["host"], "leaf", "{doc:#}");
+    assert_eq!(hosts[1]["facts"]["os"]["id"], "planted", "{doc:#}");
 }
