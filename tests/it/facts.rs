@@ -9,6 +9,9 @@ use std::time::Duration;
 use crate::util::sshd::SshdFleet;
 use crate::util::{mgmt, Dir, Proc};
 
+/// How long any one `mgmt facts` of these tests may take.
+const LIMIT: Duration = Duration::from_secs(180);
+
 fn facts_cmd(fleet: &SshdFleet, graph: &std::path::Path, extra: &[&str]) -> std::process::Command {
     let mut c = mgmt();
     c.env_remove("SSH_AUTH_SOCK")
@@ -345,4 +348,57 @@ fn a_gateway_cannot_report_facts_for_hosts_outside_its_subtree() {
     assert_eq!(hosts[0]["facts"]["os"]["id"], "real", "{doc:#}");
     assert_eq!(hosts[1]["host"], "leaf", "{doc:#}");
     assert_eq!(hosts[1]["facts"]["os"]["id"], "planted", "{doc:#}");
+}
+
+// See: #20 (an interrupted `mgmt facts` stops the gateway's part too and
+// leaves nothing behind): a host behind the gateway accepts TCP and never
+// speaks SSH; ^C while the gateway waits on it
+#[test]
+fn an_interrupt_stops_the_gateways_inventory_and_leaves_nothing() {
+    let fleet = SshdFleet::start(2);
+    let d = Dir::new();
+    let stuck = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = stuck.local_addr().unwrap().port();
+    let g = d.write(
+        "g.yaml",
+        &format!(
+            "graph: g\nresources:\n  noop:\n  - name: n\nremote: [{}, ssh://root@127.0.0.1:{port}]\nvia: [{}]\n",
+            fleet.url(2),
+            fleet.url(1)
+        ),
+    );
+    let mut p = Proc::spawn(&mut facts_cmd(
+        &fleet,
+        &g,
+        &["--json", "--connect-timeout", "600"],
+    ));
+    p.wait_line(&format!("[{}/{}] done", fleet.ip(1), fleet.ip(2)), LIMIT);
+    // The gateway has connected to the stuck host: it waits on it.
+    let (_held, _) = stuck.accept().expect("the gateway connects");
+    let home = fleet.home(1).display().to_string();
+    let left = || {
+        crate::remote_run::procs_with("facts --json --depth 1")
+            .into_iter()
+            .filter(|pid| crate::remote_run::cmdline(*pid).contains(&home))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(left().len(), 1, "the gateway's mgmt facts runs");
+    p.signal(nix::sys::signal::Signal::SIGINT);
+    let code = p.wait(LIMIT);
+    let out = p.stdout_rest();
+    let log = p.lines_so_far().join("\n");
+    assert_eq!(code, 1, "{log}\n{out}");
+    let doc: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON document");
+    let hosts = doc["hosts"].as_array().expect("hosts");
+    assert_eq!(hosts.len(), 2, "{doc:#}");
+    assert_local_facts(&hosts[0], &doc);
+    assert_eq!(hosts[1]["host"], "127.0.0.1", "{doc:#}");
+    assert!(hosts[1]["error"].as_str().is_some(), "{doc:#}");
+    // Nothing left on the gateway: no process, no per-run files.
+    assert!(
+        crate::util::eventually(Duration::from_secs(30), || left().is_empty()),
+        "{:?}",
+        left()
+    );
+    assert!(crate::remote_run::run_files_go(&fleet.home(1)));
 }
