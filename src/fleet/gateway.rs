@@ -136,9 +136,10 @@ pub async fn run(
 /// `mgmt facts` through one gateway: placed as for a run, the gateway runs
 /// `mgmt facts --json --remote ...` for its group (no tunnel: nothing
 /// reaches the store) and prints its group's stages as route records, then
-/// its inventory, a one-host document per line. Returns the rows of the hosts behind it
-/// (routes under its name; a row for any other host is refused), or why
-/// there are none. The stop is a run's: stdin closed, then signals by pid.
+/// its inventory, a one-host document per line. Returns the rows of the
+/// hosts behind it (routes under its name; a row for any other host is
+/// refused), or why there are none. The stop is a run's: stdin closed,
+/// then signals by pid.
 pub(crate) async fn facts(
     shared: &Shared,
     gw: &GatewayPlan,

@@ -87,8 +87,12 @@ pub async fn gather(plan: Plan, ui: Ui, depth: u32, cancel: CancellationToken) -
             out.extend(rows);
         }
     }
-    let at = |host: &str| order.iter().position(|h| h == host);
-    out.sort_by_key(|f| at(&f.host));
+    let at: std::collections::HashMap<&str, usize> = order
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h.as_str(), i))
+        .collect();
+    out.sort_by_key(|f| at.get(f.host.as_str()).copied());
     out
 }
 
