@@ -402,3 +402,52 @@ fn an_interrupt_stops_the_gateways_inventory_and_leaves_nothing() {
     );
     assert!(crate::remote_run::run_files_go(&fleet.home(1)));
 }
+
+// See: #20, #13 (keys learned behind gateways kept): under accept-new, the
+// key of a host behind the gateway, unknown here, is learned by the
+// gateway and recorded in this machine's known_hosts, as a run does
+#[test]
+fn a_key_learned_behind_a_gateway_by_facts_reaches_the_initiators_known_hosts() {
+    let fleet = SshdFleet::start(2);
+    let d = Dir::new();
+    let entry = format!("[{}]:", fleet.ip(2));
+    let original = std::fs::read_to_string(&fleet.known_hosts).unwrap();
+    let leaf_line = original
+        .lines()
+        .find(|l| l.starts_with(&entry))
+        .expect("the leaf's line")
+        .to_owned();
+    let without: String = original
+        .lines()
+        .filter(|l| !l.starts_with(&entry))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&fleet.known_hosts, &without).unwrap();
+    let g = d.write(
+        "g.yaml",
+        &format!(
+            "graph: g\nresources:\n  noop:\n  - name: n\nremote: {}\nvia: [{}]\n",
+            fleet.url(2),
+            fleet.url(1)
+        ),
+    );
+    let mut p = Proc::spawn(&mut facts_cmd(
+        &fleet,
+        &g,
+        &["--json", "--host-key-check", "accept-new"],
+    ));
+    let code = p.wait(LIMIT);
+    let out = p.stdout_rest();
+    let log = p.lines_so_far().join("\n");
+    assert_eq!(code, 0, "{log}\n{out}");
+    assert!(log.contains("recorded the host key of"), "{log}");
+    let after = std::fs::read_to_string(&fleet.known_hosts).unwrap();
+    let learned: Vec<&str> = after.lines().filter(|l| l.starts_with(&entry)).collect();
+    assert_eq!(learned.len(), 1, "{after}");
+    let key = |l: &str| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+    assert_eq!(key(learned[0]), key(&leaf_line), "{after}");
+    assert!(
+        after.starts_with(&without),
+        "earlier lines changed:\n{after}"
+    );
+}
