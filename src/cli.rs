@@ -83,6 +83,23 @@ pub struct FactsArgs {
     /// Remove the binary from hosts afterwards.
     #[arg(long)]
     pub no_caching: bool,
+
+    /// A gateway for every --remote graph without a `via:` (repeat for a
+    /// chain, outermost first), as for `mgmt run`: the gateway gathers the
+    /// facts of the hosts behind it.
+    #[arg(long = "via", value_name = "URL")]
+    pub via: Vec<String>,
+
+    /// Position in a remote execution tree (internal: set by the parent
+    /// of a gateway). At depth 1 and more the process reports in route
+    /// records and stops when its stdin closes.
+    #[arg(long, default_value_t = 0, hide = true)]
+    pub depth: u32,
+
+    /// The name the initiator knows each `--remote` file by, in order, for
+    /// the errors (internal: set by the parent of a gateway).
+    #[arg(long = "remote-label", hide = true, value_name = "NAME")]
+    pub remote_labels: Vec<String>,
 }
 
 /// Flags of `mgmt emulate`.

@@ -298,6 +298,8 @@ fn output_flags(args: &RunArgs, remote: bool) -> Result<(Option<EventsTo>, bool)
 pub struct FactsConfig {
     pub remote: Option<Plan>,
     pub json: bool,
+    /// Above 0: a gateway's `mgmt facts`, started by its parent.
+    pub depth: u32,
 }
 
 impl FactsConfig {
@@ -313,24 +315,18 @@ impl FactsConfig {
             cconns: args.cconns,
             remote_prefix: args.remote_prefix.clone(),
             caching: !args.no_caching,
+            via: args.via.clone(),
+            labels: args.remote_labels.clone(),
             ..PlanInputs::default()
         };
         let remote = crate::fleet::plan::plan(&inputs).map_err(|e| match e {
             PlanError::Graphs(g) => ConfigError::Graph(g),
             PlanError::Flag { flag, message } => ConfigError::Flag { flag, message },
         })?;
-        if let Some(g) = remote.as_ref().and_then(|p| p.gateways.first()) {
-            return Err(ConfigError::flag(
-                "--remote",
-                format!(
-                    "mgmt facts does not reach hosts behind gateways yet (gateway {});                      ask the gateway's hosts from a machine that reaches them",
-                    g.name
-                ),
-            ));
-        }
         Ok(FactsConfig {
             remote,
             json: args.json,
+            depth: args.depth,
         })
     }
 }

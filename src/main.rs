@@ -93,11 +93,17 @@ fn config(args: &mgmt::cli::RunArgs) -> Result<Config, u8> {
 }
 
 /// `--events` and `--summary json`: tell the UI where they go.
-/// `mgmt facts`: the inventory on stdout, stages and logs on stderr.
+/// `mgmt facts`: the inventory on stdout, stages and logs on stderr. A
+/// gateway's (`--depth` 1 and more) writes its hosts' stages as route
+/// records on stdout before the inventory, for its parent to show.
 fn facts(verbose: u8, args: &mgmt::cli::FactsArgs) -> ExitCode {
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let ui = mgmt::ui::Ui::new_with_stdout(tty, false);
-    init_logs(verbose, false, &ui);
+    let ui = if args.depth > 0 {
+        mgmt::ui::Ui::records(Box::new(std::io::stdout()), Box::new(std::io::stderr()))
+    } else {
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        mgmt::ui::Ui::new_with_stdout(tty, false)
+    };
+    init_logs(verbose, args.depth > 0, &ui);
     let cfg = match mgmt::config::FactsConfig::from_args(args) {
         Ok(cfg) => cfg,
         Err(ConfigError::Graph(errors)) => {

@@ -327,8 +327,16 @@ pub async fn facts(
     cancel: CancellationToken,
 ) -> anyhow::Result<u8> {
     use crate::ui::inventory::{facts_json, facts_table};
+    // A gateway's: its parent closing stdin means stop.
+    let _stdin = (cfg.depth > 0).then(|| {
+        Task(tokio::spawn(crate::link::stop_on_eof(
+            tokio::io::stdin(),
+            cancel.clone(),
+            Arc::new(AtomicBool::new(false)),
+        )))
+    });
     let answers = match cfg.remote {
-        Some(plan) => crate::fleet::inventory::gather(plan, ui.clone(), cancel).await,
+        Some(plan) => crate::fleet::inventory::gather(plan, ui.clone(), cfg.depth, cancel).await,
         None => {
             let f = tokio::task::spawn_blocking(crate::facts::gather).await?;
             if cfg.json {
@@ -338,16 +346,27 @@ pub async fn facts(
             }
             vec![crate::fleet::inventory::HostFacts {
                 host: f.hostname.clone(),
+                route: f.hostname.clone(),
                 facts: Ok(serde_json::to_value(&f)?),
             }]
         }
     };
     let rows: Vec<crate::ui::inventory::Answer<'_>> = answers
         .iter()
-        .map(|a| (a.host.as_str(), a.facts.as_ref().map_err(String::as_str)))
+        .map(|a| crate::ui::inventory::Answer {
+            host: &a.host,
+            route: &a.route,
+            facts: a.facts.as_ref().map_err(String::as_str),
+        })
         .collect();
     ui.close();
-    if cfg.json {
+    if cfg.depth > 0 {
+        // A gateway's, read by its parent: a document per host, so that no
+        // line passes the SSH layer's line limit however many hosts there are.
+        for r in &rows {
+            println!("{}", facts_json(std::slice::from_ref(r)));
+        }
+    } else if cfg.json {
         println!("{}", facts_json(&rows));
     } else {
         print!("{}", facts_table(&rows));

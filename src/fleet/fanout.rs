@@ -214,7 +214,7 @@ fn rolling_for(
 
 /// The agent gateways get access to: the user's (when no `-i` key was
 /// named), else one served here from the key files; none without gateways.
-async fn gateway_agent(plan: &Plan) -> (Option<std::path::PathBuf>, Option<OwnAgent>) {
+pub(super) async fn gateway_agent(plan: &Plan) -> (Option<std::path::PathBuf>, Option<OwnAgent>) {
     if plan.gateways.is_empty() {
         return (None, None);
     }

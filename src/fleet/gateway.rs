@@ -28,6 +28,7 @@ use super::plan::GatewayPlan;
 use super::shared::{HostEvent, Shared, GRACE_PER_HOST, STDIN_GRACE};
 use super::supervise::{self, common_args, words, Launch, Synced};
 use crate::ssh::OutputLine;
+use crate::ui::inventory::OwnedAnswer;
 use crate::ui::route::Record;
 use crate::ui::{RowResult, Stage, Stream, SummaryRow};
 
@@ -57,6 +58,21 @@ struct Below {
     learn_into: Option<crate::ssh::hostkey::KnownHosts>,
 }
 
+impl Below {
+    /// Nothing back yet from `gw`, whose hosts and targets are known.
+    fn of(shared: &Shared, gw: &GatewayPlan) -> Below {
+        let known = &shared.plan.settings.known_hosts;
+        Below {
+            leaves: gw.leaves.iter().cloned().collect(),
+            behind: gw.behind.clone(),
+            learn_into: (!shared.ui.writes_records()
+                && known.policy == crate::ssh::HostKeyPolicy::AcceptNew)
+                .then(|| known.clone()),
+            ..Below::default()
+        }
+    }
+}
+
 /// Runs one gateway's group to its end; never fails: failures become the
 /// rows of every host of the group. Returns the gateway's own row first.
 pub async fn run(
@@ -77,15 +93,7 @@ pub async fn run(
         ui.add_host(&format!("{label}/{leaf}"));
     }
     let mut own = SummaryRow::new(&label, &label);
-    let known = &shared.plan.settings.known_hosts;
-    let mut below = Below {
-        leaves: gw.leaves.iter().cloned().collect(),
-        behind: gw.behind.clone(),
-        learn_into: (!shared.ui.writes_records()
-            && known.policy == crate::ssh::HostKeyPolicy::AcceptNew)
-            .then(|| known.clone()),
-        ..Below::default()
-    };
+    let mut below = Below::of(&shared, &gw);
     match place(&shared, &gw, &graphs, &cancel).await {
         Ok(p) => {
             own.bytes_sent = p.cached.bytes_sent;
@@ -123,6 +131,104 @@ pub async fn run(
     }
     rows.insert(0, own);
     rows
+}
+
+/// `mgmt facts` through one gateway: placed as for a run, the gateway runs
+/// `mgmt facts --json --remote ...` for its group (no tunnel: nothing
+/// reaches the store) and prints its group's stages as route records, then
+/// its inventory, a one-host document per line. Returns the rows of the
+/// hosts behind it (routes under its name; a row for any other host is
+/// refused), or why there are none. The stop is a run's: stdin closed,
+/// then signals by pid.
+pub(crate) async fn facts(
+    shared: &Shared,
+    gw: &GatewayPlan,
+    cancel: &CancellationToken,
+) -> Result<Vec<OwnedAnswer>, String> {
+    let graphs: Vec<_> = gw
+        .files
+        .iter()
+        .filter_map(|&f| shared.plan.files.get(f))
+        .map(|f| watch::channel(Arc::new(f.text.clone())).1)
+        .collect();
+    let p = place(shared, gw, &graphs, cancel).await?;
+    let got = facts_below(shared, gw, &p, cancel).await;
+    let mut row = SummaryRow::new(&gw.name, &gw.name);
+    place::finish_placed(shared, p, &mut row).await;
+    let below = got?;
+    let leaves: HashSet<&str> = gw.leaves.iter().map(String::as_str).collect();
+    let mut seen = HashSet::new();
+    Ok(below
+        .into_iter()
+        .filter(|a| {
+            let ours = leaves.contains(a.host.as_str());
+            if !ours {
+                tracing::warn!(
+                    "{}: reported facts for {:?}, which is not behind it; refused",
+                    gw.name,
+                    a.host
+                );
+            }
+            ours && seen.insert(a.host.clone())
+        })
+        .map(|mut a| {
+            a.route = format!("{}/{}", gw.name, a.route);
+            a
+        })
+        .collect())
+}
+
+/// Runs the gateway's `mgmt facts` on the placed gateway; its inventory.
+async fn facts_below(
+    shared: &Shared,
+    gw: &GatewayPlan,
+    p: &Placed,
+    cancel: &CancellationToken,
+) -> Result<Vec<OwnedAnswer>, String> {
+    let label = gw.name.as_str();
+    let dir = format!("{}/run/{}", p.cached.prefix, shared.run_id);
+    let depth = (shared.flags.depth + 1).to_string();
+    let mut args = words(&["facts", "--json", "--depth", &depth]);
+    args.extend(onward_args(shared, gw, &dir));
+    let ui = shared.ui.clone();
+    let mut below = Below::of(shared, gw);
+    let mut inventory = Vec::new();
+    let mut on_line = |line: OutputLine| {
+        match line {
+            OutputLine::Stdout(l) => match Record::decode(&l) {
+                Some(r) => {
+                    take_record(&ui, label, r.under(label), &mut below);
+                }
+                None => match crate::ui::inventory::parse_facts_json(&l) {
+                    Some(rows) => inventory.extend(rows),
+                    None => ui.line(label, Stream::Stdout, &l),
+                },
+            },
+            OutputLine::Stderr(l) => ui.line(label, Stream::Stderr, &l),
+        }
+        None
+    };
+    // Nothing goes to the run loop: there is none.
+    let (events, _) = mpsc::channel(1);
+    let mut launch = Launch {
+        label,
+        speaker: crate::store::Speaker::new(label, std::iter::empty()),
+        args,
+        synced: Vec::new(),
+        agent: true,
+        stdin_grace: shared.grace(STDIN_GRACE) + GRACE_PER_HOST * gw.leaves.len() as u32,
+        on_line: &mut on_line,
+        events,
+        stdin_lines: None,
+        written: Vec::new(),
+    };
+    let (status, last_err) = supervise::run_plain(shared, p, &mut launch, cancel).await?;
+    drop(launch);
+    // Exit 1 is a host below without facts: its row says why.
+    if inventory.is_empty() {
+        return Err(format!("mgmt facts ended ({status}): {}", last_err.trim()));
+    }
+    Ok(inventory)
 }
 
 /// Set-up under a permit: the binary, the group's graphs, known_hosts.
@@ -318,9 +424,26 @@ fn take_known_host(ui: &crate::ui::Ui, gw: &str, host: &str, line: &str, below: 
 
 /// The gateway's command line: its group's graphs and the run's flags.
 fn gateway_args(shared: &Shared, gw: &GatewayPlan, dir: &str) -> Vec<String> {
-    let plan = &shared.plan;
     let mut a = words(&["run", "--hostname", &gw.name, "--run-dir", dir]);
     a.push(format!("--route={}", shared.flags.route_of(&gw.name)));
+    a.extend(onward_args(shared, gw, dir));
+    if shared.plan.onward.trace {
+        a.push("--trace".into());
+    }
+    if shared.rolling.is_some() {
+        // Its hosts wait for the turns written on its stdin.
+        a.push("--rolling-follow".into());
+    }
+    a.extend(common_args(shared));
+    a
+}
+
+/// How the gateway reaches its group, as the initiator would: the graphs
+/// put in its run directory `dir` (with the names the user knows them
+/// by), the known_hosts put there, and the connection flags.
+fn onward_args(shared: &Shared, gw: &GatewayPlan, dir: &str) -> Vec<String> {
+    let plan = &shared.plan;
+    let mut a = Vec::new();
     for i in 0..gw.files.len() {
         a.extend(words(&["--remote", &format!("{dir}/g{i}.yaml")]));
     }
@@ -344,14 +467,6 @@ fn gateway_args(shared: &Shared, gw: &GatewayPlan, dir: &str) -> Vec<String> {
     if !plan.caching {
         a.push("--no-caching".into());
     }
-    if plan.onward.trace {
-        a.push("--trace".into());
-    }
-    if shared.rolling.is_some() {
-        // Its hosts wait for the turns written on its stdin.
-        a.push("--rolling-follow".into());
-    }
-    a.extend(common_args(shared));
     a
 }
 

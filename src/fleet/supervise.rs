@@ -211,6 +211,47 @@ pub(crate) async fn run_child(
     }
 }
 
+/// Runs the child of `launch` with no tunnel and nothing on its stdin (a
+/// gateway's `mgmt facts`: it needs no store): launched (a binary that
+/// fails its hash check replaced once), its output followed and the child
+/// stopped as [`supervise`] does; its exit status and last stderr line.
+pub(crate) async fn run_plain(
+    shared: &Shared,
+    p: &Placed,
+    launch: &mut Launch<'_>,
+    cancel: &CancellationToken,
+) -> Result<(ExitStatus, String), String> {
+    let label = launch.label;
+    if launch.agent {
+        p.session.set_agent_forwarding(shared.agent.clone());
+    }
+    shared.ui.stage(label, Stage::Starting);
+    let mut replaced = false;
+    loop {
+        let opts = ExecOptions {
+            close_stdin: false,
+            report_pid: true,
+            agent_forward: launch.agent && shared.agent.is_some(),
+            ..ExecOptions::default()
+        };
+        let mut child = p
+            .cached
+            .launch(&p.session, &launch.args, opts)
+            .await
+            .map_err(|e| explain(&e))?;
+        shared.ui.stage(label, Stage::Running);
+        let mut stopping = false;
+        let (status, last_err) = follow(shared, p, &mut child, launch, cancel, &mut stopping).await;
+        if status == ExitStatus::Exited(VERIFY_FAILED_EXIT) && !replaced && !stopping {
+            replaced = true;
+            tracing::warn!("{label}: the cached binary failed its hash check; replacing it");
+            replace_binary(shared, p, &mut SummaryRow::new(label, label)).await?;
+            continue;
+        }
+        return Ok((status, last_err));
+    }
+}
+
 fn exec_options(secret: &TunnelSecret) -> ExecOptions {
     ExecOptions {
         stdin: Some(secret.stdin_line()),

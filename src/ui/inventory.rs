@@ -1,28 +1,48 @@
 //! How `mgmt facts` shows an inventory: one row per host (name, OS,
 //! architecture, kernel, CPUs, memory, default IPv4) for people, or one
 //! JSON document with every host's whole facts for scripts. The facts come
-//! as the hosts printed them (JSON); a missing field shows `-`.
+//! as the hosts printed them (JSON); a missing field shows `-`. A
+//! gateway's `mgmt facts` prints the same document for its parent, which
+//! reads it back with [`parse_facts_json`].
 
 use serde_json::{json, Value};
 
 /// One host's facts, or why there are none.
-pub type Answer<'a> = (&'a str, Result<&'a Value, &'a str>);
+#[derive(Debug, Clone, Copy)]
+pub struct Answer<'a> {
+    /// Its identity (the graph's `hostname:`, or the URL's host).
+    pub host: &'a str,
+    /// How it was reached (`gw/host` behind a gateway).
+    pub route: &'a str,
+    pub facts: Result<&'a Value, &'a str>,
+}
+
+/// One row of a document [`facts_json`] wrote, as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OwnedAnswer {
+    pub host: String,
+    pub route: String,
+    pub facts: Result<Value, String>,
+}
 
 const HEADER: [&str; 7] = ["host", "os", "arch", "kernel", "cpus", "memory", "ipv4"];
 
-/// The table, then `host: reason` for each host without facts.
+/// The table, then `route: reason` for each host without facts (the route
+/// is the host's name unless it is behind a gateway: `gw/host`).
 pub fn facts_table(rows: &[Answer<'_>]) -> String {
     let mut table: Vec<[String; 7]> = vec![HEADER.map(String::from)];
     let mut failures = String::new();
-    for (host, facts) in rows {
+    for &Answer { host, route, facts } in rows {
         match facts {
             Ok(f) => table.push(cells(host, f)),
             Err(why) => {
                 let mut row = [(); 7].map(|_| "-".to_string());
-                row[0] = (*host).to_string();
+                row[0] = host.to_string();
                 table.push(row);
+                // Behind a gateway, the route: "here" in a reason is there.
                 failures.push_str(&format!(
-                    "{host}: {}\n",
+                    "{}: {}\n",
+                    super::escape::escape_controls(route),
                     super::escape::escape_controls(why)
                 ));
             }
@@ -44,7 +64,7 @@ pub fn facts_table(rows: &[Answer<'_>]) -> String {
         out.push_str(text.join("  ").trim_end());
         out.push('\n');
     }
-    let ok = rows.iter().filter(|(_, f)| f.is_ok()).count();
+    let ok = rows.iter().filter(|a| a.facts.is_ok()).count();
     out.push_str(&format!(
         "{ok} of {} host(s) answered\n{failures}",
         rows.len()
@@ -77,17 +97,43 @@ fn cells(host: &str, f: &Value) -> [String; 7] {
     ]
 }
 
-/// One JSON document: `{"hosts":[{"host","facts","error"}]}`, in plan
-/// order; `facts` null and `error` the reason for a host without facts.
+/// One JSON document: `{"v":1,"hosts":[{"host","route","facts","error"}]}`,
+/// in plan order; `facts` null and `error` the reason for a host without
+/// facts.
 pub fn facts_json(rows: &[Answer<'_>]) -> String {
     let hosts: Vec<Value> = rows
         .iter()
-        .map(|(host, f)| match f {
-            Ok(f) => json!({"host": host, "facts": f, "error": null}),
-            Err(why) => json!({"host": host, "facts": null, "error": why}),
+        .map(|a| match a.facts {
+            Ok(f) => json!({"host": a.host, "route": a.route, "facts": f, "error": null}),
+            Err(why) => json!({"host": a.host, "route": a.route, "facts": null, "error": why}),
         })
         .collect();
     json!({ "v": 1, "hosts": hosts }).to_string()
+}
+
+/// The rows of a line [`facts_json`] wrote (a gateway's inventory);
+/// `None` for any other line. A row without facts or an error is an error
+/// row; a row without a host name is left out.
+pub fn parse_facts_json(line: &str) -> Option<Vec<OwnedAnswer>> {
+    let doc: Value = serde_json::from_str(line.trim()).ok()?;
+    if doc["v"] != 1 {
+        return None;
+    }
+    let rows = doc["hosts"].as_array()?;
+    Some(
+        rows.iter()
+            .filter_map(|r| {
+                let host = r["host"].as_str()?.to_owned();
+                let route = r["route"].as_str().unwrap_or(&host).to_owned();
+                let facts = match (&r["facts"], r["error"].as_str()) {
+                    (_, Some(why)) => Err(why.to_owned()),
+                    (Value::Object(_), None) => Ok(r["facts"].clone()),
+                    _ => Err("no facts and no reason given".to_owned()),
+                };
+                Some(OwnedAnswer { host, route, facts })
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -98,7 +144,17 @@ mod tests {
     fn a_table_row_per_host_and_the_reasons_after() {
         let f = json!({"os": {"id": "debian", "version": "12"}, "arch": "x86_64",
             "kernel": "6.1.0", "cpus": 2, "memory_mb": 3900, "default_ipv4": "10.0.0.7"});
-        let text = facts_table(&[("web1", Ok(&f)), ("web2", Err("auth refused"))]);
+        let web1 = Answer {
+            host: "web1",
+            route: "web1",
+            facts: Ok(&f),
+        };
+        let web2 = Answer {
+            host: "web2",
+            route: "gw/web2",
+            facts: Err("auth refused"),
+        };
+        let text = facts_table(&[web1, web2]);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("host"), "{text}");
         assert!(
@@ -107,8 +163,16 @@ mod tests {
         );
         assert!(lines[2].starts_with("web2"), "{text}");
         assert_eq!(lines[3], "1 of 2 host(s) answered");
-        assert_eq!(lines[4], "web2: auth refused");
-        let doc: Value = serde_json::from_str(&facts_json(&[("web1", Ok(&f))])).unwrap();
+        assert_eq!(lines[4], "gw/web2: auth refused");
+        let line = facts_json(&[web1, web2]);
+        let doc: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(doc["hosts"][0]["facts"]["os"]["id"], "debian");
+        // What a gateway prints, its parent reads back row for row.
+        let back = parse_facts_json(&line).expect("a facts document");
+        assert_eq!(back[0].facts, Ok(f.clone()));
+        assert_eq!(back[1].route, "gw/web2");
+        assert_eq!(back[1].facts, Err("auth refused".to_owned()));
+        assert_eq!(parse_facts_json("{\"v\":2,\"hosts\":[]}"), None);
+        assert_eq!(parse_facts_json("hello"), None);
     }
 }

@@ -154,13 +154,18 @@ fn a_local_user_without_the_password_gets_nothing_from_the_listener() {
 /// can run whatever it likes in the child's place; this is how a test gets
 /// one out of a real sshd.
 pub(crate) fn plant_child(fleet: &SshdFleet, i: usize, script: &str) {
+    plant_command(fleet, i, "run", script);
+}
+
+/// [`plant_child`] for the launch of `./mgmt COMMAND …` (`facts`, say).
+pub(crate) fn plant_command(fleet: &SshdFleet, i: usize, command: &str, script: &str) {
     use sha2::Digest;
     use std::os::unix::fs::PermissionsExt;
     let sh = std::fs::read("/bin/sh").expect("read /bin/sh");
     let sha = hex::encode(sha2::Sha256::digest(&sh));
     let dir = fleet.home(i).join(".cache/mgmt/bin").join(sha);
     std::fs::create_dir_all(&dir).unwrap();
-    let run = dir.join("run");
+    let run = dir.join(command);
     std::fs::write(&run, script).unwrap();
     std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
 }

@@ -195,3 +195,48 @@ fn a_db_master_that_goes_is_dropped_from_the_others_files() {
     let log = p.lines_so_far().join("\n");
     assert_eq!(code, 1, "the db-master's host failed: {log}");
 }
+
+// See: #20 (hosts(where) behind gateways): the db-master and one web host
+// sit behind a gateway, the other web host is reached directly; the
+// db-master's record, written through the gateway's tunnel, is found by
+// both, and the web host behind the gateway reads it through that tunnel.
+#[test]
+fn hosts_where_finds_a_db_master_behind_a_gateway() {
+    let emu = Emu::start(4, true);
+    let d = Dir::new();
+    let bin = std::fs::read(env!("CARGO_BIN_EXE_mgmt")).unwrap();
+    let sha = hex::encode(sha2::Sha256::digest(&bin));
+    for i in 0..4 {
+        seed_cache(&emu, i, &sha);
+    }
+    let via = format!("via: [{}]\n", emu.url(3));
+    let db = DB.replace("URL", &emu.url(0)) + &via;
+    let mut files: Vec<PathBuf> = vec![d.write("db.yaml", &db)];
+    for i in 1..3 {
+        let mut text = WEB
+            .replace("NAME", &format!("h{i}"))
+            .replace("URL", &emu.url(i));
+        if i == 1 {
+            text.push_str(&via);
+        }
+        files.push(d.write(&format!("web{i}.yaml"), &text));
+    }
+    let mut c = emu.run(&files, "key");
+    c.arg("--converged-timeout=2");
+    let mut p = Proc::spawn(&mut c);
+    let code = p.wait(Duration::from_secs(300));
+    let log = p.lines_so_far().join("\n");
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.contains("3 converged, 0 failed, 0 stopped (3 hosts, 1 gateway)"),
+        "{log}"
+    );
+    let me = std::fs::read_to_string(emu.root(0).join("tmp/me")).unwrap();
+    assert!(!me.is_empty(), "{log}");
+    for i in 1..3 {
+        let got = std::fs::read_to_string(emu.root(i).join("tmp/db")).unwrap();
+        assert_eq!(got, format!("h0 at {me}"), "host h{i}: {log}");
+    }
+    assert!(!emu.root(0).join("tmp/db").exists());
+    assert!(!emu.root(3).join("tmp/db").exists());
+}
