@@ -43,7 +43,7 @@ const MISS: &str = "mgmt-warm:miss";
 
 /// The command, with `^NAME^` fields each filled in once, in this order.
 const TEMPLATE: &str = concat!(
-    "umask 077; u=$(id -u </dev/null) && cd -P -- ^PARENT^ 2>/dev/null",
+    "u=$(id -u </dev/null) && cd -P -- ^PARENT^ 2>/dev/null",
     " && p=${PWD%/}/^NAME^ && s=^SHA^ && d=$p/bin/$s",
     " && set -- / && a= && x=${PWD#/} && while [ -n \"$x\" ]; do a=$a/${x%%/*};",
     " set -- \"$@\" \"$a\"; case $x in */*) x=${x#*/};; *) x=;; esac; done",

@@ -58,12 +58,23 @@ const SESSION: &str = "Starting session: ";
 fn a_cached_host_starts_in_one_exec_without_sftp() {
     let fleet = verbose_fleet(1);
     let d = Dir::new();
-    let g = one_noop_graph(&d, "g.yaml", &[fleet.url(1)]);
+    // The child notes its umask: a warm start must leave the login's.
+    let umask = fleet.home(1).join("umask");
+    let g = d.write(
+        "g.yaml",
+        &format!(
+            "graph: g\nresources:\n  exec:\n  - name: note\n    cmd: umask > {}\nremote: {}\n",
+            umask.display(),
+            fleet.url(1)
+        ),
+    );
     let host = fleet.ip(1);
     let once = ["--converged-timeout", "0"];
     let (code, log, sshd) = run_logged(&fleet, &g, &once);
     assert_eq!(code, 0, "{log}");
     assert_eq!(row(&log, host)[4], "miss", "{log}");
+    let cold_umask = std::fs::read_to_string(&umask).expect("the cold child's umask");
+    std::fs::remove_file(&umask).expect("rm");
     // The cold run: the warm check, SFTP, the unpacking, the launch.
     assert!(count(&sshd, SESSION) >= 3, "{sshd}");
     let (code, log, sshd) = run_logged(&fleet, &g, &once);
@@ -76,6 +87,8 @@ fn a_cached_host_starts_in_one_exec_without_sftp() {
     );
     // One session in all: no SFTP session, nothing but the child's start.
     assert_eq!(count(&sshd, SESSION), 1, "{sshd}");
+    let warm_umask = std::fs::read_to_string(&umask).expect("the warm child's umask");
+    assert_eq!(warm_umask, cold_umask);
     // The child wrote its graph itself and removed its run directory.
     let run_dir = fleet.home(1).join(".cache/mgmt/run");
     assert!(!run_dir.exists(), "left behind: {}", run_dir.display());

@@ -2,7 +2,8 @@
 //! its own random loopback address (all of 127.0.0.0/8 reaches `lo` on
 //! Linux, so fixed ports 2379/2380 never collide and no port is hunted),
 //! with a temporary data directory. Readiness is the "ready to serve client
-//! requests" line on etcd's stderr, not a sleep. The [`Etcd`] guard kills
+//! requests" line on etcd's stderr and the line that says the cluster
+//! version was set (a raft entry of its own), not a sleep. The [`Etcd`] guard kills
 //! and reaps the process when dropped, also when the test panics.
 //!
 //! A missing `etcd` binary is a test failure that says what to install,
@@ -16,6 +17,9 @@ use std::time::Duration;
 /// How long etcd may take to say it is ready before the start is abandoned.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const READY_LINE: &str = "ready to serve client requests";
+/// The leader sets the cluster version through raft, sometimes after the
+/// ready line: a test counting raft entries starts after it.
+const VERSION_LINE: &str = "cluster version to ";
 
 /// A running etcd; dropping it kills and waits for the process.
 pub struct Etcd {
@@ -86,9 +90,12 @@ impl Etcd {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
         let reader = std::thread::spawn(move || {
             let mut ready = Some(ready_tx);
+            let (mut serving, mut versioned) = (false, false);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if line.contains(READY_LINE) {
+                serving |= line.contains(READY_LINE);
+                versioned |= line.contains(VERSION_LINE);
+                if serving && versioned {
                     if let Some(tx) = ready.take() {
                         let _ = tx.send(());
                     }
