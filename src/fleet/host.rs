@@ -176,8 +176,12 @@ async fn place(
         });
     }
     let (session, connect) = connect_host(shared, &host.name, &host.target, cancel).await?;
+    // The tunnel's port goes in the command: its request and the
+    // command's channel go out together, one round trip for both.
     let parts = (launch.speaker.clone(), &launch.synced[..], false);
-    let linked = link_up(shared, &session, parts).await?;
+    let (linked, channel) = tokio::join!(link_up(shared, &session, parts), session.open_channel());
+    let linked = linked?;
+    let channel = channel.map_err(|e| explain(&e))?;
     launch.args = child_args(shared, host, None);
     let spec = WarmSpec {
         prefix: shared.plan.prefix.clone(),
@@ -196,7 +200,7 @@ async fn place(
     };
     let warm = tokio::select! {
         _ = cancel.cancelled() => return Err("the run is stopping".into()),
-        w = warm_start(&session, &spec, &stdin, opts) => w.map_err(|e| explain(&e))?,
+        w = warm_start(&session, Some(channel), &spec, (&stdin, opts)) => w.map_err(|e| explain(&e))?,
     };
     let (placed, started) = match warm {
         Warm::Started { child, cached } => {

@@ -18,7 +18,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use russh::client::Handle;
+use russh::client::{Handle, Msg};
+use russh::Channel;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::AbortOnDropHandle;
 
@@ -162,6 +163,30 @@ impl Session {
         command: &str,
         opts: ExecOptions,
     ) -> Result<RemoteChild, HostError<ExecError>> {
+        self.exec_on(None, command, opts).await
+    }
+
+    /// A session channel for a later [`Session::exec_on`]: opened while
+    /// something else is asked (its round trip overlaps).
+    pub async fn open_channel(&self) -> Result<Channel<Msg>, HostError<ExecError>> {
+        self.handle.channel_open_session().await.map_err(|source| {
+            HostError::new(
+                &self.id,
+                ExecError::Start {
+                    what: "session".into(),
+                    source,
+                },
+            )
+        })
+    }
+
+    /// [`Session::exec`] on `channel` when one was opened already.
+    pub async fn exec_on(
+        &self,
+        channel: Option<Channel<Msg>>,
+        command: &str,
+        opts: ExecOptions,
+    ) -> Result<RemoteChild, HostError<ExecError>> {
         let what = command.split_whitespace().next().unwrap_or("").to_owned();
         let err = |kind| HostError::new(&self.id, kind);
         let start = |source| {
@@ -170,7 +195,10 @@ impl Session {
                 source,
             })
         };
-        let channel = self.handle.channel_open_session().await.map_err(start)?;
+        let channel = match channel {
+            Some(c) => c,
+            None => self.handle.channel_open_session().await.map_err(start)?,
+        };
         if opts.agent_forward {
             channel.agent_forward(false).await.map_err(start)?;
         }

@@ -26,6 +26,9 @@
 //! wrong, and needs no probe of its own. So the check is never weaker than
 //! the SFTP path's, and a miss costs no extra round trip.
 
+use russh::client::Msg;
+use russh::Channel;
+
 use super::child::ExecError;
 use super::child::{ExitStatus, OutputLine, RemoteChild};
 use super::launch::{CachedBinary, BIN_NAME};
@@ -175,14 +178,15 @@ impl WarmSpec {
     }
 }
 
-/// Starts the cached binary in one exec when it is there and trusted,
-/// writing `stdin` (the secret line and the graph) at once; on a miss the
-/// host's probe is kept in the session for the SFTP path.
+/// Starts the cached binary in one exec when it is there and trusted (on
+/// `channel` if one was opened for it), writing `stdin` (the secret line
+/// and the graph) at once; on a miss the host's probe is kept in the
+/// session for the SFTP path.
 pub async fn warm_start(
     session: &Session,
+    channel: Option<Channel<Msg>>,
     spec: &WarmSpec,
-    stdin: &[u8],
-    opts: ExecOptions,
+    (stdin, opts): (&[u8], ExecOptions),
 ) -> Result<Warm, HostError<ExecError>> {
     let err = |kind| HostError::new(session.host(), kind);
     let Some(cmd) = spec.command() else {
@@ -190,7 +194,7 @@ pub async fn warm_start(
             what: BIN_NAME.into(),
         }));
     };
-    let mut child = session.exec(&cmd, opts).await?;
+    let mut child = session.exec_on(channel, &cmd, opts).await?;
     // Written before the answer: the command reads nothing before `exec`,
     // and on a miss it ends without reading it.
     let _ = child.write_stdin(stdin).await;
