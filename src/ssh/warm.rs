@@ -403,4 +403,41 @@ mod tests {
             miss(home.path(), &spec, "hash directory owned by nobody");
         }
     }
+
+    #[test]
+    fn a_prefix_given_absolute_or_under_the_home_starts_too() {
+        use std::os::unix::fs::PermissionsExt;
+        let (home, spec, _) = home_with_binary(SCRIPT);
+        let real = std::fs::canonicalize(home.path()).expect("real");
+        // The same cache named three ways: `~/`, relative, absolute.
+        let absolute = format!("{}/.cache/mgmt", real.display());
+        for prefix in ["~/.cache/mgmt", ".cache/mgmt", absolute.as_str()] {
+            let spec = WarmSpec {
+                prefix: Some(prefix.to_owned()),
+                ..spec.clone()
+            };
+            let (code, out) = run_in(home.path(), &spec, b"abcd\ngraph");
+            assert_eq!(code, 0, "{prefix}: {out:?}");
+            assert_eq!(out[0].split_once(' ').map(|p| p.1), Some(absolute.as_str()));
+        }
+        // A prefix directly under a root-owned sticky directory, as the
+        // /tmp fallback is: accepted above the cache, as by the SFTP path.
+        let sticky = tempfile::tempdir().expect("tmp");
+        std::fs::set_permissions(sticky.path(), std::fs::Permissions::from_mode(0o1777))
+            .expect("chmod");
+        let (other, spec, _) = home_with_binary(SCRIPT);
+        let moved = sticky.path().join("m");
+        std::fs::rename(other.path().join(".cache/mgmt"), &moved).expect("mv");
+        let spec = WarmSpec {
+            prefix: Some(moved.display().to_string()),
+            ..spec
+        };
+        let (code, out) = run_in(other.path(), &spec, b"abcd\ngraph");
+        assert_eq!(code, 0, "{out:?}");
+        // Without the sticky bit that directory is open to all: a miss.
+        std::fs::set_permissions(sticky.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+        let (code, out) = run_in(other.path(), &spec, b"abcd\ngraph");
+        assert_eq!(code, WARM_MISS_EXIT as i32, "{out:?}");
+    }
 }
