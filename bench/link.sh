@@ -309,6 +309,7 @@ case_stop() {
 case_extra() {
   local setup="" gsetup=""
   if [ -s "$WORK/events.json" ]; then
+    cp "$WORK/events.json" "$WORK/logs/${1//\//_}.$2.$3.events.json"
     read -r setup gsetup < <(python3 - "$WORK/events.json" << 'EOF'
 import json, statistics, sys
 leaf, gw = [], []
