@@ -72,8 +72,8 @@
 # OUT (default /tmp/mgmt-bench-link). Needs root, iproute2, openssh-server,
 # iptables, iputils-ping, time (installed with apt-get when missing), cargo
 # (builds bench/linkemu). Nothing leaves the machine: the addresses exist
-# only in the namespace and on the pair, which this script makes and
-# removes.
+# only in the two namespaces and on the veth pairs, which this script makes
+# and removes.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=bench/link.sh
