@@ -20,7 +20,12 @@
 # Measured per case: wall time, initiator CPU and peak RSS (/usr/bin/time),
 # and from the run's own summary the binary bytes and all bytes written to
 # the SSH connections from here (every byte of SSH framing, graphs, output
-# and store traffic). Prints a table and the ratios of issue #5's targets.
+# and store traffic). Beside the initiator's peak RSS, the gateways' and the
+# leaves' (#19 item 4: the gateways' cost moves, it does not vanish): the
+# VmHWM of every mgmt process run from the fleet's caches, sampled every
+# 0.1 s during the case (bench/lib.sh's rss_sampler), the largest gateway,
+# all gateways together and the largest leaf. Prints a table and the ratios
+# of issue #5's targets.
 #
 # Knobs: MGMT_BIN (default target/x86_64-unknown-linux-musl/release/mgmt),
 # CONC=50, RATE=100mbit, SKIP=regex of case ids (e.g. SKIP=throttled),
@@ -41,7 +46,9 @@ V0=mgmtbv0
 V1=mgmtbv1
 PREFIX=10.77.1
 
-die() { echo "bench/gateway.sh: $*" >&2; exit 1; }
+BENCH=bench/gateway.sh
+# shellcheck source=bench/lib.sh
+. "$HERE/bench/lib.sh"
 [ "$(id -u)" = 0 ] || die "run as root (network namespace, sshd)"
 [ -x "$BIN" ] || die "no mgmt binary at $BIN: cargo build --release --target x86_64-unknown-linux-musl (or set MGMT_BIN)"
 command -v ip >/dev/null && command -v tc >/dev/null || die "needs iproute2 (ip, tc)"
@@ -55,6 +62,7 @@ fleet=$work/fleet
 mkdir -p "$OUT"
 cleanup() {
   local rc=$?
+  rss_sampler_stop
   [ -f "$fleet/.mgmt-fleet" ] && bash "$HERE/scripts/fleet.sh" down "$fleet" >/dev/null 2>&1 || true
   ip link del "$V0" 2>/dev/null || true
   ip netns del "$NS" 2>/dev/null || true
@@ -107,23 +115,26 @@ throttle() {
   ip netns exec "$NS" tc qdisc replace dev "$V1" root tbf rate "$RATE" burst 256kb latency 100ms
 }
 
-# run_case ID ARGS...: one mgmt run; appends "id wall cpu rss_kb binary wire ok" to $OUT/results.
+# run_case ID ARGS...: one mgmt run; appends "id wall cpu rss_kb binary wire
+# ok rc gw_n gw_max_kb gw_sum_kb leaf_n leaf_max_kb" to $OUT/results.
 run_case() {
   local id=$1; shift
   if [ -n "$SKIP" ] && [[ $id =~ $SKIP ]]; then return; fi
   local log=$OUT/${id//\//-}.log
   echo "== $id"
   local status=0
+  rss_sampler_start "$fleet/home-" "$work/rss"
   env -u SSH_AUTH_SOCK /usr/bin/time -o "$work/time" -f '%e %U %S %M' \
     "$BIN" run "$@" --cconns "$CONC" --converged-timeout 0 \
     --identity "$fleet/id_ed25519" --known-hosts "$fleet/known_hosts" ${extra[@]+"${extra[@]}"} > "$log.out" 2> "$log" || status=$?
+  rss_sampler_stop
   # time(1) puts "Command exited with non-zero status N" first on failure.
   read -r wall user sys rss < <(tail -n 1 "$work/time")
   local binary wire ok
   binary=$(sed -n 's/^binary sent: [^(]*(\([0-9]*\) B) from here.*/\1/p' "$log")
   wire=$(sed -n 's/^wire sent: [^(]*(\([0-9]*\) B) from here.*/\1/p' "$log")
   ok=$(grep -c ' converged ' "$log" || true)
-  echo "$id $wall $(awk -v u="$user" -v s="$sys" 'BEGIN { print u + s }') $rss ${binary:-0} ${wire:-0} $ok $status" | tee -a "$OUT/results"
+  echo "$id $wall $(awk -v u="$user" -v s="$sys" 'BEGIN { print u + s }') $rss ${binary:-0} ${wire:-0} $ok $status $(rss_summary "$work/rss" | tr '\t' ' ')" | tee -a "$OUT/results"
 }
 
 : > "$OUT/results"
@@ -141,10 +152,13 @@ done
 
 echo
 echo "N=$N hosts, G=$G gateways, --cconns $CONC, binary $bin_bytes B, gateway graphs $graph_bytes B, throttled rate $RATE"
-printf '%-22s %8s %8s %9s %14s %14s %5s %4s\n' case wall_s cpu_s rss_MB binary_B wire_B conv rc
-while read -r id wall cpu rss binary wire ok status; do
-  printf '%-22s %8.2f %8.2f %9.1f %14s %14s %5s %4s\n' "$id" "$wall" "$cpu" "$(awk -v r="$rss" 'BEGIN { print r / 1024 }')" "$binary" "$wire" "$ok" "$status"
+printf '%-22s %8s %8s %9s %14s %14s %5s %4s %16s %16s %15s\n' case wall_s cpu_s rss_MB binary_B wire_B conv rc gw_rss_max_MB gw_rss_sum_MB leaf_rss_max_MB
+mb() { awk -v r="$1" 'BEGIN { printf "%.1f", r / 1024 }'; }
+while read -r id wall cpu rss binary wire ok status gwn gwmax gwsum _ lfmax; do
+  if [ "${gwn:-0}" -gt 0 ]; then gwm="$(mb "$gwmax") ($gwn)"; gws=$(mb "$gwsum"); else gwm=-; gws=-; fi
+  printf '%-22s %8.2f %8.2f %9.1f %14s %14s %5s %4s %16s %16s %15s\n' "$id" "$wall" "$cpu" "$(mb "$rss")" "$binary" "$wire" "$ok" "$status" "$gwm" "$gws" "$(mb "${lfmax:-0}")"
 done < "$OUT/results"
+echo "(peak RSS: the initiator's from /usr/bin/time; gateways' and leaves' the VmHWM of their mgmt processes, sampled every 0.1 s; a leaf that lives under 0.1 s may be missed)"
 get() { awk -v id="$1" -v col="$2" '$1 == id { print $col }' "$OUT/results"; }
 ratio() { if [ -n "$1" ] && [ -n "$2" ]; then awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; else echo "-"; fi; }
 echo

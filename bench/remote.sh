@@ -57,7 +57,9 @@ OUT=${OUT:-/tmp/mgmt-bench-results}
 FLEET="$HERE/scripts/fleet.sh"
 CGROOT=/sys/fs/cgroup/cpuacct
 
-die() { echo "bench/remote.sh: $*" >&2; exit 1; }
+BENCH=bench/remote.sh
+# shellcheck source=bench/lib.sh
+. "$HERE/bench/lib.sh"
 
 # --peers-job / --peers-true: mgmt as "our tool" in ../shared/bench/peers.sh
 # (its OURS_JOB_CMD / OURS_TRUE_CMD): on the hosts of hosts.sh (addresses in
@@ -102,10 +104,6 @@ done
 [ -x "$BIN" ] || die "no mgmt binary at $BIN: build it with 'cargo build --release --target x86_64-unknown-linux-musl' (or set MGMT_BIN)"
 [ -x /usr/sbin/sshd ] || die "openssh-server missing: run 'bash scripts/deps.sh'"
 
-apt_install() {
-  echo "bench/remote.sh: installing $*" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" < /dev/null > /dev/null
-}
 [ -x /usr/bin/time ] || apt_install time || die "cannot install 'time': apt-get install -y time"
 command -v parallel-ssh > /dev/null || apt_install pssh || echo "bench/remote.sh: pssh not installable; pssh case skipped" >&2
 HAVE_ANSIBLE=1
@@ -124,12 +122,6 @@ if [ -w "$CGROOT" ]; then
   mkdir -p "$CG" "$SCG"
 fi
 
-close_masters() {
-  local s
-  for s in "$WORK"/ansible/cp/* "$WORK"/cm/*; do
-    [ -S "$s" ] && ssh -o ControlPath="$s" -O exit x > /dev/null 2>&1 || true
-  done
-}
 cleanup() {
   local rc=$?
   close_masters
@@ -144,152 +136,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "bench/remote.sh: interrupted" >&2; exit 130' INT TERM
 
-mkdir -p "$OUT" "$WORK/logs" "$WORK/ansible/cp" "$WORK/ansible/tmp" "$WORK/cm"
+mkdir -p "$OUT" "$WORK/logs"
 HASH=$(sha256sum "$BIN" | awk '{print $1}')
 SIZE=$(stat -c %s "$BIN")
-
-# check-copy-run with plain OpenSSH, one host (same logic as
-# shared/bench/openssh_job.sh, with the fleet's ssh_config: strict host keys).
-cat > "$WORK/openssh_job.sh" << 'EOF'
-#!/bin/sh
-h=$1
-f=".cache/bench/$PB_HASH/mgmt"
-out=$(ssh -F "$PB_CFG" "$h" "cd && [ -x $f ] && exec ./$f --version; exit 99"); rc=$?
-if [ "$rc" = 99 ]; then
-  out=$(ssh -F "$PB_CFG" "$h" "cd && mkdir -p .cache/bench/$PB_HASH && t=$f.tmp.\$\$ && cat > \$t && chmod 755 \$t && mv \$t $f && exec ./$f --version" < "$PB_PAYLOAD"); rc=$?
-fi
-if [ "$rc" = 0 ]; then printf 'OK %s %s\n' "$h" "$out"; else echo "FAIL $h rc=$rc"; fi
-EOF
-chmod 755 "$WORK/openssh_job.sh"
-
-# The same over one multiplexed connection per host, curve25519 KEX: the copy
-# reuses the check's connection; the master ends with the job.
-cat > "$WORK/openssh_mux_job.sh" << 'EOF'
-#!/bin/sh
-h=$1
-set -- -F "$PB_CFG" -o ControlMaster=auto -o "ControlPath=$PB_CM/%C" -o ControlPersist=yes -o KexAlgorithms=curve25519-sha256
-f=".cache/bench/$PB_HASH/mgmt"
-out=$(ssh "$@" "$h" "cd && [ -x $f ] && exec ./$f --version; exit 99"); rc=$?
-if [ "$rc" = 99 ]; then
-  out=$(ssh "$@" "$h" "cd && mkdir -p .cache/bench/$PB_HASH && t=$f.tmp.\$\$ && cat > \$t && chmod 755 \$t && mv \$t $f && exec ./$f --version" < "$PB_PAYLOAD"); rc=$?
-fi
-ssh "$@" -O exit "$h" > /dev/null 2>&1
-if [ "$rc" = 0 ]; then printf 'OK %s %s\n' "$h" "$out"; else echo "FAIL $h rc=$rc"; fi
-EOF
-chmod 755 "$WORK/openssh_mux_job.sh"
-
-cat > "$WORK/ansible_job.yml" << 'EOF'
-- hosts: all
-  gather_facts: false
-  tasks:
-    - name: copy the binary into the cache
-      copy:
-        src: "{{ payload_src }}"
-        dest: "{{ hostdir }}/.cache/bench/{{ payload_hash }}/"
-        mode: "0755"
-    - name: run it
-      command: "{{ hostdir }}/.cache/bench/{{ payload_hash }}/{{ payload_src | basename }} --version"
-      args:
-        chdir: "{{ hostdir }}"
-      changed_when: false
-EOF
-cat > "$WORK/ansible/ansible.cfg" << EOF
-[defaults]
-inventory = $WORK/ansible/inventory.ini
-forks = $CONC
-host_key_checking = False
-timeout = 30
-gathering = explicit
-retry_files_enabled = False
-interpreter_python = /usr/bin/python3
-deprecation_warnings = False
-nocows = 1
-local_tmp = $WORK/ansible/tmp
-
-[ssh_connection]
-control_path_dir = $WORK/ansible/cp
-EOF
 
 # Bytes sent on the loopback interface so far (every byte of every case
 # crosses it once: both directions, all tools).
 lo_bytes() { sed 's/:/ /' /proc/net/dev | awk '$1 == "lo" {print $10}'; }
-cg_usage() { if [ -n "$1" ]; then cat "$1/cpuacct.usage"; else echo 0; fi; }
-# CPU seconds the whole machine has been busy (all cores), from /proc/stat.
-busy() { awk '/^cpu /{printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / 100; exit}' /proc/stat; }
-# Wait (at most 30 s) until the machine is quiet: under 0.3 cores busy over 1 s.
-wait_quiet() {
-  local i b0 b1
-  for ((i = 0; i < 30; i++)); do
-    b0=$(busy); sleep 1; b1=$(busy)
-    awk -v a="$b0" -v b="$b1" 'BEGIN{exit !(b - a < 0.3)}' && return 0
-  done
-  echo "  (machine still busy after 30 s: $(cut -d' ' -f1-3 /proc/loadavg); measuring anyway, see the foreign CPU column)" >&2
-}
-
-# run_case ID N PREPARE CMD...: runs CMD under /usr/bin/time in the client
-# cgroup, after the untimed PREPARE. Appends "id n ok wall cpu_s rss_kb
-# self_cpu_s" to $RES; ok is computed by ok_count (per case).
+bench_bytes() { lo_bytes; }
+write_jobs
 RES="$WORK/results.tsv"
 : > "$RES"
-run_case() {
-  local id=$1 n=$2 prep=$3 r; shift 3
-  if [ -n "$SKIP" ] && [[ $id =~ $SKIP ]]; then return 0; fi
-  for ((r = 1; r <= REPS; r++)); do run_once "$id" "$n" "$prep" "$r" "$@"; done
-}
-
-# run_once ID N PREPARE REP CMD...: one repetition of a case.
-run_once() {
-  local id=$1 n=$2 prep=$3 rep=$4; shift 4
-  local log="$WORK/logs/${id//\//_}.$n.$rep.log" tf="$WORK/logs/${id//\//_}.$n.$rep.time"
-  bash -c "$prep" < /dev/null > /dev/null 2>&1 || true
-  sync
-  wait_quiet
-  local c0 c1 s0 s1 b0 b1 t0 t1 l0 l1 rc=0
-  c0=$(cg_usage "$CG"); s0=$(cg_usage "$SCG"); b0=$(busy); l0=$(lo_bytes)
-  t0=$(date +%s.%N)
-  (
-    [ -n "$CG" ] && echo "$BASHPID" > "$CG/cgroup.procs"
-    exec timeout -k 10 $((120 + 3 * n)) /usr/bin/time -f '%e %U %S %M' -o "$tf" "$@"
-  ) > "$log" 2>&1 || rc=$?
-  t1=$(date +%s.%N)
-  b1=$(busy); c1=$(cg_usage "$CG"); s1=$(cg_usage "$SCG")
-  close_masters
-  l1=$(lo_bytes)
-  local wall cpu self rss ok srv foreign wire
-  wall=$(echo "$t0 $t1" | awk '{printf "%.2f", $2 - $1}')
-  # /usr/bin/time: elapsed user sys maxrss(KB) of the command and its waited-for children
-  read -r _ tu ts rss < <(tail -n 1 "$tf" 2> /dev/null || echo "0 0 0 0")
-  self=$(echo "$tu $ts" | awk '{printf "%.2f", $1 + $2}')
-  if [ -n "$CG" ]; then
-    cpu=$(echo "$c0 $c1" | awk '{printf "%.2f", ($2 - $1) / 1e9}')
-    srv=$(echo "$s0 $s1" | awk '{printf "%.2f", ($2 - $1) / 1e9}')
-    foreign=$(echo "$b0 $b1 $cpu $srv" | awk '{f = $2 - $1 - $3 - $4; printf "%.1f", (f < 0 ? 0 : f)}')
-  else
-    cpu=$self; srv=0; foreign=0
-  fi
-  ok=$(ok_count "$id" "$n" "$log" "$rc")
-  # mgmt's own count of what it sent, beside the interface's.
-  wire=$(sed -n 's/^wire sent: .*(\([0-9]*\) B).*/\1/p' "$log" | tail -n 1)
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$n" "$ok" "$wall" "$cpu" "$rss" "$self" "$rc" "$srv" "$foreign" "$rep" "$((l1 - l0))" "${wire:-}" >> "$RES"
-  printf '  %-19s N=%-4s #%s ok %4s/%-4s wall %7.2f s  CPU client %6.2f s server %6.2f s foreign %4.1f s  lo %s B  (rc %s)\n' \
-    "$id" "$n" "$rep" "$ok" "$n" "$wall" "$cpu" "$srv" "$foreign" "$((l1 - l0))" "$rc" >&2
-  if [ "$ok" != "$n" ]; then
-    echo "  --- $id: last lines of its output:" >&2
-    tail -n 15 "$log" | sed 's/^/  | /' >&2
-  fi
-}
-
-ok_count() {
-  local id=$1 n=$2 log=$3 rc=$4
-  case "$id" in
-    mgmt/*) if [ "$rc" = 0 ]; then echo "$n"; else echo 0; fi ;;  # mgmt exits 0 only if every host converged
-    openssh*/*) grep -c '^OK ' "$log" || true ;;  # one OK line per host that succeeded
-    # parallel-ssh runs only if parallel-scp succeeded everywhere: n SUCCESS lines, then one per host run
-    pssh/*) grep -c '\[SUCCESS\]' "$log" | awk -v n="$n" '{print ($1 > n) ? $1 - n : 0}' ;;
-    ansible/*) grep -E '^[0-9.]+ +: ok=2 .*failed=0' "$log" | grep -c unreachable=0 || true ;;
-    *) echo "?" ;;
-  esac
-}
 
 echo "bench/remote.sh: binary $BIN ($SIZE bytes, sha256 ${HASH:0:12}), concurrency $CONC, N = ${NS[*]}" >&2
 echo "bench/remote.sh: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); client CPU from $([ -n "$CG" ] && echo "cpuacct cgroups" || echo "rusage (no server CPU)")" >&2
@@ -313,15 +170,7 @@ for n in "${NS[@]}"; do
     echo "  - name: noop1"
     echo "edges: []"
   } > "$WORK/graph.yaml"
-  {
-    echo "[bench]"
-    x=0
-    while read -r a; do x=$((x + 1)); echo "$a hostdir=$F/home-$x"; done < "$F/addrs"
-    echo "[bench:vars]"
-    echo "ansible_user=root"
-    echo "ansible_python_interpreter=/usr/bin/python3"
-    echo "ansible_ssh_common_args='-F $cfg'"
-  } > "$WORK/ansible/inventory.ini"
+  write_inventory "$F"
   rm_cache="rm -rf $F/home-*/.cache"
   mgmt_cmd=(env -u SSH_AUTH_SOCK "$BIN" run --remote "$WORK/graph.yaml" --cconns "$CONC" --converged-timeout 0
     --identity "$F/id_ed25519" --known-hosts "$F/known_hosts")

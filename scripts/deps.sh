@@ -5,7 +5,7 @@
 # for the tests), etcdctl (a real client for the store's tests), dpkg-dev,
 # systemd, dbus and gdbus (the system kinds' tests), rpm, rpmbuild, dnf and
 # createrepo_c (pkg's rpm/dnf backend tests), openssl and script (the
-# password-login tests). Runs
+# password-login tests), iptables (the slow-link test). Runs
 # non-interactively; safe to run again.
 set -euo pipefail
 
@@ -43,6 +43,9 @@ command -v createrepo_c >/dev/null || need+=(createrepo-c)
 # (openssl passwd), and a pseudo-terminal for the prompt (script).
 command -v openssl >/dev/null || need+=(openssl)
 command -v script >/dev/null || need+=(bsdutils)
+# The slow-link test (tests/it/remote/slow_link.rs): iptables sends the
+# LAN's packets to bench/linkemu through a netfilter queue.
+command -v iptables >/dev/null || need+=(iptables)
 
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

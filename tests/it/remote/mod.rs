@@ -14,6 +14,7 @@ mod hostkeys;
 mod measure;
 mod pacing;
 mod sftp_cache;
+mod slow_link;
 mod tunnel;
 
 use std::future::Future;

@@ -4,6 +4,7 @@
 
 pub mod etcd;
 pub mod hostile;
+pub mod link;
 pub mod netns;
 pub mod sshd;
 

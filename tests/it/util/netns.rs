@@ -390,6 +390,13 @@ impl NsLan {
         nsenter(&self.hosts[i - 1].holder, &["-n", "-m"], c)
     }
 
+    /// `c` to be run in host `i`'s network namespace only (this machine's
+    /// files: a tool built here, which the host's own `/tmp` or `/root`
+    /// would hide).
+    pub fn in_host_net(&self, i: usize, c: &Command) -> Command {
+        nsenter(&self.hosts[i - 1].holder, &["-n"], c)
+    }
+
     /// Processes in host `i`'s namespace besides its holder and its sshd
     /// (and the sessions sshd serves, which end with their connections).
     pub fn processes(&self, i: usize) -> Vec<String> {
