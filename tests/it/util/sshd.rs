@@ -378,6 +378,18 @@ impl SshdFleet {
         s
     }
 
+    /// Removes host `i`'s line from the fleet's `known_hosts` (its key is
+    /// then unknown to a client) and returns it.
+    pub fn forget_host_key(&self, i: usize) -> String {
+        let entry = format!("[{}]:", self.ip(i));
+        let original = std::fs::read_to_string(&self.known_hosts).expect("known_hosts");
+        let (gone, kept): (Vec<&str>, Vec<&str>) =
+            original.lines().partition(|l| l.starts_with(&entry));
+        let kept: String = kept.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&self.known_hosts, kept).expect("write known_hosts");
+        gone.first().expect("the host's line").to_string()
+    }
+
     /// Everything the sshd processes logged so far.
     pub fn log(&self) -> String {
         self.procs
