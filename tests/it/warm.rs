@@ -7,10 +7,10 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::remote_run::{one_noop_graph, remote_cmd, row, LIMIT};
+use crate::remote_run::{edit_lands_live, one_noop_graph, remote_cmd, row, LIMIT};
 use crate::util::hostile::nobody;
 use crate::util::sshd::{FleetOptions, SshdFleet};
-use crate::util::{eventually, run, Dir};
+use crate::util::{eventually, run, Dir, Proc};
 
 /// A fleet whose sshd logs each connection's client port and each
 /// session's start (`LogLevel VERBOSE`).
@@ -187,4 +187,31 @@ fn the_set_up_cap_holds_in_sshds_own_log() {
     assert_eq!(connections, hosts, "{sshd}");
     assert!(most <= 3, "{most} hosts were in set-up at once:\n{sshd}");
     assert!(most >= 2, "set-up never overlapped ({most}):\n{sshd}");
+}
+
+// See: #17, #4 (an edit reaches a host whose child started warm: its run
+// directory, made by the child, is where the edit is written)
+#[test]
+fn an_edit_reaches_a_host_started_warm() {
+    let fleet = SshdFleet::start(1);
+    let d = Dir::new();
+    let target = fleet.home(1).join("live");
+    let graph = |content: &str| {
+        format!(
+            "graph: live\nresources:\n  file:\n  - name: live\n    path: {}\n    content: \"{content}\"\nremote: {}\n",
+            target.display(),
+            fleet.url(1)
+        )
+    };
+    let g = d.write("g.yaml", &graph("one"));
+    let out = run(
+        &mut remote_cmd(&fleet, &[&g], &["--converged-timeout", "0"]),
+        LIMIT,
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    std::fs::write(&g, graph("two")).expect("write");
+    let mut p = Proc::spawn(&mut remote_cmd(&fleet, &[&g], &["-vv"]));
+    p.wait_line("set-up done (started warm)", LIMIT);
+    p.wait_line(&format!("wrote 3 bytes to {}", target.display()), LIMIT);
+    edit_lands_live(&mut p, &g, &graph("two!"), &target, &[fleet.ip(1)]);
 }
