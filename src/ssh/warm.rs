@@ -221,7 +221,11 @@ pub async fn warm_start(
     }
     let parsed = line.strip_prefix(STARTED).and_then(|r| r.split_once(' '));
     let Some((pid, prefix)) = parsed.and_then(|(pid, p)| Some((pid.parse().ok()?, p))) else {
-        return Ok(Warm::Miss(None));
+        // The binary may be running: never a miss, which would start a
+        // second one.
+        return Err(err(ExecError::NoPid {
+            what: BIN_NAME.into(),
+        }));
     };
     child.pid = Some(pid);
     let dir = format!("{prefix}/bin/{}", spec.sha256);
