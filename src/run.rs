@@ -166,7 +166,7 @@ pub async fn run_linked(
     // retrying against a store that is gone) skips to the stop below.
     let mut local = match &cfg.file {
         Some(file) => tokio::select! {
-            l = local::Local::start(&cfg, file, world.clone(), outcome_hook(&cfg, &ui)) => Some(l?),
+            l = local::Local::start(&cfg, file, world.clone(), (outcome_hook(&cfg, &ui), &cancel)) => Some(l?),
             _ = cancel.cancelled() => None,
         },
         None => None,

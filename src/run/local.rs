@@ -27,11 +27,14 @@ pub(super) struct Local {
 impl Local {
     /// `on_outcome`: told of each resource's outcome (see
     /// [`engine::Config::on_outcome`]).
+    /// `stop` is the run's root token: the graph stops following edits,
+    /// values and hosts the moment the run starts stopping, so that peers
+    /// leaving because of that same stop change nothing here.
     pub async fn start(
         cfg: &Config,
         file: &GraphFile,
         world: World,
-        on_outcome: Option<engine::OutcomeHook>,
+        (on_outcome, stop): (Option<engine::OutcomeHook>, &CancellationToken),
     ) -> anyhow::Result<Local> {
         // Armed before anything is applied, so no edit can slip through.
         let file_watch = match cfg.watch {
@@ -84,7 +87,7 @@ impl Local {
             status_tx,
             engine_cancel.clone(),
         )));
-        let source_cancel = CancellationToken::new();
+        let source_cancel = stop.child_token();
         let source = Task(tokio::spawn(source.run(file_watch, source_cancel.clone())));
         let publish_cancel = CancellationToken::new();
         let publisher = Task(tokio::spawn(

@@ -234,6 +234,8 @@ impl Source {
         }
         loop {
             tokio::select! {
+                // A stop wins over a change that arrived with it.
+                biased;
                 _ = cancel.cancelled() => return,
                 r = changed(&mut file_watch) => {
                     if let Err(e) = r {
