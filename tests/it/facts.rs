@@ -284,7 +284,7 @@ fn facts_through_two_gateways_and_past_a_gateway_with_a_wrong_key() {
 // direct host of the run; they are refused, and that host's row is its own
 #[test]
 fn a_gateway_cannot_report_facts_for_hosts_outside_its_subtree() {
-    use crate::hostile_store::plant_command;
+    use crate::hostile_store::{direct_and_behind, plant_command};
     let fleet = SshdFleet::start(2);
     let d = Dir::new();
     let victim = fleet.ip(2).to_string();
@@ -311,20 +311,7 @@ fn a_gateway_cannot_report_facts_for_hosts_outside_its_subtree() {
         "facts",
         "printf '%s\\n' '{\"os\":{\"id\":\"real\"}}'\n",
     );
-    let direct = d.write(
-        "direct.yaml",
-        &format!(
-            "graph: direct\nresources:\n  noop:\n  - name: n\nremote: {}\n",
-            fleet.url(2)
-        ),
-    );
-    let behind = d.write(
-        "behind.yaml",
-        &format!(
-            "graph: behind\nresources:\n  noop:\n  - name: n\nvia: [{}]\nremote: ssh://root@127.0.0.9:2222\nhostname: leaf\n",
-            fleet.url(1)
-        ),
-    );
+    let (direct, behind) = direct_and_behind(&d, &fleet);
     let mut c = facts_cmd(
         &fleet,
         &direct,
@@ -411,7 +398,6 @@ fn a_key_learned_behind_a_gateway_by_facts_reaches_the_initiators_known_hosts() 
     let fleet = SshdFleet::start(2);
     let d = Dir::new();
     let leaf_line = fleet.forget_host_key(2);
-    let entry = format!("[{}]:", fleet.ip(2));
     let without = std::fs::read_to_string(&fleet.known_hosts).unwrap();
     let g = d.write(
         "g.yaml",
@@ -431,13 +417,5 @@ fn a_key_learned_behind_a_gateway_by_facts_reaches_the_initiators_known_hosts() 
     let log = p.lines_so_far().join("\n");
     assert_eq!(code, 0, "{log}\n{out}");
     assert!(log.contains("recorded the host key of"), "{log}");
-    let after = std::fs::read_to_string(&fleet.known_hosts).unwrap();
-    let learned: Vec<&str> = after.lines().filter(|l| l.starts_with(&entry)).collect();
-    assert_eq!(learned.len(), 1, "{after}");
-    let key = |l: &str| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
-    assert_eq!(key(learned[0]), key(&leaf_line), "{after}");
-    assert!(
-        after.starts_with(&without),
-        "earlier lines changed:\n{after}"
-    );
+    fleet.assert_learned_again(2, &leaf_line, &without);
 }

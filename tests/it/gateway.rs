@@ -421,7 +421,6 @@ fn a_key_learned_behind_a_gateway_reaches_the_initiators_known_hosts() {
     let d = Dir::new();
     // The leaf's key is unknown here; the gateway's is known.
     let leaf_line = fleet.forget_host_key(2);
-    let entry = format!("[{}]:", fleet.ip(2));
     let without = std::fs::read_to_string(&fleet.known_hosts).unwrap();
     let g = leaf(&d, &fleet, 2, &[fleet.url(1)]);
     let mut p = Proc::spawn(&mut remote_cmd(
@@ -433,14 +432,5 @@ fn a_key_learned_behind_a_gateway_reaches_the_initiators_known_hosts() {
     let log = p.lines_so_far().join("\n");
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("recorded the host key of"), "{log}");
-    let after = std::fs::read_to_string(&fleet.known_hosts).unwrap();
-    let learned: Vec<&str> = after.lines().filter(|l| l.starts_with(&entry)).collect();
-    assert_eq!(learned.len(), 1, "{after}");
-    // The same key the leaf's sshd has (the comment aside).
-    let key = |l: &str| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
-    assert_eq!(key(learned[0]), key(&leaf_line), "{after}");
-    assert!(
-        after.starts_with(&without),
-        "earlier lines changed:\n{after}"
-    );
+    fleet.assert_learned_again(2, &leaf_line, &without);
 }

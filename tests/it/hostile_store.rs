@@ -252,20 +252,7 @@ fn a_gateway_cannot_speak_for_hosts_outside_its_subtree() {
         &format!("printf '\\036mgmt:%s\\n' '{record}'\nexec cat >/dev/null\n"),
     );
     plant_child(&fleet, 2, "exec cat >/dev/null\n");
-    let direct = d.write(
-        "direct.yaml",
-        &format!(
-            "graph: direct\nresources:\n  noop:\n  - name: n\nremote: {}\n",
-            fleet.url(2)
-        ),
-    );
-    let behind = d.write(
-        "behind.yaml",
-        &format!(
-            "graph: behind\nresources:\n  noop:\n  - name: n\nvia: [{}]\nremote: ssh://root@127.0.0.9:2222\nhostname: leaf\n",
-            fleet.url(1)
-        ),
-    );
+    let (direct, behind) = direct_and_behind(&d, &fleet);
     let mut p = Proc::spawn(&mut remote_cmd(
         &fleet,
         &[&direct, &behind],
@@ -280,6 +267,48 @@ fn a_gateway_cannot_speak_for_hosts_outside_its_subtree() {
         !log.contains(&format!("[{victim}] done")) || log.contains("stopping"),
         "the victim was ended by the gateway's word\n{log}"
     );
+}
+
+/// Two graphs for a planted gateway: one for host 2 reached directly, one
+/// for a host `leaf` behind host 1 (the gateway, whose child is planted).
+pub(crate) fn direct_and_behind(
+    d: &Dir,
+    fleet: &SshdFleet,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let direct = d.write(
+        "direct.yaml",
+        &format!(
+            "graph: direct\nresources:\n  noop:\n  - name: n\nremote: {}\n",
+            fleet.url(2)
+        ),
+    );
+    let behind = d.write(
+        "behind.yaml",
+        &format!(
+            "graph: behind\nresources:\n  noop:\n  - name: n\nvia: [{}]\nremote: ssh://root@127.0.0.9:2222\nhostname: leaf\n",
+            fleet.url(1)
+        ),
+    );
+    (direct, behind)
+}
+
+/// Host 1 (the attacker) runs the graph `evil` instead of its own once host
+/// 2 (the victim, running the real child unchanged) has made its `ready`
+/// file, whose path is returned for the victim's graph.
+fn attack_after_victim(fleet: &SshdFleet, evil: &std::path::Path) -> std::path::PathBuf {
+    let ready = fleet.home(2).join("ready");
+    let wait_ready = format!("while [ ! -e {} ]; do sleep 0.1; done\n", ready.display());
+    plant_child(
+        fleet,
+        1,
+        &(wait_ready + &tampered("--file", &evil.display().to_string())),
+    );
+    plant_child(
+        fleet,
+        2,
+        &format!("exec {} run \"$@\"\n", env!("CARGO_BIN_EXE_mgmt")),
+    );
+    ready
 }
 
 // See: #13 (a host could read every other host's exports)
@@ -301,19 +330,7 @@ fn a_host_reads_only_what_its_graph_collects() {
     .unwrap();
     // It starts once the victim has exported (the victim's `ready` file is
     // applied after its export), so that there is something to steal.
-    let ready = home2.join("ready");
-    let wait_ready = format!("while [ ! -e {} ]; do sleep 0.1; done\n", ready.display());
-    plant_child(
-        &fleet,
-        1,
-        &(wait_ready + &tampered("--file", &evil.display().to_string())),
-    );
-    // The victim runs the real child, unchanged.
-    plant_child(
-        &fleet,
-        2,
-        &format!("exec {} run \"$@\"\n", env!("CARGO_BIN_EXE_mgmt")),
-    );
+    let ready = attack_after_victim(&fleet, &evil);
     // What the attacker's graph declares reads exchanged values (#15):
     // that opens every host's values, not their other exports.
     let g1 = d.write(
@@ -363,7 +380,7 @@ fn a_host_reads_other_hosts_facts_only_when_its_graph_asks() {
     let fleet = SshdFleet::start(2);
     let d = Dir::new();
     let (attacker, victim) = (fleet.ip(1).to_string(), fleet.ip(2).to_string());
-    let (home1, home2) = (fleet.home(1), fleet.home(2));
+    let home1 = fleet.home(1);
     // What the attacker runs instead of its graph: every host's facts.
     let evil = home1.join("evil.yaml");
     std::fs::write(
@@ -376,18 +393,7 @@ fn a_host_reads_other_hosts_facts_only_when_its_graph_asks() {
     .unwrap();
     // It starts once the victim's graph has been applied, by which time the
     // victim's facts record is in the store.
-    let ready = home2.join("ready");
-    let wait_ready = format!("while [ ! -e {} ]; do sleep 0.1; done\n", ready.display());
-    plant_child(
-        &fleet,
-        1,
-        &(wait_ready + &tampered("--file", &evil.display().to_string())),
-    );
-    plant_child(
-        &fleet,
-        2,
-        &format!("exec {} run \"$@\"\n", env!("CARGO_BIN_EXE_mgmt")),
-    );
+    let ready = attack_after_victim(&fleet, &evil);
     // The graph the initiator gave the attacker never calls hosts().
     let g1 = d.write(
         "g1.yaml",

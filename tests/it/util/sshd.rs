@@ -390,6 +390,19 @@ impl SshdFleet {
         gone.first().expect("the host's line").to_string()
     }
 
+    /// Asserts that host `i`'s line, `forgotten` by [`Self::forget_host_key`]
+    /// when `known_hosts` read `before`, was learned again: once, with the
+    /// same key (the comment aside), after the lines that were there.
+    pub fn assert_learned_again(&self, i: usize, forgotten: &str, before: &str) {
+        let entry = format!("[{}]:", self.ip(i));
+        let after = std::fs::read_to_string(&self.known_hosts).expect("known_hosts");
+        let learned: Vec<&str> = after.lines().filter(|l| l.starts_with(&entry)).collect();
+        assert_eq!(learned.len(), 1, "{after}");
+        let key = |l: &str| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+        assert_eq!(key(learned[0]), key(forgotten), "{after}");
+        assert!(after.starts_with(before), "earlier lines changed:\n{after}");
+    }
+
     /// Everything the sshd processes logged so far.
     pub fn log(&self) -> String {
         self.procs
