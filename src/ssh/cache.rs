@@ -31,12 +31,13 @@
 //! temporary name in the same checked directory and renames the result to
 //! `mgmt` only once its SHA-256 matched. A
 //! cached file counts as a hit when it is a regular file of the right size,
-//! owned and moded like its directories; its hash is then checked by the
+//! owned and moded like its directories; it is then checked by the
 //! command that runs it, every time ([`CachedBinary::launch_command`]):
-//! SHA-256 (`openssl dgst`, else `sha256sum`) compared and `exec` in one
-//! shell, in the cache directory it `cd`ed into, so a corrupt or truncated
-//! binary never runs, and what runs is the file that was hashed: nobody but
-//! our own uid and root can write that directory. Fleet-level policy (when
+//! its install stamp, else its SHA-256 (`openssl dgst`, else `sha256sum`;
+//! [`super::stamp`]), and `exec` in one shell, in the cache directory it
+//! `cd`ed into, so a corrupt, truncated or changed binary never runs, and
+//! what runs is the file that was checked: nobody but our own uid and root
+//! can write that directory. Fleet-level policy (when
 //! to clean up, `--no-caching`) is the caller's.
 
 use std::path::{Component, Path};

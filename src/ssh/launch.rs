@@ -1,11 +1,13 @@
-//! Starting the cached binary: one shell command line that checks the
-//! binary's SHA-256 on the host and `exec`s it only when it matches, so a
-//! corrupt or truncated binary never runs ([`CachedBinary::launch_command`]),
+//! Starting the cached binary: one shell command line that checks on the
+//! host that the binary is the one of its hash (its install stamp, else its
+//! SHA-256: [`super::stamp`]) and `exec`s it only then, so a corrupt,
+//! truncated or changed binary never runs ([`CachedBinary::launch_command`]),
 //! and its inverse for `mgmt emulate` ([`CachedBinary::parse_launch`]).
 
 use super::child::ExecError;
 use super::child::RemoteChild;
 use super::session::{ExecOptions, Session};
+use super::stamp::VERIFY_SH;
 use super::{shell_join, shell_quote, HostError};
 
 /// Exit code of [`CachedBinary::launch_command`] when the binary fails its
@@ -39,19 +41,16 @@ pub struct CachedBinary {
 }
 
 impl CachedBinary {
-    /// A shell command line that checks the binary's hash and, only if it
-    /// matches, `exec`s it with `args` (each quoted). On mismatch it prints
-    /// one line on stderr and exits with [`VERIFY_FAILED_EXIT`]. `None` if
-    /// an argument cannot be quoted (NUL byte).
+    /// A shell command line that checks the binary ([`super::stamp`]: its
+    /// install stamp, else its SHA-256) and, only if it is the binary of
+    /// `self.sha256`, `exec`s it with `args` (each quoted). Otherwise it
+    /// prints one line on stderr and exits with [`VERIFY_FAILED_EXIT`].
+    /// `None` if an argument cannot be quoted (NUL byte).
     pub fn launch_command<S: AsRef<str>>(&self, args: &[S]) -> Option<String> {
         let dir = shell_quote(&self.dir)?;
         let argv = shell_join(args.iter().map(|a| a.as_ref()))?;
-        // `openssl dgst` uses the CPU's SHA extensions (about 3x less CPU
-        // than coreutils here, which adds up over a fleet); `sha256sum` is
-        // the fallback. Both compute the real SHA-256 of the file.
         Some(format!(
-            "cd {dir} && {{ h=$(openssl dgst -sha256 -r {BIN_NAME} 2>/dev/null) || h=$(sha256sum {BIN_NAME} 2>/dev/null); }} \
-             && [ \"${{h%% *}}\" = {sha} ] && exec ./{BIN_NAME} {argv}; \
+            "cd {dir} && s={sha} && {VERIFY_SH} && exec ./{BIN_NAME} {argv}; \
              echo {msg} >&2; exit {VERIFY_FAILED_EXIT}",
             sha = shell_quote(&self.sha256)?,
             msg = shell_quote(&format!(
@@ -66,9 +65,9 @@ impl CachedBinary {
     /// if `cmd` is not exactly one (`mgmt emulate` runs only these).
     pub fn parse_launch(cmd: &str) -> Option<(String, String, Vec<String>)> {
         let rest = cmd.strip_prefix("cd ")?;
-        let (dir_q, rest) = rest.split_once(" && { h=$(openssl dgst ")?;
-        let (_, rest) = rest.split_once("[ \"${h%% *}\" = ")?;
-        let (sha_q, rest) = rest.split_once(" ] && exec ./")?;
+        let (dir_q, rest) = rest.split_once(" && s=")?;
+        let (sha_q, rest) = rest.split_once(" && ")?;
+        let rest = rest.strip_prefix(VERIFY_SH)?.strip_prefix(" && exec ./")?;
         let argv_q = rest.strip_prefix(BIN_NAME)?.strip_prefix(' ')?;
         let dir = single_word(dir_q)?;
         let sha = single_word(sha_q)?;

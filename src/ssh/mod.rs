@@ -21,8 +21,8 @@
 //! - [`sftp`]: the SFTP client; on top of it the content-addressed binary
 //!   [`cache`] and the per-run files ([`runfiles`]), every directory on
 //!   their path checked as OpenSSH's StrictModes would ([`strict`]);
-//!   [`launch`] runs the cached binary only after its hash checked out on
-//!   the host; [`pack`] compresses the binary once on the initiator and
+//!   [`launch`] runs the cached binary only after the host checked it (its
+//!   install [`stamp`], else its hash); [`pack`] compresses the binary once on the initiator and
 //!   has the host decompress and verify it before it is put in place.
 //! - [`tunnel`]: the reverse TCP forward back to the embedded store and the
 //!   secret preamble check; [`agent`] is the ssh-agent served to gateways,
@@ -53,6 +53,7 @@ pub mod pack;
 pub mod runfiles;
 pub mod session;
 pub mod sftp;
+pub mod stamp;
 pub mod strict;
 pub mod target;
 pub mod tunnel;

@@ -33,6 +33,7 @@ use std::sync::{Arc, OnceLock};
 use sha2::{Digest, Sha256};
 
 use super::shell_quote;
+use super::stamp::WRITE_STAMP_SH;
 
 /// Name of the binary inside its cache directory.
 pub(super) const BIN_NAME: &str = "mgmt";
@@ -372,7 +373,8 @@ fn prune(made: &Path) {
 /// The shell command, run in the cache directory `dir`, that decompresses
 /// `mgmt.<ext>` with the host's tool into a temporary name, checks the
 /// SHA-256 of the result against `sha256`, and only then renames it to
-/// `mgmt` (mode 0700). On any failure it removes the temporary file, says
+/// `mgmt` (mode 0700) and writes its install stamp ([`super::stamp`]). On
+/// any failure it removes the temporary file, says
 /// so on stderr and exits [`UNPACK_FAILED_EXIT`]. `None` for a directory
 /// that cannot be quoted.
 pub fn unpack_command(dir: &str, sha256: &str, codec: Codec) -> Option<String> {
@@ -387,9 +389,10 @@ pub fn unpack_command(dir: &str, sha256: &str, codec: Codec) -> Option<String> {
         codec.tool()
     );
     Some(format!(
-        "cd {dir} && umask 077 && set -C && t={tmp} && {tool} -dc < {packed} > \"$t\" \
+        "cd {dir} && umask 077 && set -C && s={sha} && t={tmp} && {tool} -dc < {packed} > \"$t\" \
          && {{ h=$(openssl dgst -sha256 -r \"$t\" 2>/dev/null) || h=$(sha256sum \"$t\" 2>/dev/null); }} \
-         && [ \"${{h%% *}}\" = {sha} ] && chmod 700 \"$t\" && mv -f \"$t\" {bin} && exit 0; \
+         && [ \"${{h%% *}}\" = \"$s\" ] && chmod 700 \"$t\" && mv -f \"$t\" {bin} \
+         && {WRITE_STAMP_SH} && exit 0; \
          rm -f \"$t\"; echo {msg} >&2; exit {UNPACK_FAILED_EXIT}",
         dir = shell_quote(dir)?,
         tool = codec.tool(),

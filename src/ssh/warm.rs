@@ -11,8 +11,9 @@
 //!   by the login user or root, not writable by group or others (a
 //!   root-owned sticky ancestor such as `/tmp` excepted), no symbolic link
 //!   (`stat` does not follow one, and a link is not a directory);
-//! - the binary's SHA-256 is compared, as [`CachedBinary::launch_command`]
-//!   does, in the checked directory it then runs from.
+//! - the binary is checked as [`CachedBinary::launch_command`] checks it
+//!   (its install stamp, else its SHA-256: [`super::stamp`]), in the
+//!   checked directory it then runs from.
 //!
 //! Only when all of it holds does the command print `mgmt-warm:<pid>
 //! <prefix>` and `exec` the binary, which then reads the tunnel secret and
@@ -45,22 +46,33 @@ const STARTED: &str = "mgmt-warm:";
 const MISS: &str = "mgmt-warm:miss";
 
 /// The command, with `^NAME^` fields each filled in once, in this order.
+///
+/// Its cost is the host's (#17): one `stat` process is all it starts
+/// before the binary. The uid comes from `/proc/self/status` by the
+/// shell's own `read` (`id -u` only where that fails); `stat` prints, for
+/// every path from `/` to the binary, owner, raw mode (`%f`: type and
+/// permission bits), and the stamp's fields ([`super::stamp`]), split into
+/// the positional parameters and judged in the same shell; the binary's
+/// fields then stand in for the stamp check's own `stat`.
 const TEMPLATE: &str = concat!(
-    "u=$(id -u </dev/null) && cd -P -- ^PARENT^ 2>/dev/null",
+    "set -f; u=; while read -r _k _r _e _; do [ \"$_k\" = Uid: ] && u=$_e && break; done",
+    " </proc/self/status 2>/dev/null; [ -n \"$u\" ] || u=$(id -u </dev/null);",
+    " cd -P -- ^PARENT^ 2>/dev/null",
     " && p=${PWD%/}/^NAME^ && s=^SHA^ && d=$p/bin/$s",
     " && set -- / && a= && x=${PWD#/} && while [ -n \"$x\" ]; do a=$a/${x%%/*};",
     " set -- \"$@\" \"$a\"; case $x in */*) x=${x#*/};; *) x=;; esac; done",
     " && n=$# && set -- \"$@\" \"$p\" \"$p/bin\" \"$d\" \"$d/mgmt\" && k=$#",
-    " && [ \"$(stat -c '%u %a %F' -- \"$@\" 2>/dev/null </dev/null | { i=0;",
-    " while read -r o m t; do i=$((i+1)); m=$((0$m));",
-    " case $o in \"$u\"|0) ;; *) exit 1;; esac;",
-    " if [ $i -gt $n ] || [ \"$o\" != 0 ] || [ $((m & 512)) -eq 0 ]; then",
-    " [ $((m & 18)) -eq 0 ] || exit 1; fi;",
-    " if [ $i -lt $k ]; then [ \"$t\" = directory ] || exit 1;",
-    " else [ \"$t\" = 'regular file' ] || exit 1; fi; done; echo $i; })\" = \"$k\" ]",
-    " && cd -- \"$d\" && { h=$(openssl dgst -sha256 -r mgmt 2>/dev/null </dev/null)",
-    " || h=$(sha256sum mgmt 2>/dev/null </dev/null); }",
-    " && [ \"${h%% *}\" = \"$s\" ] && echo \"mgmt-warm:$$ $p\"",
+    " && set -- $(stat -c '%u %f %d %i %s %.9Y %.9Z' -- \"$@\" 2>/dev/null </dev/null)",
+    " && [ $# -eq $((k * 7)) ] && ok=1 && i=0 && while [ $# -ge 7 ]; do",
+    " i=$((i+1)); m=$((0x$2)); case $1 in \"$u\"|0) ;; *) ok=;; esac;",
+    " if [ $i -gt $n ] || [ \"$1\" != 0 ] || [ $((m & 512)) -eq 0 ]; then",
+    " [ $((m & 18)) -eq 0 ] || ok=; fi;",
+    " if [ $i -lt $k ]; then [ $((m & 61440)) -eq 16384 ] || ok=;",
+    " else [ $((m & 61440)) -eq 32768 ] || ok=; fi;",
+    " _vw=\"$3 $4 $5 $6 $7\"; shift 7; done && [ -n \"$ok\" ]",
+    " && cd -- \"$d\" && ",
+    crate::check_stamp_sh!(),
+    " && echo \"mgmt-warm:$$ $p\"",
     " && exec ./mgmt ^ARGS^ --run-dir \"$p\"/run/^RUN^ --graph-stdin=^LEN^;",
     " echo mgmt-warm:miss; echo \"$u\";",
     " for c in zstd xz gzip; do command -v \"$c\" >/dev/null 2>&1 && echo \"$c\"; done;",
@@ -316,8 +328,22 @@ mod tests {
 
     /// Runs the warm command in `home` with `stdin`; exit code and stdout.
     fn run_in(home: &std::path::Path, spec: &WarmSpec, stdin: &[u8]) -> (i32, Vec<String>) {
+        run_with_path(home, spec, stdin, None)
+    }
+
+    /// [`run_in`] with `PATH` set to `path`.
+    fn run_with_path(
+        home: &std::path::Path,
+        spec: &WarmSpec,
+        stdin: &[u8],
+        path: Option<&str>,
+    ) -> (i32, Vec<String>) {
         use std::io::Write;
-        let mut child = std::process::Command::new("/bin/sh")
+        let mut cmd = std::process::Command::new("/bin/sh");
+        if let Some(p) = path {
+            cmd.env("PATH", p);
+        }
+        let mut child = cmd
             .arg("-c")
             .arg(spec.command().expect("builds"))
             .current_dir(home)
@@ -354,6 +380,48 @@ mod tests {
                 "graph".into()
             ]
         );
+    }
+
+    #[test]
+    fn the_first_start_stamps_the_binary_and_later_ones_hash_no_more() {
+        use std::os::unix::fs::PermissionsExt;
+        let (home, spec, dir) = home_with_binary(SCRIPT);
+        let (code, out) = run_in(home.path(), &spec, b"abcd\ngraph");
+        assert_eq!(code, 0, "{out:?}");
+        let stamp = std::fs::read_to_string(dir.join(super::super::stamp::STAMP_NAME))
+            .expect("the first start hashed and wrote the stamp");
+        assert!(stamp.starts_with(&spec.sha256), "{stamp}");
+        // Hash tools that leave a mark and fail, first on the PATH.
+        let tools = tempfile::tempdir().expect("tmp");
+        for tool in ["openssl", "sha256sum"] {
+            let p = tools.path().join(tool);
+            std::fs::write(&p, "#!/bin/sh\ntouch \"$0.called\"\nexit 1\n").expect("w");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        let path = format!("{}:/usr/bin:/bin", tools.path().display());
+        let (code, out) = run_with_path(home.path(), &spec, b"abcd\ngraph", Some(&path));
+        assert_eq!(code, 0, "{out:?}");
+        assert!(!tools.path().join("openssl.called").exists());
+        // Another binary of the same size, with the modification time put
+        // back: the stamp does not vouch for it, the hash is asked for.
+        let bin = dir.join(BIN_NAME);
+        let mtime = std::fs::metadata(&bin)
+            .expect("md")
+            .modified()
+            .expect("mtime");
+        let mut other = SCRIPT.to_vec();
+        other[12] ^= 1;
+        std::fs::write(&bin, &other).expect("write");
+        let f = std::fs::File::options()
+            .write(true)
+            .open(&bin)
+            .expect("open");
+        f.set_modified(mtime).expect("mtime");
+        let (code, out) = run_with_path(home.path(), &spec, b"abcd\ngraph", Some(&path));
+        assert_eq!(code, WARM_MISS_EXIT as i32, "{out:?}");
+        assert!(tools.path().join("openssl.called").exists());
+        let (code, out) = run_in(home.path(), &spec, b"abcd\ngraph");
+        assert_eq!(code, WARM_MISS_EXIT as i32, "{out:?}");
     }
 
     #[test]

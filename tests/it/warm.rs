@@ -94,6 +94,69 @@ fn a_cached_host_starts_in_one_exec_without_sftp() {
     assert!(!run_dir.exists(), "left behind: {}", run_dir.display());
 }
 
+// See: #17 (a warm start compares the install stamp instead of hashing
+// the binary again; any write to the binary sends it back to the hash)
+#[test]
+fn a_warm_start_trusts_the_install_stamp_until_the_binary_is_written() {
+    let fleet = SshdFleet::start(1);
+    let d = Dir::new();
+    let g = one_noop_graph(&d, "g.yaml", &[fleet.url(1)]);
+    let host = fleet.ip(1);
+    let once = ["--converged-timeout", "0"];
+    let out = run(&mut remote_cmd(&fleet, &[&g], &once), LIMIT);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let bin = std::fs::read_dir(fleet.home(1).join(".cache/mgmt/bin"))
+        .expect("ls")
+        .flatten()
+        .map(|e| e.path().join("mgmt"))
+        .next()
+        .expect("a cached binary");
+    assert!(bin.with_file_name("mgmt.ok").exists(), "the install stamp");
+    // Hash tools that note each call and fail, first on the host's PATH.
+    let tools = fleet.home(1).join(".path");
+    let called = d.path().join("hashed");
+    std::fs::create_dir_all(&tools).expect("mkdir");
+    for tool in ["openssl", "sha256sum"] {
+        let p = tools.join(tool);
+        let script = format!("#!/bin/sh\necho {tool} >> {}\nexit 1\n", called.display());
+        std::fs::write(&p, script).expect("write");
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+    }
+    let out = run(&mut remote_cmd(&fleet, &[&g], &once), LIMIT);
+    let log = format!("{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.code, 0, "{log}");
+    assert_eq!(row(&log, host)[4], "hit", "{log}");
+    assert!(
+        !called.exists(),
+        "a warm start with its stamp hashed:\n{log}"
+    );
+    // One byte changed, size and modification time as they were: the
+    // stamp no longer matches, the hash is asked for, and with no tool to
+    // vouch for the binary nothing runs it.
+    let mtime = std::fs::metadata(&bin)
+        .expect("md")
+        .modified()
+        .expect("mtime");
+    let mut bytes = std::fs::read(&bin).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&bin, &bytes).expect("write");
+    let f = std::fs::File::options()
+        .write(true)
+        .open(&bin)
+        .expect("open");
+    f.set_modified(mtime).expect("mtime");
+    drop(f);
+    let audit = fleet.home(1).join(".cache/mgmt/audit.log");
+    let _ = std::fs::remove_file(&audit);
+    let out = run(&mut remote_cmd(&fleet, &[&g], &once), LIMIT);
+    let log = format!("{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.code, 1, "{log}");
+    assert!(called.exists(), "the changed binary was not hashed:\n{log}");
+    assert!(!audit.exists(), "the changed binary ran:\n{log}");
+}
+
 // See: #17, #13 (a genuine binary in a directory nobody owns is never started warm)
 #[test]
 fn a_genuine_binary_in_a_directory_nobody_owns_is_not_started() {
@@ -121,9 +184,22 @@ fn a_genuine_binary_in_a_directory_nobody_owns_is_not_started() {
     std::fs::create_dir(&sha_dir).expect("mkdir");
     std::fs::copy(genuine.join("mgmt"), sha_dir.join("mgmt")).expect("copy");
     let (uid, gid) = nobody();
+    let stamp = sha_dir.join("mgmt.ok");
     for p in [sha_dir.clone(), sha_dir.join("mgmt")] {
         std::os::unix::fs::chown(&p, Some(uid), Some(gid)).expect("chown");
     }
+    // And an install stamp that matches the copy as it is now (#17: a
+    // matching stamp stands in for the hash), so the directory check is
+    // all that is left.
+    let sha = sha_dir.file_name().unwrap().to_string_lossy().into_owned();
+    let out = std::process::Command::new("stat")
+        .args(["-c", "%d %i %s %.9Y %.9Z"])
+        .arg(sha_dir.join("mgmt"))
+        .output()
+        .expect("stat");
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    std::fs::write(&stamp, format!("{sha} {line}\n")).expect("stamp");
+    std::os::unix::fs::chown(&stamp, Some(uid), Some(gid)).expect("chown");
     let audit = cache.join("audit.log");
     let _ = std::fs::remove_file(&audit);
     let (code, log, sshd) = run_logged(&fleet, &g, &once);
