@@ -251,16 +251,9 @@ fn second_run_hits_the_cache_and_a_corrupt_binary_is_replaced() {
         .unwrap()
         .path()
         .join("mgmt");
-    let mut bytes = std::fs::read(&cached).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0xff;
     // Same size and, put back, the same modification time: only the
     // change time, which no one can set back, tells the install stamp.
-    let mtime = std::fs::metadata(&cached).unwrap().modified().unwrap();
-    std::fs::write(&cached, &bytes).unwrap();
-    let f = std::fs::File::options().write(true).open(&cached).unwrap();
-    f.set_modified(mtime).unwrap();
-    drop(f);
+    let (mid, bytes) = crate::util::flip_a_byte_keeping_size_and_mtime(&cached);
     assert!(
         cached.with_file_name("mgmt.ok").exists(),
         "the install stamp"

@@ -134,20 +134,7 @@ fn a_warm_start_trusts_the_install_stamp_until_the_binary_is_written() {
     // One byte changed, size and modification time as they were: the
     // stamp no longer matches, the hash is asked for, and with no tool to
     // vouch for the binary nothing runs it.
-    let mtime = std::fs::metadata(&bin)
-        .expect("md")
-        .modified()
-        .expect("mtime");
-    let mut bytes = std::fs::read(&bin).expect("read");
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0xff;
-    std::fs::write(&bin, &bytes).expect("write");
-    let f = std::fs::File::options()
-        .write(true)
-        .open(&bin)
-        .expect("open");
-    f.set_modified(mtime).expect("mtime");
-    drop(f);
+    crate::util::flip_a_byte_keeping_size_and_mtime(&bin);
     let audit = fleet.home(1).join(".cache/mgmt/audit.log");
     let _ = std::fs::remove_file(&audit);
     let out = run(&mut remote_cmd(&fleet, &[&g], &once), LIMIT);

@@ -348,6 +348,26 @@ pub fn gone(pid: i32) -> bool {
         .unwrap_or(true)
 }
 
+/// Flips one byte in the middle of `path`, keeping its size and putting its
+/// modification time back, so only its change time tells (the install
+/// stamp, #17). The byte's offset and the bytes now in the file.
+pub fn flip_a_byte_keeping_size_and_mtime(path: &std::path::Path) -> (usize, Vec<u8>) {
+    let mtime = std::fs::metadata(path)
+        .expect("md")
+        .modified()
+        .expect("mtime");
+    let mut bytes = std::fs::read(path).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(path, &bytes).expect("write");
+    let f = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .expect("open");
+    f.set_modified(mtime).expect("mtime");
+    (mid, bytes)
+}
+
 pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = std::time::Instant::now() + limit;
     while std::time::Instant::now() < end {
