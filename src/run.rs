@@ -165,10 +165,15 @@ pub async fn run_linked(
     // A stop while the graph is starting (its first export may be
     // retrying against a store that is gone) skips to the stop below.
     let mut local = match &cfg.file {
-        Some(file) => tokio::select! {
-            l = local::Local::start(&cfg, file, world.clone(), (outcome_hook(&cfg, &ui), &cancel)) => Some(l?),
-            _ = cancel.cancelled() => None,
-        },
+        Some(file) => {
+            local::Local::start(
+                &cfg,
+                file,
+                world.clone(),
+                (outcome_hook(&cfg, &ui), &cancel),
+            )
+            .await?
+        }
         None => None,
     };
     let _mirror = match (&local, engine_converged) {

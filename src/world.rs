@@ -10,8 +10,9 @@
 //!   unchanged graph causes no watch event anywhere.
 //! - `/_mgmt/converged/<host>`: `true` or `false`, attached to a lease the
 //!   process keeps alive, so a host that dies stops counting.
-//! - `/_mgmt/facts/<host>`: `{"graph", "facts"}` (JSON) under a lease of its
-//!   own, followed by hosts whose templates call `hosts()` ([`Published`]).
+//! - `/_mgmt/facts/<host>`: `{"graph", "facts"}` (JSON) under the same
+//!   lease as the converged key, written with it in one request, followed
+//!   by hosts whose templates call `hosts()` ([`Published`]).
 //!
 //! Collecting reads and watches only the prefixes the entries' hostname
 //! globs allow ([`collect`]) and follows them incrementally ([`Follower`]).
@@ -203,14 +204,18 @@ impl World {
     /// returns how many keys were written or deleted.
     pub async fn export(&mut self, resources: &[&ResourceDecl]) -> Result<usize, WorldError> {
         let prefix = self.my_prefix(EXPORTED);
+        // Both prefixes in one request: one round trip, one revision.
+        let reads: Vec<TxnOp> = [EXPORTED, VALUES]
+            .iter()
+            .map(|root| TxnOp::get(self.my_prefix(root), Some(GetOptions::new().with_prefix())))
+            .collect();
+        let have = self.client.txn(Txn::new().and_then(reads)).await?;
         let mut old: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-        for root in [EXPORTED, VALUES] {
-            let mine = self.my_prefix(root);
-            let have = self
-                .client
-                .get(mine.as_str(), Some(GetOptions::new().with_prefix()))
-                .await?;
-            old.extend(have.kvs().iter().map(|kv| {
+        for op in have.op_responses() {
+            let TxnOpResponse::Get(get) = op else {
+                continue;
+            };
+            old.extend(get.kvs().iter().map(|kv| {
                 (
                     String::from_utf8_lossy(kv.key()).into_owned(),
                     kv.value().to_vec(),
@@ -353,31 +358,29 @@ impl World {
 
     /// Publishes this host's converged state on every change of `status`
     /// (`true`/`false` under a lease kept alive here) until `cancel`; then
-    /// revokes the lease, which deletes the key. A lost lease session is
-    /// replaced with a back-off (see [`converged`]), so this only returns
-    /// when it is cancelled or the engine is gone.
+    /// revokes the lease, which deletes the key. `facts`, if given (the
+    /// host's facts and graph name, JSON), is published under the same
+    /// lease at `/_mgmt/facts/<host>`, for other hosts' `hosts()` (#20). A
+    /// lost lease session is replaced with a back-off (see [`converged`]),
+    /// so this only returns when it is cancelled or the engine is gone.
+    /// `first_wait`: see [`converged::Keys::first_wait`].
     pub async fn publish_converged(
         self,
         status: watch::Receiver<crate::engine::Status>,
+        (facts, first_wait): (Option<String>, Duration),
         cancel: CancellationToken,
     ) {
-        let key = format!("{CONVERGED}{}", self.hostname);
+        let keys = converged::Keys {
+            key: format!("{CONVERGED}{}", self.hostname),
+            value: (status, converged::converged_value as fn(&_) -> String),
+            fixed: facts
+                .map(|f| (format!("{FACTS}{}", self.hostname), f))
+                .into_iter()
+                .collect(),
+            first_wait,
+        };
         let leases = converged::EtcdLeases(self.client);
-        let value = (status, converged::converged_value as fn(&_) -> String);
-        converged::publish(leases, key, LEASE_TTL_SECS, value, cancel).await
-    }
-
-    /// Publishes this host's facts and graph name, `record` (JSON), at
-    /// `/_mgmt/facts/<host>` under a lease kept alive here until `cancel`,
-    /// then revoked (which deletes the key): templates' `hosts()` on other
-    /// hosts see it appear and go (#20).
-    pub async fn publish_facts(self, record: String, cancel: CancellationToken) {
-        let key = format!("{FACTS}{}", self.hostname);
-        let leases = converged::EtcdLeases(self.client);
-        // Held until the end: a closed channel would stop the publisher.
-        let (_tx, rx) = watch::channel(record);
-        let value = (rx, String::clone as fn(&String) -> String);
-        converged::publish(leases, key, LEASE_TTL_SECS, value, cancel).await
+        converged::publish(leases, keys, LEASE_TTL_SECS, cancel).await
     }
 }
 

@@ -218,7 +218,12 @@ pub async fn run(
             Some(report) = reports.recv() => e.handle(report),
             desired = updates.recv(), if updates_open => match desired {
                 Some(d) => e.swap(d),
-                None => updates_open = false,
+                // The source is gone (the run is stopping): nothing
+                // happened here, so the converged state stays.
+                None => {
+                    updates_open = false;
+                    continue;
+                }
             },
             Some(_) = e.tasks.join_next(), if !e.tasks.is_empty() => continue,
             _ = sleep_until_opt(idle_deadline) => {

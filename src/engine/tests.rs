@@ -492,3 +492,32 @@ async fn a_false_when_holds_back_and_a_swap_to_true_applies() {
     );
     r.stop().await;
 }
+
+// The source going away (the run stopping) is not activity: a converged
+// host stays converged until it is stopped, so its publisher writes nothing
+// more before it revokes its key.
+#[tokio::test(start_paused = true)]
+async fn the_source_closing_keeps_the_converged_state() {
+    let mut r = start(
+        Desired {
+            resources: vec![decl("noop", "n", "{}")],
+            edges: vec![],
+        },
+        200,
+    );
+    r.converged().await;
+    let Running {
+        updates,
+        mut status,
+        cancel,
+        task,
+    } = r;
+    status.mark_unchanged();
+    drop(updates);
+    // Virtual time: every task runs before the clock moves, the engine's
+    // loop included; a converged timeout's worth passes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!status.has_changed().expect("engine alive"));
+    cancel.cancel();
+    assert!(task.await.expect("engine task").converged);
+}

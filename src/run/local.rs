@@ -1,6 +1,8 @@
 //! The local graph of a run: exports and collects, the engine, live reload
 //! of the file, and this host's converged state in the store.
 
+use std::time::Duration;
+
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -18,10 +20,37 @@ pub(super) struct Local {
     engine_cancel: CancellationToken,
     source: Task<()>,
     source_cancel: CancellationToken,
-    publisher: Task<()>,
-    /// Publishes this host's facts until `publish_cancel` (revoking them).
-    facts_publisher: Option<Task<()>>,
-    publish_cancel: CancellationToken,
+    /// Publishes this host's converged state and facts until stopped
+    /// (which revokes them).
+    publisher: Publisher,
+}
+
+/// How long a one-shot run's first converged write waits for the engine
+/// to converge: a small graph does within milliseconds, and its key is
+/// then written once (`true`) instead of twice.
+const ONE_SHOT_FIRST_WAIT: Duration = Duration::from_millis(250);
+
+/// The first converged write's wait ([`crate::world::World::publish_converged`]):
+/// only with `--converged-timeout 0`, where the engine converges as soon as
+/// it settles; with a longer timeout it could not converge in time anyway.
+fn first_wait(cfg: &Config) -> Duration {
+    match cfg.converged_timeout {
+        Some(t) if t.is_zero() => ONE_SHOT_FIRST_WAIT,
+        _ => Duration::ZERO,
+    }
+}
+
+/// The task publishing this host's keys; [`Publisher::stop`] revokes them.
+struct Publisher {
+    task: Task<()>,
+    cancel: CancellationToken,
+}
+
+impl Publisher {
+    async fn stop(mut self) {
+        self.cancel.cancel();
+        let _ = (&mut self.task.0).await;
+    }
 }
 
 impl Local {
@@ -29,13 +58,14 @@ impl Local {
     /// [`engine::Config::on_outcome`]).
     /// `stop` is the run's root token: the graph stops following edits,
     /// values and hosts the moment the run starts stopping, so that peers
-    /// leaving because of that same stop change nothing here.
+    /// leaving because of that same stop change nothing here; a stop before
+    /// the graph started returns `None`.
     pub async fn start(
         cfg: &Config,
         file: &GraphFile,
         world: World,
         (on_outcome, stop): (Option<engine::OutcomeHook>, &CancellationToken),
-    ) -> anyhow::Result<Local> {
+    ) -> anyhow::Result<Option<Local>> {
         // Armed before anything is applied, so no edit can slip through.
         let file_watch = match cfg.watch {
             true => match crate::fswatch::PathWatch::new(&file.path) {
@@ -66,13 +96,38 @@ impl Local {
             host: cfg.host.clone(),
             ..Default::default()
         };
-        let mut source = source::Source::new(file, ctx, world.clone(), cfg.noop, updates_tx);
-        // An input error stays a GraphErrors, which main turns into exit 2.
-        let initial = source.initial().await.map_err(|e| match e {
-            source::StartError::Graph(g) => anyhow::Error::new(g),
-            source::StartError::World(w) => anyhow::Error::new(w),
-        })?;
+        // Published from the start (converged `false` until the engine
+        // says otherwise), so the lease is granted while the graph's first
+        // export is on its way.
         let (status_tx, status) = watch::channel(Status::default());
+        let publish_cancel = CancellationToken::new();
+        let publisher = Publisher {
+            task: Task(tokio::spawn(world.clone().publish_converged(
+                status.clone(),
+                ((!cfg.noop).then_some(record), first_wait(cfg)),
+                publish_cancel.clone(),
+            ))),
+            cancel: publish_cancel,
+        };
+        let mut source = source::Source::new(file, ctx, world, cfg.noop, updates_tx);
+        let initial = tokio::select! {
+            r = source.initial() => r,
+            _ = stop.cancelled() => {
+                publisher.stop().await;
+                return Ok(None);
+            }
+        };
+        // An input error stays a GraphErrors, which main turns into exit 2.
+        let initial = match initial {
+            Ok(initial) => initial,
+            Err(e) => {
+                publisher.stop().await;
+                return Err(match e {
+                    source::StartError::Graph(g) => anyhow::Error::new(g),
+                    source::StartError::World(w) => anyhow::Error::new(w),
+                });
+            }
+        };
         let engine_cancel = CancellationToken::new();
         let engine_cfg = engine::Config {
             noop: cfg.noop,
@@ -89,27 +144,14 @@ impl Local {
         )));
         let source_cancel = stop.child_token();
         let source = Task(tokio::spawn(source.run(file_watch, source_cancel.clone())));
-        let publish_cancel = CancellationToken::new();
-        let publisher = Task(tokio::spawn(
-            world
-                .clone()
-                .publish_converged(status.clone(), publish_cancel.clone()),
-        ));
-        let facts_publisher = (!cfg.noop).then(|| {
-            Task(tokio::spawn(
-                world.publish_facts(record, publish_cancel.clone()),
-            ))
-        });
-        Ok(Local {
+        Ok(Some(Local {
             status,
             engine,
             engine_cancel,
             source,
             source_cancel,
             publisher,
-            facts_publisher,
-            publish_cancel,
-        })
+        }))
     }
 
     /// Resolves only if the engine task ends by itself (a bug).
@@ -127,11 +169,7 @@ impl Local {
         let _ = (&mut self.source.0).await;
         self.engine_cancel.cancel();
         let status = (&mut self.engine.0).await.unwrap_or_default();
-        self.publish_cancel.cancel();
-        let _ = (&mut self.publisher.0).await;
-        if let Some(f) = self.facts_publisher.as_mut() {
-            let _ = (&mut f.0).await;
-        }
+        self.publisher.stop().await;
         status
     }
 }

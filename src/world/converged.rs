@@ -1,6 +1,13 @@
 //! Publishing this host's converged state: `/_mgmt/converged/<host>` =
 //! `true`/`false`, attached to a lease the process keeps alive, so a host
-//! that dies stops counting.
+//! that dies stops counting. Keys that never change while the process
+//! lives (its facts) ride on the same lease: they are written with the
+//! first write of each lease, in the same request.
+//!
+//! Starting costs two round trips to the store: the grant, then one write
+//! of every key. The keep-alive stream is opened only when the first
+//! keep-alive is due (a third of the TTL later), so a short run never opens
+//! it at all.
 //!
 //! A lease session can end under us: the keep-alive stream closes (the store
 //! restarted, a connection dropped) or the store answers TTL 0 (the lease
@@ -17,7 +24,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, PutOptions};
+use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -32,9 +39,11 @@ pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 #[async_trait::async_trait]
 pub(super) trait Leases: Send {
     type Session: Session;
-    /// Grants a lease of `ttl` seconds and opens its keep-alive stream.
+    /// Grants a lease of `ttl` seconds.
     async fn open(&mut self, ttl: i64) -> Result<Self::Session, etcd_client::Error>;
-    async fn put(&mut self, key: &str, value: &str, lease: i64) -> Result<(), etcd_client::Error>;
+    /// Writes every `(key, value)` under `lease`, in one request.
+    async fn put(&mut self, kvs: &[(String, String)], lease: i64)
+        -> Result<(), etcd_client::Error>;
     /// Best effort: the lease may already be gone.
     async fn revoke(&mut self, lease: i64);
     /// Waits `wait` before the next attempt (a seam: tests record it).
@@ -47,10 +56,10 @@ pub(super) trait Leases: Send {
 #[async_trait::async_trait]
 pub(super) trait Session: Send {
     fn lease(&self) -> i64;
-    /// Sends one keep-alive request.
+    /// Sends one keep-alive request (opening the stream the first time).
     async fn keep_alive(&mut self) -> Result<(), etcd_client::Error>;
-    /// The TTL of the next answer; `None` once the stream has ended.
-    /// Cancel-safe: used in `select!`.
+    /// The TTL of the next answer; `None` once the stream has ended;
+    /// pending while no stream is open. Cancel-safe: used in `select!`.
     async fn ack(&mut self) -> Result<Option<i64>, etcd_client::Error>;
 }
 
@@ -58,9 +67,10 @@ pub(super) trait Session: Send {
 pub(super) struct EtcdLeases(pub Client);
 
 pub(super) struct EtcdSession {
+    client: Client,
     lease: i64,
-    keeper: LeaseKeeper,
-    acks: LeaseKeepAliveStream,
+    /// Opened by the first keep-alive.
+    stream: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
 }
 
 #[async_trait::async_trait]
@@ -69,22 +79,31 @@ impl Leases for EtcdLeases {
 
     async fn open(&mut self, ttl: i64) -> Result<EtcdSession, etcd_client::Error> {
         let lease = self.0.lease_grant(ttl, None).await?.id();
-        match self.0.lease_keep_alive(lease).await {
-            Ok((keeper, acks)) => Ok(EtcdSession {
-                lease,
-                keeper,
-                acks,
-            }),
-            Err(e) => {
-                self.revoke(lease).await;
-                Err(e)
-            }
-        }
+        Ok(EtcdSession {
+            client: self.0.clone(),
+            lease,
+            stream: None,
+        })
     }
 
-    async fn put(&mut self, key: &str, value: &str, lease: i64) -> Result<(), etcd_client::Error> {
+    async fn put(
+        &mut self,
+        kvs: &[(String, String)],
+        lease: i64,
+    ) -> Result<(), etcd_client::Error> {
         let opts = PutOptions::new().with_lease(lease);
-        self.0.put(key, value, Some(opts)).await.map(drop)
+        if let [(key, value)] = kvs {
+            return self
+                .0
+                .put(key.as_str(), value.as_str(), Some(opts))
+                .await
+                .map(drop);
+        }
+        let ops: Vec<TxnOp> = kvs
+            .iter()
+            .map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), Some(opts.clone())))
+            .collect();
+        self.0.txn(Txn::new().and_then(ops)).await.map(drop)
     }
 
     /// Bounded: when the link to the store is gone, the lease expires by
@@ -101,12 +120,23 @@ impl Session for EtcdSession {
         self.lease
     }
 
+    /// Opening the stream sends the first keep-alive and waits for its
+    /// answer (an expired lease fails here).
     async fn keep_alive(&mut self) -> Result<(), etcd_client::Error> {
-        self.keeper.keep_alive().await
+        match &mut self.stream {
+            Some((keeper, _)) => keeper.keep_alive().await,
+            None => {
+                self.stream = Some(self.client.lease_keep_alive(self.lease).await?);
+                Ok(())
+            }
+        }
     }
 
     async fn ack(&mut self) -> Result<Option<i64>, etcd_client::Error> {
-        Ok(self.acks.message().await?.map(|r| r.ttl()))
+        match &mut self.stream {
+            Some((_, acks)) => Ok(acks.message().await?.map(|r| r.ttl())),
+            None => std::future::pending().await,
+        }
     }
 }
 
@@ -133,13 +163,25 @@ enum End {
     Lost(String),
 }
 
-/// Publishes `converged` at `key` until `cancel` (or until the engine's
-/// status channel closes), then revokes the lease, which deletes the key.
+/// What one publisher writes under its lease.
+pub(super) struct Keys<T> {
+    /// Rewritten whenever `value` renders differently.
+    pub key: String,
+    pub value: (watch::Receiver<T>, fn(&T) -> String),
+    /// Written with the first write of each lease, never again.
+    pub fixed: Vec<(String, String)>,
+    /// How long the very first write waits for the value to change (a
+    /// one-shot run converges moments after it starts: its first write
+    /// then says so, and no second one follows); zero: not at all.
+    pub first_wait: Duration,
+}
+
+/// Publishes `keys` until `cancel` (or until the value's channel closes,
+/// e.g. the engine is gone), then revokes the lease, which deletes them.
 pub(super) async fn publish<L: Leases, T: Send + Sync>(
     mut leases: L,
-    key: String,
+    mut keys: Keys<T>,
     ttl: i64,
-    (mut converged, render): (watch::Receiver<T>, fn(&T) -> String),
     cancel: CancellationToken,
 ) {
     let mut backoff = Backoff(BACKOFF_MIN);
@@ -157,12 +199,10 @@ pub(super) async fn publish<L: Leases, T: Send + Sync>(
                 let end = serve(
                     &mut leases,
                     &mut session,
-                    &key,
+                    &mut keys,
                     ttl,
-                    (&mut converged, render),
                     &cancel,
-                    &mut backoff,
-                    &mut stale,
+                    (&mut backoff, &mut stale),
                 )
                 .await;
                 stale.push(session.lease());
@@ -173,7 +213,7 @@ pub(super) async fn publish<L: Leases, T: Send + Sync>(
             }
         };
         let wait = backoff.next();
-        tracing::warn!("{key}: {why}; granting a new lease in {wait:?}");
+        tracing::warn!("{}: {why}; granting a new lease in {wait:?}", keys.key);
         tokio::select! {
             biased; // a stop wins over anything else ready
             _ = cancel.cancelled() => break,
@@ -190,29 +230,44 @@ pub(super) fn converged_value(status: &Status) -> String {
     if status.converged { "true" } else { "false" }.to_owned()
 }
 
-/// Runs one session: writes the key on every change of `converged` and
-/// keeps the lease alive, until it is stopped or lost.
-#[allow(clippy::too_many_arguments)]
+/// Runs one session: writes the key on every change of its value (the
+/// fixed keys with the first write) and keeps the lease alive, until it is
+/// stopped or lost.
 async fn serve<L: Leases, T: Send + Sync>(
     leases: &mut L,
     session: &mut L::Session,
-    key: &str,
+    keys: &mut Keys<T>,
     ttl: i64,
-    (converged, render): (&mut watch::Receiver<T>, fn(&T) -> String),
     cancel: &CancellationToken,
-    backoff: &mut Backoff,
-    stale: &mut Vec<i64>,
+    (backoff, stale): (&mut Backoff, &mut Vec<i64>),
 ) -> End {
     enum Event {
         Tick,
         Ack(Result<Option<i64>, etcd_client::Error>),
     }
-    let mut tick = tokio::time::interval(Duration::from_secs((ttl / 3).max(1) as u64));
+    // The grant gave a full TTL: the first keep-alive is due a period later.
+    let period = Duration::from_secs((ttl / 3).max(1) as u64);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let (converged, render) = (&mut keys.value.0, keys.value.1);
+    let first_wait = std::mem::take(&mut keys.first_wait);
+    if !first_wait.is_zero() {
+        let first = render(&converged.borrow());
+        tokio::select! {
+            biased; // a stop wins over anything else ready
+            _ = cancel.cancelled() => return End::Stopped,
+            _ = converged.wait_for(|v| render(v) != first) => {}
+            _ = tokio::time::sleep(first_wait) => {}
+        }
+    }
     let mut last: Option<String> = None;
     loop {
         let now = render(&converged.borrow_and_update());
         if last.as_ref() != Some(&now) {
-            if let Err(e) = leases.put(key, &now, session.lease()).await {
+            let mut kvs = vec![(keys.key.clone(), now.clone())];
+            if last.is_none() {
+                kvs.extend(keys.fixed.iter().cloned());
+            }
+            if let Err(e) = leases.put(&kvs, session.lease()).await {
                 return End::Lost(format!("cannot write the key: {e}"));
             }
             last = Some(now);
@@ -257,7 +312,7 @@ mod tests {
     #[derive(Default)]
     struct Log {
         opens: i64,
-        /// `(value, lease)` of every put.
+        /// `(values, lease)` of every put, the values joined with `+`.
         puts: Vec<(String, i64)>,
         revoked: Vec<i64>,
         /// Back-off waits, in order.
@@ -316,11 +371,11 @@ mod tests {
         }
         async fn put(
             &mut self,
-            _: &str,
-            value: &str,
+            kvs: &[(String, String)],
             lease: i64,
         ) -> Result<(), etcd_client::Error> {
-            lock(&self.log).puts.push((value.to_owned(), lease));
+            let values: Vec<&str> = kvs.iter().map(|(_, v)| v.as_str()).collect();
+            lock(&self.log).puts.push((values.join("+"), lease));
             self.put.notify_one();
             Ok(())
         }
@@ -359,13 +414,23 @@ mod tests {
 
     const GUARD: Duration = Duration::from_secs(20);
 
+    /// Key `k` following `status`, and a fixed key `f` = `F`.
+    fn keys(status: watch::Receiver<Status>) -> Keys<Status> {
+        Keys {
+            key: "k".into(),
+            value: (status, converged_value),
+            fixed: vec![("f".into(), "F".into())],
+            first_wait: Duration::ZERO,
+        }
+    }
+
     // See: #3 (an ended keep-alive stream made publish_converged spin)
     #[tokio::test]
     async fn ended_keep_alive_stream_is_retried_with_backoff() {
         let fake = Fake::new(false, 10);
         let (log, stop) = (fake.log.clone(), fake.stop.clone());
         let (_status_tx, status) = watch::channel(Status::default());
-        let run = publish(fake, "k".into(), 10, (status, converged_value), stop);
+        let run = publish(fake, keys(status), 10, stop);
         tokio::time::timeout(GUARD, run)
             .await
             .expect("publisher stops");
@@ -373,10 +438,12 @@ mod tests {
         let ms: Vec<u128> = log.waits.iter().map(Duration::as_millis).collect();
         // A wait before every new lease, doubling up to the cap.
         assert_eq!(ms, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
-        // Each new lease carries the key; the one it replaced is revoked
-        // once it does, and the last one at stop.
-        let leases: Vec<i64> = log.puts.iter().map(|p| p.1).collect();
-        assert_eq!(leases, (1..=10).collect::<Vec<_>>());
+        // Each new lease carries the key and the fixed one, in one write;
+        // the lease it replaced is revoked once it does, and the last one at
+        // stop.
+        let puts: Vec<(&str, i64)> = log.puts.iter().map(|(v, l)| (v.as_str(), *l)).collect();
+        let want: Vec<(&str, i64)> = (1..=10).map(|l| ("false+F", l)).collect();
+        assert_eq!(puts, want);
         assert_eq!(log.revoked, (1..=10).collect::<Vec<_>>());
     }
 
@@ -387,13 +454,7 @@ mod tests {
         let (log, put) = (fake.log.clone(), fake.put.clone());
         let (status_tx, status) = watch::channel(Status::default());
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(publish(
-            fake,
-            "k".into(),
-            10,
-            (status, converged_value),
-            cancel.clone(),
-        ));
+        let task = tokio::spawn(publish(fake, keys(status), 10, cancel.clone()));
         tokio::time::timeout(GUARD, put.notified())
             .await
             .expect("first put");
@@ -407,7 +468,131 @@ mod tests {
         assert_eq!(log.opens, 1);
         assert!(log.waits.is_empty());
         let puts: Vec<(&str, i64)> = log.puts.iter().map(|(v, l)| (v.as_str(), *l)).collect();
-        assert_eq!(puts, [("false", 1), ("true", 1)]);
+        // The fixed key goes with the first write only.
+        assert_eq!(puts, [("false+F", 1), ("true", 1)]);
         assert_eq!(log.revoked, [1]);
+    }
+
+    // A one-shot run: the first write waits for the value to change and
+    // carries it, so the key is written once; a value that does not change
+    // is written when the wait is over.
+    #[tokio::test(start_paused = true)]
+    async fn the_first_write_waits_a_moment_for_the_value_to_change() {
+        for flips in [true, false] {
+            let fake = Fake::new(true, 0);
+            let (log, put) = (fake.log.clone(), fake.put.clone());
+            let (status_tx, status) = watch::channel(Status::default());
+            let cancel = CancellationToken::new();
+            let mut k = keys(status);
+            k.first_wait = Duration::from_millis(250);
+            let t0 = tokio::time::Instant::now();
+            let task = tokio::spawn(publish(fake, k, 10, cancel.clone()));
+            if flips {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                status_tx.send_modify(|s| s.converged = true);
+            }
+            put.notified().await;
+            let waited = t0.elapsed();
+            cancel.cancel();
+            task.await.expect("publisher");
+            let puts: Vec<(String, i64)> = lock(&log).puts.clone();
+            if flips {
+                assert_eq!(puts, [("true+F".to_owned(), 1)]);
+                assert!(waited < Duration::from_millis(250), "{waited:?}");
+            } else {
+                assert_eq!(puts, [("false+F".to_owned(), 1)]);
+                assert!(waited >= Duration::from_millis(250), "{waited:?}");
+            }
+        }
+    }
+}
+
+/// The real client against the embedded store: one lease, both keys in
+/// one write, the keep-alive stream opened when due, everything gone at stop.
+#[cfg(test)]
+mod store_tests {
+    use std::time::Duration;
+
+    use etcd_client::{Client, GetOptions, KeyValue};
+    use tokio::sync::watch;
+    use tokio_util::sync::CancellationToken;
+
+    use super::{converged_value, publish, EtcdLeases, Keys};
+    use crate::engine::Status;
+    use crate::world::testing::Served;
+
+    const GUARD: Duration = Duration::from_secs(20);
+
+    /// Reads `/p/` until `done` accepts its keys (at most [`GUARD`]).
+    async fn until(c: &mut Client, done: impl Fn(&[KeyValue]) -> bool) -> Vec<KeyValue> {
+        let wait = async {
+            loop {
+                let r = c.get("/p/", Some(GetOptions::new().with_prefix())).await;
+                let kvs = r.expect("get").kvs().to_vec();
+                if done(&kvs) {
+                    return kvs;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(GUARD, wait).await.expect("in time")
+    }
+
+    #[tokio::test]
+    async fn one_lease_carries_both_keys_and_is_kept_alive_until_the_stop() {
+        let served = Served::start().await;
+        let mut c = served.world("h").await.client.clone();
+        let (status_tx, status) = watch::channel(Status::default());
+        let keys = Keys {
+            key: "/p/converged".into(),
+            value: (status, converged_value),
+            fixed: vec![("/p/facts".into(), "{}".into())],
+            first_wait: Duration::ZERO,
+        };
+        let cancel = CancellationToken::new();
+        // TTL 6 s: a keep-alive is due every 2 s, when 4 s (as whole
+        // seconds: 4) are left; right after it, 5.
+        let task = tokio::spawn(publish(EtcdLeases(c.clone()), keys, 6, cancel.clone()));
+        let kvs = until(&mut c, |kvs| kvs.len() == 2).await;
+        let (conv, facts) = (&kvs[0], &kvs[1]);
+        assert_eq!(
+            (conv.key(), conv.value()),
+            (&b"/p/converged"[..], &b"false"[..])
+        );
+        assert_eq!(facts.key(), b"/p/facts");
+        assert_eq!(conv.lease(), facts.lease(), "one lease for both");
+        assert_eq!(conv.mod_revision(), facts.mod_revision(), "one write");
+        let lease = conv.lease();
+        // The lease's remaining time goes up again: a keep-alive arrived.
+        let kept = async {
+            let mut low = i64::MAX;
+            loop {
+                let t = c.lease_time_to_live(lease, None).await.expect("ttl").ttl();
+                assert!(t > 0, "the lease expired");
+                if t > low {
+                    return;
+                }
+                low = low.min(t);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::time::timeout(GUARD, kept)
+            .await
+            .expect("a keep-alive");
+        // A new state rewrites the converged key only.
+        status_tx.send_modify(|s| s.converged = true);
+        let kvs = until(&mut c, |kvs| {
+            kvs.first().is_some_and(|k| k.value() == b"true")
+        })
+        .await;
+        assert_eq!(
+            kvs[1].mod_revision(),
+            facts.mod_revision(),
+            "facts not rewritten"
+        );
+        cancel.cancel();
+        task.await.expect("publisher");
+        until(&mut c, |kvs| kvs.is_empty()).await;
+        served.stop().await;
     }
 }
