@@ -337,7 +337,7 @@ async fn open_stream(addrs: &[std::net::SocketAddr]) -> std::io::Result<crate::l
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "set_nodelay failed");
     }
-    Ok(Box::new(super::quickack::QuickAck::new(stream)))
+    Ok(Box::new(super::tcp::QuickAck::new(stream)))
 }
 
 enum HandshakeError {

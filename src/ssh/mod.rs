@@ -15,7 +15,7 @@
 //! - [`connect`]: the dial (timeout, pacing per address, bounded retry of
 //!   handshake resets), through the russh [`handler`] that checks the key
 //!   and takes the channels the server opens; bytes counted by [`wire`];
-//!   what sshd sends acknowledged at once ([`quickack`]).
+//!   what sshd sends acknowledged at once ([`tcp`]).
 //! - [`session`]: a [`Session`] that runs commands, with a pid to stop them
 //!   by and stdin kept open until the caller closes it; each running
 //!   command is a [`child`] whose output arrives line by whole line.
@@ -51,13 +51,13 @@ pub mod hostkey;
 pub(crate) mod known_index;
 pub mod launch;
 pub mod pack;
-pub(crate) mod quickack;
 pub mod runfiles;
 pub mod session;
 pub mod sftp;
 pub mod stamp;
 pub mod strict;
 pub mod target;
+pub(crate) mod tcp;
 pub mod tunnel;
 pub mod warm;
 pub(crate) mod wire;

@@ -23,8 +23,9 @@
 //! The codec is the host's choice, asked in the command that already asks
 //! the login uid ([`PROBE_COMMAND`]): zstd where the host has `zstd` (the
 //! 10.8 MB release binary is 3.9 MB, 0.02 s of CPU to decompress), else xz
-//! (3.6 MB, but 0.3 s of CPU on every host), else gzip, which every host
-//! has (4.8 MB); a host with none gets the binary as it is.
+//! (3.4 MB with the x86 branch filter, but 0.25 s of CPU on every host),
+//! else gzip, which every host has (4.8 MB); a host with none gets the
+//! binary as it is.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -216,13 +217,17 @@ impl Packer {
             .clone()
     }
 
+    /// Where a form that came with the binary is: `<binary>.<ext>`.
+    fn beside(&self, codec: Codec) -> PathBuf {
+        let mut beside = self.binary.clone().into_os_string();
+        beside.push(format!(".{}", codec.ext()));
+        PathBuf::from(beside)
+    }
+
     /// Where to look for a form, in order; the last is where a new one goes.
     fn places(&self, codec: Codec) -> Vec<PathBuf> {
-        let ext = codec.ext();
-        let mut beside = self.binary.clone().into_os_string();
-        beside.push(format!(".{ext}"));
-        let mut out = vec![PathBuf::from(beside)];
-        let name = format!("{}.{ext}", self.sha256);
+        let mut out = vec![self.beside(codec)];
+        let name = format!("{}.{}", self.sha256, codec.ext());
         if let Some(k) = &self.keep {
             // Created only when a form is made there (not when one is
             // found beside the binary).
@@ -321,7 +326,8 @@ impl Job {
                 enc.finish()?.flush()?;
             }
             Codec::Xz => {
-                let mut enc = liblzma::write::XzEncoder::new(out, if fast { 0 } else { 6 });
+                let stream = xz_stream(if fast { 0 } else { 6 })?;
+                let mut enc = liblzma::write::XzEncoder::new_stream(out, stream);
                 std::io::copy(&mut src, &mut enc)?;
                 enc.finish()?.flush()?;
             }
@@ -336,6 +342,18 @@ impl Job {
         tmp.persist(dest).map_err(|e| e.error)?;
         Ok(size)
     }
+}
+
+/// An xz encoder at `preset` with the x86 branch filter first: calls and
+/// jumps get absolute targets, which repeat where relative ones did not
+/// (the release binary: 3.63 MB at -9 without it, 3.37 MB at -6 with it,
+/// in less time). Any xz decompresses it.
+fn xz_stream(preset: u32) -> std::io::Result<liblzma::stream::Stream> {
+    use liblzma::stream::{Check, Filters, LzmaOptions, Stream};
+    let opts = LzmaOptions::new_preset(preset).map_err(std::io::Error::other)?;
+    let mut filters = Filters::new();
+    filters.x86().lzma2(&opts);
+    Stream::new_stream_encoder(&filters, Check::Crc64).map_err(std::io::Error::other)
 }
 
 /// Forms kept per codec in the initiator's cache: the newest, for the

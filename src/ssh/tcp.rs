@@ -1,4 +1,4 @@
-//! Acknowledging at once what a host's sshd sends.
+//! The SSH client's TCP socket: what sshd sends is acknowledged at once.
 //!
 //! sshd turns Nagle's algorithm off only for interactive sessions (a pty,
 //! X11); for ours it stays on, so a small packet it wants to send waits
