@@ -23,30 +23,28 @@ pub(crate) struct QuickAck(TcpStream);
 
 impl QuickAck {
     pub(crate) fn new(stream: TcpStream) -> QuickAck {
-        let q = QuickAck(stream);
-        q.ack_now();
-        q
+        ack_now(&stream);
+        QuickAck(stream)
     }
+}
 
-    fn ack_now(&self) {
-        if let Err(e) = SockRef::from(&self.0).set_tcp_quickack(true) {
-            tracing::trace!(error = %e, "TCP_QUICKACK failed");
-        }
+fn ack_now(stream: &TcpStream) {
+    if let Err(e) = SockRef::from(stream).set_tcp_quickack(true) {
+        tracing::trace!(error = %e, "TCP_QUICKACK failed");
     }
 }
 
 impl AsyncRead for QuickAck {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.0).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.ack_now();
-        }
-        r
+        super::wire::poll_read_then(&mut self.get_mut().0, cx, buf, |s, n| {
+            if n > 0 {
+                ack_now(s);
+            }
+        })
     }
 }
 

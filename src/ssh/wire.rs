@@ -36,19 +36,34 @@ impl<S> Counted<S> {
     }
 }
 
+/// Reads from `inner` into `buf`; after a read that succeeded, `then`
+/// gets `inner` and how many bytes it gave (what a wrapper does on top).
+pub(crate) fn poll_read_then<S: AsyncRead + Unpin>(
+    inner: &mut S,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+    then: impl FnOnce(&S, usize),
+) -> Poll<std::io::Result<()>> {
+    let before = buf.filled().len();
+    let r = Pin::new(&mut *inner).poll_read(cx, buf);
+    if let Poll::Ready(Ok(())) = &r {
+        then(inner, buf.filled().len() - before);
+    }
+    r
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let (Poll::Ready(Ok(())), Some(received)) = (&r, &self.received) {
-            let n = buf.filled().len() - before;
-            received.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        r
+        let this = self.get_mut();
+        poll_read_then(&mut this.inner, cx, buf, |_, n| {
+            if let Some(received) = &this.received {
+                received.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        })
     }
 }
 
