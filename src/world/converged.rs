@@ -92,13 +92,6 @@ impl Leases for EtcdLeases {
         lease: i64,
     ) -> Result<(), etcd_client::Error> {
         let opts = PutOptions::new().with_lease(lease);
-        if let [(key, value)] = kvs {
-            return self
-                .0
-                .put(key.as_str(), value.as_str(), Some(opts))
-                .await
-                .map(drop);
-        }
         let ops: Vec<TxnOp> = kvs
             .iter()
             .map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), Some(opts.clone())))
