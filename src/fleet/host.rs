@@ -8,9 +8,11 @@
 //! Teardown is explicit and in reverse order of set-up, because `Drop`
 //! cannot await. The set-up permit (`--cconns`) is held from before
 //! connect until the child has started warm ([`crate::ssh::warm`]: one
-//! exec, no SFTP, when the binary is cached and trusted) or, on the SFTP
-//! path (a miss, `--no-caching`, a rolling run), until the copy is done,
-//! and released before that child is launched. In a rolling run the placed
+//! exec, no SFTP, when the binary is cached and trusted). A miss copies the
+//! binary over SFTP and then starts it with the same warm command, still
+//! under the permit; only where that cannot be (`--no-caching`, a rolling
+//! run, a second miss) is the graph put over SFTP, and the permit released
+//! before that child is launched. In a rolling run the placed
 //! host then waits for its turn ([`super::rolling`]) before its child runs,
 //! and its child exits once converged.
 //!
@@ -194,15 +196,8 @@ async fn place(
     stdin.extend_from_slice(text.as_bytes());
     shared.ui.stage(&host.name, Stage::Starting);
     let t1 = Instant::now();
-    let opts = ExecOptions {
-        close_stdin: false,
-        ..ExecOptions::default()
-    };
-    let warm = tokio::select! {
-        _ = cancel.cancelled() => return Err("the run is stopping".into()),
-        w = warm_start(&session, Some(channel), &spec, (&stdin, opts)) => w.map_err(|e| explain(&e))?,
-    };
-    let (placed, started) = match warm {
+    let first = start_warm(&session, Some(channel), &spec, &stdin, cancel).await?;
+    let (placed, started) = match first {
         Warm::Started { child, cached } => {
             // Still under the permit: tests measure the set-up concurrency with it.
             tracing::debug!("{}: set-up done (started warm)", host.name);
@@ -211,8 +206,28 @@ async fn place(
         }
         Warm::Miss(_) => {
             let placed = copy_binary(shared, &host.name, session, connect, cancel).await?;
-            launch.args = put_graph(shared, host, &placed, &text).await?;
-            (placed, None)
+            // The copy left the binary where a warm start finds it: the
+            // child starts the same way (graph on stdin, no run directory
+            // made over SFTP), from the prefix the copy resolved. A miss
+            // now (the cache changed in between) takes the launch path.
+            let spec = WarmSpec {
+                prefix: Some(placed.cached.prefix.clone()),
+                ..spec
+            };
+            let (again, ()) = tokio::join!(
+                start_warm(&placed.session, None, &spec, &stdin, cancel),
+                placed.sftp.park()
+            );
+            match again? {
+                Warm::Started { child, .. } => {
+                    tracing::debug!("{}: set-up done", host.name);
+                    (placed, Some(child))
+                }
+                Warm::Miss(_) => {
+                    launch.args = put_graph(shared, host, &placed, &text).await?;
+                    (placed, None)
+                }
+            }
         }
     };
     Ok(SetUp {
@@ -220,6 +235,25 @@ async fn place(
         linked: Some(linked),
         started,
     })
+}
+
+/// The warm start ([`warm_start`]) of `spec` with `stdin` (the secret line
+/// and the graph), given up when the run stops.
+async fn start_warm(
+    session: &crate::ssh::Session,
+    channel: Option<russh::Channel<russh::client::Msg>>,
+    spec: &WarmSpec,
+    stdin: &[u8],
+    cancel: &CancellationToken,
+) -> Result<Warm, String> {
+    let opts = ExecOptions {
+        close_stdin: false,
+        ..ExecOptions::default()
+    };
+    tokio::select! {
+        _ = cancel.cancelled() => Err("the run is stopping".into()),
+        w = warm_start(session, channel, spec, (stdin, opts)) => w.map_err(|e| explain(&e)),
+    }
 }
 
 /// Puts the host's graph in its run directory over SFTP (then parked);

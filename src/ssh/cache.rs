@@ -104,62 +104,117 @@ impl Sftp {
         })
     }
 
-    /// Checks every directory from `/` down to `dir`, a real path (no link
-    /// in it), as an ancestor of the cache. The `lstat`s go out at once; the
-    /// error names the topmost directory at fault.
-    async fn check_ancestors(&self, dir: &str, uid: u32) -> Result<(), UploadError> {
-        let chain = chain(dir);
-        let stats = chain.iter().map(|p| self.sftp.symlink_metadata(p.as_str()));
-        let stats = futures::future::join_all(stats).await;
-        for (path, md) in chain.iter().zip(stats) {
-            let md = md.map_err(Self::sftp_err("stat", path))?;
-            Self::judged(&md, path, uid, Place::Ancestor)?;
-        }
-        Ok(())
-    }
-
-    /// Makes `path` a directory (created if missing) that only the login
-    /// user or root can change, and judges it for `place`: a private one is
-    /// set to `0700` when it is ours; a new ancestor loses any group or
+    /// Makes each of `levels` a directory (created if missing) that only
+    /// the login user or root can change, and judges it for its place, in
+    /// order, so the error names the topmost one at fault: a private one
+    /// is set to `0700` when it is ours; a new ancestor loses any group or
     /// other write bit the umask left. An existing directory that someone
-    /// else can write is refused, never repaired: it may hold anything by now.
-    /// Returns whether this call created it.
-    async fn trusted_dir(&self, path: &str, uid: u32, place: Place) -> Result<bool, UploadError> {
-        let stat = |path| self.sftp.symlink_metadata(path);
-        let (mut md, created) = match stat(path).await {
-            Ok(md) => (md, false),
-            Err(e) if is_not_found(&e) => {
-                // A lost race with another uploader is judged as found.
-                let made = self.sftp.create_dir(path).await;
-                let md = stat(path).await;
-                match (made, md) {
-                    (made, Ok(md)) => (md, made.is_ok()),
-                    (Err(e), Err(_)) => return Err(Self::sftp_err("mkdir", path)(e)),
-                    (Ok(()), Err(e)) => return Err(Self::sftp_err("stat", path)(e)),
+    /// else can write is refused, never repaired: it may hold anything by
+    /// now. Each level is inside the one before it; the first is `/` or
+    /// inside a directory judged already. Returns, per level, whether this
+    /// call created it.
+    ///
+    /// Round trips: the `lstat`s of all levels go out at once; the
+    /// existing ones are judged; then every missing one is made in one
+    /// more round (its `mkdir`s, then its `lstat`s: the SFTP server answers
+    /// in order), and, when the umask left a mode to change, one more for
+    /// the `chmod`s. Making the missing ones at once is safe because the
+    /// deepest existing level was judged first: nobody but the login user
+    /// and root can write it, nor the new directories below it.
+    async fn trusted_dirs(
+        &self,
+        levels: &[(String, Place)],
+        uid: u32,
+    ) -> Result<Vec<bool>, UploadError> {
+        let found = levels
+            .iter()
+            .map(|(p, _)| self.sftp.symlink_metadata(p.as_str()));
+        let found = futures::future::join_all(found).await;
+        let mut there = Vec::new();
+        let mut gap = None;
+        for ((path, place), md) in levels.iter().zip(found) {
+            match md {
+                Ok(md) => there.push((path.as_str(), *place, md, false)),
+                Err(e) => {
+                    gap = Some((path, e));
+                    break;
                 }
             }
-            Err(e) => return Err(Self::sftp_err("stat", path)(e)),
+        }
+        let existing = there.len();
+        // What is there is judged first: its fault is the one to name.
+        self.settle(&mut there, uid).await?;
+        if let Some((path, e)) = gap.filter(|(_, e)| !is_not_found(e)) {
+            return Err(Self::sftp_err("stat", path)(e));
+        }
+        let Some(missing) = levels.get(existing..).filter(|m| !m.is_empty()) else {
+            return Ok(vec![false; existing]);
         };
-        let perm = md.permissions.unwrap_or(0);
-        let mode = perm & 0o7777;
-        let want = match place {
-            Place::Private => 0o700,
-            _ => mode & !0o022,
-        };
-        let repairable = created || mode & 0o022 == 0;
-        if md.uid == Some(uid) && is_dir(&md) && mode != want && repairable {
+        // A lost race with another uploader is judged as found.
+        let made = missing
+            .iter()
+            .map(|(p, _)| self.sftp.create_dir(p.as_str()));
+        let stats = missing
+            .iter()
+            .map(|(p, _)| self.sftp.symlink_metadata(p.as_str()));
+        // Polled in order, so sent in order: every `mkdir`, then every `lstat`.
+        let (made, stats) = futures::future::join(
+            futures::future::join_all(made),
+            futures::future::join_all(stats),
+        )
+        .await;
+        let mut new = Vec::new();
+        for (((path, place), made), md) in missing.iter().zip(made).zip(stats) {
+            let (md, created) = match (made, md) {
+                (made, Ok(md)) => (md, made.is_ok()),
+                (Err(e), Err(_)) => return Err(Self::sftp_err("mkdir", path)(e)),
+                (Ok(()), Err(e)) => return Err(Self::sftp_err("stat", path)(e)),
+            };
+            new.push((path.as_str(), *place, md, created));
+        }
+        self.settle(&mut new, uid).await?;
+        let created = new.iter().map(|d| d.3);
+        Ok(std::iter::repeat_n(false, existing)
+            .chain(created)
+            .collect())
+    }
+
+    /// Judges each of `dirs` (path, place, `lstat`, whether this run
+    /// created it) in order, with the mode it is to be given where that
+    /// needs a change; only when all of them pass are those changes sent,
+    /// all in one round. So no `chmod` goes through a directory that failed.
+    async fn settle(
+        &self,
+        dirs: &mut [(&str, Place, FileAttributes, bool)],
+        uid: u32,
+    ) -> Result<(), UploadError> {
+        let mut chmods = Vec::new();
+        for (path, place, md, created) in dirs.iter_mut() {
+            let perm = md.permissions.unwrap_or(0);
+            let mode = perm & 0o7777;
+            let want = match place {
+                Place::Private => 0o700,
+                _ => mode & !0o022,
+            };
+            let repairable = *created || mode & 0o022 == 0;
+            if md.uid == Some(uid) && is_dir(md) && mode != want && repairable {
+                md.permissions = Some(perm & !0o7777 | want);
+                chmods.push((*path, want));
+            }
+            Self::judged(md, path, uid, *place)?;
+        }
+        let chmods = chmods.into_iter().map(|(path, want)| async move {
             let attrs = FileAttributes {
                 permissions: Some(want),
                 ..FileAttributes::empty()
             };
-            self.sftp
-                .set_metadata(path, attrs)
-                .await
-                .map_err(Self::sftp_err("chmod", path))?;
-            md.permissions = Some(perm & !0o7777 | want);
+            let done = self.sftp.set_metadata(path, attrs).await;
+            done.map_err(Self::sftp_err("chmod", path))
+        });
+        for done in futures::future::join_all(chmods).await {
+            done?;
         }
-        Self::judged(&md, path, uid, place)?;
-        Ok(created)
+        Ok(())
     }
 
     /// Makes `prefix` and `prefix/sub...` private directories on a path
@@ -176,38 +231,38 @@ impl Sftp {
     ) -> Result<(String, Vec<String>), UploadError> {
         let (mut base, name) = split_prefix(prefix)?;
         let mut missing = Vec::new();
-        loop {
-            match self.sftp.symlink_metadata(base.as_str()).await {
-                Ok(_) => break,
+        // `realpath` fails on a missing path (or a dangling link, which the
+        // checks below then refuse by name): one level up each time.
+        let real = loop {
+            match self.sftp.canonicalize(base.as_str()).await {
+                Ok(real) => break real,
                 Err(e) if is_not_found(&e) && base != "/" => {
                     let (up, last) = split_prefix(&base)?;
                     missing.push(last);
                     base = up;
                 }
-                Err(e) => return Err(Self::sftp_err("stat", &base)(e)),
+                Err(e) => return Err(Self::sftp_err("realpath", &base)(e)),
             }
-        }
-        let real = self
-            .sftp
-            .canonicalize(base.as_str())
-            .await
-            .map_err(Self::sftp_err("realpath", &base))?;
-        self.check_ancestors(&real, uid).await?;
+        };
+        let mut levels: Vec<_> = chain(&real)
+            .into_iter()
+            .map(|d| (d, Place::Ancestor))
+            .collect();
         let mut dir = real;
-        let mut created = Vec::new();
         for m in missing.iter().rev() {
             dir = join(&dir, m);
-            if self.trusted_dir(&dir, uid, Place::Ancestor).await? {
-                created.push(dir.clone());
-            }
+            levels.push((dir.clone(), Place::Ancestor));
         }
         let prefix = join(&dir, &name);
-        let mut path = prefix.clone();
-        self.trusted_dir(&path, uid, Place::Private).await?;
-        for s in subs {
-            path = join(&path, s);
-            self.trusted_dir(&path, uid, Place::Private).await?;
-        }
+        levels.push((prefix.clone(), Place::Private));
+        levels.extend(private_subs(&prefix, subs));
+        let made = self.trusted_dirs(&levels, uid).await?;
+        let created = levels
+            .into_iter()
+            .zip(made)
+            .filter(|((_, place), made)| *made && *place == Place::Ancestor)
+            .map(|((d, _), _)| d)
+            .collect();
         Ok((prefix, created))
     }
 
@@ -277,12 +332,9 @@ impl Sftp {
         if prefix != asked && prefix != real {
             return None;
         }
-        let mut path = real.clone();
-        for s in subs {
-            path = join(&path, s);
-            if let Err(e) = self.trusted_dir(&path, uid, Place::Private).await {
-                return Some(Err(e));
-            }
+        let subs = private_subs(&real, subs);
+        if let Err(e) = self.trusted_dirs(&subs, uid).await {
+            return Some(Err(e));
         }
         Some(Ok((real, fallback, Vec::new())))
     }
@@ -403,10 +455,12 @@ impl Sftp {
         Ok(cached)
     }
 
-    /// Uploads the compressed form `p` beside the binary's path, then has
-    /// the host decompress it there and verify the result before renaming
-    /// it into place ([`unpack_command`]). The form stays, for a gateway to
-    /// send onward. Returns the bytes sent.
+    /// Uploads the compressed form `p` to a temporary name beside the
+    /// binary's path, then has the host decompress it there and verify the
+    /// result before renaming both into place ([`unpack_command`]): the
+    /// command's channel opens while the bytes travel, and the form's size
+    /// needs no check of its own (the result's SHA-256 covers it). The form
+    /// stays, for a gateway to send onward. Returns the bytes sent.
     async fn put_packed(
         &self,
         session: &Session,
@@ -415,16 +469,18 @@ impl Sftp {
         opts: &CacheOptions,
     ) -> Result<u64, HostError<UploadError>> {
         let name = format!("{BIN_NAME}.{}", p.codec.ext());
-        let sent = self
-            .put_file(session, &p.path, &cached.dir, &name, p.size, opts)
-            .await?;
-        let Some(cmd) = unpack_command(&cached.dir, &cached.sha256, p.codec) else {
+        let mut src = self.source(&p.path).await?;
+        let put = self.put_part(&mut src, (&cached.dir, &name), transfer(p.size, opts));
+        let (put, channel) = tokio::join!(put, session.open_channel());
+        let (part, sent) = put?;
+        let part = part.rsplit_once('/').map_or(part.as_str(), |(_, n)| n);
+        let Some(cmd) = unpack_command(&cached.dir, part, &cached.sha256, p.codec) else {
             return Err(self.err(UploadError::BadName(cached.dir.clone())));
         };
         // Not bounded by the command timeout: like the upload, it takes
         // time in proportion to the binary (a debug build is 150 MB).
         let out = session
-            .exec(&cmd, super::ExecOptions::default())
+            .exec_on(channel.ok(), &cmd, super::ExecOptions::default())
             .await
             .map_err(|e| self.err(UploadError::Exec(e.kind)))?
             .collect()
@@ -470,19 +526,20 @@ impl Sftp {
         size: u64,
         opts: &CacheOptions,
     ) -> Result<u64, HostError<UploadError>> {
-        let mut src = tokio::fs::File::open(local).await.map_err(|source| {
+        let mut src = self.source(local).await?;
+        let t = transfer(size, opts);
+        let (_, sent) = self.put(session, &mut src, (dir, name), t).await?;
+        Ok(sent)
+    }
+
+    /// The local file `local`, opened to be uploaded.
+    async fn source(&self, local: &Path) -> Result<tokio::fs::File, HostError<UploadError>> {
+        tokio::fs::File::open(local).await.map_err(|source| {
             self.err(UploadError::Local {
                 path: local.to_owned(),
                 source,
             })
-        })?;
-        let t = Transfer {
-            size,
-            progress: opts.progress.as_ref(),
-            cancel: opts.cancel.as_ref(),
-        };
-        let (_, sent) = self.put(session, &mut src, (dir, name), t).await?;
-        Ok(sent)
+        })
     }
 
     /// Remove the cached binary and its directories (`--no-caching`), then
@@ -501,6 +558,27 @@ impl Sftp {
             self.remove_if_empty(dir).await;
         }
         Ok(())
+    }
+}
+
+/// `prefix/sub...`, each a private directory inside the one before.
+fn private_subs(prefix: &str, subs: &[&str]) -> Vec<(String, Place)> {
+    let mut path = prefix.to_owned();
+    let mut out = Vec::new();
+    for s in subs {
+        path = join(&path, s);
+        out.push((path.clone(), Place::Private));
+    }
+    out
+}
+
+/// An upload of `size` bytes that reports to `opts`' progress and stops
+/// with its token.
+fn transfer(size: u64, opts: &CacheOptions) -> Transfer<'_> {
+    Transfer {
+        size,
+        progress: opts.progress.as_ref(),
+        cancel: opts.cancel.as_ref(),
     }
 }
 

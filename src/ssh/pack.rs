@@ -13,12 +13,12 @@
 //! again. With `--no-caching` nothing is kept: the form lives in a
 //! temporary directory for the run's life.
 //!
-//! Host side ([`unpack_command`]): the upload lands as `mgmt.<ext>` in the
-//! checked cache directory (through [`super::sftp`]'s temporary name and
-//! rename); one command decompresses it with the host's own tool to a
-//! temporary name there, hashes the result, and only when it matches
-//! renames it to `mgmt`. Bytes that fail never reach the binary's path,
-//! and the launch command checks the hash again before every `exec`.
+//! Host side ([`unpack_command`]): the upload lands under a temporary name
+//! in the checked cache directory ([`super::sftp`]); one command
+//! decompresses it with the host's own tool to another temporary name
+//! there, hashes the result, and only when it matches renames it to `mgmt`
+//! and the upload to `mgmt.<ext>`. Bytes that fail never reach the binary's path,
+//! and every start checks the install stamp or the hash before its `exec`.
 //!
 //! The codec is the host's choice, asked in the command that already asks
 //! the login uid ([`PROBE_COMMAND`]): zstd where the host has `zstd` (the
@@ -389,32 +389,33 @@ fn prune(made: &Path) {
 }
 
 /// The shell command, run in the cache directory `dir`, that decompresses
-/// `mgmt.<ext>` with the host's tool into a temporary name, checks the
-/// SHA-256 of the result against `sha256`, and only then renames it to
-/// `mgmt` (mode 0700) and writes its install stamp ([`super::stamp`]). On
-/// any failure it removes the temporary file, says
-/// so on stderr and exits [`UNPACK_FAILED_EXIT`]. `None` for a directory
-/// that cannot be quoted.
-pub fn unpack_command(dir: &str, sha256: &str, codec: Codec) -> Option<String> {
+/// the uploaded form `part` (a temporary name there) with the host's tool
+/// into another temporary name, checks the SHA-256 of the result against
+/// `sha256`, and only then renames it to `mgmt` (mode 0700), the form to
+/// `mgmt.<ext>`, and writes the install stamp ([`super::stamp`]). On any
+/// failure it removes both temporary files, says so on stderr and exits
+/// [`UNPACK_FAILED_EXIT`]. `None` for a name that cannot be quoted.
+pub fn unpack_command(dir: &str, part: &str, sha256: &str, codec: Codec) -> Option<String> {
     let bin = BIN_NAME;
     let packed = format!("{bin}.{}", codec.ext());
     let mut r = [0u8; 8];
     rand::fill(&mut r);
     let tmp = format!(".{bin}.{}.part", hex::encode(r));
     let msg = format!(
-        "mgmt: {dir}/{packed} did not decompress to the binary with `{} -dc` \
+        "mgmt: the upload of {dir}/{packed} did not decompress to the binary with `{} -dc` \
          (it failed or its sha-256 is wrong); not using it",
         codec.tool()
     );
     Some(format!(
-        "cd {dir} && umask 077 && set -C && s={sha} && t={tmp} && {tool} -dc < {packed} > \"$t\" \
+        "cd {dir} && umask 077 && set -C && s={sha} && t={tmp} && p={part} && {tool} -dc < \"$p\" > \"$t\" \
          && {{ h=$(openssl dgst -sha256 -r \"$t\" 2>/dev/null) || h=$(sha256sum \"$t\" 2>/dev/null); }} \
-         && [ \"${{h%% *}}\" = \"$s\" ] && chmod 700 \"$t\" && mv -f \"$t\" {bin} \
+         && [ \"${{h%% *}}\" = \"$s\" ] && chmod 700 \"$t\" && mv -f \"$t\" {bin} && mv -f \"$p\" {packed} \
          && {WRITE_STAMP_SH} && exit 0; \
-         rm -f \"$t\"; echo {msg} >&2; exit {UNPACK_FAILED_EXIT}",
+         rm -f \"$t\" \"$p\"; echo {msg} >&2; exit {UNPACK_FAILED_EXIT}",
         dir = shell_quote(dir)?,
         tool = codec.tool(),
         sha = shell_quote(sha256)?,
+        part = shell_quote(part)?,
         msg = shell_quote(&msg)?,
     ))
 }
@@ -462,12 +463,9 @@ mod tests {
         assert!(packed.path.starts_with(src.path().join("keep")));
         let host = tempfile::tempdir().expect("tmp");
         let dir = host.path().display().to_string();
-        std::fs::copy(
-            &packed.path,
-            host.path().join(format!("mgmt.{}", codec.ext())),
-        )
-        .expect("copy");
-        let cmd = unpack_command(&dir, &sha(data), codec).expect("quotable");
+        let part = format!(".mgmt.{}.0123.part", codec.ext());
+        std::fs::copy(&packed.path, host.path().join(&part)).expect("copy");
+        let cmd = unpack_command(&dir, &part, &sha(data), codec).expect("quotable");
         let mut sh = std::process::Command::new("/bin/sh");
         sh.arg("-c").arg(cmd);
         if let Some(p) = path {
@@ -483,6 +481,9 @@ mod tests {
             })
             .count();
         assert_eq!(leftovers, 0, "no temporary file stays");
+        // The form stays beside the binary, for a gateway, only when good.
+        let form = host.path().join(format!("mgmt.{}", codec.ext()));
+        assert_eq!(form.exists(), code == 0, "{codec:?}");
         (code, got.as_deref() == Some(data))
     }
 

@@ -212,6 +212,11 @@ pub(super) fn check_name(name: &str) -> Result<(), UploadError> {
     }
 }
 
+/// A fresh temporary name in `dir` for the file `name`.
+fn part_name(dir: &str, name: &str) -> String {
+    format!("{dir}/.{name}.{}.part", random_suffix())
+}
+
 pub(super) fn random_suffix() -> String {
     let mut b = [0u8; 8];
     rand::fill(&mut b);
@@ -297,27 +302,53 @@ impl Sftp {
         (dir, name): (&str, &str),
         t: Transfer<'_>,
     ) -> Result<(String, u64), HostError<UploadError>> {
-        let tmp = format!("{dir}/.{name}.{}.part", random_suffix());
+        let tmp = part_name(dir, name);
         let final_path = format!("{dir}/{name}");
-        let result = self
-            .write_then_rename(session, src, &tmp, &final_path, t)
-            .await;
-        match result {
-            Ok(sent) => Ok((final_path, sent)),
-            Err(k) => {
-                // Best effort: never leave a partial file behind.
-                let _ = self.sftp.remove_file(tmp.as_str()).await;
-                Err(self.err(k))
-            }
-        }
+        let result = async {
+            let sent = self.write_part(src, &tmp, t).await?;
+            self.check_and_rename(session, &tmp, &final_path, t.size)
+                .await?;
+            Ok(sent)
+        };
+        let sent = self.or_remove(&tmp, result.await).await?;
+        Ok((final_path, sent))
     }
 
-    pub(super) async fn write_then_rename<R: tokio::io::AsyncRead + Unpin>(
+    /// Writes `src` to a temporary name in `dir` (for `name`) and leaves it
+    /// there, closed, for a command that checks it before it moves it into
+    /// place; a failed write removes it. Returns its path and the bytes sent.
+    pub(super) async fn put_part<R: tokio::io::AsyncRead + Unpin>(
         &self,
-        session: &Session,
+        src: &mut R,
+        (dir, name): (&str, &str),
+        t: Transfer<'_>,
+    ) -> Result<(String, u64), HostError<UploadError>> {
+        let tmp = part_name(dir, name);
+        let sent = self
+            .or_remove(&tmp, self.write_part(src, &tmp, t).await)
+            .await?;
+        Ok((tmp, sent))
+    }
+
+    /// `result`, after removing `tmp` when it is an error (best effort:
+    /// never leave a partial file behind).
+    async fn or_remove<T>(
+        &self,
+        tmp: &str,
+        result: Result<T, UploadError>,
+    ) -> Result<T, HostError<UploadError>> {
+        if result.is_err() {
+            let _ = self.sftp.remove_file(tmp).await;
+        }
+        result.map_err(|k| self.err(k))
+    }
+
+    /// Creates `tmp` (exclusively, mode 0700), writes `src` into it and
+    /// closes it. Returns the bytes sent, which must be the expected size.
+    async fn write_part<R: tokio::io::AsyncRead + Unpin>(
+        &self,
         src: &mut R,
         tmp: &str,
-        final_path: &str,
         t: Transfer<'_>,
     ) -> Result<u64, UploadError> {
         let attrs = FileAttributes {
@@ -365,6 +396,25 @@ impl Sftp {
             path: tmp.to_owned(),
             source: e.into(),
         })?;
+        if sent != t.size {
+            return Err(UploadError::SizeMismatch {
+                path: tmp.to_owned(),
+                expected: t.size,
+                got: sent,
+            });
+        }
+        Ok(sent)
+    }
+
+    /// Checks that the written `tmp` has the expected `size` on the host,
+    /// then renames it to `final_path`.
+    async fn check_and_rename(
+        &self,
+        session: &Session,
+        tmp: &str,
+        final_path: &str,
+        size: u64,
+    ) -> Result<(), UploadError> {
         let got = self
             .sftp
             .metadata(tmp)
@@ -372,10 +422,10 @@ impl Sftp {
             .map_err(Self::sftp_err("stat", tmp))?
             .size
             .unwrap_or(0);
-        if got != t.size || sent != t.size {
+        if got != size {
             return Err(UploadError::SizeMismatch {
                 path: tmp.to_owned(),
-                expected: t.size,
+                expected: size,
                 got,
             });
         }
@@ -388,7 +438,7 @@ impl Sftp {
                 return Err(Self::sftp_err("rename", final_path)(e));
             }
         }
-        Ok(sent)
+        Ok(())
     }
 
     /// `mv -f tmp final` on the host: an atomic replacement of an existing

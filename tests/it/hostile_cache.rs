@@ -1,6 +1,7 @@
 //! Trust boundaries of whole `mgmt run --remote` runs against a real sshd
 //! (#13): a host whose cache directory belongs to someone else fails alone,
-//! naming the directory, and nothing in it runs; a URL password never shows
+//! naming the directory, and nothing in it runs; nothing is made or
+//! chmodded below a directory someone else owns; a URL password never shows
 //! in the output or the logs and never lands on the host's disk (a leaf's
 //! graph file carries no `remote:` at all); passwords behind a gateway and
 //! unescaped `/?#` in a password are input errors that do not print them.
@@ -99,6 +100,50 @@ fn a_cache_owned_by_nobody_fails_that_host_only_and_nothing_runs_there() {
     assert!(!marker.exists(), "the planted mgmt ran:\n{log}");
     // The other host ran from its own cache.
     assert!(fleet.home(2).join(".cache/mgmt/bin").is_dir());
+}
+
+// See: #17 (the cache's missing directories are made in one round: never
+// below a directory someone else owns, which is judged first)
+#[test]
+fn nothing_is_made_or_changed_below_a_directory_nobody_owns() {
+    let fleet = SshdFleet::start(2);
+    let d = Dir::new();
+    // nobody's directory above the prefix, which is root's own, 0755 (a
+    // private one is chmodded to 0700 once trusted: here that would go
+    // through nobody's), with nothing in it yet.
+    let shared = fleet.home(1).join("shared");
+    let own = shared.join("own");
+    std::fs::create_dir_all(&own).expect("mkdir");
+    std::fs::set_permissions(&own, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let (uid, gid) = nobody();
+    std::os::unix::fs::chown(&shared, Some(uid), Some(gid)).expect("chown");
+    let before = (owner_and_mode(&shared), owner_and_mode(&own));
+    let g = d.write(
+        "g.yaml",
+        &format!(
+            "graph: g\nresources:\n  noop:\n  - name: n\nremote:\n- {}\n- {}\n",
+            fleet.url(1),
+            fleet.url(2)
+        ),
+    );
+    let prefix = [
+        "--converged-timeout",
+        "1",
+        "--remote-prefix",
+        "~/shared/own",
+    ];
+    let out = run(&mut remote_cmd(&fleet, &[&g], &prefix), LIMIT);
+    let log = format!("{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.code, 1, "{log}");
+    assert!(row(&log, fleet.ip(1))[2].starts_with("failed"), "{log}");
+    assert_eq!(row(&log, fleet.ip(2))[2], "converged", "{log}");
+    let named = format!("{} is owned by uid {uid}", shared.display());
+    assert!(log.contains(&named), "{log}");
+    // Nothing made below it, nothing chmodded through it, nothing run.
+    assert_eq!((owner_and_mode(&shared), owner_and_mode(&own)), before);
+    assert_eq!(std::fs::read_dir(&own).expect("ls").count(), 0, "{log}");
+    assert!(fleet.home(2).join("shared/own/bin").is_dir(), "{log}");
 }
 
 /// A password with every URL delimiter, as written in the URL (escaped)

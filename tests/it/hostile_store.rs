@@ -173,13 +173,16 @@ pub(crate) fn plant_command(fleet: &SshdFleet, i: usize, command: &str, script: 
 /// A child that runs the real mgmt with the arguments it got, but the value
 /// after `flag` replaced by `value`: a compromised host claiming another
 /// name (`--hostname`) or choosing what it runs (`--file`), through its own
-/// authenticated tunnel.
+/// authenticated tunnel. A graph sent on stdin (`--graph-stdin=N`, a warm
+/// start) counts as `--file`: the real mgmt then reads the file instead and
+/// discards the graph with the rest of its stdin.
 fn tampered(flag: &str, value: &str) -> String {
     format!(
         r#"prev=
 n=$#
 for a in "$@"; do
   if [ "$prev" = {flag} ]; then a={value}; fi
+  case {flag}$a in --file--graph-stdin=*) set -- "$@" --file; a={value} ;; esac
   set -- "$@" "$a"
   prev=$a
 done

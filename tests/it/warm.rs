@@ -59,12 +59,15 @@ fn a_cached_host_starts_in_one_exec_without_sftp() {
     let fleet = verbose_fleet(1);
     let d = Dir::new();
     // The child notes its umask: a warm start must leave the login's.
+    // And its arguments: the graph comes on stdin, cold or warm.
     let umask = fleet.home(1).join("umask");
+    let argv = fleet.home(1).join("argv");
     let g = d.write(
         "g.yaml",
         &format!(
-            "graph: g\nresources:\n  exec:\n  - name: note\n    cmd: umask > {}\nremote: {}\n",
+            "graph: g\nresources:\n  exec:\n  - name: note\n    cmd: umask > {}; tr '\\0' ' ' < /proc/$PPID/cmdline > {}\nremote: {}\n",
             umask.display(),
+            argv.display(),
             fleet.url(1)
         ),
     );
@@ -75,8 +78,14 @@ fn a_cached_host_starts_in_one_exec_without_sftp() {
     assert_eq!(row(&log, host)[4], "miss", "{log}");
     let cold_umask = std::fs::read_to_string(&umask).expect("the cold child's umask");
     std::fs::remove_file(&umask).expect("rm");
-    // The cold run: the warm check, SFTP, the unpacking, the launch.
-    assert!(count(&sshd, SESSION) >= 3, "{sshd}");
+    // The cold run: the warm check, SFTP, the unpacking, and the start:
+    // the same warm command, now that the binary is there.
+    assert_eq!(count(&sshd, SESSION), 4, "{sshd}");
+    let args = std::fs::read_to_string(&argv).expect("the cold child's arguments");
+    assert!(
+        args.contains("--graph-stdin=") && !args.contains("--file"),
+        "the copied binary was not started as a warm one: {args:?}"
+    );
     let (code, log, sshd) = run_logged(&fleet, &g, &once);
     assert_eq!(code, 0, "{log}");
     let r = row(&log, host);

@@ -36,7 +36,8 @@ fn runs_under(fleet: &SshdFleet, d: &Dir, prefix_arg: &str, prefix: &Path) {
         &["--remote-prefix", prefix_arg],
     ));
     p.wait_line(&format!("[{ip}] running"), LIMIT);
-    // The child runs from <prefix>/bin/<sha256>/, on <prefix>/run/<id>/graph.yaml.
+    // The child runs from <prefix>/bin/<sha256>/, in <prefix>/run/<id>/,
+    // where it wrote the graph it read on its stdin.
     let mut pid = None;
     assert!(
         eventually(LIMIT, || {
@@ -49,11 +50,21 @@ fn runs_under(fleet: &SshdFleet, d: &Dir, prefix_arg: &str, prefix: &Path) {
     let bin_dir = only_entry(&prefix.join("bin"));
     let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
     assert_eq!(cwd, bin_dir);
+    // The child makes its run directory once it has read its stdin.
+    let written = || {
+        let runs = std::fs::read_dir(prefix.join("run"));
+        let mut runs = runs.into_iter().flatten().flatten();
+        runs.any(|e| e.path().join("graph.yaml").is_file())
+    };
+    assert!(
+        eventually(LIMIT, written),
+        "no graph under {}",
+        prefix.display()
+    );
     let run_dir = only_entry(&prefix.join("run"));
-    assert!(run_dir.join("graph.yaml").is_file());
     let cmd = crate::remote_run::cmdline(pid);
     assert!(
-        cmd.contains(&format!("--file {}", run_dir.join("graph.yaml").display())),
+        cmd.contains(&format!("--run-dir {}", run_dir.display())),
         "{cmd}"
     );
     interrupt(&mut p);
