@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::place::{
-    connect_host, copy_binary, explain, finish_placed, place_binary, setup_permit, Placed,
+    connect_host, copy_to, explain, finish_placed, place_binary, setup_permit, Placed,
 };
 use super::plan::HostPlan;
 use super::shared::{HostEvent, Shared, STDIN_GRACE};
@@ -205,7 +205,12 @@ async fn place(
             (placed, Some(child))
         }
         Warm::Miss(_) => {
-            let placed = copy_binary(shared, &host.name, session, connect, cancel).await?;
+            // The next command's channel opens while the binary travels.
+            let t2 = Instant::now();
+            let copy = copy_to(shared, &host.name, &session, cancel);
+            let (copied, channel) = tokio::join!(copy, session.open_channel());
+            let (sftp, cached) = copied?;
+            let placed = Placed::new(session, sftp, cached, connect, t2.elapsed());
             // The copy left the binary where a warm start finds it: the
             // child starts the same way (graph on stdin, no run directory
             // made over SFTP), from the prefix the copy resolved. A miss
@@ -215,7 +220,7 @@ async fn place(
                 ..spec
             };
             let (again, ()) = tokio::join!(
-                start_warm(&placed.session, None, &spec, &stdin, cancel),
+                start_warm(&placed.session, channel.ok(), &spec, &stdin, cancel),
                 placed.sftp.park()
             );
             match again? {

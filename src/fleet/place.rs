@@ -139,12 +139,24 @@ pub(crate) async fn copy_binary(
     connect: Duration,
     cancel: &CancellationToken,
 ) -> Result<Placed, String> {
-    let ui = &shared.ui;
     let t1 = Instant::now();
+    let (sftp, cached) = copy_to(shared, label, &session, cancel).await?;
+    Ok(Placed::new(session, sftp, cached, connect, t1.elapsed()))
+}
+
+/// [`copy_binary`] on a session the caller keeps: the SFTP session (to be
+/// parked) and where the binary is.
+pub(crate) async fn copy_to(
+    shared: &Shared,
+    label: &str,
+    session: &Session,
+    cancel: &CancellationToken,
+) -> Result<(SftpSlot, CachedBinary), String> {
+    let ui = &shared.ui;
     // The probe (uid, codecs) goes out while SFTP starts: neither waits
     // for the other's answer (#17 item 3). Its result is kept in the
     // session; an error shows again where it is used.
-    let (sftp, _) = tokio::join!(Sftp::open(&session), crate::ssh::cache::probe(&session));
+    let (sftp, _) = tokio::join!(Sftp::open(session), crate::ssh::cache::probe(session));
     let sftp = sftp.map_err(|e| explain(&e))?;
     let total = shared.plan.binary.size;
     let progress_ui = ui.clone();
@@ -160,20 +172,13 @@ pub(crate) async fn copy_binary(
     };
     let bin = &shared.plan.binary;
     let cached = sftp
-        .ensure_binary(&session, &bin.path, &bin.sha256, &opts)
+        .ensure_binary(session, &bin.path, &bin.sha256, &opts)
         .await
         .map_err(|e| explain(&e))?;
     if cached.hit {
         ui.stage(label, Stage::Cached);
     }
-    Ok(Placed {
-        session,
-        sftp: SftpSlot::new(sftp),
-        cached,
-        connect,
-        copy: t1.elapsed(),
-        child_cleaned: AtomicBool::new(false),
-    })
+    Ok((SftpSlot::new(sftp), cached))
 }
 
 /// Uploads the binary again after it failed its hash check at launch.

@@ -27,9 +27,10 @@
 //! Every file is written under a temporary name in its final directory and
 //! renamed into place, so a partial upload is never at the final path. A
 //! miss sends the compressed form the host can decompress ([`super::pack`]):
-//! it is written like any file, then the host decompresses it to a
-//! temporary name in the same checked directory and renames the result to
-//! `mgmt` only once its SHA-256 matched. A
+//! it is written under a temporary name, then one command decompresses it
+//! to another temporary name in the same checked directory and renames the
+//! result to `mgmt`, and the form to `mgmt.<ext>`, only once the result's
+//! SHA-256 matched. A
 //! cached file counts as a hit when it is a regular file of the right size,
 //! owned and moded like its directories; it is then checked by the
 //! command that runs it, every time ([`CachedBinary::launch_command`]):
@@ -228,7 +229,7 @@ impl Sftp {
         uid: u32,
         prefix: &str,
         subs: &[&str],
-    ) -> Result<(String, Vec<String>), UploadError> {
+    ) -> Result<Usable, UploadError> {
         let (mut base, name) = split_prefix(prefix)?;
         let mut missing = Vec::new();
         // `realpath` fails on a missing path (or a dangling link, which the
@@ -257,27 +258,32 @@ impl Sftp {
         levels.push((prefix.clone(), Place::Private));
         levels.extend(private_subs(&prefix, subs));
         let made = self.trusted_dirs(&levels, uid).await?;
+        let fresh = made.last().copied().unwrap_or(false);
         let created = levels
             .into_iter()
             .zip(made)
             .filter(|((_, place), made)| *made && *place == Place::Ancestor)
             .map(|((d, _), _)| d)
             .collect();
-        Ok((prefix, created))
+        Ok(Usable {
+            real: prefix,
+            fallback: false,
+            created,
+            fresh,
+        })
     }
 
     /// Resolve the prefix: the given one (or `~/.cache/mgmt`; a relative
-    /// one is under the home), else a private `/tmp` directory. Returns
-    /// the prefix's real path, whether it is the fallback, and the
-    /// directories above it created on the way. A prefix that someone else
-    /// could change fails the host, naming the directory: falling back to
-    /// `/tmp` would hide what may be an attack.
+    /// one is under the home), else a private `/tmp` directory, with `subs`
+    /// made below it. A prefix that someone else could change fails the
+    /// host, naming the directory: falling back to `/tmp` would hide what
+    /// may be an attack.
     pub(super) async fn usable_prefix(
         &self,
         session: &Session,
         wanted: Option<&str>,
         subs: &[&str],
-    ) -> Result<(String, bool, Vec<String>), HostError<UploadError>> {
+    ) -> Result<Usable, HostError<UploadError>> {
         let uid = self.login_uid(session).await.map_err(|k| self.err(k))?;
         let prefix = match wanted {
             Some(p) if p.starts_with("~/") => format!("{}/{}", self.home, &p[2..]),
@@ -289,9 +295,9 @@ impl Sftp {
             return found.map_err(|k| self.err(k));
         }
         let first = match self.prepare_prefix(uid, &prefix, subs).await {
-            Ok((real, created)) => {
-                self.remember(&prefix, &real, false);
-                return Ok((real, false, created));
+            Ok(usable) => {
+                self.remember(&prefix, &usable.real, false);
+                return Ok(usable);
             }
             Err(e @ (UploadError::Untrusted { .. } | UploadError::BadPrefix(_))) => {
                 return Err(self.err(e))
@@ -300,9 +306,13 @@ impl Sftp {
         };
         tracing::info!(host = %self.host, prefix, error = %first, "cache prefix not usable; falling back to /tmp");
         match self.tmp_prefix(uid, subs).await {
-            Ok(p) => {
-                self.remember(&prefix, &p, true);
-                Ok((p, true, Vec::new()))
+            Ok(usable) => {
+                self.remember(&prefix, &usable.real, true);
+                Ok(Usable {
+                    fallback: true,
+                    created: Vec::new(),
+                    ..usable
+                })
             }
             Err(e @ UploadError::Untrusted { .. }) => Err(self.err(e)),
             Err(second) => Err(self.err(UploadError::NoUsableDir {
@@ -327,22 +337,24 @@ impl Sftp {
         uid: u32,
         prefix: &str,
         subs: &[&str],
-    ) -> Option<Result<(String, bool, Vec<String>), UploadError>> {
+    ) -> Option<Result<Usable, UploadError>> {
         let (asked, real, fallback) = super::lock(&self.checked).clone()?;
         if prefix != asked && prefix != real {
             return None;
         }
-        let subs = private_subs(&real, subs);
-        if let Err(e) = self.trusted_dirs(&subs, uid).await {
-            return Some(Err(e));
-        }
-        Some(Ok((real, fallback, Vec::new())))
+        let made = self.trusted_dirs(&private_subs(&real, subs), uid).await;
+        Some(made.map(|made| Usable {
+            real,
+            fallback,
+            created: Vec::new(),
+            fresh: made.last().copied().unwrap_or(false),
+        }))
     }
 
     /// Find our own `0700` `/tmp/mgmt-<user>-*` directory or make a new one
     /// (mkdir fails if the name exists, so it is never someone else's).
     /// `/tmp` itself is trusted as root's sticky directory ([`super::strict`]).
-    async fn tmp_prefix(&self, uid: u32, subs: &[&str]) -> Result<String, UploadError> {
+    async fn tmp_prefix(&self, uid: u32, subs: &[&str]) -> Result<Usable, UploadError> {
         let stem = format!(
             "mgmt-{}-",
             self.user.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
@@ -358,7 +370,7 @@ impl Sftp {
                     && md.permissions.map(|p| p & 0o7777) == Some(0o700)
                 {
                     let path = format!("/tmp/{name}");
-                    if let Ok((p, _)) = self.prepare_prefix(uid, &path, subs).await {
+                    if let Ok(p) = self.prepare_prefix(uid, &path, subs).await {
                         return Ok(p);
                     }
                 }
@@ -369,7 +381,7 @@ impl Sftp {
             .create_dir(path.as_str())
             .await
             .map_err(Self::sftp_err("mkdir", &path))?;
-        Ok(self.prepare_prefix(uid, &path, subs).await?.0)
+        self.prepare_prefix(uid, &path, subs).await
     }
 
     /// Make sure `<prefix>/bin/<sha256>/mgmt` holds `local` (whose SHA-256
@@ -394,31 +406,36 @@ impl Sftp {
                 })
             })?
             .len();
-        let (prefix, fallback, created) = self
+        let usable = self
             .usable_prefix(session, opts.prefix.as_deref(), &["bin", &sha256])
             .await?;
-        let dir = format!("{prefix}/bin/{sha256}");
+        let dir = format!("{}/bin/{sha256}", usable.real);
         let path = format!("{dir}/{BIN_NAME}");
         let mut cached = CachedBinary {
-            prefix,
+            prefix: usable.real,
             dir,
             path: path.clone(),
             sha256,
             hit: false,
             bytes_sent: 0,
-            fallback,
-            created,
+            fallback: usable.fallback,
+            created: usable.created,
         };
 
         // Whatever is at the path must be ours (or root's) like its
         // directories, or the host fails: it was put there by someone else.
+        // A directory this call made holds nothing yet: no lstat.
         let uid = self.login_uid(session).await.map_err(|k| self.err(k))?;
-        let hit = match self.sftp.symlink_metadata(path.as_str()).await {
-            Ok(md) => {
+        let found = match usable.fresh {
+            true => None,
+            false => self.sftp.symlink_metadata(path.as_str()).await.ok(),
+        };
+        let hit = match found {
+            Some(md) => {
                 Self::judged(&md, &path, uid, Place::Binary).map_err(|k| self.err(k))?;
                 md.size == Some(size)
             }
-            Err(_) => false,
+            None => false,
         };
         let hit = hit && (!opts.verify_hit || self.remote_hash_ok(session, &cached).await);
         if hit {
@@ -472,19 +489,26 @@ impl Sftp {
         let mut src = self.source(&p.path).await?;
         let put = self.put_part(&mut src, (&cached.dir, &name), transfer(p.size, opts));
         let (put, channel) = tokio::join!(put, session.open_channel());
-        let (part, sent) = put?;
-        let part = part.rsplit_once('/').map_or(part.as_str(), |(_, n)| n);
+        let (uploaded, sent) = put?;
+        let part = uploaded
+            .rsplit_once('/')
+            .map_or(uploaded.as_str(), |(_, n)| n);
         let Some(cmd) = unpack_command(&cached.dir, part, &cached.sha256, p.codec) else {
             return Err(self.err(UploadError::BadName(cached.dir.clone())));
         };
         // Not bounded by the command timeout: like the upload, it takes
         // time in proportion to the binary (a debug build is 150 MB).
-        let out = session
-            .exec_on(channel.ok(), &cmd, super::ExecOptions::default())
+        let out = match session
+            .exec_on(channel.ok(), &cmd, Default::default())
             .await
-            .map_err(|e| self.err(UploadError::Exec(e.kind)))?
-            .collect()
-            .await;
+        {
+            Ok(child) => child.collect().await,
+            Err(e) => {
+                // The command never ran: nothing else removes the upload.
+                let _ = self.sftp.remove_file(uploaded.as_str()).await;
+                return Err(self.err(UploadError::Exec(e.kind)));
+            }
+        };
         if !out.status.success() {
             let said = out.stderr.last().cloned().unwrap_or_default();
             return Err(self.err(UploadError::Unpack {
@@ -559,6 +583,20 @@ impl Sftp {
         }
         Ok(())
     }
+}
+
+/// A cache prefix made usable on a host ([`Sftp::usable_prefix`]).
+pub(super) struct Usable {
+    /// Its real path.
+    pub real: String,
+    /// Whether it is the private `/tmp` directory, the prefix asked for
+    /// being unusable.
+    pub fallback: bool,
+    /// The directories above it that this call created, outermost first.
+    pub created: Vec<String>,
+    /// Whether this call made the deepest directory asked for: nothing can
+    /// be in it yet.
+    pub fresh: bool,
 }
 
 /// `prefix/sub...`, each a private directory inside the one before.

@@ -21,10 +21,10 @@ impl Sftp {
     ) -> Result<String, HostError<UploadError>> {
         check_name(run_id).map_err(|k| self.err(k))?;
         check_name(name).map_err(|k| self.err(k))?;
-        let (prefix, _, _) = self
+        let usable = self
             .usable_prefix(session, prefix, &["run", run_id])
             .await?;
-        let dir = format!("{prefix}/run/{run_id}");
+        let dir = format!("{}/run/{run_id}", usable.real);
         let t = Transfer {
             size: data.len() as u64,
             progress: None,
