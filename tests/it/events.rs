@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use crate::remote_run::{interrupt, remote_cmd, LIMIT};
+use crate::remote_run::{interrupt, one_noop_graph, remote_cmd, LIMIT};
 use crate::util::sshd::SshdFleet;
 use crate::util::{Dir, Proc};
 
@@ -229,14 +229,7 @@ fn summary_json_on_stdout_and_events_to_a_file() {
     let fleet = SshdFleet::start(2);
     let d = Dir::new();
     forget(&fleet, 2);
-    let g = d.write(
-        "g.yaml",
-        &format!(
-            "graph: g\nresources:\n  noop:\n  - name: n\nremote:\n- {}\n- {}\n",
-            fleet.url(1),
-            fleet.url(2)
-        ),
-    );
+    let g = one_noop_graph(&d, "g.yaml", &[fleet.url(1), fleet.url(2)]);
     let file = d.p("events.jsonl");
     let mut p = Proc::spawn(&mut remote_cmd(
         &fleet,

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::remote_run::{read, remote_cmd, row, LIMIT};
+use crate::remote_run::{one_noop_graph, read, remote_cmd, row, LIMIT};
 use crate::util::hostile::{any_file_contains, files_under, nobody, owner_and_mode};
 use crate::util::sshd::SshdFleet;
 use crate::util::{mgmt, run, Dir, Proc};
@@ -65,14 +65,7 @@ fn a_cache_owned_by_nobody_fails_that_host_only_and_nothing_runs_there() {
         owner_and_mode(&cache),
         std::fs::read(&planted).expect("read"),
     );
-    let g = d.write(
-        "g.yaml",
-        &format!(
-            "graph: g\nresources:\n  noop:\n  - name: n\nremote:\n- {}\n- {}\n",
-            fleet.url(1),
-            fleet.url(2)
-        ),
-    );
+    let g = one_noop_graph(&d, "g.yaml", &[fleet.url(1), fleet.url(2)]);
     let out = run(
         &mut remote_cmd(&fleet, &[&g], &["--converged-timeout", "1"]),
         LIMIT,
@@ -119,14 +112,7 @@ fn nothing_is_made_or_changed_below_a_directory_nobody_owns() {
     let (uid, gid) = nobody();
     std::os::unix::fs::chown(&shared, Some(uid), Some(gid)).expect("chown");
     let before = (owner_and_mode(&shared), owner_and_mode(&own));
-    let g = d.write(
-        "g.yaml",
-        &format!(
-            "graph: g\nresources:\n  noop:\n  - name: n\nremote:\n- {}\n- {}\n",
-            fleet.url(1),
-            fleet.url(2)
-        ),
-    );
+    let g = one_noop_graph(&d, "g.yaml", &[fleet.url(1), fleet.url(2)]);
     let prefix = [
         "--converged-timeout",
         "1",
