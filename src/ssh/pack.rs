@@ -17,8 +17,9 @@
 //! in the checked cache directory ([`super::sftp`]); one command
 //! decompresses it with the host's own tool to another temporary name
 //! there, hashes the result, and only when it matches renames it to `mgmt`
-//! and the upload to `mgmt.<ext>`. Bytes that fail never reach the binary's path,
-//! and every start checks the install stamp or the hash before its `exec`.
+//! and the upload to `mgmt.<ext>`. Bytes that fail never reach the binary's
+//! path, and every start checks the install stamp or the hash before its
+//! `exec`.
 //!
 //! The codec is the host's choice, asked in the command that already asks
 //! the login uid ([`PROBE_COMMAND`]): zstd where the host has `zstd` (the
