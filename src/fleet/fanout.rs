@@ -19,6 +19,7 @@ use super::host;
 use super::plan::Plan;
 use super::rolling::{RollMode, Rolling};
 use super::shared::{ChildFlags, HostEvent, Shared};
+use super::stagger::Stagger;
 use crate::fswatch::PathWatch;
 use crate::graph;
 use crate::ssh::agent::OwnAgent;
@@ -123,6 +124,7 @@ pub async fn run(plan: Plan, w: Wiring, cancel: CancellationToken) -> Vec<Summar
     let order = plan.order.clone();
     let (rolling, mut gw_turns, mut roll_tasks) = rolling_for(&plan, w.rolling, &w.ui, &cancel);
     let shared = Arc::new(Shared {
+        stagger: Stagger::new(plan.hosts.len(), plan.cconns),
         plan,
         run_id,
         flags: w.flags,

@@ -238,8 +238,8 @@ async fn place(
     graphs: &[watch::Receiver<Arc<String>>],
     cancel: &CancellationToken,
 ) -> Result<Placed, String> {
-    let _permit = place::setup_permit(shared, &gw.name, cancel).await?;
-    let p = place::place_binary(shared, &gw.name, &gw.target, cancel).await?;
+    let slot = place::setup_permit(shared, &gw.name, cancel).await?;
+    let p = place::place_binary(shared, &slot, &gw.target, cancel).await?;
     for (i, source) in graphs.iter().enumerate() {
         let synced = synced_file(i, source.clone(), gw);
         let text = synced

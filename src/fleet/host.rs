@@ -6,13 +6,14 @@
 //! close the tunnel and remove the per-run files.
 //!
 //! Teardown is explicit and in reverse order of set-up, because `Drop`
-//! cannot await. The set-up permit (`--cconns`) is held from before
-//! connect until the child has started warm ([`crate::ssh::warm`]: one
-//! exec, no SFTP, when the binary is cached and trusted). A miss copies the
-//! binary over SFTP and then starts it with the same warm command, still
-//! under the permit; only where that cannot be (`--no-caching`, a rolling
-//! run, a second miss) is the graph put over SFTP, and the permit released
-//! before that child is launched. In a rolling run the placed
+//! cannot await. The set-up slot (`--cconns`, [`super::place::SetupSlot`])
+//! is held from before connect until the child has started warm
+//! ([`crate::ssh::warm`]: one exec, no SFTP, when the binary is cached and
+//! trusted). A miss copies the binary over SFTP, frees the slot at the
+//! copy's last byte (the unpack and the start no longer use the uplink)
+//! and then starts it with the same warm command; only where that cannot
+//! be (`--no-caching`, a rolling run, a second miss) is the graph put over
+//! SFTP, and that child launched after set-up. In a rolling run the placed
 //! host then waits for its turn ([`super::rolling`]) before its child runs,
 //! and its child exits once converged.
 //!
@@ -153,23 +154,24 @@ fn warm_first(shared: &Shared) -> bool {
     shared.plan.caching && shared.rolling.is_none()
 }
 
-/// Set-up, under a `--cconns` permit: connect, then start the child warm
-/// if the binary is cached and trusted (the permit is held until it runs);
-/// otherwise copy the binary and the graph over SFTP, and the child is
-/// launched after the permit is released.
+/// Set-up, in a `--cconns` slot: connect, then start the child warm if
+/// the binary is cached and trusted (the slot is held until it runs);
+/// otherwise copy the binary (the slot freed at its last byte) and start
+/// it the same way, or put the graph over SFTP and launch the child after
+/// set-up.
 async fn place(
     shared: &Shared,
     host: &HostPlan,
     launch: &mut Launch<'_>,
     cancel: &CancellationToken,
 ) -> Result<SetUp, String> {
-    let _permit = setup_permit(shared, &host.name, cancel).await?;
+    let slot = setup_permit(shared, &host.name, cancel).await?;
     // Without `remote:`/`via:` and their credentials (#13).
     let text = launch.synced[0]
         .text()
         .ok_or("cannot rewrite graph.yaml for the host")?;
     if !warm_first(shared) {
-        let placed = place_binary(shared, &host.name, &host.target, cancel).await?;
+        let placed = place_binary(shared, &slot, &host.target, cancel).await?;
         launch.args = put_graph(shared, host, &placed, &text).await?;
         return Ok(SetUp {
             placed,
@@ -199,15 +201,22 @@ async fn place(
     let first = start_warm(&session, Some(channel), &spec, &stdin, cancel).await?;
     let (placed, started) = match first {
         Warm::Started { child, cached } => {
-            // Still under the permit: tests measure the set-up concurrency with it.
             tracing::debug!("{}: set-up done (started warm)", host.name);
             let placed = Placed::new(session, SftpSlot::empty(), cached, connect, t1.elapsed());
             (placed, Some(child))
         }
         Warm::Miss(_) => {
+            let wait = shared.stagger.wait(connect + t1.elapsed());
+            if !wait.is_zero() {
+                tracing::debug!("{}: copy waits {wait:?} (first wave)", host.name);
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Err("the run is stopping".into()),
+                _ = tokio::time::sleep(wait) => {}
+            }
             // The next command's channel opens while the binary travels.
             let t2 = Instant::now();
-            let copy = copy_to(shared, &host.name, &session, cancel);
+            let copy = copy_to(shared, &slot, &session, cancel);
             let (copied, channel) = tokio::join!(copy, session.open_channel());
             let (sftp, cached) = copied?;
             let placed = Placed::new(session, sftp, cached, connect, t2.elapsed());
@@ -272,7 +281,6 @@ async fn put_graph(
     let put = placed.put_run_file(&shared.run_id, GRAPH_NAME, text.as_bytes());
     let path = put.await.map_err(|e| e.kind.to_string())?;
     placed.sftp.park().await;
-    // Still under the permit: tests measure the set-up concurrency with it.
     tracing::debug!("{}: set-up done", host.name);
     Ok(child_args(shared, host, Some(&path)))
 }

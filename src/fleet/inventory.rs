@@ -59,6 +59,8 @@ pub async fn gather(plan: Plan, ui: Ui, depth: u32, cancel: CancellationToken) -
     let (tunnels, _) = mpsc::channel(1);
     let shared = Arc::new(Shared {
         setup: (plan.cconns > 0).then(|| Arc::new(Semaphore::new(plan.cconns))),
+        // Facts copy through `place_binary`, which does not wait.
+        stagger: super::stagger::Stagger::new(0, 0),
         plan,
         run_id: hex::encode(run_id),
         flags: ChildFlags {
@@ -153,9 +155,9 @@ async fn facts_of(
     h: &HostPlan,
     cancel: &CancellationToken,
 ) -> Result<serde_json::Value, String> {
-    let permit = setup_permit(shared, &h.name, cancel).await?;
-    let p = place_binary(shared, &h.name, &h.target, cancel).await?;
-    drop(permit);
+    let slot = setup_permit(shared, &h.name, cancel).await?;
+    let p = place_binary(shared, &slot, &h.target, cancel).await?;
+    slot.free();
     p.sftp.park().await;
     shared.ui.stage(&h.name, Stage::Running);
     let got = run_facts(&p, cancel).await;

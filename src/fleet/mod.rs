@@ -18,6 +18,8 @@
 //! - [`rolling`]: `--rolling`'s turns: at most N hosts of the tree
 //!   applying at once, in the plan's order, and `--max-fail`.
 //! - [`shared`]: what every host task shares, and what each reports back.
+//! - [`stagger`]: the first wave of copies spread over time, so that the
+//!   waves after it do not set up all at once on an idle uplink.
 //!
 //! The fleet reports to the UI through the types `ui` owns (stages, summary
 //! rows, route records); the UI never calls back into the fleet.
@@ -35,4 +37,5 @@ pub mod place;
 pub mod plan;
 pub mod rolling;
 pub mod shared;
+pub mod stagger;
 pub mod supervise;

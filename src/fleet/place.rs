@@ -63,20 +63,61 @@ impl Placed {
     }
 }
 
-/// Waits for a `--cconns` set-up slot (none without a cap).
+/// A host's `--cconns` set-up slot: held from before connect until the
+/// host no longer needs the uplink (its binary's last byte arrived, or
+/// it started warm, or its set-up ended), whichever comes first. The
+/// copy frees it early so the next host's connect overlaps this one's
+/// unpack and start; a wave of uploads that end together is then not
+/// followed by a wave of set-ups on an idle link. Clones share the slot.
+#[derive(Clone)]
+pub(crate) struct SetupSlot(Arc<SlotInner>);
+
+struct SlotInner {
+    label: String,
+    permit: std::sync::Mutex<Option<Option<tokio::sync::OwnedSemaphorePermit>>>,
+}
+
+impl SetupSlot {
+    /// Gives the slot back (once; later calls do nothing).
+    pub fn free(&self) {
+        self.0.free();
+    }
+}
+
+impl SlotInner {
+    fn free(&self) {
+        let taken = self.permit.lock().map(|mut p| p.take()).ok().flatten();
+        if taken.is_some() {
+            // Tests measure the set-up concurrency with this line.
+            tracing::debug!("{}: set-up slot freed", self.label);
+        }
+    }
+}
+
+impl Drop for SlotInner {
+    fn drop(&mut self) {
+        self.free();
+    }
+}
+
+/// Waits for a `--cconns` set-up slot (a slot with no permit without a cap).
 pub(crate) async fn setup_permit(
     shared: &Shared,
     label: &str,
     cancel: &CancellationToken,
-) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, String> {
+) -> Result<SetupSlot, String> {
     shared.ui.stage(label, Stage::Queued);
-    match &shared.setup {
+    let permit = match &shared.setup {
         Some(s) => tokio::select! {
-            _ = cancel.cancelled() => Err(stopping()),
-            p = s.clone().acquire_owned() => Ok(Some(p.map_err(|_| stopping())?)),
+            _ = cancel.cancelled() => return Err(stopping()),
+            p = s.clone().acquire_owned() => Some(p.map_err(|_| stopping())?),
         },
-        None => Ok(None),
-    }
+        None => None,
+    };
+    Ok(SetupSlot(Arc::new(SlotInner {
+        label: label.to_owned(),
+        permit: std::sync::Mutex::new(Some(permit)),
+    })))
 }
 
 /// A `--cconns` slot for work after set-up (a replaced binary, a clean-up),
@@ -93,15 +134,18 @@ fn stopping() -> String {
 }
 
 /// Connects to `target` and makes sure the binary is in its cache (shown
-/// under `label`); the caller holds the set-up permit.
+/// under `label`), in the set-up `slot` (freed at the copy's last byte).
 pub(crate) async fn place_binary(
     shared: &Shared,
-    label: &str,
+    slot: &SetupSlot,
     target: &crate::ssh::Target,
     cancel: &CancellationToken,
 ) -> Result<Placed, String> {
+    let label = slot.0.label.as_str();
     let (session, connect) = connect_host(shared, label, target, cancel).await?;
-    copy_binary(shared, label, session, connect, cancel).await
+    let t1 = Instant::now();
+    let (sftp, cached) = copy_to(shared, slot, &session, cancel).await?;
+    Ok(Placed::new(session, sftp, cached, connect, t1.elapsed()))
 }
 
 /// Connects to `target` and authenticates (shown under `label`); returns
@@ -131,44 +175,35 @@ pub(crate) async fn connect_host(
 }
 
 /// Makes sure the binary is in the cache of the host `session` reaches
-/// (copied if missing) over SFTP.
-pub(crate) async fn copy_binary(
-    shared: &Shared,
-    label: &str,
-    session: Session,
-    connect: Duration,
-    cancel: &CancellationToken,
-) -> Result<Placed, String> {
-    let t1 = Instant::now();
-    let (sftp, cached) = copy_to(shared, label, &session, cancel).await?;
-    Ok(Placed::new(session, sftp, cached, connect, t1.elapsed()))
-}
-
-/// [`copy_binary`] on a session the caller keeps: the SFTP session (to be
-/// parked) and where the binary is.
+/// (copied over SFTP if missing), freeing `slot` at the copy's last byte:
+/// the SFTP session (to be parked) and where the binary is.
 pub(crate) async fn copy_to(
     shared: &Shared,
-    label: &str,
+    slot: &SetupSlot,
     session: &Session,
     cancel: &CancellationToken,
 ) -> Result<(SftpSlot, CachedBinary), String> {
     let ui = &shared.ui;
+    let label = slot.0.label.as_str();
     // The probe (uid, codecs) goes out while SFTP starts: neither waits
     // for the other's answer (#17 item 3). Its result is kept in the
     // session; an error shows again where it is used.
     let (sftp, _) = tokio::join!(Sftp::open(session), crate::ssh::cache::probe(session));
     let sftp = sftp.map_err(|e| explain(&e))?;
-    let total = shared.plan.binary.size;
     let progress_ui = ui.clone();
     let progress_name = label.to_string();
     let opts = CacheOptions {
         prefix: shared.plan.prefix.clone(),
         verify_hit: false,
-        progress: Some(Arc::new(move |sent| {
+        progress: Some(Arc::new(move |sent, total| {
             progress_ui.stage(&progress_name, Stage::Copying { sent, total })
         })),
         cancel: Some(cancel.clone()),
         packer: Some(shared.plan.binary.packer.clone()),
+        uploaded: Some({
+            let slot = slot.clone();
+            Arc::new(move || slot.free())
+        }),
     };
     let bin = &shared.plan.binary;
     let cached = sftp

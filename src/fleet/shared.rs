@@ -101,6 +101,8 @@ pub struct Shared {
     pub tunnels: mpsc::Sender<(Stream, Arc<Speaker>)>,
     /// `--cconns`; `None` for no cap.
     pub setup: Option<Arc<Semaphore>>,
+    /// The first wave's copies spread over time.
+    pub stagger: super::stagger::Stagger,
     pub ui: Ui,
     /// Set when the run ends because the cluster converged.
     pub converged: Arc<AtomicBool>,

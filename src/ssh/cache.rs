@@ -71,6 +71,10 @@ pub struct CacheOptions {
     /// The binary's compressed forms: a miss sends the best one the host
     /// can decompress ([`super::pack`]); `None` sends the binary as it is.
     pub packer: Option<Arc<Packer>>,
+    /// Called once the host has acknowledged the binary's last byte; what
+    /// follows (decompressing and checking it there) no longer uses the
+    /// link, so a caller may give its `--cconns` slot to the next host.
+    pub uploaded: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl std::fmt::Debug for CacheOptions {
@@ -490,6 +494,7 @@ impl Sftp {
         let put = self.put_part(&mut src, (&cached.dir, &name), transfer(p.size, opts));
         let (put, channel) = tokio::join!(put, session.open_channel());
         let (uploaded, sent) = put?;
+        opts.uploaded.as_ref().inspect(|f| f());
         let part = uploaded
             .rsplit_once('/')
             .map_or(uploaded.as_str(), |(_, n)| n);
@@ -553,6 +558,7 @@ impl Sftp {
         let mut src = self.source(local).await?;
         let t = transfer(size, opts);
         let (_, sent) = self.put(session, &mut src, (dir, name), t).await?;
+        opts.uploaded.as_ref().inspect(|f| f());
         Ok(sent)
     }
 

@@ -23,8 +23,9 @@ use super::{shell_join, Hint, HostError, HostId};
 /// Bytes per SFTP write call; russh-sftp pipelines them.
 const CHUNK: usize = 64 * 1024;
 
-/// Progress callback: total bytes sent so far.
-pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+/// Progress callback: bytes sent so far, and of how many (what travels:
+/// the compressed form's size when one is sent).
+pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
 /// Why an upload or cleanup failed.
 #[derive(Debug, thiserror::Error)]
@@ -388,7 +389,7 @@ impl Sftp {
             })?;
             sent += n as u64;
             if let Some(p) = t.progress {
-                p(sent);
+                p(sent, t.size);
             }
         }
         file.shutdown().await.map_err(|e| UploadError::Sftp {

@@ -118,6 +118,12 @@ fn events_on_stdout_tell_the_whole_run() {
         assert_eq!(done["event"], "done", "{k:?}");
         assert_eq!(done["result"], "converged", "{done}");
         assert!(done["wire_bytes"].as_u64() > Some(0), "{done}");
+        // A copy's last event is a full bar of what travelled (the
+        // compressed form), not of the binary's own size.
+        if let Some(last) = host.iter().rev().find(|e| e["event"] == "copying") {
+            assert_eq!(last["sent"], last["total"], "{last}");
+            assert_eq!(last["sent"], done["binary_bytes"], "{last}\n{done}");
+        }
         assert!(
             host.iter().any(|e| e["event"] == "output"
                 && e["stream"] == "stderr"

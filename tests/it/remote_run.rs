@@ -291,22 +291,40 @@ fn no_caching_leaves_nothing_on_the_host() {
 #[test]
 fn fifty_hosts_with_a_set_up_cap_of_eight() {
     let extra = ["-v", "--cconns", "8", "--converged-timeout", "1"];
-    let (_fleet, _d, mut p) = noop_run(50, &extra);
+    let (fleet, _d, mut p) = noop_run(50, &extra);
     let (code, log) = finish(&mut p, Duration::from_secs(300));
     assert_eq!(code, 0, "{log}");
-    // "connecting" is printed after the permit is taken, "set-up done"
-    // before it is released: the overlap of those intervals is the cap.
+    // "connecting" is printed after the slot is taken, "set-up slot
+    // freed" when it is given back: the overlap of those is the cap.
     let (mut now, mut max) = (0i32, 0i32);
     for l in log.lines() {
         if l.starts_with('[') && l.ends_with("] connecting") {
             now += 1;
             max = max.max(now);
-        } else if l.ends_with(": set-up done") {
+        } else if l.ends_with(": set-up slot freed") {
             now -= 1;
         }
     }
     assert_eq!(now, 0, "unbalanced set-up lines:\n{log}");
     assert!(max <= 8, "{max} hosts were in set-up at once");
+    // A copied host gives its slot back at the copy's last byte, before
+    // its child starts: the freed line comes before its "set-up done".
+    let at = |host: &str, what: &str| {
+        let end = format!(" {host}: {what}");
+        log.lines().position(|l| l.ends_with(&end))
+    };
+    let early = (1..=50)
+        .map(|i| fleet.ip(i))
+        .filter(|h| matches!((at(h, "set-up slot freed"), at(h, "set-up done")), (Some(f), Some(d)) if f < d))
+        .count();
+    assert_eq!(
+        early, 50,
+        "hosts that kept their slot until started:\n{log}"
+    );
+    // More hosts than slots: the first wave's copies after the first wait,
+    // spread out (fleet::stagger); later ones do not.
+    let waits = log.lines().filter(|l| l.ends_with("(first wave)")).count();
+    assert_eq!(waits, 7, "{log}");
     assert!(
         max >= 2,
         "the set-up phase never overlapped ({max}); the fan-out is serial"

@@ -28,7 +28,7 @@ async fn binary_cache_miss_then_hit_and_verified_launch() {
         let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let p2 = progress.clone();
         let opts = CacheOptions {
-            progress: Some(std::sync::Arc::new(move |n| {
+            progress: Some(std::sync::Arc::new(move |n, _| {
                 p2.store(n, std::sync::atomic::Ordering::Relaxed)
             })),
             ..Default::default()
@@ -240,7 +240,7 @@ async fn cancelled_upload_leaves_no_partial_file() {
         let c2 = cancel.clone();
         let opts = CacheOptions {
             // ^C arrives after the first chunk.
-            progress: Some(std::sync::Arc::new(move |_| c2.cancel())),
+            progress: Some(std::sync::Arc::new(move |_, _| c2.cancel())),
             cancel: Some(cancel),
             ..Default::default()
         };
