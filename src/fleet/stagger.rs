@@ -13,16 +13,17 @@
 //! So the first wave's copies start spread out instead: the `k`-th of the
 //! first `--cconns` hosts that find no cached binary waits `k / cconns` of
 //! a span before its copy begins, keeping its slot. The span is four times
-//! what that host's own set-up took so far (connect, authenticate, the
-//! warm start's miss): on a 50 ms link about the twenty round trips a
-//! slot's next host needs before its first byte, twice over, since the
-//! copies still running when others end speed up and so narrow the
-//! spread. The uplink stays busy meanwhile (the hosts already copying
+//! the shortest set-up so far (connect, authenticate, the warm start's
+//! miss) of the hosts that missed: on a 50 ms link about the twenty round
+//! trips a slot's next host needs before its first byte, twice over, since
+//! the copies still running when others end speed up and so narrow the
+//! spread. The shortest, so that one slow host (a retried connect, a
+//! password typed) does not make others wait for its sake. The uplink stays busy meanwhile (the hosts already copying
 //! take the share), and once the copies end spread out, their successors
 //! start spread out too. A run with no more hosts than slots has a single
 //! wave and waits for nothing; a warm host never waits.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// How many times the set-up so far the span is.
@@ -35,6 +36,8 @@ pub struct Stagger {
     wave: usize,
     /// Copies of the first wave counted so far.
     started: AtomicUsize,
+    /// The shortest set-up so far, in microseconds.
+    shortest: AtomicU64,
 }
 
 impl Stagger {
@@ -48,6 +51,7 @@ impl Stagger {
         Stagger {
             wave,
             started: AtomicUsize::new(0),
+            shortest: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -61,7 +65,12 @@ impl Stagger {
         if k >= self.wave {
             return Duration::ZERO;
         }
-        let span = so_far.saturating_mul(SPAN_FACTOR);
+        let micros = u64::try_from(so_far.as_micros()).unwrap_or(u64::MAX);
+        let shortest = self
+            .shortest
+            .fetch_min(micros, Ordering::Relaxed)
+            .min(micros);
+        let span = Duration::from_micros(shortest).saturating_mul(SPAN_FACTOR);
         span.mul_f64(k as f64 / self.wave as f64)
     }
 }
@@ -87,6 +96,15 @@ mod tests {
                 Duration::ZERO
             ]
         );
+    }
+
+    #[test]
+    fn a_slow_host_waits_by_the_shortest_set_up_not_its_own() {
+        let s = Stagger::new(10, 4);
+        assert_eq!(s.wait(100 * MS), Duration::ZERO);
+        // A retried connect took ten seconds: the span stays 400 ms.
+        assert_eq!(s.wait(10_000 * MS), 100 * MS);
+        assert_eq!(s.wait(50 * MS), 100 * MS);
     }
 
     #[test]
