@@ -18,10 +18,11 @@
 //! trips a slot's next host needs before its first byte, twice over, since
 //! the copies still running when others end speed up and so narrow the
 //! spread. The shortest, so that one slow host (a retried connect, a
-//! password typed) does not make others wait for its sake. The uplink stays busy meanwhile (the hosts already copying
-//! take the share), and once the copies end spread out, their successors
-//! start spread out too. A run with no more hosts than slots has a single
-//! wave and waits for nothing; a warm host never waits.
+//! password typed) does not make others wait for its sake. The uplink
+//! stays busy meanwhile (the hosts already copying take the share), and
+//! once the copies end spread out, their successors start spread out too.
+//! A run with no more hosts than slots has a single wave and waits for
+//! nothing; a warm host never waits.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
