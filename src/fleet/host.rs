@@ -206,14 +206,7 @@ async fn place(
             (placed, Some(child))
         }
         Warm::Miss(_) => {
-            let wait = shared.stagger.wait(connect + t1.elapsed());
-            if !wait.is_zero() {
-                tracing::debug!("{}: copy waits {wait:?} (first wave)", host.name);
-            }
-            tokio::select! {
-                _ = cancel.cancelled() => return Err("the run is stopping".into()),
-                _ = tokio::time::sleep(wait) => {}
-            }
+            copy_turn(shared, &host.name, connect + t1.elapsed(), cancel).await?;
             // The next command's channel opens while the binary travels.
             let t2 = Instant::now();
             let copy = copy_to(shared, &slot, &session, cancel);
@@ -249,6 +242,25 @@ async fn place(
         linked: Some(linked),
         started,
     })
+}
+
+/// Waits for this copy's turn in the first wave ([`super::stagger`]), the
+/// host's set-up so far having taken `so_far`; given up when the run stops.
+async fn copy_turn(
+    shared: &Shared,
+    name: &str,
+    so_far: std::time::Duration,
+    cancel: &CancellationToken,
+) -> Result<(), String> {
+    let wait = shared.stagger.wait(so_far);
+    if wait.is_zero() {
+        return Ok(());
+    }
+    tracing::debug!("{name}: copy waits {wait:?} (first wave)");
+    tokio::select! {
+        _ = cancel.cancelled() => Err("the run is stopping".into()),
+        _ = tokio::time::sleep(wait) => Ok(()),
+    }
 }
 
 /// The warm start ([`warm_start`]) of `spec` with `stdin` (the secret line
