@@ -332,8 +332,10 @@ pub struct RunArgs {
     pub tunnel_secret_stdin: bool,
 
     /// The per-run directory the parent made on this host for this process
-    /// (its graphs); removed when the run ends, so that a child whose link
-    /// was cut leaves nothing behind (internal: set by the parent).
+    /// (its graphs; a warm start makes none and the name only says which
+    /// run and cache this is); removed when the run ends, so that a child
+    /// whose link was cut leaves nothing behind (internal: set by the
+    /// parent).
     #[arg(
         long,
         hide = true,
@@ -343,8 +345,8 @@ pub struct RunArgs {
     pub run_dir: Option<std::path::PathBuf>,
 
     /// The graph comes on stdin, LEN bytes right after the secret line,
-    /// and is written to `graph.yaml` in --run-dir, which is made if
-    /// missing (internal: a warm start, set by the parent).
+    /// and its live edits as frames later on (internal: a warm start, set
+    /// by the parent).
     #[arg(
         long,
         hide = true,
@@ -353,6 +355,10 @@ pub struct RunArgs {
         conflicts_with = "file"
     )]
     pub graph_stdin: Option<usize>,
+
+    /// The text that came on stdin (`--graph-stdin`), once read.
+    #[arg(skip)]
+    pub graph_text: Option<String>,
 
     /// `user@host` of the process that started the run, for the host's audit
     /// record (internal: set by the parent).

@@ -91,6 +91,8 @@ pub struct Config {
     pub tunnel_secret_stdin: bool,
     /// `--run-dir`: removed when the run ends.
     pub run_dir: Option<PathBuf>,
+    /// The graph came on stdin (`--graph-stdin`), and its edits come there.
+    pub graph_on_stdin: bool,
     /// `user@host` of the process that started the run: `--initiator`
     /// from the parent, else this process's own.
     pub initiator: String,
@@ -124,10 +126,16 @@ pub enum EventsTo {
 
 impl Config {
     pub fn from_args(args: &RunArgs) -> Result<Config, ConfigError> {
-        let file = match (&args.file, &args.graph_label) {
-            (Some(f), Some(label)) => Some(GraphFile::load_as(f, label)?),
-            (Some(f), None) => Some(GraphFile::load(f)?),
-            (None, _) => None,
+        let stdin = std::path::Path::new("-");
+        let file = match (&args.file, &args.graph_label, &args.graph_text) {
+            (_, label, Some(text)) => Some(GraphFile::from_text(
+                stdin,
+                label.as_deref().unwrap_or("-"),
+                text.clone(),
+            )?),
+            (Some(f), Some(label), None) => Some(GraphFile::load_as(f, label)?),
+            (Some(f), None, None) => Some(GraphFile::load(f)?),
+            (None, _, None) => None,
         };
         if !args.remotes.is_empty() && args.no_server && args.depth == 0 {
             return Err(ConfigError::flag(
@@ -208,6 +216,7 @@ impl Config {
             depth: args.depth,
             tunnel_secret_stdin: args.tunnel_secret_stdin,
             run_dir: args.run_dir.clone(),
+            graph_on_stdin: args.graph_text.is_some(),
             initiator: args.initiator.clone().unwrap_or_else(|| {
                 let user = crate::ssh::target::local_user().unwrap_or_else(|| "unknown".into());
                 format!("{user}@{}", os_hostname())

@@ -13,7 +13,7 @@
 //! path in `src/` against it.
 //!
 //! - layer 0, [`shutdown`]: signals and the root cancellation token.
-//! - layer 0, [`link`]: a remote child's link to its parent: secret (and a warm start's graph) on stdin, its run directory, stop on EOF.
+//! - layer 0, [`link`]: a remote child's link to its parent: secret (and a warm start's graph and its edits) on stdin, its run directory, stop on EOF.
 //! - layer 0, [`fswatch`]: one inotify instance shared by every path watch.
 //! - layer 0, [`audit`]: a host's own record of each run, in its system log.
 //! - layer 0, [`facts`]: what a host knows about itself (OS, CPUs, addresses), for graph templates.

@@ -6,6 +6,13 @@
 //! connection to the store through the tunnel (the parent checks it before a
 //! byte reaches the store), and stops cleanly by itself when stdin closes:
 //! the parent, or the link to it, is gone.
+//!
+//! What else the parent says on stdin, after the secret: a warm start's
+//! graph (exactly `--graph-stdin` bytes), then lines ([`CONVERGED_LINE`], a
+//! rolling run's turns) and, for a warm start, each live edit of its graph
+//! as a frame: `graph LEN`, a newline and LEN bytes ([`graph_frame`]). The
+//! graph so lives in the child's memory only: no file, no directory and no
+//! inotify watch on the host for it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,6 +22,7 @@ pub mod rundir;
 
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 /// The tunnel secret as the child sends it (lowercase hex).
@@ -46,8 +54,10 @@ pub enum LinkError {
     NoGraph(usize),
     #[error("a graph of {0} bytes on stdin is more than a warm start takes")]
     GraphTooBig(usize),
-    #[error("cannot write the graph into the run directory {0}: {1}")]
-    RunDir(String, #[source] std::io::Error),
+    #[error("the graph on stdin is not UTF-8 text")]
+    GraphNotText,
+    #[error("a graph frame on stdin is cut or malformed: {0}")]
+    BadFrame(String),
     #[error("cannot read stdin: {0}")]
     Stdin(#[from] std::io::Error),
     #[error("bad store URL {url:?}: {reason}")]
@@ -88,18 +98,13 @@ impl Secret {
     }
 }
 
-/// The largest graph a warm start takes on stdin.
+/// The largest graph a warm start takes on stdin, first or edited.
 pub const MAX_GRAPH_STDIN: usize = 64 << 20;
 
 /// A warm start's stdin (`--graph-stdin LEN`): the secret line, then
-/// exactly `len` bytes of graph, which go to `graph.yaml` in `run_dir`
-/// ([`rundir`]). Returns `link` with the secret taken and its
-/// stdin the rest, and the graph's path.
-pub async fn take_graph(
-    link: ParentLink,
-    len: usize,
-    run_dir: &std::path::Path,
-) -> Result<(ParentLink, std::path::PathBuf), LinkError> {
+/// exactly `len` bytes of graph text. Returns `link` with the secret taken
+/// and its stdin the rest, and the graph's text.
+pub async fn take_graph(link: ParentLink, len: usize) -> Result<(ParentLink, String), LinkError> {
     if len > MAX_GRAPH_STDIN {
         return Err(LinkError::GraphTooBig(len));
     }
@@ -108,17 +113,24 @@ pub async fn take_graph(
     tokio::time::timeout(Duration::from_secs(30), rest.read_exact(&mut graph))
         .await
         .map_err(|_| LinkError::NoGraph(len))??;
-    let dir = run_dir.to_owned();
-    let path = tokio::task::spawn_blocking(move || rundir::write_graph(&dir, &graph))
-        .await
-        .map_err(std::io::Error::other)?
-        .map_err(|e| LinkError::RunDir(run_dir.display().to_string(), e))?;
+    let text = String::from_utf8(graph).map_err(|_| LinkError::GraphNotText)?;
     let link = ParentLink {
         stdin: Box::new(rest),
         secret: Some(secret),
         ..link
     };
-    Ok((link, path))
+    Ok((link, text))
+}
+
+/// How a live edit of a warm start's graph starts on its stdin: this, the
+/// text's length in bytes, a newline, then the text.
+pub const GRAPH_PREFIX: &[u8] = b"graph ";
+
+/// A live edit's frame for a warm-started child's stdin.
+pub fn graph_frame(text: &str) -> Vec<u8> {
+    let mut frame = format!("graph {}\n", text.len()).into_bytes();
+    frame.extend_from_slice(text.as_bytes());
+    frame
 }
 
 /// What a parent writes on a child's stdin, before closing it, when the run
@@ -134,6 +146,16 @@ pub const SKIPPED_EXIT: u8 = 3;
 /// turn in a rolling run: `turn NAME`.
 pub const TURN_PREFIX: &[u8] = b"turn ";
 
+/// Where [`follow_stdin`] passes what the parent says besides
+/// `converged`: a rolling run's turns (a gateway), a warm start's edited
+/// graphs (the latest text wins). Without a sink, the words are read and
+/// dropped.
+#[derive(Default)]
+pub struct StdinSinks {
+    pub turns: Option<mpsc::UnboundedSender<String>>,
+    pub graphs: Option<watch::Sender<Option<Arc<str>>>>,
+}
+
 /// Cancels `root` when stdin reaches EOF (or fails): the parent is gone.
 /// A `converged` line before that (the parent ends the run because the
 /// whole cluster converged) sets `converged` first.
@@ -142,35 +164,66 @@ pub async fn stop_on_eof<R: AsyncRead + Unpin>(
     root: CancellationToken,
     converged: Arc<AtomicBool>,
 ) {
-    stop_on_eof_with_turns(stdin, root, converged, None).await
+    follow_stdin(stdin, root, converged, StdinSinks::default()).await
 }
 
-/// [`stop_on_eof`], passing each `turn NAME` line's NAME to `turns`.
-pub async fn stop_on_eof_with_turns<R: AsyncRead + Unpin>(
+/// [`stop_on_eof`], passing each `turn NAME` line's NAME and each graph
+/// frame's text to `sinks`. A frame that cannot be read whole (too long,
+/// cut, not text) leaves the rest of stdin unreadable: that stops the run
+/// as an EOF does.
+pub async fn follow_stdin<R: AsyncRead + Unpin>(
     stdin: R,
     root: CancellationToken,
     converged: Arc<AtomicBool>,
-    turns: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    sinks: StdinSinks,
 ) {
     let mut stdin = BufReader::new(stdin);
     let mut line = Vec::new();
-    loop {
+    let why = loop {
         line.clear();
         // Bounded: a line longer than this is not ours and is skipped.
         match (&mut stdin).take(4096).read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => break,
+            Ok(0) | Err(_) => break "stdin closed: the initiator is gone".to_owned(),
             Ok(_) if line == CONVERGED_LINE => converged.store(true, Ordering::SeqCst),
             Ok(_) if line.starts_with(TURN_PREFIX) => {
                 let name = String::from_utf8_lossy(&line[TURN_PREFIX.len()..]);
-                if let Some(t) = &turns {
+                if let Some(t) = &sinks.turns {
                     let _ = t.send(name.trim_end().to_owned());
                 }
             }
+            Ok(_) if line.starts_with(GRAPH_PREFIX) => match read_frame(&mut stdin, &line).await {
+                Ok(text) => {
+                    if let Some(g) = &sinks.graphs {
+                        g.send_replace(Some(text.into()));
+                    }
+                }
+                Err(e) => break format!("stdin: {e}"),
+            },
             Ok(_) => continue,
         }
-    }
-    tracing::info!("stdin closed: the initiator is gone; stopping");
+    };
+    tracing::info!("{why}; stopping");
     root.cancel();
+}
+
+/// The text of the graph frame whose first line is `head`.
+async fn read_frame<R: AsyncRead + Unpin>(
+    stdin: &mut BufReader<R>,
+    head: &[u8],
+) -> Result<String, LinkError> {
+    let len = std::str::from_utf8(&head[GRAPH_PREFIX.len()..])
+        .ok()
+        .and_then(|n| n.trim_end().parse::<usize>().ok())
+        .ok_or_else(|| LinkError::BadFrame("expected `graph LEN`".into()))?;
+    if len > MAX_GRAPH_STDIN {
+        return Err(LinkError::GraphTooBig(len));
+    }
+    let mut text = vec![0; len];
+    stdin
+        .read_exact(&mut text)
+        .await
+        .map_err(|e| LinkError::BadFrame(format!("{len} bytes announced: {e}")))?;
+    String::from_utf8(text).map_err(|_| LinkError::GraphNotText)
 }
 
 /// Opens one byte stream to the parent's end of the tunnel. A real child
@@ -305,6 +358,75 @@ mod tests {
         drop(w);
         stop_on_eof(r, CancellationToken::new(), flag.clone()).await;
         assert!(!flag.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn graph_frames_carry_edits_between_the_lines() {
+        let (mut w, r) = tokio::io::duplex(64);
+        let (root, flag) = (CancellationToken::new(), Arc::new(AtomicBool::new(false)));
+        let (turns_tx, mut turns) = mpsc::unbounded_channel();
+        let (graphs_tx, mut graphs) = watch::channel(None);
+        let sinks = StdinSinks {
+            turns: Some(turns_tx),
+            graphs: Some(graphs_tx),
+        };
+        let task = tokio::spawn(follow_stdin(r, root.clone(), flag.clone(), sinks));
+        // A text with newlines and a line that looks like a word of ours.
+        let first = "graph: g\nconverged\nresources: {}\n";
+        w.write_all(&graph_frame(first)).await.unwrap();
+        graphs.changed().await.unwrap();
+        assert_eq!(graphs.borrow_and_update().as_deref(), Some(first));
+        assert!(
+            !flag.load(Ordering::SeqCst),
+            "a line inside a frame was read as a word"
+        );
+        w.write_all(b"turn h1\n").await.unwrap();
+        assert_eq!(turns.recv().await.as_deref(), Some("h1"));
+        // The latest text wins; an empty graph is a text too.
+        w.write_all(&graph_frame("one")).await.unwrap();
+        w.write_all(&graph_frame("")).await.unwrap();
+        w.write_all(CONVERGED_LINE).await.unwrap();
+        drop(w);
+        task.await.unwrap();
+        assert_eq!(graphs.borrow_and_update().as_deref(), Some(""));
+        assert!(root.is_cancelled() && flag.load(Ordering::SeqCst));
+        // Without a sink a frame is read and dropped: the words after it count.
+        let (mut w, r) = tokio::io::duplex(64);
+        let flag = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(stop_on_eof(r, CancellationToken::new(), flag.clone()));
+        w.write_all(&graph_frame("x\ny\n")).await.unwrap();
+        w.write_all(CONVERGED_LINE).await.unwrap();
+        drop(w);
+        task.await.unwrap();
+        assert!(flag.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_frame_that_cannot_be_read_whole_stops_the_run() {
+        let too_long = format!("graph {}\n", MAX_GRAPH_STDIN + 1).into_bytes();
+        let cut = b"graph 10\nabc".to_vec();
+        let not_text = [b"graph 2\n".as_slice(), &[0xff, 0xfe]].concat();
+        let no_length = b"graph ten\n".to_vec();
+        for bytes in [too_long, cut, not_text, no_length] {
+            let (mut w, r) = tokio::io::duplex(64);
+            let (graphs_tx, graphs) = watch::channel(None);
+            let sinks = StdinSinks {
+                turns: None,
+                graphs: Some(graphs_tx),
+            };
+            let root = CancellationToken::new();
+            let flag = Arc::new(AtomicBool::new(false));
+            let task = tokio::spawn(follow_stdin(r, root.clone(), flag.clone(), sinks));
+            w.write_all(&bytes).await.unwrap();
+            // Only a cut frame needs the end of the stream to be known cut.
+            if bytes.starts_with(b"graph 10") {
+                drop(w);
+            }
+            task.await.unwrap();
+            let shown = String::from_utf8_lossy(&bytes);
+            assert!(root.is_cancelled(), "{shown:?} did not stop the run");
+            assert!(graphs.borrow().is_none(), "{shown:?} was taken as a graph");
+        }
     }
 
     #[tokio::test]

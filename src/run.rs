@@ -153,11 +153,23 @@ pub async fn run_linked(
         }
         _ => (None, None),
     };
+    // A warm start's live edits come on stdin, to its graph source.
+    let (graphs_tx, graphs_rx) = match cfg.graph_on_stdin && cfg.watch {
+        true => {
+            let (tx, rx) = watch::channel(None);
+            (Some(tx), Some(rx))
+        }
+        false => (None, None),
+    };
+    let sinks = crate::link::StdinSinks {
+        turns: turns_tx,
+        graphs: graphs_tx,
+    };
     let (mut world, secret) = connect_world(
         &cfg,
         (&seeds, local),
         &cancel,
-        (&converged_flag, turns_tx),
+        (&converged_flag, sinks),
         link,
     )
     .await?;
@@ -168,7 +180,7 @@ pub async fn run_linked(
         Some(file) => {
             local::Local::start(
                 &cfg,
-                file,
+                (file, graphs_rx),
                 world.clone(),
                 (outcome_hook(&cfg, &ui), &cancel),
             )
@@ -494,18 +506,17 @@ async fn sleep_opt(d: Option<Duration>) {
     }
 }
 
-/// A warm start (`--graph-stdin`): takes the graph from `link`'s stdin
-/// into the run directory and points `args.file` at it; other runs get
-/// `link` back as it is.
+/// A warm start (`--graph-stdin`): takes the graph's text from `link`'s
+/// stdin into `args`; other runs get `link` back as it is.
 pub async fn graph_from_stdin(
     args: &mut crate::cli::RunArgs,
     link: ParentLink,
 ) -> Result<ParentLink, crate::link::LinkError> {
-    let (Some(len), Some(dir)) = (args.graph_stdin, args.run_dir.clone()) else {
+    let Some(len) = args.graph_stdin else {
         return Ok(link);
     };
-    let (link, path) = crate::link::take_graph(link, len, &dir).await?;
-    args.file = Some(path);
+    let (link, text) = crate::link::take_graph(link, len).await?;
+    args.graph_text = Some(text);
     Ok(link)
 }
 
@@ -516,7 +527,7 @@ async fn connect_world(
     cfg: &Config,
     (seeds, local): (&[String], Option<crate::link::Dial>),
     root: &CancellationToken,
-    (converged, turns): (&Arc<AtomicBool>, Option<mpsc::UnboundedSender<String>>),
+    (converged, sinks): (&Arc<AtomicBool>, crate::link::StdinSinks),
     link: ParentLink,
 ) -> anyhow::Result<(World, Option<crate::link::Secret>)> {
     if let Some(dial) = local {
@@ -553,11 +564,11 @@ async fn connect_world(
             )
         }
     };
-    tokio::spawn(crate::link::stop_on_eof_with_turns(
+    tokio::spawn(crate::link::follow_stdin(
         rest,
         root.clone(),
         converged.clone(),
-        turns,
+        sinks,
     ));
     let url = seeds.first().context("--seeds is empty")?;
     let client = crate::link::connect_store(url, Some(&secret), link.dial).await?;

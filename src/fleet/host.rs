@@ -2,8 +2,9 @@
 //! connect and authenticate, start the cached binary warm or copy the
 //! binary and the graph, open the authenticated reverse tunnel, run the
 //! child with the secret on its stdin, stream its output, keep its graph
-//! in step with the local file, and on stop end the child by its pid,
-//! close the tunnel and remove the per-run files.
+//! in step with the local file (on the child's stdin when it started warm,
+//! else over SFTP), and on stop end the child by its pid, close the tunnel
+//! and remove the per-run files.
 //!
 //! Teardown is explicit and in reverse order of set-up, because `Drop`
 //! cannot await. The set-up slot (`--cconns`, [`super::place::SetupSlot`])
@@ -86,6 +87,7 @@ pub async fn run(
         events: events.clone(),
         stdin_lines: None,
         written: Vec::new(),
+        edits_on_stdin: false,
     };
     let set_up = match place(&shared, &host, &mut launch, &cancel).await {
         Ok(s) => Some(s),
@@ -202,6 +204,7 @@ async fn place(
     let (placed, started) = match first {
         Warm::Started { child, cached } => {
             tracing::debug!("{}: set-up done (started warm)", host.name);
+            launch.edits_on_stdin = true;
             let placed = Placed::new(session, SftpSlot::empty(), cached, connect, t1.elapsed());
             (placed, Some(child))
         }
@@ -228,6 +231,7 @@ async fn place(
             match again? {
                 Warm::Started { child, .. } => {
                     tracing::debug!("{}: set-up done", host.name);
+                    launch.edits_on_stdin = true;
                     (placed, Some(child))
                 }
                 Warm::Miss(_) => {

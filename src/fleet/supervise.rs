@@ -66,6 +66,9 @@ pub(crate) struct Launch<'a> {
     pub stdin_lines: Option<mpsc::UnboundedReceiver<String>>,
     /// What was written so far.
     pub written: Vec<String>,
+    /// The child took its graph on stdin (a warm start): its live edits go
+    /// there too, as frames ([`crate::link::graph_frame`]), not over SFTP.
+    pub edits_on_stdin: bool,
 }
 
 /// Where `{port}` stands in [`Launch::args`] until the tunnel is open.
@@ -313,7 +316,10 @@ async fn follow(
                 // The new graph's collects may read more: allowed before
                 // the host can see the new text.
                 launch.speaker.allow_reads(read_scope(&launch.synced[i..=i]));
-                sync_file(shared, p, label, &mut launch.synced[i]).await;
+                match launch.edits_on_stdin {
+                    true => send_graph(label, child, &mut launch.synced[i]).await,
+                    false => sync_file(shared, p, label, &mut launch.synced[i]).await,
+                }
             }
             _ = cancel.cancelled(), if !*stopping => {
                 *stopping = true;
@@ -409,6 +415,19 @@ async fn sync_file(shared: &Shared, p: &Placed, label: &str, s: &mut Synced) {
     match put {
         Ok(_) => tracing::info!("{label}: {} updated", s.name),
         Err(e) => tracing::warn!("{label}: cannot update {}: {}", s.name, e.kind),
+    }
+}
+
+/// Sends the new text of a warm-started child's graph on its stdin.
+async fn send_graph(label: &str, child: &mut RemoteChild, s: &mut Synced) {
+    s.source.borrow_and_update();
+    let Some(text) = s.text() else {
+        tracing::warn!("{label}: cannot rewrite {} for the host; not sent", s.name);
+        return;
+    };
+    match child.write_stdin(&crate::link::graph_frame(&text)).await {
+        Ok(()) => tracing::info!("{label}: {} updated", s.name),
+        Err(e) => tracing::warn!("{label}: cannot update {}: {e}", s.name),
     }
 }
 

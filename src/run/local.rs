@@ -54,28 +54,30 @@ impl Publisher {
 }
 
 impl Local {
-    /// `on_outcome`: told of each resource's outcome (see
-    /// [`engine::Config::on_outcome`]).
+    /// `from_stdin`: a warm start's edits of `file`, else the file is
+    /// watched (unless `--no-watch`). `on_outcome`: told of each
+    /// resource's outcome (see [`engine::Config::on_outcome`]).
     /// `stop` is the run's root token: the graph stops following edits,
     /// values and hosts the moment the run starts stopping, so that peers
     /// leaving because of that same stop change nothing here; a stop before
     /// the graph started returns `None`.
     pub async fn start(
         cfg: &Config,
-        file: &GraphFile,
+        (file, from_stdin): (&GraphFile, Option<source::StdinGraphs>),
         world: World,
         (on_outcome, stop): (Option<engine::OutcomeHook>, &CancellationToken),
     ) -> anyhow::Result<Option<Local>> {
         // Armed before anything is applied, so no edit can slip through.
-        let file_watch = match cfg.watch {
-            true => match crate::fswatch::PathWatch::new(&file.path) {
-                Ok(w) => Some(w),
+        let edits = match (from_stdin, cfg.watch) {
+            (Some(rx), _) => Some(source::Edits::Stdin(rx)),
+            (None, true) => match crate::fswatch::PathWatch::new(&file.path) {
+                Ok(w) => Some(source::Edits::File(w)),
                 Err(e) => {
                     tracing::warn!("{e}; live reload of the graph is off");
                     None
                 }
             },
-            false => None,
+            (None, false) => None,
         };
         tracing::info!(
             "host {}: running graph {:?} from {}",
@@ -143,7 +145,7 @@ impl Local {
             engine_cancel.clone(),
         )));
         let source_cancel = stop.child_token();
-        let source = Task(tokio::spawn(source.run(file_watch, source_cancel.clone())));
+        let source = Task(tokio::spawn(source.run(edits, source_cancel.clone())));
         Ok(Some(Local {
             status,
             engine,

@@ -20,9 +20,10 @@
 //! runs, so an unchanged render re-applies nothing.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Desired;
@@ -224,12 +225,13 @@ impl Source {
         self.updates.send(d).await.is_ok()
     }
 
-    /// Follows file edits (through `file_watch`, armed by the caller before
-    /// the first graph was read), exchanged values and collected resources
+    /// Follows edits (through `edits`, armed by the caller before the
+    /// first graph was read), exchanged values and collected resources
     /// until cancelled.
-    pub async fn run(mut self, mut file_watch: Option<PathWatch>, cancel: CancellationToken) {
-        // An edit made before the watch was armed has no event: look once.
-        if file_watch.is_some() && !self.reread().await {
+    pub async fn run(mut self, mut edits: Option<Edits>, cancel: CancellationToken) {
+        // An edit of the file made before the watch was armed has no
+        // event: look once. (One on stdin waits in its channel.)
+        if matches!(edits, Some(Edits::File(_))) && !self.reread().await {
             return;
         }
         loop {
@@ -237,15 +239,25 @@ impl Source {
                 // A stop wins over a change that arrived with it.
                 biased;
                 _ = cancel.cancelled() => return,
-                r = changed(&mut file_watch) => {
-                    if let Err(e) = r {
-                        tracing::error!("{e}; live reload is off");
-                        file_watch = None;
-                        continue;
-                    }
-                    // Let an editor finish writing before reading it.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    if !self.reread().await {
+                r = next_edit(&mut edits) => {
+                    let text = match r {
+                        Ok(Edit::File) => {
+                            // Let an editor finish writing before reading it.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            None
+                        }
+                        Ok(Edit::Text(text)) => Some(text),
+                        Err(why) => {
+                            tracing::error!("{why}; live reload is off");
+                            edits = None;
+                            continue;
+                        }
+                    };
+                    let more = match text {
+                        Some(text) => self.take(text.to_string()).await,
+                        None => self.reread().await,
+                    };
+                    if !more {
                         return;
                     }
                 }
@@ -287,19 +299,7 @@ impl Source {
     /// the engine is gone.
     async fn reread(&mut self) -> bool {
         match std::fs::read_to_string(&self.path) {
-            Ok(text) if text != self.text => {
-                self.text = text;
-                if let Err(e) = self.values.follow(&values_entries(&self.text)).await {
-                    tracing::warn!("cannot follow exchanged values: {e}");
-                }
-                self.ctx.values = self.values.values();
-                if let Err(e) = self.published.follow(reads_hosts(&self.text)).await {
-                    tracing::warn!("cannot follow the hosts' published facts: {e}");
-                }
-                self.ctx.hosts = self.published.hosts();
-                self.reload(Why::Edit).await
-            }
-            Ok(_) => true,
+            Ok(text) => self.take(text).await,
             Err(e) => {
                 tracing::warn!(
                     "{}: cannot read the graph file ({e}); the running graph stays",
@@ -308,6 +308,24 @@ impl Source {
                 true
             }
         }
+    }
+
+    /// Takes an edit's `text`: when it differs from the running text,
+    /// follows what it reads and renders it (see [`Self::reload`]).
+    async fn take(&mut self, text: String) -> bool {
+        if text == self.text {
+            return true;
+        }
+        self.text = text;
+        if let Err(e) = self.values.follow(&values_entries(&self.text)).await {
+            tracing::warn!("cannot follow exchanged values: {e}");
+        }
+        self.ctx.values = self.values.values();
+        if let Err(e) = self.published.follow(reads_hosts(&self.text)).await {
+            tracing::warn!("cannot follow the hosts' published facts: {e}");
+        }
+        self.ctx.hosts = self.published.hosts();
+        self.reload(Why::Edit).await
     }
 
     /// Renders and validates the text again and applies the result when it
@@ -381,9 +399,40 @@ fn values_entries(text: &str) -> Vec<Collect> {
     }]
 }
 
-async fn changed(w: &mut Option<PathWatch>) -> Result<(), crate::fswatch::WatchError> {
-    match w {
-        Some(w) => w.changed().await,
+/// A warm start's edited graphs, from its stdin ([`crate::link::follow_stdin`]).
+pub(super) type StdinGraphs = watch::Receiver<Option<Arc<str>>>;
+
+/// Where a graph's live edits come from.
+pub(super) enum Edits {
+    /// The graph file, watched on disk.
+    File(PathWatch),
+    /// The parent's frames on stdin (a warm start): the latest text.
+    Stdin(StdinGraphs),
+}
+
+/// What changed: the file (read it), or a new text.
+enum Edit {
+    File,
+    Text(Arc<str>),
+}
+
+/// The next edit; an error when the file can no longer be watched.
+async fn next_edit(edits: &mut Option<Edits>) -> Result<Edit, String> {
+    match edits {
+        Some(Edits::File(w)) => w
+            .changed()
+            .await
+            .map(|()| Edit::File)
+            .map_err(|e| e.to_string()),
+        Some(Edits::Stdin(rx)) => loop {
+            if rx.changed().await.is_err() {
+                // Stdin is closed: the run is stopping, no edit comes.
+                return std::future::pending().await;
+            }
+            if let Some(text) = rx.borrow_and_update().clone() {
+                return Ok(Edit::Text(text));
+            }
+        },
         None => std::future::pending().await,
     }
 }

@@ -17,9 +17,10 @@
 //!
 //! Only when all of it holds does the command print `mgmt-warm:<pid>
 //! <prefix>` and `exec` the binary, which then reads the tunnel secret and
-//! the graph from its stdin (`--graph-stdin`) and writes the graph into its
-//! own run directory; the parent writes both right after the exec request,
-//! without waiting for an answer. Anything else (no binary, another hash, a
+//! the graph from its stdin (`--graph-stdin`) and keeps the graph in
+//! memory (its live edits follow on stdin: [`crate::link`]); the parent
+//! writes both right after the exec request, without waiting for an
+//! answer. Anything else (no binary, another hash, a
 //! directory that fails the rule, a `/tmp` fallback the parent cannot
 //! know) prints `mgmt-warm:miss` with the answers of the cache's probe
 //! (the login uid and the codecs) and exits [`WARM_MISS_EXIT`]: the parent
@@ -86,7 +87,8 @@ pub struct WarmSpec {
     pub prefix: Option<String>,
     /// Lowercase hex SHA-256 of the binary.
     pub sha256: String,
-    /// The run's id: the run directory is `<prefix>/run/<run_id>`.
+    /// The run's id: the child's `--run-dir` is `<prefix>/run/<run_id>`
+    /// (it names the run; a warm start makes no directory there).
     pub run_id: String,
     /// The binary's arguments, before `--run-dir` and `--graph-stdin`.
     pub args: Vec<String>,

@@ -154,46 +154,59 @@ fn assert_no_password(what: &str, text: &str) {
 // See: #13 (the graphs on the hosts carried every host's `remote:` URL)
 #[test]
 fn a_url_password_never_shows_nor_lands_on_the_hosts_disk() {
-    let fleet = SshdFleet::start(1);
-    let d = Dir::new();
-    // Keys authenticate first: the password is there, never needed.
-    let url = format!("ssh://root:{ESCAPED}@{}:{}", fleet.ip(1), fleet.port());
-    let g = hello_graph(&d, &fleet, &url);
-    let extra = ["-vv", "--converged-timeout", "-1"];
-    let mut p = Proc::spawn(&mut remote_cmd(&fleet, &[&g], &extra));
-    // The child has applied its graph: its files are on the host now.
-    p.wait_line("settled:", LIMIT);
-    let home = fleet.home(1);
-    assert_eq!(read(&home.join("hello")).as_deref(), Some("hi\n"));
-    let graphs: Vec<PathBuf> = files_under(&home.join(".cache/mgmt/run"))
-        .into_iter()
-        .filter(|f| f.ends_with("graph.yaml"))
-        .collect();
-    assert_eq!(graphs.len(), 1, "{graphs:?}");
-    let on_host = read(&graphs[0]).expect("graph on the host");
-    assert!(on_host.contains("hello"), "{on_host}");
-    for needle in ["remote", "ssh://", "via", "root:", ESCAPED] {
-        assert!(
-            !on_host.contains(needle),
-            "{needle:?} in the host's graph:\n{on_host}"
-        );
-    }
-    assert_no_password("the host's graph", &on_host);
-    let on_disk = |when: &str| {
-        for needle in [PASSWORD, ESCAPED, pieces()[0]] {
-            if let Some(f) = any_file_contains(&home, needle.as_bytes()) {
-                panic!("{when}: {needle:?} in {}", f.display());
+    // A warm start's graph goes on the child's stdin and never to the
+    // disk; without caching it goes into the run directory over SFTP,
+    // where its text is checked too.
+    for caching in [true, false] {
+        let fleet = SshdFleet::start(1);
+        let d = Dir::new();
+        // Keys authenticate first: the password is there, never needed.
+        let url = format!("ssh://root:{ESCAPED}@{}:{}", fleet.ip(1), fleet.port());
+        let g = hello_graph(&d, &fleet, &url);
+        let mut extra = vec!["-vv", "--converged-timeout", "-1"];
+        if !caching {
+            extra.push("--no-caching");
+        }
+        let mut p = Proc::spawn(&mut remote_cmd(&fleet, &[&g], &extra));
+        // The child has applied its graph: its files are on the host now.
+        p.wait_line("settled:", LIMIT);
+        let home = fleet.home(1);
+        assert_eq!(read(&home.join("hello")).as_deref(), Some("hi\n"));
+        let graphs: Vec<PathBuf> = files_under(&home.join(".cache/mgmt/run"))
+            .into_iter()
+            .filter(|f| f.ends_with("graph.yaml"))
+            .collect();
+        match caching {
+            true => assert!(graphs.is_empty(), "a graph on the disk: {graphs:?}"),
+            false => {
+                assert_eq!(graphs.len(), 1, "{graphs:?}");
+                let on_host = read(&graphs[0]).expect("graph on the host");
+                assert!(on_host.contains("hello"), "{on_host}");
+                for needle in ["remote", "ssh://", "via", "root:", ESCAPED] {
+                    assert!(
+                        !on_host.contains(needle),
+                        "{needle:?} in the host's graph:\n{on_host}"
+                    );
+                }
+                assert_no_password("the host's graph", &on_host);
             }
         }
-    };
-    on_disk("while running");
-    p.signal(nix::sys::signal::Signal::SIGINT);
-    assert_eq!(p.wait(LIMIT), 0, "{}", p.lines_so_far().join("\n"));
-    let log = format!("{}\n{}", p.stdout_rest(), p.lines_so_far().join("\n"));
-    assert!(log.contains("DEBUG"), "-vv logs expected:\n{log}");
-    assert_no_password("the run's output", &log);
-    assert_no_password("sshd's log", &fleet.log());
-    on_disk("after the run");
+        let on_disk = |when: &str| {
+            for needle in [PASSWORD, ESCAPED, pieces()[0]] {
+                if let Some(f) = any_file_contains(&home, needle.as_bytes()) {
+                    panic!("{when}: {needle:?} in {}", f.display());
+                }
+            }
+        };
+        on_disk("while running");
+        p.signal(nix::sys::signal::Signal::SIGINT);
+        assert_eq!(p.wait(LIMIT), 0, "{}", p.lines_so_far().join("\n"));
+        let log = format!("{}\n{}", p.stdout_rest(), p.lines_so_far().join("\n"));
+        assert!(log.contains("DEBUG"), "-vv logs expected:\n{log}");
+        assert_no_password("the run's output", &log);
+        assert_no_password("sshd's log", &fleet.log());
+        on_disk("after the run");
+    }
 }
 
 // See: #13 (a URL error printed the password when it held '/', '?' or '#')

@@ -581,22 +581,28 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 // See: #4 (killing the SSH connection makes the child exit by itself)
 #[test]
 fn a_dropped_link_stops_the_child() {
-    let (fleet, _d, mut p) = noop_run(1, &[]);
-    p.wait_line("] running", LIMIT);
-    assert!(child_runs(fleet.ip(1)), "mgmt never ran on the host");
-    // SIGKILL: no clean stop, the connections just drop.
-    p.signal(nix::sys::signal::Signal::SIGKILL);
-    p.wait(LIMIT);
-    assert!(
-        children_gone(fleet.ip(1)),
-        "the child outlived its link: {:?}",
-        procs_with(&hostname_arg(fleet.ip(1)))
-    );
-    // The child removed its own per-run files: nobody else could.
-    assert!(
-        run_files_go(&fleet.home(1)),
-        "per-run files left after the link dropped"
-    );
+    // Started warm (its graph in memory), and launched with its graph in
+    // a run directory (`--no-caching`), which it must remove itself.
+    for extra in [&[][..], &["--no-caching"][..]] {
+        let (fleet, _d, mut p) = noop_run(1, extra);
+        p.wait_line("] running", LIMIT);
+        assert!(child_runs(fleet.ip(1)), "mgmt never ran on the host");
+        let runs = fleet.home(1).join(".cache/mgmt/run");
+        assert_eq!(runs.exists(), !extra.is_empty(), "{extra:?}");
+        // SIGKILL: no clean stop, the connections just drop.
+        p.signal(nix::sys::signal::Signal::SIGKILL);
+        p.wait(LIMIT);
+        assert!(
+            children_gone(fleet.ip(1)),
+            "the child outlived its link: {:?}",
+            procs_with(&hostname_arg(fleet.ip(1)))
+        );
+        // The child removed its own per-run files: nobody else could.
+        assert!(
+            run_files_go(&fleet.home(1)),
+            "per-run files left after the link dropped ({extra:?})"
+        );
+    }
 }
 
 /// Whether `home`'s per-run directories are gone (or empty) within 30 s.

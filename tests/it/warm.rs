@@ -31,6 +31,13 @@ fn run_logged(fleet: &SshdFleet, g: &Path, extra: &[&str]) -> (i32, String, Stri
     let before = fleet.log().len();
     let out = run(&mut remote_cmd(fleet, &[g], extra), LIMIT);
     let log = format!("{}\n{}", out.stdout, out.stderr);
+    let sshd = logged_since(fleet, before, &log);
+    (out.code, log, sshd)
+}
+
+/// What sshd logged from `before` on, once it logged the end of every
+/// connection opened since; `log` (mgmt's) is shown if it never does.
+fn logged_since(fleet: &SshdFleet, before: usize, log: &str) -> String {
     let ended = |s: &str| {
         let opened = count(s, "Connection from ");
         let closed = count(s, "Disconnected from user ") + count(s, "Connection closed by ");
@@ -42,7 +49,7 @@ fn run_logged(fleet: &SshdFleet, g: &Path, extra: &[&str]) -> (i32, String, Stri
         done,
         "sshd did not log the end of every connection:\n{sshd}\n{log}"
     );
-    (out.code, log, sshd)
+    sshd
 }
 
 fn count(log: &str, what: &str) -> usize {
@@ -98,7 +105,7 @@ fn a_cached_host_starts_in_one_exec_without_sftp() {
     assert_eq!(count(&sshd, SESSION), 1, "{sshd}");
     let warm_umask = std::fs::read_to_string(&umask).expect("the warm child's umask");
     assert_eq!(warm_umask, cold_umask);
-    // The child wrote its graph itself and removed its run directory.
+    // The child kept its graph in memory: no run directory was made.
     let run_dir = fleet.home(1).join(".cache/mgmt/run");
     assert!(!run_dir.exists(), "left behind: {}", run_dir.display());
 }
@@ -261,11 +268,11 @@ fn the_set_up_cap_holds_in_sshds_own_log() {
     assert!(most >= 2, "set-up never overlapped ({most}):\n{sshd}");
 }
 
-// See: #17, #4 (an edit reaches a host whose child started warm: its run
-// directory, made by the child, is where the edit is written)
+// See: #17, #4 (an edit reaches a host whose child started warm: on the
+// child's stdin, with no SFTP session and no graph on the host's disk)
 #[test]
 fn an_edit_reaches_a_host_started_warm() {
-    let fleet = SshdFleet::start(1);
+    let fleet = verbose_fleet(1);
     let d = Dir::new();
     let target = fleet.home(1).join("live");
     let graph = |content: &str| {
@@ -282,8 +289,17 @@ fn an_edit_reaches_a_host_started_warm() {
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
     std::fs::write(&g, graph("two")).expect("write");
+    let before = fleet.log().len();
     let mut p = Proc::spawn(&mut remote_cmd(&fleet, &[&g], &["-vv"]));
     p.wait_line("set-up done (started warm)", LIMIT);
     p.wait_line(&format!("wrote 3 bytes to {}", target.display()), LIMIT);
+    // The running child holds its graph in memory, not on the disk.
+    let run_dir = fleet.home(1).join(".cache/mgmt/run");
+    assert!(!run_dir.exists(), "a run directory: {}", run_dir.display());
     edit_lands_live(&mut p, &g, &graph("two!"), &target, &[fleet.ip(1)]);
+    let log = p.lines_so_far().join("\n");
+    assert!(log.contains("graph.yaml updated"), "{log}");
+    // The child's exec was the run's only session: the edit took none.
+    let sshd = logged_since(&fleet, before, &log);
+    assert_eq!(count(&sshd, SESSION), 1, "{sshd}\n{log}");
 }
