@@ -43,8 +43,15 @@ fn main() -> ExitCode {
     };
     init_logs(cli.verbose, args.depth > 0, &ui);
     let depth = args.depth;
+    // A host's child that starts no hosts of its own does little at once:
+    // one thread serves it, and starting none of a pool's is measurably
+    // cheaper on the host (#17). The initiator and gateways keep the pool.
+    let flavor = match depth > 0 && args.remotes.is_empty() {
+        true => Flavor::OneThread,
+        false => Flavor::Pool,
+    };
     let mut args = args.clone();
-    with_runtime(|root| async move {
+    with_runtime(flavor, |root| async move {
         // A warm start's graph comes on stdin, before the configuration.
         let link = mgmt::link::ParentLink::stdio();
         let link = match mgmt::run::graph_from_stdin(&mut args, link).await {
@@ -117,7 +124,7 @@ fn facts(verbose: u8, args: &mgmt::cli::FactsArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    with_runtime(|root| async move {
+    with_runtime(Flavor::Pool, |root| async move {
         match mgmt::run::facts(cfg, ui, root).await {
             Ok(code) => code,
             Err(e) => {
@@ -197,8 +204,6 @@ fn exit_code(result: anyhow::Result<mgmt::run::Outcome>, depth: u32) -> u8 {
     }
 }
 
-/// Runs `job` on a multi-threaded runtime with signals cancelling its
-/// root token; its result is the exit code.
 /// mimalloc asks for transparent huge pages on its arenas: every first touch
 /// of one then costs zeroing 2 MiB, which measured as a quarter of a host's
 /// CPU for a short `mgmt run` child, and counts 2 MiB of resident memory for
@@ -210,15 +215,27 @@ fn no_huge_pages() {
     }
 }
 
-fn with_runtime<F, Fut>(job: F) -> ExitCode
+/// Which runtime a process runs on.
+#[derive(Clone, Copy)]
+enum Flavor {
+    /// A worker thread per core.
+    Pool,
+    /// The main thread only (blocking work still goes to its own threads).
+    OneThread,
+}
+
+/// Runs `job` on a runtime of `flavor` with signals cancelling its root
+/// token; its result is the exit code.
+fn with_runtime<F, Fut>(flavor: Flavor, job: F) -> ExitCode
 where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = u8>,
 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = match flavor {
+        Flavor::Pool => tokio::runtime::Builder::new_multi_thread(),
+        Flavor::OneThread => tokio::runtime::Builder::new_current_thread(),
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mgmt: cannot start the async runtime: {e}");
@@ -262,7 +279,7 @@ fn emulate(verbose: u8, args: &mgmt::cli::EmulateArgs) -> ExitCode {
         user: args.user.clone(),
         shared_listener: args.shared_listener,
     };
-    with_runtime(|root| async move {
+    with_runtime(Flavor::Pool, |root| async move {
         match mgmt::emulate::run(opts, root).await {
             Ok(()) => 0,
             Err(e) => {
