@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::remote_run::{edit_lands_live, one_noop_graph, remote_cmd, row, LIMIT};
-use crate::util::hostile::nobody;
+use crate::remote_run::{edit_lands_live, mgmt_children, one_noop_graph, remote_cmd, row, LIMIT};
+use crate::util::hostile::{as_nobody, nobody};
 use crate::util::sshd::{FleetOptions, SshdFleet};
 use crate::util::{eventually, run, Dir, Proc};
 
@@ -302,4 +302,61 @@ fn an_edit_reaches_a_host_started_warm() {
     // The child's exec was the run's only session: the edit took none.
     let sshd = logged_since(&fleet, before, &log);
     assert_eq!(count(&sshd, SESSION), 1, "{sshd}\n{log}");
+}
+
+// See: #17, #13 (a warm child takes its live edits on its stdin: nobody,
+// on the same host, cannot put a graph there)
+#[test]
+fn nobody_cannot_send_a_graph_to_a_warm_child() {
+    let fleet = SshdFleet::start(1);
+    let d = Dir::new();
+    let target = fleet.home(1).join("live");
+    let graph = |content: &str| {
+        format!(
+            "graph: live\nresources:\n  file:\n  - name: live\n    path: {}\n    content: \"{content}\"\nremote: {}\n",
+            target.display(),
+            fleet.url(1)
+        )
+    };
+    let g = d.write("g.yaml", &graph("one"));
+    let out = run(
+        &mut remote_cmd(&fleet, &[&g], &["--converged-timeout", "0"]),
+        LIMIT,
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    std::fs::write(&g, graph("two")).expect("write");
+    let mut p = Proc::spawn(&mut remote_cmd(&fleet, &[&g], &["-vv"]));
+    p.wait_line("set-up done (started warm)", LIMIT);
+    p.wait_line(&format!("wrote 3 bytes to {}", target.display()), LIMIT);
+    let pids = mgmt_children(fleet.ip(1));
+    assert_eq!(pids.len(), 1, "one child: {pids:?}");
+    // nobody's frame would make the child write "pwned" to the target.
+    let forged = graph("pwned");
+    let forged = forged.split("remote:").next().expect("text");
+    let frame = format!("graph {}\n{forged}", forged.len());
+    let frame_file = d.write("frame", &frame);
+    std::fs::set_permissions(
+        &frame_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .expect("chmod");
+    let dir_mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(d.path(), dir_mode).expect("chmod");
+    as_nobody(&format!(
+        "cat {} > /dev/null || exit 2; [ -d /proc/{} ] || exit 3; \
+         if cat {} > /proc/{}/fd/0 2>/dev/null; then echo 'nobody wrote to the child' >&2; exit 1; fi",
+        frame_file.display(),
+        pids[0],
+        frame_file.display(),
+        pids[0]
+    ));
+    // An edit sent after nobody's try lands, and nothing came before it:
+    // frames are read in order, so a forged one would have been first.
+    edit_lands_live(&mut p, &g, &graph("two!"), &target, &[fleet.ip(1)]);
+    let log = p.lines_so_far().join("\n");
+    let forged_write = format!("wrote 5 bytes to {}", target.display());
+    assert!(
+        !log.contains(&forged_write) && !log.contains("pwned"),
+        "{log}"
+    );
 }
