@@ -4,7 +4,7 @@
 //! from outside mgmt, in sshd's own log (#19 item 3).
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::remote_run::{edit_lands_live, mgmt_children, one_noop_graph, remote_cmd, row, LIMIT};
@@ -268,35 +268,52 @@ fn the_set_up_cap_holds_in_sshds_own_log() {
     assert!(most >= 2, "set-up never overlapped ({most}):\n{sshd}");
 }
 
+/// A graph that writes `content` to `target` on host 1.
+fn live_graph(fleet: &SshdFleet, target: &Path, content: &str) -> String {
+    format!(
+        "graph: live\nresources:\n  file:\n  - name: live\n    path: {}\n    content: \"{content}\"\nremote: {}\n",
+        target.display(),
+        fleet.url(1)
+    )
+}
+
+/// Caches the binary on host 1 with a run of `live_graph("one")`, then
+/// writes `live_graph("two")` to the graph file: the file and the target.
+fn cache_live(fleet: &SshdFleet, d: &Dir) -> (PathBuf, PathBuf) {
+    let target = fleet.home(1).join("live");
+    let g = d.write("g.yaml", &live_graph(fleet, &target, "one"));
+    let out = run(
+        &mut remote_cmd(fleet, &[&g], &["--converged-timeout", "0"]),
+        LIMIT,
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    std::fs::write(&g, live_graph(fleet, &target, "two")).expect("write");
+    (g, target)
+}
+
+/// Starts the warm run of `g` (`-vv`) and waits until its child wrote
+/// "two" to `target`.
+fn start_live(fleet: &SshdFleet, g: &Path, target: &Path) -> Proc {
+    let mut p = Proc::spawn(&mut remote_cmd(fleet, &[g], &["-vv"]));
+    p.wait_line("set-up done (started warm)", LIMIT);
+    p.wait_line(&format!("wrote 3 bytes to {}", target.display()), LIMIT);
+    p
+}
+
 // See: #17, #4 (an edit reaches a host whose child started warm: on the
 // child's stdin, with no SFTP session and no graph on the host's disk)
 #[test]
 fn an_edit_reaches_a_host_started_warm() {
     let fleet = verbose_fleet(1);
     let d = Dir::new();
-    let target = fleet.home(1).join("live");
-    let graph = |content: &str| {
-        format!(
-            "graph: live\nresources:\n  file:\n  - name: live\n    path: {}\n    content: \"{content}\"\nremote: {}\n",
-            target.display(),
-            fleet.url(1)
-        )
-    };
-    let g = d.write("g.yaml", &graph("one"));
-    let out = run(
-        &mut remote_cmd(&fleet, &[&g], &["--converged-timeout", "0"]),
-        LIMIT,
-    );
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    std::fs::write(&g, graph("two")).expect("write");
+    let (g, target) = cache_live(&fleet, &d);
     let before = fleet.log().len();
-    let mut p = Proc::spawn(&mut remote_cmd(&fleet, &[&g], &["-vv"]));
-    p.wait_line("set-up done (started warm)", LIMIT);
-    p.wait_line(&format!("wrote 3 bytes to {}", target.display()), LIMIT);
+    let mut p = start_live(&fleet, &g, &target);
     // The running child holds its graph in memory, not on the disk.
     let run_dir = fleet.home(1).join(".cache/mgmt/run");
     assert!(!run_dir.exists(), "a run directory: {}", run_dir.display());
-    edit_lands_live(&mut p, &g, &graph("two!"), &target, &[fleet.ip(1)]);
+    let two = live_graph(&fleet, &target, "two!");
+    edit_lands_live(&mut p, &g, &two, &target, &[fleet.ip(1)]);
     let log = p.lines_so_far().join("\n");
     assert!(log.contains("graph.yaml updated"), "{log}");
     // The child's exec was the run's only session: the edit took none.
@@ -310,28 +327,12 @@ fn an_edit_reaches_a_host_started_warm() {
 fn nobody_cannot_send_a_graph_to_a_warm_child() {
     let fleet = SshdFleet::start(1);
     let d = Dir::new();
-    let target = fleet.home(1).join("live");
-    let graph = |content: &str| {
-        format!(
-            "graph: live\nresources:\n  file:\n  - name: live\n    path: {}\n    content: \"{content}\"\nremote: {}\n",
-            target.display(),
-            fleet.url(1)
-        )
-    };
-    let g = d.write("g.yaml", &graph("one"));
-    let out = run(
-        &mut remote_cmd(&fleet, &[&g], &["--converged-timeout", "0"]),
-        LIMIT,
-    );
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    std::fs::write(&g, graph("two")).expect("write");
-    let mut p = Proc::spawn(&mut remote_cmd(&fleet, &[&g], &["-vv"]));
-    p.wait_line("set-up done (started warm)", LIMIT);
-    p.wait_line(&format!("wrote 3 bytes to {}", target.display()), LIMIT);
+    let (g, target) = cache_live(&fleet, &d);
+    let mut p = start_live(&fleet, &g, &target);
     let pids = mgmt_children(fleet.ip(1));
     assert_eq!(pids.len(), 1, "one child: {pids:?}");
     // nobody's frame would make the child write "pwned" to the target.
-    let forged = graph("pwned");
+    let forged = live_graph(&fleet, &target, "pwned");
     let forged = forged.split("remote:").next().expect("text");
     let frame = format!("graph {}\n{forged}", forged.len());
     let frame_file = d.write("frame", &frame);
@@ -352,7 +353,8 @@ fn nobody_cannot_send_a_graph_to_a_warm_child() {
     ));
     // An edit sent after nobody's try lands, and nothing came before it:
     // frames are read in order, so a forged one would have been first.
-    edit_lands_live(&mut p, &g, &graph("two!"), &target, &[fleet.ip(1)]);
+    let two = live_graph(&fleet, &target, "two!");
+    edit_lands_live(&mut p, &g, &two, &target, &[fleet.ip(1)]);
     let log = p.lines_so_far().join("\n");
     let forged_write = format!("wrote 5 bytes to {}", target.display());
     assert!(
