@@ -221,7 +221,6 @@ async fn facts_below(
         events,
         stdin_lines: None,
         written: Vec::new(),
-        edits_on_stdin: false,
     };
     let (status, last_err) = supervise::run_plain(shared, p, &mut launch, cancel).await?;
     drop(launch);
@@ -330,7 +329,6 @@ async fn supervise(
         events: events.clone(),
         stdin_lines: turns,
         written: Vec::new(),
-        edits_on_stdin: false,
     };
     supervise::supervise(shared, p, launch, cancel, own).await
 }

@@ -87,7 +87,6 @@ pub async fn run(
         events: events.clone(),
         stdin_lines: None,
         written: Vec::new(),
-        edits_on_stdin: false,
     };
     let set_up = match place(&shared, &host, &mut launch, &cancel).await {
         Ok(s) => Some(s),
@@ -204,7 +203,6 @@ async fn place(
     let (placed, started) = match first {
         Warm::Started { child, cached } => {
             tracing::debug!("{}: set-up done (started warm)", host.name);
-            launch.edits_on_stdin = true;
             let placed = Placed::new(session, SftpSlot::empty(), cached, connect, t1.elapsed());
             (placed, Some(child))
         }
@@ -231,7 +229,6 @@ async fn place(
             match again? {
                 Warm::Started { child, .. } => {
                     tracing::debug!("{}: set-up done", host.name);
-                    launch.edits_on_stdin = true;
                     (placed, Some(child))
                 }
                 Warm::Miss(_) => {

@@ -66,9 +66,6 @@ pub(crate) struct Launch<'a> {
     pub stdin_lines: Option<mpsc::UnboundedReceiver<String>>,
     /// What was written so far.
     pub written: Vec<String>,
-    /// The child took its graph on stdin (a warm start): its live edits go
-    /// there too, as frames ([`crate::link::graph_frame`]), not over SFTP.
-    pub edits_on_stdin: bool,
 }
 
 /// Where `{port}` stands in [`Launch::args`] until the tunnel is open.
@@ -161,6 +158,9 @@ pub(crate) async fn run_child(
     }
     let mut replaced = false;
     let mut stopping = false;
+    // A child started already was started warm: it took its graph on
+    // stdin, and takes its live edits there too.
+    let edits_on_stdin = started.is_some();
     let status = loop {
         let mut child = match started.take() {
             Some(c) => c,
@@ -178,8 +178,15 @@ pub(crate) async fn run_child(
             let _ = child.write_stdin(l.as_bytes()).await;
         }
         ui.stage(label, Stage::Running);
-        let (status, last_err) =
-            follow(shared, p, &mut child, &mut launch, cancel, &mut stopping).await;
+        let (status, last_err) = follow(
+            shared,
+            p,
+            &mut child,
+            &mut launch,
+            cancel,
+            (&mut stopping, edits_on_stdin),
+        )
+        .await;
         if status == ExitStatus::Exited(VERIFY_FAILED_EXIT) && !replaced && !stopping {
             // The cached binary failed its hash check at launch, so it was
             // not run: replace it and launch once more.
@@ -244,7 +251,15 @@ pub(crate) async fn run_plain(
             .map_err(|e| explain(&e))?;
         shared.ui.stage(label, Stage::Running);
         let mut stopping = false;
-        let (status, last_err) = follow(shared, p, &mut child, launch, cancel, &mut stopping).await;
+        let (status, last_err) = follow(
+            shared,
+            p,
+            &mut child,
+            launch,
+            cancel,
+            (&mut stopping, false),
+        )
+        .await;
         if status == ExitStatus::Exited(VERIFY_FAILED_EXIT) && !replaced && !stopping {
             replaced = true;
             tracing::warn!("{label}: the cached binary failed its hash check; replacing it");
@@ -264,15 +279,16 @@ fn exec_options(secret: &TunnelSecret) -> ExecOptions {
     }
 }
 
-/// Streams the child's output, keeps its files in step, stops it when the
-/// run stops; returns its exit status and its last stderr line.
+/// Streams the child's output, keeps its files in step (on its stdin when
+/// `edits_on_stdin`, else over SFTP), stops it when the run stops;
+/// returns its exit status and its last stderr line.
 async fn follow(
     shared: &Shared,
     p: &Placed,
     child: &mut RemoteChild,
     launch: &mut Launch<'_>,
     cancel: &CancellationToken,
-    stopping: &mut bool,
+    (stopping, edits_on_stdin): (&mut bool, bool),
 ) -> (ExitStatus, String) {
     let label = launch.label;
     // Stop sequence: stdin closed (the child stops by itself; no extra
@@ -316,7 +332,7 @@ async fn follow(
                 // The new graph's collects may read more: allowed before
                 // the host can see the new text.
                 launch.speaker.allow_reads(read_scope(&launch.synced[i..=i]));
-                match launch.edits_on_stdin {
+                match edits_on_stdin {
                     true => send_graph(label, child, &mut launch.synced[i]).await,
                     false => sync_file(shared, p, label, &mut launch.synced[i]).await,
                 }

@@ -9,7 +9,8 @@
 //! The first render, like the first parse, is all or nothing: an error
 //! there stops the run before anything is applied.
 //!
-//! On an edit of the file (live reload) or new values, the new graph is
+//! On an edit of the file (live reload; a warm start's edits come on its
+//! stdin instead, [`Edits`]) or new values, the new graph is
 //! rendered and validated first: an invalid one is reported and the running
 //! graph stays. A valid one re-exports this host's `@@` resources and
 //! follows its `collect:` entries (a changed list changes what is read and
