@@ -245,14 +245,14 @@ fn two_hundred_emulated_hosts_converge_with_their_own_files() {
     assert_eq!(t["connections"].as_u64(), Some(N as u64));
     assert_eq!(t["children_started"].as_u64(), Some(N as u64));
     assert_eq!(t["auth_refused"].as_u64(), Some(0));
-    // SFTP is open for the two cold hosts' set-up only: the others start
-    // warm, in one exec (#17), and every child exited 0 having removed its
-    // own run directory, so the clean-up needs no second session.
+    // SFTP is open for the two cold hosts' copies only: every child starts
+    // warm, in one exec (#17), the copied ones too, with its graph in
+    // memory, so there is no run directory and no clean-up session.
     assert_eq!(t["sftp_sessions"].as_u64(), Some(2));
     for i in 0..N {
         assert_eq!(s["per_host"][emu.addr(i)]["connections"].as_u64(), Some(1));
     }
-    // No run files are left on any host; only the cache stays.
+    // No run files on any host (none was made); only the cache stays.
     for i in 0..N {
         let run = emu.home(i).join(".cache/mgmt/run");
         let left = std::fs::read_dir(&run).map(|r| r.count()).unwrap_or(0);

@@ -370,6 +370,8 @@ fn an_interrupt_stops_the_gateways_inventory_and_leaves_nothing() {
             .collect::<Vec<_>>()
     };
     assert_eq!(left().len(), 1, "the gateway's mgmt facts runs");
+    let runs = crate::remote_run::run_dirs(&fleet.home(1));
+    assert_eq!(runs, 1, "the gateway's run directory");
     p.signal(nix::sys::signal::Signal::SIGINT);
     let code = p.wait(LIMIT);
     let out = p.stdout_rest();

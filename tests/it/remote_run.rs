@@ -587,8 +587,8 @@ fn a_dropped_link_stops_the_child() {
         let (fleet, _d, mut p) = noop_run(1, extra);
         p.wait_line("] running", LIMIT);
         assert!(child_runs(fleet.ip(1)), "mgmt never ran on the host");
-        let runs = fleet.home(1).join(".cache/mgmt/run");
-        assert_eq!(runs.exists(), !extra.is_empty(), "{extra:?}");
+        let runs = run_dirs(&fleet.home(1));
+        assert_eq!(runs, usize::from(!extra.is_empty()), "{extra:?}");
         // SIGKILL: no clean stop, the connections just drop.
         p.signal(nix::sys::signal::Signal::SIGKILL);
         p.wait(LIMIT);
@@ -605,14 +605,14 @@ fn a_dropped_link_stops_the_child() {
     }
 }
 
+/// How many per-run directories `home` has now (0 when it has none).
+pub(crate) fn run_dirs(home: &Path) -> usize {
+    std::fs::read_dir(home.join(".cache/mgmt/run")).map_or(0, |d| d.count())
+}
+
 /// Whether `home`'s per-run directories are gone (or empty) within 30 s.
 pub(crate) fn run_files_go(home: &Path) -> bool {
-    let run = home.join(".cache/mgmt/run");
-    eventually(Duration::from_secs(30), || {
-        std::fs::read_dir(&run)
-            .map(|d| d.count() == 0)
-            .unwrap_or(true)
-    })
+    eventually(Duration::from_secs(30), || run_dirs(home) == 0)
 }
 
 // See: #4 (a second ^C exits at once; the children stop by themselves

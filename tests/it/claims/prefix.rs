@@ -18,6 +18,19 @@ fn only_entry(dir: &Path) -> std::path::PathBuf {
     v[0].clone()
 }
 
+/// The pid of host `ip`'s mgmt child, once there is one.
+fn child_of(ip: &str) -> i32 {
+    let mut pid = None;
+    assert!(
+        eventually(LIMIT, || {
+            pid = mgmt_children(ip).first().copied();
+            pid.is_some()
+        }),
+        "no child for {ip}"
+    );
+    pid.unwrap()
+}
+
 /// Runs a noop graph on host 1 with `--remote-prefix prefix_arg` and checks,
 /// while it runs and after ^C, that everything is under `prefix` (the
 /// directory the argument names on the host).
@@ -39,15 +52,7 @@ fn runs_under(fleet: &SshdFleet, d: &Dir, prefix_arg: &str, prefix: &Path) {
     // The child runs from <prefix>/bin/<sha256>/; its run is named
     // <prefix>/run/<id>, and its graph, read on its stdin, stays in its
     // memory: no run directory is made.
-    let mut pid = None;
-    assert!(
-        eventually(LIMIT, || {
-            pid = mgmt_children(&ip).first().copied();
-            pid.is_some()
-        }),
-        "no child for {ip}"
-    );
-    let pid = pid.unwrap();
+    let pid = child_of(&ip);
     let bin_dir = only_entry(&prefix.join("bin"));
     let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
     assert_eq!(cwd, bin_dir);
@@ -79,6 +84,44 @@ fn runs_under(fleet: &SshdFleet, d: &Dir, prefix_arg: &str, prefix: &Path) {
     );
 }
 
+/// [`runs_under`] for a child launched with its graph in a run directory
+/// (`--no-caching`): that directory is `<prefix>/run/<id>/` while it runs,
+/// and after ^C neither it nor the binary is left.
+fn launched_under(fleet: &SshdFleet, d: &Dir, prefix_arg: &str, prefix: &Path) {
+    let g = d.write(
+        "g.yaml",
+        &format!(
+            "graph: g\nresources:\n  noop:\n  - name: n\nremote: {}\n",
+            fleet.url(1)
+        ),
+    );
+    let ip = fleet.ip(1).to_owned();
+    let mut p = Proc::spawn(&mut remote_cmd(
+        fleet,
+        &[&g],
+        &["--remote-prefix", prefix_arg, "--no-caching"],
+    ));
+    p.wait_line(&format!("[{ip}] running"), LIMIT);
+    let run_dir = only_entry(&prefix.join("run"));
+    assert!(
+        run_dir.join("graph.yaml").is_file(),
+        "{}",
+        run_dir.display()
+    );
+    let cmd = crate::remote_run::cmdline(child_of(&ip));
+    assert!(
+        cmd.contains(&format!("--run-dir {}", run_dir.display())),
+        "{cmd}"
+    );
+    interrupt(&mut p);
+    for gone in ["run", "bin"] {
+        let left: Vec<_> = std::fs::read_dir(prefix.join(gone))
+            .map(|r| r.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "left under {gone}/: {left:?}");
+    }
+}
+
 // See: #19 (README: "`~/.cache/mgmt/bin/<sha256>/mgmt` ... `--remote-prefix` overrides"; "may be absolute, `~/...` or relative to the home")
 #[test]
 fn the_cache_and_run_files_go_under_the_prefix() {
@@ -88,6 +131,8 @@ fn the_cache_and_run_files_go_under_the_prefix() {
     runs_under(&fleet, &d, &abs.display().to_string(), &abs);
     let tilde = fleet.home(1).join("state/mgmt");
     runs_under(&fleet, &d, "~/state/mgmt", &tilde);
+    let launched = fleet.home(1).join("launched/mgmt");
+    launched_under(&fleet, &d, "~/launched/mgmt", &launched);
 }
 
 // See: #19 (README: "`--remote-prefix` ... may not contain `..`")

@@ -30,12 +30,22 @@ fn stubborn(fifo: &Path) -> String {
 #[test]
 fn a_child_that_ignores_eof_and_sigint_is_killed() {
     let fleet = SshdFleet::start(1);
-    let d = Dir::new();
-    let ip = fleet.ip(1).to_owned();
     let fifo = fleet.home(1).join("hold");
     let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
     assert!(made.success());
     plant_child(&fleet, 1, &stubborn(&fifo));
+    // Started warm (nothing of the run on the host's disk), then launched
+    // with its graph in a run directory (`--no-caching`), which the child
+    // cannot remove once killed: the parent does.
+    for extra in [&[][..], &["--no-caching"][..]] {
+        killed_and_cleaned(&fleet, extra);
+    }
+}
+
+/// One run of [`a_child_that_ignores_eof_and_sigint_is_killed`].
+fn killed_and_cleaned(fleet: &SshdFleet, extra: &[&str]) {
+    let d = Dir::new();
+    let ip = fleet.ip(1).to_owned();
     let g = d.write(
         "g.yaml",
         &format!(
@@ -43,11 +53,8 @@ fn a_child_that_ignores_eof_and_sigint_is_killed() {
             fleet.url(1)
         ),
     );
-    let mut p = Proc::spawn(&mut remote_cmd(
-        &fleet,
-        &[&g],
-        &["--remote-binary", "/bin/sh"],
-    ));
+    let args = [&["--remote-binary", "/bin/sh"][..], extra].concat();
+    let mut p = Proc::spawn(&mut remote_cmd(fleet, &[&g], &args));
     let line = p.wait_line(&format!("[{ip}] stubborn: pid "), LIMIT);
     let pid: i32 = line
         .rsplit(' ')
@@ -58,6 +65,9 @@ fn a_child_that_ignores_eof_and_sigint_is_killed() {
     let cmd = crate::remote_run::cmdline(pid);
     assert!(cmd.contains(&format!("--hostname {ip}")), "{pid}: {cmd:?}");
     assert!(!crate::util::gone(pid));
+    // What there is to clean up: a run directory for a launched child only.
+    let runs = crate::remote_run::run_dirs(&fleet.home(1));
+    assert_eq!(runs, usize::from(!extra.is_empty()), "{extra:?}");
 
     p.signal(nix::sys::signal::Signal::SIGINT);
     // In this order: stdin closes, the child stays; SIGINT by pid, which
@@ -70,22 +80,22 @@ fn a_child_that_ignores_eof_and_sigint_is_killed() {
     let log = p.lines_so_far().join("\n");
     assert!(
         log.contains("did not stop within") && log.contains("of SIGINT; killed it"),
-        "{log}"
+        "{extra:?}: {log}"
     );
     assert!(
         crate::util::gone(pid),
-        "pid {pid} still runs on the host\n{log}"
+        "pid {pid} still runs on the host ({extra:?})\n{log}"
     );
     assert!(
         crate::remote_run::procs_with(&format!("--hostname {ip}")).is_empty(),
-        "a process of the run is left on the host\n{log}"
+        "a process of the run is left on the host ({extra:?})\n{log}"
     );
     // The run's own files went with it (the child could not remove them).
     assert!(
         crate::remote_run::run_files_go(&fleet.home(1)),
-        "per-run files left on the host"
+        "per-run files left on the host ({extra:?})"
     );
     // A ^C stop, however it had to end the child: the host counts as
     // stopped, not failed.
-    assert_eq!(code, 0, "{log}");
+    assert_eq!(code, 0, "{extra:?}: {log}");
 }
