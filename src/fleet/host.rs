@@ -213,6 +213,7 @@ async fn place(
             let copy = copy_to(shared, &slot, &session, cancel);
             let (copied, channel) = tokio::join!(copy, session.open_channel());
             let (sftp, cached) = copied?;
+            shared.ui.stage(&host.name, Stage::Starting);
             let placed = Placed::new(session, sftp, cached, connect, t2.elapsed());
             // The copy left the binary where a warm start finds it: the
             // child starts the same way (graph on stdin, no run directory
@@ -258,6 +259,7 @@ async fn copy_turn(
         return Ok(());
     }
     tracing::debug!("{name}: copy waits {wait:?} (first wave)");
+    shared.ui.stage(name, Stage::Waiting);
     tokio::select! {
         _ = cancel.cancelled() => Err("the run is stopping".into()),
         _ = tokio::time::sleep(wait) => Ok(()),

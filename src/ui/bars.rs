@@ -356,12 +356,13 @@ mod tests {
     #[test]
     fn summary_lists_nonzero_stages_in_order() {
         let mut counts = [0; STAGES];
-        counts[6] = 950;
-        counts[1] = 12;
-        counts[10] = 2;
+        counts[Stage::Running.index()] = 950;
+        counts[Stage::Connecting.index()] = 12;
+        counts[Stage::Waiting.index()] = 3;
+        counts[Stage::Failed(String::new()).index()] = 2;
         assert_eq!(
-            summary_text(&counts, 964),
-            "964 hosts: 12 connecting, 950 running, 2 failed"
+            summary_text(&counts, 967),
+            "967 hosts: 12 connecting, 3 waiting, 950 running, 2 failed"
         );
     }
 }

@@ -254,7 +254,10 @@ fn stage_events(before: &Stage, now: &Stage) -> Vec<(&'static str, Value)> {
         return out;
     }
     if matches!(before, Stage::Authenticating)
-        && matches!(now, Stage::Copying { .. } | Stage::Cached | Stage::Starting)
+        && matches!(
+            now,
+            Stage::Waiting | Stage::Copying { .. } | Stage::Cached | Stage::Starting
+        )
     {
         out.push(("authenticated", none()));
     }
@@ -277,6 +280,7 @@ fn stage_events(before: &Stage, now: &Stage) -> Vec<(&'static str, Value)> {
         _ if now == before => {}
         Stage::Queued | Stage::Authenticating => {}
         Stage::Connecting => out.push(("connecting", none())),
+        Stage::Waiting => out.push(("waiting", none())),
         Stage::Cached => out.push(("cached", none())),
         Stage::Starting => out.push(("starting", none())),
         Stage::Running if matches!(before, Stage::Converged) => out.push(("unconverged", none())),
@@ -355,6 +359,10 @@ mod tests {
         );
         assert!(kinds(&copy(1), &copy(5)).is_empty());
         assert_eq!(kinds(&copy(5), &copy(12)), ["copying"]);
+        // A copy that waits for its turn, then the start after it.
+        assert_eq!(kinds(&Stage::Starting, &Stage::Waiting), ["waiting"]);
+        assert_eq!(kinds(&Stage::Waiting, &copy(0)), ["copying"]);
+        assert_eq!(kinds(&copy(100), &Stage::Starting), ["starting"]);
         assert_eq!(kinds(&Stage::Converged, &Stage::Running), ["unconverged"]);
         assert_eq!(kinds(&Stage::Running, &Stage::Running), Vec::<&str>::new());
         assert!(kinds(&Stage::Failed("x".into()), &Stage::Done).is_empty());

@@ -11,6 +11,9 @@ pub enum Stage {
     Queued,
     Connecting,
     Authenticating,
+    /// The binary must be copied, and the copy waits for its turn in the
+    /// first wave ([`crate::fleet::stagger`]), keeping its slot.
+    Waiting,
     Copying {
         sent: u64,
         total: u64,
@@ -26,11 +29,12 @@ pub enum Stage {
 }
 
 /// How many [`Stage`] variants there are; see [`Stage::index`].
-pub(super) const STAGES: usize = 11;
+pub(super) const STAGES: usize = 12;
 pub(super) const STAGE_NAMES: [&str; STAGES] = [
     "queued",
     "connecting",
     "authenticating",
+    "waiting",
     "copying",
     "cached",
     "starting",
@@ -48,14 +52,15 @@ impl Stage {
             Stage::Queued => 0,
             Stage::Connecting => 1,
             Stage::Authenticating => 2,
-            Stage::Copying { .. } => 3,
-            Stage::Cached => 4,
-            Stage::Starting => 5,
-            Stage::Running => 6,
-            Stage::Converged => 7,
-            Stage::Stopping => 8,
-            Stage::Done => 9,
-            Stage::Failed(_) => 10,
+            Stage::Waiting => 3,
+            Stage::Copying { .. } => 4,
+            Stage::Cached => 5,
+            Stage::Starting => 6,
+            Stage::Running => 7,
+            Stage::Converged => 8,
+            Stage::Stopping => 9,
+            Stage::Done => 10,
+            Stage::Failed(_) => 11,
         }
     }
 
@@ -66,6 +71,7 @@ impl Stage {
             self,
             Stage::Connecting
                 | Stage::Authenticating
+                | Stage::Waiting
                 | Stage::Copying { .. }
                 | Stage::Cached
                 | Stage::Starting

@@ -113,6 +113,11 @@ fn events_on_stdout_tell_the_whole_run() {
             );
         }
         assert!(k.iter().any(|x| x == "copying" || x == "cached"), "{k:?}");
+        // After a copy the host shows its start, not a full bar.
+        if let Some(at) = k.iter().rposition(|x| x == "copying") {
+            let next = k[at + 1..].iter().find(|x| *x != "output");
+            assert_eq!(next.map(String::as_str), Some("starting"), "{k:?}");
+        }
         assert_eq!(host[0]["host"], fleet.ip(i));
         let done = host.last().unwrap();
         assert_eq!(done["event"], "done", "{k:?}");

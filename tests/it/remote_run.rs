@@ -325,6 +325,9 @@ fn fifty_hosts_with_a_set_up_cap_of_eight() {
     // spread out (fleet::stagger); later ones do not.
     let waits = log.lines().filter(|l| l.ends_with("(first wave)")).count();
     assert_eq!(waits, 7, "{log}");
+    // And the operator sees them wait, not "starting".
+    let shown = log.lines().filter(|l| l.ends_with("] waiting")).count();
+    assert_eq!(shown, 7, "{log}");
     assert!(
         max >= 2,
         "the set-up phase never overlapped ({max}); the fan-out is serial"
