@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -19,7 +20,8 @@ use serde::Serialize;
 pub struct Facts {
     /// The kernel's host name (`/proc/sys/kernel/hostname`).
     pub hostname: String,
-    /// The canonical name the resolver gives for `hostname`, else `hostname`.
+    /// The canonical name the resolver gives for `hostname` within
+    /// [`FQDN_PATIENCE`], else `hostname`.
     pub fqdn: String,
     pub os: Os,
     /// The machine architecture this binary runs on (`x86_64`, `aarch64`).
@@ -59,18 +61,28 @@ pub struct Interface {
     pub ipv6: Vec<String>,
 }
 
-/// Gathers the facts of the machine this process runs on.
-pub fn gather() -> Facts {
+/// How long the resolver has to give the host's canonical name before the
+/// host name stands in for `facts.fqdn`. A host whose resolver drops
+/// queries would otherwise hold every start of its child for the
+/// resolver's own timeout (5 s with musl's defaults); a resolver that
+/// answers at all usually does so in milliseconds.
+pub const FQDN_PATIENCE: Duration = Duration::from_secs(1);
+
+/// Gathers the facts of the machine this process runs on. Everything but
+/// the FQDN is small files of `/proc`, `/sys` and `/etc` and the interface
+/// list, read here; the FQDN waits on the resolver, on a thread of its
+/// own, for at most [`FQDN_PATIENCE`].
+pub async fn gather() -> Facts {
     let hostname = read_trimmed("/proc/sys/kernel/hostname");
-    let os = std::fs::read_to_string("/etc/os-release")
-        .map(|t| parse_os_release(&t))
-        .unwrap_or_default();
+    // Asked first, awaited last: the other facts are read meanwhile.
+    let asked = ask_fqdn(&hostname);
     let addresses = addresses();
-    let default_ipv4 = default_ipv4(&addresses);
-    Facts {
-        fqdn: fqdn(&hostname),
-        hostname,
-        os,
+    let mut facts = Facts {
+        default_ipv4: default_ipv4(&addresses),
+        addresses,
+        os: std::fs::read_to_string("/etc/os-release")
+            .map(|t| parse_os_release(&t))
+            .unwrap_or_default(),
         arch: std::env::consts::ARCH.to_owned(),
         kernel: read_trimmed("/proc/sys/kernel/osrelease"),
         cpus: std::fs::read_to_string("/sys/devices/system/cpu/online")
@@ -79,9 +91,24 @@ pub fn gather() -> Facts {
         memory_mb: std::fs::read_to_string("/proc/meminfo")
             .map(|t| mem_total_mb(&t))
             .unwrap_or(0),
-        addresses,
-        default_ipv4,
-    }
+        fqdn: String::new(),
+        hostname,
+    };
+    facts.fqdn = match tokio::time::timeout(FQDN_PATIENCE, asked).await {
+        Ok(Ok(name)) => name,
+        // No thread to ask on: said when it failed.
+        Ok(Err(_)) => facts.hostname.clone(),
+        Err(_) => {
+            tracing::warn!(
+                "facts: the resolver did not give the canonical name of {:?} within \
+                 {FQDN_PATIENCE:?}; facts.fqdn is the host name (check /etc/resolv.conf, or \
+                 name the host in /etc/hosts)",
+                facts.hostname
+            );
+            facts.hostname.clone()
+        }
+    };
+    facts
 }
 
 fn read_trimmed(path: &str) -> String {
@@ -135,8 +162,26 @@ fn mem_total_mb(text: &str) -> u64 {
         .map_or(0, |kb| kb / 1024)
 }
 
-/// The resolver's canonical name for `hostname` (what `hostname -f` shows).
-fn fqdn(hostname: &str) -> String {
+/// Asks the resolver for `hostname`'s canonical name on a thread of its
+/// own, which ends when the resolver answers or gives up by itself; an
+/// answer nobody waits for any more is dropped.
+fn ask_fqdn(hostname: &str) -> tokio::sync::oneshot::Receiver<String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let name = hostname.to_owned();
+    let spawned = std::thread::Builder::new()
+        .name("facts-fqdn".into())
+        .spawn(move || {
+            let _ = tx.send(canonical_name(&name));
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("facts: cannot ask the resolver ({e}); facts.fqdn is the host name");
+    }
+    rx
+}
+
+/// The resolver's canonical name for `hostname` (what `hostname -f` shows),
+/// else `hostname`.
+fn canonical_name(hostname: &str) -> String {
     use nix::libc;
     use std::ffi::{CStr, CString};
     let Ok(node) = CString::new(hostname) else {

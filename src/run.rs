@@ -355,7 +355,7 @@ pub async fn facts(
     let answers = match cfg.remote {
         Some(plan) => crate::fleet::inventory::gather(plan, ui.clone(), cfg.depth, cancel).await,
         None => {
-            let f = tokio::task::spawn_blocking(crate::facts::gather).await?;
+            let f = crate::facts::gather().await;
             if cfg.json {
                 // What a host prints for `mgmt facts --remote`: the facts alone.
                 println!("{}", serde_json::to_string(&f)?);
@@ -412,7 +412,7 @@ async fn skipped(cfg: &Config) -> anyhow::Result<Option<String>> {
         return Ok(None);
     }
     let ctx = crate::graph::template::Context {
-        facts: tokio::task::spawn_blocking(crate::facts::gather).await?,
+        facts: crate::facts::gather().await,
         host: cfg.host.clone(),
         ..Default::default()
     };

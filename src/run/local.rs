@@ -86,10 +86,7 @@ impl Local {
             file.label
         );
         let (updates_tx, updates_rx) = mpsc::channel(4);
-        // Off the runtime's threads: the FQDN asks the resolver.
-        let facts = tokio::task::spawn_blocking(crate::facts::gather)
-            .await
-            .unwrap_or_default();
+        let facts = crate::facts::gather().await;
         // This host's facts and graph, for other hosts' `hosts()` (#20);
         // not in --noop, which publishes nothing.
         let record = serde_json::json!({"graph": file.graph.name, "facts": facts}).to_string();

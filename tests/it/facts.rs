@@ -421,3 +421,51 @@ fn a_key_learned_behind_a_gateway_by_facts_reaches_the_initiators_known_hosts() 
     assert!(log.contains("recorded the host key of"), "{log}");
     fleet.assert_learned_again(2, &leaf_line, &without);
 }
+
+// See: #15 (facts are read locally; a fact that cannot be read is left
+// empty, never an error): on a host whose resolver takes every query and
+// never answers, the facts come without waiting for the resolver's own
+// timeout, `fqdn` is the host name, and a warning says why.
+#[test]
+fn a_resolver_that_never_answers_does_not_hold_the_facts() {
+    // The host's only nameserver: a socket on a loopback address of its
+    // own that reads queries and answers none.
+    let ip = format!("127.{}.{}.53", rand::random::<u8>(), rand::random::<u8>());
+    let resolver = std::net::UdpSocket::bind((ip.as_str(), 53)).expect("bind port 53");
+    let d = Dir::new();
+    // Its own timeout is a minute, with no retry: well past this test's wait.
+    let conf = d.write(
+        "resolv.conf",
+        &format!("nameserver {ip}\noptions timeout:60 attempts:1\n"),
+    );
+    let name = format!("nodns-{:08x}", rand::random::<u32>());
+    // In mount and UTS namespaces of its own: a host name that no
+    // /etc/hosts knows, and that resolv.conf.
+    let script = format!(
+        "hostname {name} && mount --bind {conf} /etc/resolv.conf && exec {bin} facts --json",
+        conf = conf.display(),
+        bin = crate::util::shipped().display()
+    );
+    let out = crate::util::run(
+        std::process::Command::new("unshare")
+            .args(["--mount", "--uts", "sh", "-c", &script])
+            .env_remove("RUST_LOG"),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let facts: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("JSON");
+    assert_eq!(facts["hostname"], name.as_str(), "{facts:#}");
+    assert_eq!(facts["fqdn"], name.as_str(), "{facts:#}");
+    assert!(
+        out.stderr
+            .contains("the resolver did not give the canonical name")
+            && out.stderr.contains("facts.fqdn is the host name"),
+        "{}",
+        out.stderr
+    );
+    // The resolver was asked (and so left unanswered).
+    resolver.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 512];
+    let query = resolver.recv_from(&mut buf).map(|(n, _)| n);
+    assert!(query.is_ok_and(|n| n > 12), "no query reached the resolver");
+}
