@@ -37,7 +37,7 @@ fn graphs(d: &Dir, fleet: &SshdFleet) -> (std::path::PathBuf, std::path::PathBuf
 }
 
 /// The pid of host `ip`'s mgmt child, once it runs.
-fn child_of(ip: &str) -> i32 {
+pub(crate) fn child_of(ip: &str) -> i32 {
     let mut pid = None;
     assert!(
         eventually(LIMIT, || {

@@ -3,9 +3,10 @@
 
 use std::path::Path;
 
+use crate::claims::child_death::child_of;
 use crate::remote_run::{interrupt, mgmt_children, remote_cmd, LIMIT};
 use crate::util::sshd::SshdFleet;
-use crate::util::{eventually, Dir, Proc};
+use crate::util::{Dir, Proc};
 
 /// The one entry of directory `dir` (panics unless there is exactly one).
 fn only_entry(dir: &Path) -> std::path::PathBuf {
@@ -18,23 +19,8 @@ fn only_entry(dir: &Path) -> std::path::PathBuf {
     v[0].clone()
 }
 
-/// The pid of host `ip`'s mgmt child, once there is one.
-fn child_of(ip: &str) -> i32 {
-    let mut pid = None;
-    assert!(
-        eventually(LIMIT, || {
-            pid = mgmt_children(ip).first().copied();
-            pid.is_some()
-        }),
-        "no child for {ip}"
-    );
-    pid.unwrap()
-}
-
-/// Runs a noop graph on host 1 with `--remote-prefix prefix_arg` and checks,
-/// while it runs and after ^C, that everything is under `prefix` (the
-/// directory the argument names on the host).
-fn runs_under(fleet: &SshdFleet, d: &Dir, prefix_arg: &str, prefix: &Path) {
+/// Starts a noop graph on host 1 with `args` and waits until it runs.
+fn running(fleet: &SshdFleet, d: &Dir, args: &[&str]) -> Proc {
     let g = d.write(
         "g.yaml",
         &format!(
@@ -42,13 +28,17 @@ fn runs_under(fleet: &SshdFleet, d: &Dir, prefix_arg: &str, prefix: &Path) {
             fleet.url(1)
         ),
     );
+    let mut p = Proc::spawn(&mut remote_cmd(fleet, &[&g], args));
+    p.wait_line(&format!("[{}] running", fleet.ip(1)), LIMIT);
+    p
+}
+
+/// Runs a noop graph on host 1 with `--remote-prefix prefix_arg` and checks,
+/// while it runs and after ^C, that everything is under `prefix` (the
+/// directory the argument names on the host).
+fn runs_under(fleet: &SshdFleet, d: &Dir, prefix_arg: &str, prefix: &Path) {
     let ip = fleet.ip(1).to_owned();
-    let mut p = Proc::spawn(&mut remote_cmd(
-        fleet,
-        &[&g],
-        &["--remote-prefix", prefix_arg],
-    ));
-    p.wait_line(&format!("[{ip}] running"), LIMIT);
+    let mut p = running(fleet, d, &["--remote-prefix", prefix_arg]);
     // The child runs from <prefix>/bin/<sha256>/; its run is named
     // <prefix>/run/<id>, and its graph, read on its stdin, stays in its
     // memory: no run directory is made.
@@ -88,20 +78,8 @@ fn runs_under(fleet: &SshdFleet, d: &Dir, prefix_arg: &str, prefix: &Path) {
 /// (`--no-caching`): that directory is `<prefix>/run/<id>/` while it runs,
 /// and after ^C neither it nor the binary is left.
 fn launched_under(fleet: &SshdFleet, d: &Dir, prefix_arg: &str, prefix: &Path) {
-    let g = d.write(
-        "g.yaml",
-        &format!(
-            "graph: g\nresources:\n  noop:\n  - name: n\nremote: {}\n",
-            fleet.url(1)
-        ),
-    );
     let ip = fleet.ip(1).to_owned();
-    let mut p = Proc::spawn(&mut remote_cmd(
-        fleet,
-        &[&g],
-        &["--remote-prefix", prefix_arg, "--no-caching"],
-    ));
-    p.wait_line(&format!("[{ip}] running"), LIMIT);
+    let mut p = running(fleet, d, &["--remote-prefix", prefix_arg, "--no-caching"]);
     let run_dir = only_entry(&prefix.join("run"));
     assert!(
         run_dir.join("graph.yaml").is_file(),
