@@ -389,6 +389,13 @@ pub struct RunArgs {
     #[arg(long, hide = true, conflicts_with = "rolling", requires = "remotes")]
     pub rolling_follow: bool,
 
+    /// The run's store is the initiator's own and ends with the run: a
+    /// stop of the whole run leaves this host's keys to lapse with it
+    /// instead of revoking them, so that no host still stopping sees this
+    /// one leave (internal: set by the parent).
+    #[arg(long, hide = true, requires = "tunnel_secret_stdin")]
+    pub store_ends_with_run: bool,
+
     /// Exit once converged, as the initiator would (internal: a rolling
     /// run's host, whose turn ends there).
     #[arg(long, hide = true, requires = "file")]

@@ -110,6 +110,9 @@ pub struct Config {
     pub rolling: Option<crate::fleet::rolling::RollMode>,
     /// `--exit-converged`: a rolling run's host ends when it converged.
     pub exit_converged: bool,
+    /// The run's store ends with the run: the initiator's embedded one, or
+    /// (`--store-ends-with-run`) a parent's that is.
+    pub store_ends_with_run: bool,
     /// `--where`: a host where it is false applies nothing.
     pub where_expr: Option<String>,
     /// Where `file` resources' absolute paths are rooted: `/`, or a host's
@@ -194,6 +197,8 @@ impl Config {
                 ))
             }
         };
+        let store_ends_with_run = args.store_ends_with_run
+            || (args.depth == 0 && matches!(store, StoreMode::Embedded { .. }));
         let hostname = args
             .hostname
             .clone()
@@ -234,6 +239,7 @@ impl Config {
             hostname,
             rolling,
             exit_converged: args.exit_converged,
+            store_ends_with_run,
             where_expr: args.where_expr.clone(),
             root: "/".into(),
         })

@@ -221,6 +221,7 @@ pub async fn run_linked(
                 initiator: cfg.initiator.clone(),
                 route: cfg.route.clone(),
                 where_expr: cfg.where_expr.clone(),
+                store_ends_with_run: cfg.store_ends_with_run,
             },
             ui: ui.clone(),
             tunnels: tunnels_tx,
@@ -297,8 +298,13 @@ pub async fn run_linked(
         Some(t) => (&mut t.0).await.unwrap_or_default(),
         None => Vec::new(),
     };
+    // Peers stop with the whole run: this host's keys are then left to
+    // lapse with the store, so that none of them sees it leave before its
+    // own stop. A store that outlives the run (`--seeds`) would keep them
+    // for their TTL, where a next run would find them: withdrawn there.
+    let whole_run = cancel.is_cancelled() || matches!(reason, StopReason::MaxRuntime);
     let status = match local {
-        Some(l) => Some(l.stop().await),
+        Some(l) => Some(l.stop(!(whole_run && cfg.store_ends_with_run)).await),
         None => None,
     };
     store_cancel.cancel();

@@ -358,7 +358,8 @@ impl World {
 
     /// Publishes this host's converged state on every change of `status`
     /// (`true`/`false` under a lease kept alive here) until `cancel`; then
-    /// revokes the lease, which deletes the key. `facts`, if given (the
+    /// revokes the lease, which deletes the key, unless `lapse` was set
+    /// (see [`converged::Keys::lapse`]). `facts`, if given (the
     /// host's facts and graph name, JSON), is published under the same
     /// lease at `/_mgmt/facts/<host>`, for other hosts' `hosts()` (#20). A
     /// lost lease session is replaced with a back-off (see [`converged`]),
@@ -368,7 +369,7 @@ impl World {
         self,
         status: watch::Receiver<crate::engine::Status>,
         (facts, first_wait): (Option<String>, Duration),
-        cancel: CancellationToken,
+        (cancel, lapse): (CancellationToken, Arc<std::sync::atomic::AtomicBool>),
     ) {
         let keys = converged::Keys {
             key: format!("{CONVERGED}{}", self.hostname),
@@ -378,6 +379,7 @@ impl World {
                 .into_iter()
                 .collect(),
             first_wait,
+            lapse,
         };
         let leases = converged::EtcdLeases(self.client);
         converged::publish(leases, keys, LEASE_TTL_SECS, cancel).await

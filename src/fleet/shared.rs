@@ -70,6 +70,8 @@ pub struct ChildFlags {
     /// This process's own route when it is a gateway (`--route`): its
     /// children's routes start with it.
     pub route: Option<String>,
+    /// The run's store ends with the run (`--store-ends-with-run`).
+    pub store_ends_with_run: bool,
 }
 
 impl ChildFlags {

@@ -495,6 +495,9 @@ pub(crate) fn common_args(shared: &Shared) -> Vec<String> {
     if let Some(w) = &shared.flags.where_expr {
         a.push(format!("--where={w}"));
     }
+    if shared.flags.store_ends_with_run {
+        a.push("--store-ends-with-run".into());
+    }
     a.push(format!("--initiator={}", shared.flags.initiator));
     a
 }

@@ -1,6 +1,8 @@
 //! The local graph of a run: exports and collects, the engine, live reload
 //! of the file, and this host's converged state in the store.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -21,7 +23,7 @@ pub(super) struct Local {
     source: Task<()>,
     source_cancel: CancellationToken,
     /// Publishes this host's converged state and facts until stopped
-    /// (which revokes them).
+    /// (which withdraws them, or leaves them to lapse).
     publisher: Publisher,
 }
 
@@ -40,14 +42,26 @@ fn first_wait(cfg: &Config) -> Duration {
     }
 }
 
-/// The task publishing this host's keys; [`Publisher::stop`] revokes them.
+/// The task publishing this host's keys until [`Publisher::stop`].
 struct Publisher {
     task: Task<()>,
     cancel: CancellationToken,
+    lapse: Arc<AtomicBool>,
 }
 
 impl Publisher {
-    async fn stop(mut self) {
+    /// How the keys go when publishing ends: `withdraw`, their lease is
+    /// revoked at once (this host ends alone); else it is left to lapse
+    /// (the whole run stops, and peers not stopped yet must not see this
+    /// host leave: their graphs would change during the stop). Said before
+    /// anything else stops, because the engine's end ends publishing too.
+    fn on_stop(&self, withdraw: bool) {
+        self.lapse.store(!withdraw, Ordering::SeqCst);
+    }
+
+    /// Stops publishing ([`Publisher::on_stop`]).
+    async fn stop(mut self, withdraw: bool) {
+        self.on_stop(withdraw);
         self.cancel.cancel();
         let _ = (&mut self.task.0).await;
     }
@@ -99,20 +113,21 @@ impl Local {
         // says otherwise), so the lease is granted while the graph's first
         // export is on its way.
         let (status_tx, status) = watch::channel(Status::default());
-        let publish_cancel = CancellationToken::new();
+        let (publish_cancel, lapse) = (CancellationToken::new(), Arc::default());
         let publisher = Publisher {
             task: Task(tokio::spawn(world.clone().publish_converged(
                 status.clone(),
                 ((!cfg.noop).then_some(record), first_wait(cfg)),
-                publish_cancel.clone(),
+                (publish_cancel.clone(), Arc::clone(&lapse)),
             ))),
             cancel: publish_cancel,
+            lapse,
         };
         let mut source = source::Source::new(file, ctx, world, cfg.noop, updates_tx);
         let initial = tokio::select! {
             r = source.initial() => r,
             _ = stop.cancelled() => {
-                publisher.stop().await;
+                publisher.stop(false).await;
                 return Ok(None);
             }
         };
@@ -120,7 +135,7 @@ impl Local {
         let initial = match initial {
             Ok(initial) => initial,
             Err(e) => {
-                publisher.stop().await;
+                publisher.stop(true).await;
                 return Err(match e {
                     source::StartError::Graph(g) => anyhow::Error::new(g),
                     source::StartError::World(w) => anyhow::Error::new(w),
@@ -162,13 +177,15 @@ impl Local {
     }
 
     /// Stops the graph source, the engine (killing running commands), then
-    /// the publisher (which revokes this host's converged key).
-    pub async fn stop(mut self) -> Status {
+    /// the publisher: `withdraw` when this host ends alone, so its keys go
+    /// at once; not when the whole run stops ([`Publisher::stop`]).
+    pub async fn stop(mut self, withdraw: bool) -> Status {
+        self.publisher.on_stop(withdraw);
         self.source_cancel.cancel();
         let _ = (&mut self.source.0).await;
         self.engine_cancel.cancel();
         let status = (&mut self.engine.0).await.unwrap_or_default();
-        self.publisher.stop().await;
+        self.publisher.stop(withdraw).await;
         status
     }
 }

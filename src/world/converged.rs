@@ -22,6 +22,8 @@
 //! read other hosts' keys (the run loop does). [`Leases`] is the seam the
 //! tests use to end sessions at will; [`EtcdLeases`] is the real client.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp};
@@ -167,10 +169,16 @@ pub(super) struct Keys<T> {
     /// one-shot run converges moments after it starts: its first write
     /// then says so, and no second one follows); zero: not at all.
     pub first_wait: Duration,
+    /// Set before the stop to leave the lease to lapse (its TTL, or the
+    /// store's end) instead of revoking it: when the whole run stops, a
+    /// host whose keys vanished at once would be seen leaving by peers
+    /// that have not stopped yet, and their graphs would change.
+    pub lapse: Arc<AtomicBool>,
 }
 
 /// Publishes `keys` until `cancel` (or until the value's channel closes,
-/// e.g. the engine is gone), then revokes the lease, which deletes them.
+/// e.g. the engine is gone), then revokes the lease, which deletes them,
+/// unless `keys.lapse` is set.
 pub(super) async fn publish<L: Leases, T: Send + Sync>(
     mut leases: L,
     mut keys: Keys<T>,
@@ -212,6 +220,10 @@ pub(super) async fn publish<L: Leases, T: Send + Sync>(
             _ = cancel.cancelled() => break,
             _ = leases.pause(wait) => {}
         }
+    }
+    if keys.lapse.load(Ordering::SeqCst) {
+        tracing::debug!("{}: the run stops; its lease is left to lapse", keys.key);
+        return;
     }
     for lease in stale {
         leases.revoke(lease).await;
@@ -295,7 +307,7 @@ async fn serve<L: Leases, T: Send + Sync>(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     use tokio::sync::Notify;
 
@@ -414,6 +426,7 @@ mod tests {
             value: (status, converged_value),
             fixed: vec![("f".into(), "F".into())],
             first_wait: Duration::ZERO,
+            lapse: Arc::default(),
         }
     }
 
@@ -504,6 +517,8 @@ mod tests {
 /// one write, the keep-alive stream opened when due, everything gone at stop.
 #[cfg(test)]
 mod store_tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     use std::time::Duration;
 
     use etcd_client::{Client, GetOptions, KeyValue};
@@ -541,6 +556,7 @@ mod store_tests {
             value: (status, converged_value),
             fixed: vec![("/p/facts".into(), "{}".into())],
             first_wait: Duration::ZERO,
+            lapse: Arc::default(),
         };
         let cancel = CancellationToken::new();
         // TTL 6 s: a keep-alive is due every 2 s, when 4 s (as whole
@@ -587,5 +603,35 @@ mod store_tests {
         task.await.expect("publisher");
         until(&mut c, |kvs| kvs.is_empty()).await;
         served.stop().await;
+    }
+
+    // See: #20 (a stop of the whole run changes nothing on the hosts still
+    // stopping): the keys stay, on their live lease, after such a stop.
+    #[tokio::test]
+    async fn a_run_wide_stop_leaves_the_keys_to_their_lease() {
+        let served = Served::start().await;
+        let mut c = served.world("h").await.client.clone();
+        let (_status_tx, status) = watch::channel(Status::default());
+        let lapse = Arc::new(AtomicBool::new(false));
+        let keys = Keys {
+            key: "/p/converged".into(),
+            value: (status, converged_value),
+            fixed: vec![("/p/facts".into(), "{}".into())],
+            first_wait: Duration::ZERO,
+            lapse: lapse.clone(),
+        };
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(publish(EtcdLeases(c.clone()), keys, 30, cancel.clone()));
+        let kvs = until(&mut c, |kvs| kvs.len() == 2).await;
+        lapse.store(true, Ordering::SeqCst);
+        cancel.cancel();
+        task.await.expect("publisher");
+        let left = until(&mut c, |_| true).await;
+        assert_eq!(left.len(), 2, "the keys stay");
+        let ttl = c
+            .lease_time_to_live(kvs[0].lease(), None)
+            .await
+            .expect("ttl");
+        assert!(ttl.ttl() > 0, "their lease was not revoked");
     }
 }

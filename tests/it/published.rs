@@ -132,16 +132,9 @@ fn hosts_where_on_three_isolated_hosts_carries_the_db_masters_own_address() {
     assert!(left.iter().all(|l| l.is_empty()), "{left:?}");
 }
 
-// See: #20 (item 2: the graph re-renders when a matching host appears or
-// goes): the db-master's child is killed on its host; its record hangs on
-// a lease only that process kept alive, so it goes when the lease expires,
-// and the web host's file loses the name.
-#[test]
-fn a_db_master_that_goes_is_dropped_from_the_others_files() {
-    use crate::util::sshd::SshdFleet;
-    let fleet = SshdFleet::start(2);
-    let d = Dir::new();
-    let seen = d.p("seen");
+/// The graphs of a db-master (`dbhost`, on host 1) and a web host
+/// (`webhost`, on host 2) whose file `seen` lists the db-masters' names.
+fn master_and_web(fleet: &crate::util::sshd::SshdFleet, d: &Dir, seen: &str) -> (PathBuf, PathBuf) {
     let db = d.write(
         "db.yaml",
         &format!(
@@ -156,6 +149,20 @@ fn a_db_master_that_goes_is_dropped_from_the_others_files() {
             fleet.url(2)
         ),
     );
+    (db, web)
+}
+
+// See: #20 (item 2: the graph re-renders when a matching host appears or
+// goes): the db-master's child is killed on its host; its record hangs on
+// a lease only that process kept alive, so it goes when the lease expires,
+// and the web host's file loses the name.
+#[test]
+fn a_db_master_that_goes_is_dropped_from_the_others_files() {
+    use crate::util::sshd::SshdFleet;
+    let fleet = SshdFleet::start(2);
+    let d = Dir::new();
+    let seen = d.p("seen");
+    let (db, web) = master_and_web(&fleet, &d, &seen);
     let mut p = Proc::spawn(&mut crate::remote_run::remote_cmd(
         &fleet,
         &[&db, &web],
@@ -194,6 +201,61 @@ fn a_db_master_that_goes_is_dropped_from_the_others_files() {
     let code = p.wait(Duration::from_secs(120));
     let log = p.lines_so_far().join("\n");
     assert_eq!(code, 1, "the db-master's host failed: {log}");
+}
+
+// See: #20 (the graph re-renders when a matching host goes; not when it
+// stops with the whole run, which would rewrite the others' files during
+// the stop): the web host's child is frozen while ^C stops the db-master.
+// The db-master's record stays in the store (left to lapse with its
+// lease, not revoked), and once the web host resumes and stops, its file
+// still names the db-master.
+#[test]
+fn a_db_master_stopping_with_the_run_stays_in_the_others_files() {
+    use crate::remote_run::mgmt_children;
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let fleet = crate::util::sshd::SshdFleet::start(2);
+    let d = Dir::new();
+    let seen = d.p("seen");
+    let (db, web) = master_and_web(&fleet, &d, &seen);
+    let mut args = vec!["--converged-timeout".to_owned(), "-1".to_owned()];
+    args.extend(crate::util::listener_args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = Proc::spawn(&mut crate::remote_run::remote_cmd(
+        &fleet,
+        &[&db, &web],
+        &args,
+    ));
+    let url = p.store_url(Duration::from_secs(60));
+    let read = || std::fs::read_to_string(&seen).unwrap_or_default();
+    assert!(
+        crate::util::eventually(Duration::from_secs(120), || read() == "[dbhost]"),
+        "{:?}: {}",
+        read(),
+        p.lines_so_far().join("\n")
+    );
+    let child = |host: &str| mgmt_children(host).first().copied().expect("a child");
+    let (master, webhost) = (child("dbhost"), child("webhost"));
+    kill(Pid::from_raw(webhost), Signal::SIGSTOP).expect("freeze the web host's child");
+    p.signal(Signal::SIGINT);
+    assert!(
+        crate::util::eventually(Duration::from_secs(60), || crate::util::gone(master)),
+        "the db-master's child did not stop"
+    );
+    let facts: Vec<String> = crate::util::store_kvs(&url, "/_mgmt/facts/")
+        .into_iter()
+        .map(|(k, _, _)| k)
+        .collect();
+    kill(Pid::from_raw(webhost), Signal::SIGCONT).expect("resume the web host's child");
+    assert!(
+        facts.contains(&"/_mgmt/facts/dbhost".to_owned()),
+        "the db-master's record went with its stop: {facts:?}\n{}",
+        p.lines_so_far().join("\n")
+    );
+    let code = p.wait(Duration::from_secs(120));
+    let log = p.lines_so_far().join("\n");
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(read(), "[dbhost]", "{log}");
 }
 
 // See: #20 (hosts(where) behind gateways): the db-master and one web host
