@@ -152,6 +152,31 @@ fn master_and_web(fleet: &crate::util::sshd::SshdFleet, d: &Dir, seen: &str) -> 
     (db, web)
 }
 
+/// A run of [`master_and_web`] with `extra` that stops only when told,
+/// once the web host's file names the db-master.
+fn master_seen_by_web(
+    fleet: &crate::util::sshd::SshdFleet,
+    d: &Dir,
+    seen: &str,
+    extra: &[&str],
+) -> Proc {
+    let (db, web) = master_and_web(fleet, d, seen);
+    let args = [&["--converged-timeout", "-1"][..], extra].concat();
+    let mut p = Proc::spawn(&mut crate::remote_run::remote_cmd(
+        fleet,
+        &[&db, &web],
+        &args,
+    ));
+    let read = || std::fs::read_to_string(seen).unwrap_or_default();
+    assert!(
+        crate::util::eventually(Duration::from_secs(120), || read() == "[dbhost]"),
+        "{:?}: {}",
+        read(),
+        p.lines_so_far().join("\n")
+    );
+    p
+}
+
 // See: #20 (item 2: the graph re-renders when a matching host appears or
 // goes): the db-master's child is killed on its host; its record hangs on
 // a lease only that process kept alive, so it goes when the lease expires,
@@ -162,19 +187,8 @@ fn a_db_master_that_goes_is_dropped_from_the_others_files() {
     let fleet = SshdFleet::start(2);
     let d = Dir::new();
     let seen = d.p("seen");
-    let (db, web) = master_and_web(&fleet, &d, &seen);
-    let mut p = Proc::spawn(&mut crate::remote_run::remote_cmd(
-        &fleet,
-        &[&db, &web],
-        &["--converged-timeout", "-1"],
-    ));
+    let mut p = master_seen_by_web(&fleet, &d, &seen, &[]);
     let read = || std::fs::read_to_string(&seen).unwrap_or_default();
-    assert!(
-        crate::util::eventually(Duration::from_secs(120), || read() == "[dbhost]"),
-        "{:?}: {}",
-        read(),
-        p.lines_so_far().join("\n")
-    );
     let mut victim = None;
     assert!(
         crate::util::eventually(Duration::from_secs(60), || {
@@ -217,23 +231,11 @@ fn a_db_master_stopping_with_the_run_stays_in_the_others_files() {
     let fleet = crate::util::sshd::SshdFleet::start(2);
     let d = Dir::new();
     let seen = d.p("seen");
-    let (db, web) = master_and_web(&fleet, &d, &seen);
-    let mut args = vec!["--converged-timeout".to_owned(), "-1".to_owned()];
-    args.extend(crate::util::listener_args());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut p = Proc::spawn(&mut crate::remote_run::remote_cmd(
-        &fleet,
-        &[&db, &web],
-        &args,
-    ));
+    let listener = crate::util::listener_args();
+    let listener: Vec<&str> = listener.iter().map(String::as_str).collect();
+    let mut p = master_seen_by_web(&fleet, &d, &seen, &listener);
     let url = p.store_url(Duration::from_secs(60));
     let read = || std::fs::read_to_string(&seen).unwrap_or_default();
-    assert!(
-        crate::util::eventually(Duration::from_secs(120), || read() == "[dbhost]"),
-        "{:?}: {}",
-        read(),
-        p.lines_so_far().join("\n")
-    );
     let child = |host: &str| mgmt_children(host).first().copied().expect("a child");
     let (master, webhost) = (child("dbhost"), child("webhost"));
     kill(Pid::from_raw(webhost), Signal::SIGSTOP).expect("freeze the web host's child");
