@@ -127,7 +127,8 @@ impl Local {
         let initial = tokio::select! {
             r = source.initial() => r,
             _ = stop.cancelled() => {
-                publisher.stop(false).await;
+                // The whole run stops: as in [`Local::stop`].
+                publisher.stop(!cfg.store_ends_with_run).await;
                 return Ok(None);
             }
         };
