@@ -1,5 +1,5 @@
-//! What a host knows about itself, gathered once when its child starts and
-//! handed to graph templates as `facts` (issue #15).
+//! What a host knows about itself, gathered once when its child starts
+//! ([`Gathering`]) and handed to graph templates as `facts` (issue #15).
 //!
 //! Everything is read locally (`/etc/os-release`, `/proc`, `/sys`, the
 //! interface list), so no round trip to the initiator is needed. A fact that
@@ -109,6 +109,43 @@ pub async fn gather() -> Facts {
         }
     };
     facts
+}
+
+/// The facts of a run's child, gathered once in the background from its
+/// start: the resolver's wait overlaps the store connect, and `--where`,
+/// `when:` and the graph's templates all read the same gathering (one
+/// resolver wait, one warning, on a host whose resolver never answers).
+pub struct Gathering {
+    task: Option<tokio::task::JoinHandle<Facts>>,
+    facts: Facts,
+}
+
+impl Gathering {
+    /// Starts [`gather`] on the runtime.
+    pub fn start() -> Gathering {
+        Gathering {
+            task: Some(tokio::spawn(gather())),
+            facts: Facts::default(),
+        }
+    }
+
+    /// The facts, waited for the first time only.
+    pub async fn get(&mut self) -> &Facts {
+        if let Some(task) = self.task.take() {
+            self.facts = task
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        }
+        &self.facts
+    }
+}
+
+impl Drop for Gathering {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
 }
 
 fn read_trimmed(path: &str) -> String {

@@ -126,7 +126,8 @@ pub async fn run_linked(
         a.record(&a.started());
     }
     let started = std::time::Instant::now();
-    if let Some(why) = skipped(&cfg).await? {
+    let mut facts = cfg.file.as_ref().map(|_| crate::facts::Gathering::start());
+    if let Some(why) = skipped(&cfg, facts.as_mut()).await? {
         tracing::info!("host {}: skipped: {why}; nothing applied", cfg.hostname);
         if let Some(a) = &audit {
             a.record(&a.ended(0, "skipped"));
@@ -176,17 +177,17 @@ pub async fn run_linked(
     let rollout_done = CancellationToken::new();
     // A stop while the graph is starting (its first export may be
     // retrying against a store that is gone) skips to the stop below.
-    let mut local = match &cfg.file {
-        Some(file) => {
+    let mut local = match (&cfg.file, facts.as_mut()) {
+        (Some(file), Some(facts)) => {
             local::Local::start(
                 &cfg,
-                (file, graphs_rx),
+                (file, graphs_rx, facts.get().await.clone()),
                 world.clone(),
                 (outcome_hook(&cfg, &ui), &cancel),
             )
             .await?
         }
-        None => None,
+        _ => None,
     };
     let _mirror = match (&local, engine_converged) {
         (Some(l), Some(flag)) => Some(Task(tokio::spawn(mirror_converged(l.status.clone(), flag)))),
@@ -399,8 +400,11 @@ pub async fn facts(
 
 /// Why this host applies nothing: `--where` or its graph's `when:` is
 /// false with its facts; `None` when both hold (or there is no graph here).
-async fn skipped(cfg: &Config) -> anyhow::Result<Option<String>> {
-    let Some(file) = &cfg.file else {
+async fn skipped(
+    cfg: &Config,
+    facts: Option<&mut crate::facts::Gathering>,
+) -> anyhow::Result<Option<String>> {
+    let (Some(file), Some(facts)) = (&cfg.file, facts) else {
         return Ok(None);
     };
     let when = file
@@ -418,7 +422,7 @@ async fn skipped(cfg: &Config) -> anyhow::Result<Option<String>> {
         return Ok(None);
     }
     let ctx = crate::graph::template::Context {
-        facts: crate::facts::gather().await,
+        facts: facts.get().await.clone(),
         host: cfg.host.clone(),
         ..Default::default()
     };

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::{source, Task};
 use crate::config::Config;
 use crate::engine::{self, Status};
+use crate::facts::Facts;
 use crate::graph::GraphFile;
 use crate::world::World;
 
@@ -69,7 +70,8 @@ impl Publisher {
 
 impl Local {
     /// `from_stdin`: a warm start's edits of `file`, else the file is
-    /// watched (unless `--no-watch`). `on_outcome`: told of each
+    /// watched (unless `--no-watch`). `facts`: this host's, for the
+    /// templates and the `hosts()` record. `on_outcome`: told of each
     /// resource's outcome (see [`engine::Config::on_outcome`]).
     /// `stop` is the run's root token: the graph stops following edits,
     /// values and hosts the moment the run starts stopping, so that peers
@@ -77,7 +79,7 @@ impl Local {
     /// the graph started returns `None`.
     pub async fn start(
         cfg: &Config,
-        (file, from_stdin): (&GraphFile, Option<source::StdinGraphs>),
+        (file, from_stdin, facts): (&GraphFile, Option<source::StdinGraphs>, Facts),
         world: World,
         (on_outcome, stop): (Option<engine::OutcomeHook>, &CancellationToken),
     ) -> anyhow::Result<Option<Local>> {
@@ -100,7 +102,6 @@ impl Local {
             file.label
         );
         let (updates_tx, updates_rx) = mpsc::channel(4);
-        let facts = crate::facts::gather().await;
         // This host's facts and graph, for other hosts' `hosts()` (#20);
         // not in --noop, which publishes nothing.
         let record = serde_json::json!({"graph": file.graph.name, "facts": facts}).to_string();

@@ -422,50 +422,109 @@ fn a_key_learned_behind_a_gateway_by_facts_reaches_the_initiators_known_hosts() 
     fleet.assert_learned_again(2, &leaf_line, &without);
 }
 
+/// A host whose only nameserver takes every query and never answers: a
+/// socket on a loopback address of its own, named by a resolv.conf whose
+/// own timeout (a minute, no retry) is well past the tests' waits.
+struct DeafResolver {
+    socket: std::net::UdpSocket,
+    conf: std::path::PathBuf,
+    /// A host name that no /etc/hosts knows.
+    name: String,
+}
+
+impl DeafResolver {
+    fn new(d: &Dir) -> DeafResolver {
+        let ip = format!("127.{}.{}.53", rand::random::<u8>(), rand::random::<u8>());
+        let socket = std::net::UdpSocket::bind((ip.as_str(), 53)).expect("bind port 53");
+        let conf = d.write(
+            "resolv.conf",
+            &format!("nameserver {ip}\noptions timeout:60 attempts:1\n"),
+        );
+        let name = format!("nodns-{:08x}", rand::random::<u32>());
+        DeafResolver { socket, conf, name }
+    }
+
+    /// Runs `bin args` in mount and UTS namespaces of its own, with this
+    /// host name and this resolv.conf.
+    fn run(&self, bin: &std::path::Path, args: &str) -> crate::util::Output {
+        let script = format!(
+            "hostname {name} && mount --bind {conf} /etc/resolv.conf && exec {bin} {args}",
+            name = self.name,
+            conf = self.conf.display(),
+            bin = bin.display()
+        );
+        crate::util::run(
+            std::process::Command::new("unshare")
+                .args(["--mount", "--uts", "sh", "-c", &script])
+                .env_remove("RUST_LOG"),
+            Duration::from_secs(30),
+        )
+    }
+
+    /// Whether a query reached the resolver (and so was left unanswered).
+    fn was_asked(&self) -> bool {
+        self.socket.set_nonblocking(true).expect("nonblocking");
+        let mut buf = [0u8; 512];
+        let query = self.socket.recv_from(&mut buf).map(|(n, _)| n);
+        query.is_ok_and(|n| n > 12)
+    }
+}
+
+const DEAF_WARNING: &str = "the resolver did not give the canonical name";
+
 // See: #15 (facts are read locally; a fact that cannot be read is left
 // empty, never an error): on a host whose resolver takes every query and
 // never answers, the facts come without waiting for the resolver's own
 // timeout, `fqdn` is the host name, and a warning says why.
 #[test]
 fn a_resolver_that_never_answers_does_not_hold_the_facts() {
-    // The host's only nameserver: a socket on a loopback address of its
-    // own that reads queries and answers none.
-    let ip = format!("127.{}.{}.53", rand::random::<u8>(), rand::random::<u8>());
-    let resolver = std::net::UdpSocket::bind((ip.as_str(), 53)).expect("bind port 53");
     let d = Dir::new();
-    // Its own timeout is a minute, with no retry: well past this test's wait.
-    let conf = d.write(
-        "resolv.conf",
-        &format!("nameserver {ip}\noptions timeout:60 attempts:1\n"),
-    );
-    let name = format!("nodns-{:08x}", rand::random::<u32>());
-    // In mount and UTS namespaces of its own: a host name that no
-    // /etc/hosts knows, and that resolv.conf.
-    let script = format!(
-        "hostname {name} && mount --bind {conf} /etc/resolv.conf && exec {bin} facts --json",
-        conf = conf.display(),
-        bin = crate::util::shipped().display()
-    );
-    let out = crate::util::run(
-        std::process::Command::new("unshare")
-            .args(["--mount", "--uts", "sh", "-c", &script])
-            .env_remove("RUST_LOG"),
-        Duration::from_secs(30),
-    );
+    let deaf = DeafResolver::new(&d);
+    let out = deaf.run(&crate::util::shipped(), "facts --json");
     assert_eq!(out.code, 0, "{}", out.stderr);
     let facts: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("JSON");
-    assert_eq!(facts["hostname"], name.as_str(), "{facts:#}");
-    assert_eq!(facts["fqdn"], name.as_str(), "{facts:#}");
+    assert_eq!(facts["hostname"], deaf.name.as_str(), "{facts:#}");
+    assert_eq!(facts["fqdn"], deaf.name.as_str(), "{facts:#}");
     assert!(
-        out.stderr
-            .contains("the resolver did not give the canonical name")
-            && out.stderr.contains("facts.fqdn is the host name"),
+        out.stderr.contains(DEAF_WARNING) && out.stderr.contains("facts.fqdn is the host name"),
         "{}",
         out.stderr
     );
-    // The resolver was asked (and so left unanswered).
-    resolver.set_nonblocking(true).expect("nonblocking");
-    let mut buf = [0u8; 512];
-    let query = resolver.recv_from(&mut buf).map(|(n, _)| n);
-    assert!(query.is_ok_and(|n| n > 12), "no query reached the resolver");
+    assert!(deaf.was_asked(), "no query reached the resolver");
+}
+
+// See: #15 (facts gathered once when the child starts): a graph with
+// `when:` run under `--where` reads its facts three times (the two
+// conditions and the template) from one gathering, so a host whose
+// resolver never answers waits for it once and is warned once.
+#[test]
+fn when_where_and_templates_share_one_gathering_of_the_facts() {
+    let d = Dir::new();
+    let deaf = DeafResolver::new(&d);
+    let out_file = d.p("fqdn.txt");
+    let graph = d.write(
+        "g.yaml",
+        &format!(
+            "graph: g\nwhen: facts.fqdn == facts.hostname\nresources:\n  file:\n  - name: {out_file}\n    content: \"{{{{ facts.fqdn }}}}\"\n"
+        ),
+    );
+    let args = format!(
+        "run --file {} --hostname h --converged-timeout 1 --where 'facts.cpus > 0'",
+        graph.display()
+    );
+    let out = deaf.run(std::path::Path::new(env!("CARGO_BIN_EXE_mgmt")), &args);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&out_file).unwrap_or_default(),
+        deaf.name,
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        out.stderr.matches(DEAF_WARNING).count(),
+        1,
+        "one gathering, one warning:\n{}",
+        out.stderr
+    );
+    assert!(deaf.was_asked(), "no query reached the resolver");
 }
