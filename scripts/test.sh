@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/deps.sh
+# The root the dnf 5 tests chroot into, made once (tests/it/kinds/pkg_dnf5.rs).
+bash scripts/test-roots.sh
 
 echo "== fmt"
 cargo fmt --all -- --check

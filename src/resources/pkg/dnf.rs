@@ -1,22 +1,110 @@
-//! The rpm/dnf backend of `pkg` (Fedora, RHEL and their kin, dnf 4): the
-//! state from `rpm -q`, what the repositories offer from `dnf repoquery
-//! --available`, the newest from `dnf check-update`, and every change in
-//! ONE dnf transaction: a `dnf shell` script of `install`, `upgrade` and
-//! `remove` lines ending in `run`, so installs and removals share a lock
-//! and a history entry.
+//! The rpm/dnf backend of `pkg` (Fedora, RHEL and their kin, dnf 4 or
+//! dnf 5): the state from `rpm -q`, what the repositories offer from `dnf
+//! repoquery --available`, the newest from `dnf check-update`, and every
+//! change in ONE dnf transaction, so installs and removals share a lock
+//! and a history entry: with dnf 4, a `dnf shell` script of `install`,
+//! `upgrade` and `remove` lines ending in `run`; with dnf 5, which has no
+//! `shell`, one `dnf5 do` with an `--action=` before each package.
 //!
 //! `dnf shell` exits 0 even when a line fails, so its stderr is read too:
 //! an `Error:` line fails the group; and every package is checked again
 //! afterwards. A package to install that no repository offers is refused
-//! before anything runs. dnf's own lock makes it exit at once rather than
-//! wait (`exit_on_lock`); rpm's transaction lock already does.
+//! before anything runs. dnf 4's own lock makes it exit at once rather
+//! than wait (`exit_on_lock`); rpm's transaction lock already does. dnf 5
+//! has no such option and waits for its lock for as long as it is held,
+//! so before each dnf5 command the locks are looked at ([`held_lock`]):
+//! one held is an error naming the packages and the holder.
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::path::Path;
 
 use super::super::argv::{self, words};
 use super::super::{Ctx, ResourceError};
 use super::{missing_error, State, Step, Want};
+
+/// Which dnf the host has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dnf {
+    /// dnf 4: `dnf`, with `shell`.
+    Four,
+    /// dnf 5: `dnf5`, with `do`.
+    Five,
+}
+
+impl Dnf {
+    pub(super) fn program(self) -> &'static str {
+        match self {
+            Dnf::Four => "dnf",
+            Dnf::Five => "dnf5",
+        }
+    }
+
+    /// Every package's step (see [`plan`]).
+    pub(super) async fn plan(
+        self,
+        wants: &[Want],
+        refreshed: &mut bool,
+        ctx: &Ctx,
+    ) -> Result<Vec<Step>, ResourceError> {
+        plan(self, wants, refreshed, ctx).await
+    }
+
+    /// The one transaction for every step.
+    pub(super) async fn apply(self, steps: &[Step], ctx: &Ctx) -> Result<(), ResourceError> {
+        match self {
+            Dnf::Four => apply_shell(steps, ctx).await,
+            Dnf::Five => apply_do(steps, ctx).await,
+        }
+    }
+
+    /// dnf 5 waits for a held lock; say so instead (see [`held_lock`]).
+    fn lock_free(self, doing: &str, names: &[&str]) -> Result<(), ResourceError> {
+        if self == Dnf::Four {
+            return Ok(());
+        }
+        match held_lock(LOCKS) {
+            None => Ok(()),
+            Some(held) => Err(ResourceError::Failed(format!(
+                "cannot {doing} packages {}: {held}{}",
+                names.join(", "),
+                super::LOCK_HINT
+            ))),
+        }
+    }
+}
+
+/// The locks dnf 5 and rpm take on the package database, where each
+/// version keeps them: dnf 5's system-repo lock, rpm's transaction lock.
+const LOCKS: &[&str] = &[
+    "/var/lib/dnf/system-repo.lock",
+    "/var/lib/libdnf5/system-repo.lock",
+    "/usr/lib/sysimage/libdnf5/system-repo.lock",
+    "/var/lib/rpm/.rpm.lock",
+    "/usr/lib/sysimage/rpm/.rpm.lock",
+];
+
+/// The first of `paths` on which another process holds a POSIX record
+/// lock (the kind dnf 5 and rpm take), said in words with the holder's
+/// pid; `None` when none is held (or none exists). Only looked at
+/// (`F_GETLK`), never taken.
+fn held_lock(paths: &[&str]) -> Option<String> {
+    paths.iter().find_map(|p| {
+        let file = std::fs::File::open(Path::new(p)).ok()?;
+        let mut fl = nix::libc::flock {
+            l_type: nix::libc::F_WRLCK as i16,
+            l_whence: nix::libc::SEEK_SET as i16,
+            l_start: 0,
+            l_len: 0,
+            l_pid: 0,
+        };
+        nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETLK(&mut fl)).ok()?;
+        (fl.l_type != nix::libc::F_UNLCK as i16).then(|| match fl.l_pid {
+            pid if pid > 0 => format!("{p} is locked by process {pid}"),
+            _ => format!("{p} is locked"),
+        })
+    })
+}
 
 /// `[epoch:]version-release`, the epoch only when the package has one.
 const QF: &str = "%{NAME}\t%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}\n";
@@ -65,11 +153,14 @@ pub(super) fn same(evr: &str, want: &str) -> bool {
 /// in the resource's life (not under noop: dnf then uses its cache, which
 /// it fills itself when it has none or it has expired).
 async fn query(
+    dnf: Dnf,
     args: &[&str],
     names: &[&String],
     refreshed: &mut bool,
     ctx: &Ctx,
 ) -> Result<argv::Ran, ResourceError> {
+    let shown: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+    dnf.lock_free("read", &shown)?;
     let mut all = words(["-q"]);
     if !*refreshed && !ctx.noop {
         tracing::info!("{}: reading the repositories (dnf --refresh)", ctx.id);
@@ -78,20 +169,27 @@ async fn query(
     }
     all.extend(args.iter().map(|a| a.to_string()));
     all.extend(names.iter().map(|n| n.to_string()));
-    argv::run("dnf", &all, &[], &ctx.cancel).await
+    argv::run(dnf.program(), &all, &[], &ctx.cancel).await
 }
 
 /// Every version the repositories offer of each package, oldest first.
 async fn available(
+    dnf: Dnf,
     names: &[&String],
     refreshed: &mut bool,
     ctx: &Ctx,
 ) -> Result<HashMap<String, Vec<String>>, ResourceError> {
-    let args = ["repoquery", "--available", "--qf", "%{name}\t%{evr}"];
-    let ran = query(&args, names, refreshed, ctx).await?;
+    // dnf 4 ends each package's line itself; dnf 5 does not.
+    let qf = match dnf {
+        Dnf::Four => "%{name}\t%{evr}",
+        Dnf::Five => "%{name}\t%{evr}\n",
+    };
+    let args = ["repoquery", "--available", "--qf", qf];
+    let ran = query(dnf, &args, names, refreshed, ctx).await?;
     if !ran.ok() {
         return Err(ResourceError::Failed(format!(
-            "dnf repoquery exited with code {}: {}",
+            "{} repoquery exited with code {}: {}",
+            dnf.program(),
             ran.code,
             ran.tail()
         )));
@@ -106,14 +204,16 @@ async fn available(
 /// The newer version `dnf check-update` offers of each installed package
 /// (exit 100: some; 0: none).
 async fn updates(
+    dnf: Dnf,
     names: &[&String],
     refreshed: &mut bool,
     ctx: &Ctx,
 ) -> Result<HashMap<String, String>, ResourceError> {
-    let ran = query(&["check-update"], names, refreshed, ctx).await?;
+    let ran = query(dnf, &["check-update"], names, refreshed, ctx).await?;
     if ran.code != 0 && ran.code != 100 {
         return Err(ResourceError::Failed(format!(
-            "dnf check-update exited with code {}: {}",
+            "{} check-update exited with code {}: {}",
+            dnf.program(),
             ran.code,
             ran.tail()
         )));
@@ -121,7 +221,8 @@ async fn updates(
     Ok(check_update_lines(&ran.stdout))
 }
 
-/// `name.arch  evr  repo` lines, up to the obsoletes' section.
+/// `name.arch  evr  repo` lines, up to the obsoletes' section (dnf 5
+/// heads the list with an `Upgrades` line, of one word).
 fn check_update_lines(text: &str) -> HashMap<String, String> {
     text.lines()
         .take_while(|l| !l.starts_with("Obsoleting"))
@@ -139,7 +240,8 @@ fn check_update_lines(text: &str) -> HashMap<String, String> {
 /// Every package's `dnf shell` line and log line, for those that are not
 /// as wanted; a package to install (at its version) that no repository
 /// offers fails, named, before anything changes.
-pub(super) async fn plan(
+async fn plan(
+    dnf: Dnf,
     wants: &[Want],
     refreshed: &mut bool,
     ctx: &Ctx,
@@ -159,7 +261,7 @@ pub(super) async fn plan(
     let avail = if asked.is_empty() {
         HashMap::new()
     } else {
-        available(&asked, refreshed, ctx).await?
+        available(dnf, &asked, refreshed, ctx).await?
     };
     let newest: Vec<&String> = wants
         .iter()
@@ -169,7 +271,7 @@ pub(super) async fn plan(
     let ups = if newest.is_empty() {
         HashMap::new()
     } else {
-        updates(&newest, refreshed, ctx).await?
+        updates(dnf, &newest, refreshed, ctx).await?
     };
     // The version each asked package would get: the newest offered that
     // the pin (if any) accepts.
@@ -189,7 +291,7 @@ pub(super) async fn plan(
         let missing: Vec<&str> = missing.iter().map(String::as_str).collect();
         return Err(missing_error(
             &missing,
-            "dnf",
+            dnf.program(),
             "a repository in /etc/yum.repos.d",
         ));
     }
@@ -229,9 +331,9 @@ fn action(w: &Want, now: Option<&String>, to: Option<String>, up: Option<&String
     }
 }
 
-/// The one dnf transaction for every step: a `dnf shell` script, in a
+/// The one dnf 4 transaction for every step: a `dnf shell` script, in a
 /// private temporary file, ending in `run`.
-pub(super) async fn apply(steps: &[Step], ctx: &Ctx) -> Result<(), ResourceError> {
+async fn apply_shell(steps: &[Step], ctx: &Ctx) -> Result<(), ResourceError> {
     let mut script = tempfile::Builder::new()
         .prefix("mgmt-dnf-")
         .tempfile()
@@ -252,10 +354,7 @@ pub(super) async fn apply(steps: &[Step], ctx: &Ctx) -> Result<(), ResourceError
     if ran.ok() && !failed {
         return Ok(());
     }
-    let names: Vec<&str> = steps
-        .iter()
-        .filter_map(|s| s.word.split_once(' ').map(|(_, n)| n))
-        .collect();
+    let names = step_names(steps);
     let hint = if ran.stderr.contains("already locked") || ran.stderr.contains("transaction lock") {
         super::LOCK_HINT
     } else {
@@ -269,6 +368,55 @@ pub(super) async fn apply(steps: &[Step], ctx: &Ctx) -> Result<(), ResourceError
     Err(ResourceError::Failed(format!(
         "cannot apply packages {}: {how}: {}{hint}",
         names.join(", "),
+        ran.tail()
+    )))
+}
+
+/// The packages of `steps` (each word is `action name`).
+fn step_names(steps: &[Step]) -> Vec<&str> {
+    steps
+        .iter()
+        .filter_map(|s| s.word.split_once(' ').map(|(_, n)| n))
+        .collect()
+}
+
+/// `dnf5 do`'s arguments for `steps`: `--action=ACTION PACKAGE` each.
+fn do_args(steps: &[Step]) -> Vec<String> {
+    let mut args = words(["-y", "-q", "do"]);
+    for s in steps {
+        if let Some((action, spec)) = s.word.split_once(' ') {
+            args.push(format!("--action={action}"));
+            args.push(spec.to_owned());
+        }
+    }
+    args
+}
+
+/// The one dnf 5 transaction for every step: `dnf5 do`, after a look at
+/// the locks it would otherwise wait on.
+async fn apply_do(steps: &[Step], ctx: &Ctx) -> Result<(), ResourceError> {
+    let names = step_names(steps);
+    Dnf::Five.lock_free("apply", &names)?;
+    let lines: Vec<&str> = steps.iter().map(|s| s.word.as_str()).collect();
+    tracing::info!("{}: dnf5 do: {}", ctx.id, lines.join("; "));
+    let ran = argv::run("dnf5", &do_args(steps), &[], &ctx.cancel).await?;
+    if ran.ok() {
+        return Ok(());
+    }
+    // rpm's lock taken meanwhile fails the transaction with a word on the
+    // log only ("Rpm transaction failed"): the lock says why.
+    let why = match held_lock(LOCKS) {
+        Some(held) => format!("; {held}{}", super::LOCK_HINT),
+        None if ran.stderr.contains("Unknown argument \"do\"") => {
+            " (hint: this dnf5 has no `do` command, which dnf5 5.2.17 and newer have: upgrade dnf5)"
+                .to_owned()
+        }
+        None => String::new(),
+    };
+    Err(ResourceError::Failed(format!(
+        "cannot apply packages {}: dnf5 do exited with code {}: {}{why}",
+        names.join(", "),
+        ran.code,
         ran.tail()
     )))
 }
@@ -318,8 +466,65 @@ mod tests {
     }
 
     #[test]
+    fn dnf5_do_gets_an_action_before_each_package() {
+        let step = |word: &str| Step {
+            word: word.to_owned(),
+            what: String::new(),
+        };
+        let steps = [step("install a-1.0"), step("remove b"), step("upgrade c")];
+        assert_eq!(
+            do_args(&steps),
+            [
+                "-y",
+                "-q",
+                "do",
+                "--action=install",
+                "a-1.0",
+                "--action=remove",
+                "b",
+                "--action=upgrade",
+                "c"
+            ]
+        );
+        assert_eq!(step_names(&steps), ["a-1.0", "b", "c"]);
+    }
+
+    #[test]
+    fn a_lock_another_process_holds_is_named_with_its_pid() {
+        use std::io::BufRead;
+        let d = tempfile::tempdir().unwrap();
+        let (free, held) = (d.path().join("free.lock"), d.path().join("held.lock"));
+        std::fs::write(&free, "").unwrap();
+        let missing = d.path().join("missing.lock");
+        let paths = [free.to_str().unwrap(), missing.to_str().unwrap()];
+        assert_eq!(held_lock(&paths), None);
+        // Another process takes a record lock as rpm does, says so, and
+        // holds it until its stdin closes.
+        let script = "import fcntl,sys\nf=open(sys.argv[1],'w')\nfcntl.lockf(f,fcntl.LOCK_EX)\nprint('held',flush=True)\nsys.stdin.read()";
+        let mut holder = std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(&held)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        let out = holder.stdout.take().unwrap();
+        std::io::BufReader::new(out).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "held");
+        let all = [paths[0], paths[1], held.to_str().unwrap()];
+        let said = held_lock(&all);
+        drop(holder.stdin.take());
+        holder.wait().unwrap();
+        let want = format!("{} is locked by process {}", held.display(), holder.id());
+        assert_eq!(said, Some(want));
+        assert_eq!(held_lock(&all), None, "free once the holder is gone");
+    }
+
+    #[test]
     fn check_update_lists_name_and_version_up_to_obsoletes() {
-        let text = "\nmgmtit-a.noarch   2.0-1   mgmtit\nObsoleting Packages\nx.noarch 1-1 r\n";
+        let text =
+            "\nUpgrades\nmgmtit-a.noarch   2.0-1   mgmtit\nObsoleting Packages\nx.noarch 1-1 r\n";
         let got = check_update_lines(text);
         assert_eq!(got.len(), 1);
         assert_eq!(got["mgmtit-a"], "2.0-1");

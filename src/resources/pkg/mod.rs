@@ -2,9 +2,9 @@
 //! absent, through the host's package manager.
 //!
 //! The backend is the host's ([`backend`]): dpkg and apt on Debian, Ubuntu
-//! and their kin (`apt.rs`), rpm and dnf 4 on Fedora, RHEL and theirs
-//! (`dnf.rs`). A host with apk, or an unknown one, is refused with a clear
-//! "not supported yet" rather than guessed at. Each backend reads the
+//! and their kin (`apt.rs`), rpm and dnf 4 or dnf 5 on Fedora, RHEL and
+//! theirs (`dnf.rs`). A host with apk, or an unknown one, is refused with
+//! a clear "not supported yet" rather than guessed at. Each backend reads the
 //! state first (`dpkg-query`, `rpm -q`), then what its sources offer only
 //! for what needs a candidate, so nothing runs that would change nothing;
 //! the sources are read afresh once per life of the resource (`apt-get
@@ -12,8 +12,9 @@
 //!
 //! Several `pkg` resources of a graph are grouped by the engine
 //! ([`KindSpec::group`]) and reach the package manager in ONE call: one
-//! `apt-get install` (removals as `name-`), or one dnf transaction (a
-//! `dnf shell` script of install, upgrade and remove lines), so twenty
+//! `apt-get install` (removals as `name-`), or one dnf transaction (dnf 4:
+//! a `dnf shell` script of install, upgrade and remove lines; dnf 5: one
+//! `dnf5 do` with an `--action` per package), so twenty
 //! packages take the lock once. Changes are non-interactive. A held lock
 //! or a missing package is an error that names the packages. Nothing is
 //! watched: the package database changes only through the package tools.
@@ -161,14 +162,14 @@ fn check_version(state: State, version: Option<&str>) -> Result<(), FieldError> 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
     Apt,
-    Dnf,
+    Dnf(dnf::Dnf),
 }
 
 impl Backend {
     fn tool(self) -> &'static str {
         match self {
             Backend::Apt => "apt-get",
-            Backend::Dnf => "dnf",
+            Backend::Dnf(d) => d.program(),
         }
     }
 }
@@ -180,7 +181,16 @@ impl Backend {
 fn backend() -> Result<Backend, ResourceError> {
     let ids = os_ids();
     let apt = has("apt-get") && has("dpkg-query");
-    let dnf = has("dnf") && has("rpm");
+    // What `dnf` is (Fedora 41 on: a link to dnf5), or dnf5 alone.
+    let dnf = match (has("dnf"), has("dnf5")) {
+        (true, _) if std::fs::canonicalize("/usr/bin/dnf").is_ok_and(|p| is_dnf5(&p)) => {
+            Some(dnf::Dnf::Five)
+        }
+        (true, _) => Some(dnf::Dnf::Four),
+        (false, true) => Some(dnf::Dnf::Five),
+        (false, false) => None,
+    }
+    .filter(|_| has("rpm"));
     let family = |names: &[&str]| ids.split_whitespace().any(|id| names.contains(&id));
     let host = ids.trim();
     if family(&["debian", "ubuntu"]) && apt {
@@ -195,26 +205,20 @@ fn backend() -> Result<Backend, ResourceError> {
         "amzn",
         "ol",
     ]);
-    let dnf5 = std::fs::canonicalize("/usr/bin/dnf").is_ok_and(|p| is_dnf5(&p));
-    if (rpm_family || !apt) && dnf && dnf5 {
-        return Err(ResourceError::Failed(format!(
-            "this host ({host}) has dnf 5 (/usr/bin/dnf is dnf5), which pkg does not support yet; only dnf 4 is (hint: install the package with an exec resource for now)"
-        )));
-    }
-    if rpm_family && dnf {
-        return Ok(Backend::Dnf);
+    if let (true, Some(d)) = (rpm_family, dnf) {
+        return Ok(Backend::Dnf(d));
     }
     if rpm_family {
         return Err(ResourceError::Failed(format!(
-            "this host ({host}) is of the rpm family but has no dnf and rpm in /usr/bin; pkg drives dnf 4 only (hint: install dnf, or use an exec resource)"
+            "this host ({host}) is of the rpm family but has no dnf (or dnf5) and rpm in /usr/bin; pkg drives dnf 4 or 5 (hint: install dnf, or use an exec resource)"
         )));
     }
     if !family(&["alpine"]) {
         if apt {
             return Ok(Backend::Apt);
         }
-        if dnf {
-            return Ok(Backend::Dnf);
+        if let Some(d) = dnf {
+            return Ok(Backend::Dnf(d));
         }
     }
     let other = if family(&["alpine"]) || has("apk") {
@@ -248,7 +252,7 @@ fn has(tool: &str) -> bool {
 }
 
 /// Whether `dnf`, resolved, is dnf 5 (Fedora 41 on: `dnf -> dnf5`), whose
-/// command line has no `shell` and no `exit_on_lock`.
+/// command line has `do` where dnf 4 has `shell`.
 fn is_dnf5(resolved: &std::path::Path) -> bool {
     resolved
         .file_name()
@@ -256,8 +260,9 @@ fn is_dnf5(resolved: &std::path::Path) -> bool {
         .is_some_and(|n| n.starts_with("dnf5"))
 }
 
-/// One package's change: the word (apt) or line (dnf shell) the backend
-/// takes, and what it does in words for the log.
+/// One package's change: what the backend takes (apt's word, a `dnf
+/// shell` line, or `dnf5 do`'s action and package, as `action name`),
+/// and what it does in words for the log.
 struct Step {
     word: String,
     what: String,
@@ -282,7 +287,7 @@ impl Pkg {
     async fn plan(&mut self, backend: Backend, ctx: &Ctx) -> Result<Vec<Step>, ResourceError> {
         match backend {
             Backend::Apt => apt::plan(&self.wants, &mut self.refreshed, ctx).await,
-            Backend::Dnf => dnf::plan(&self.wants, &mut self.refreshed, ctx).await,
+            Backend::Dnf(d) => d.plan(&self.wants, &mut self.refreshed, ctx).await,
         }
     }
 
@@ -290,7 +295,7 @@ impl Pkg {
     async fn verify(&self, backend: Backend, ctx: &Ctx) -> Result<(), ResourceError> {
         let (now, same): (_, fn(&str, &str) -> bool) = match backend {
             Backend::Apt => (apt::installed(&self.names(), ctx).await?, |v, w| v == w),
-            Backend::Dnf => (dnf::installed(&self.names(), ctx).await?, dnf::same),
+            Backend::Dnf(_) => (dnf::installed(&self.names(), ctx).await?, dnf::same),
         };
         let wrong: Vec<&str> = self
             .wants
@@ -330,7 +335,7 @@ impl Resource for Pkg {
         }
         match backend {
             Backend::Apt => apt::apply(&plan, ctx).await?,
-            Backend::Dnf => dnf::apply(&plan, ctx).await?,
+            Backend::Dnf(d) => d.apply(&plan, ctx).await?,
         }
         self.verify(backend, ctx).await?;
         for s in &plan {

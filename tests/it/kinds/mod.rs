@@ -2,7 +2,9 @@
 //! inside a mount namespace of its own whose system directories are
 //! temporary copies, so the machine's own accounts and package database are
 //! never touched. `pkg` is tested against dpkg/apt (`pkg.rs`) and, in a
-//! namespace that looks like Fedora, rpm/dnf 4 (`pkg_dnf.rs`).
+//! namespace that looks like Fedora, rpm/dnf 4 (`pkg_dnf.rs`) and, chrooted
+//! into a root of its own (`scripts/test-roots.sh`), rpm/dnf 5
+//! (`pkg_dnf5.rs`).
 //!
 //! Whole directories are bound (a copy of `/etc`, not of `/etc/passwd`
 //! alone): the shadow tools and dpkg replace a database by writing a new
@@ -14,6 +16,7 @@
 mod accounts;
 mod pkg;
 mod pkg_dnf;
+mod pkg_dnf5;
 mod svc;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +33,10 @@ pub struct Sandbox {
     pub dir: Dir,
     /// (temporary directory, the system directory it stands for)
     binds: Vec<(PathBuf, &'static str)>,
+    /// The root file system commands run chrooted into, if not the
+    /// machine's: the binds are made under it, and `/tmp` (where the
+    /// sandbox's own files are) is the machine's.
+    root: Option<PathBuf>,
 }
 
 impl Sandbox {
@@ -37,7 +44,19 @@ impl Sandbox {
         Sandbox {
             dir: Dir::new(),
             binds: Vec::new(),
+            root: None,
         }
+    }
+
+    /// A sandbox whose commands run chrooted into `root`, which they never
+    /// change: every directory a test writes must be bound over. `mgmt` is
+    /// the shipped static binary, copied in.
+    pub fn chrooted(root: PathBuf) -> Sandbox {
+        let mut s = Sandbox::new();
+        s.binds.push((PathBuf::from("/tmp"), "/tmp"));
+        s.root = Some(root);
+        std::fs::copy(crate::util::shipped(), s.dir.path().join("mgmt")).expect("copy mgmt");
+        s
     }
 
     fn slot(&self, target: &str) -> PathBuf {
@@ -49,8 +68,13 @@ impl Sandbox {
     /// Binds a copy of `target` (which must exist) over it.
     pub fn copy(&mut self, target: &'static str) -> PathBuf {
         let slot = self.slot(target);
+        let from = match &self.root {
+            Some(root) => root.join(target.trim_start_matches('/')),
+            None => PathBuf::from(target),
+        };
         let ok = Command::new("cp")
-            .args(["-a", target])
+            .arg("-a")
+            .arg(&from)
             .arg(&slot)
             .status()
             .expect("run cp");
@@ -83,15 +107,19 @@ impl Sandbox {
         std::fs::read_to_string(self.path(path)).unwrap_or_default()
     }
 
-    /// `program args...` in a new mount namespace with every bind made.
+    /// `program args...` in a new mount namespace with every bind made
+    /// (and chrooted, with a `/proc`, into the sandbox's root if it has one).
     pub fn command(&self, program: &Path) -> Command {
         let mut c = Command::new("unshare");
         c.args(["--mount", "--propagation", "private", "--", "sh", "-c"]);
         c.arg(concat!(
-            "while [ \"$1\" != -- ]; do mount --bind \"$1\" \"$2\" || exit 97; shift 2; done; ",
-            "shift; exec \"$@\""
+            "root=$1; shift; ",
+            "while [ \"$1\" != -- ]; do mount --bind \"$1\" \"$root$2\" || exit 97; shift 2; done; ",
+            "shift; [ -z \"$root\" ] && exec \"$@\"; ",
+            "mount -t proc proc \"$root/proc\" || exit 97; exec chroot \"$root\" \"$@\""
         ));
         c.arg("sandbox");
+        c.arg(self.root.as_deref().unwrap_or(Path::new("")));
         for (slot, target) in &self.binds {
             c.arg(slot).arg(target);
         }
@@ -102,7 +130,10 @@ impl Sandbox {
 
     /// `mgmt run -t 1 [extra...] --file GRAPH` in the sandbox, to the end.
     pub fn run(&self, graph: &Path, extra: &[&str]) -> Output {
-        let mgmt_bin = mgmt().get_program().to_owned();
+        let mgmt_bin = match self.root {
+            Some(_) => self.dir.path().join("mgmt").into_os_string(),
+            None => mgmt().get_program().to_owned(),
+        };
         let mut c = self.command(Path::new(&mgmt_bin));
         c.args(["run", "--converged-timeout", "1"])
             .args(extra)

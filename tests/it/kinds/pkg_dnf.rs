@@ -56,7 +56,7 @@ fn sandbox() -> Sandbox {
 }
 
 /// Builds `name` at `version` (release 1) into the repository, re-indexed.
-fn publish(s: &Sandbox, name: &str, version: &str) {
+pub(super) fn publish(s: &Sandbox, name: &str, version: &str) {
     let top = s.dir.path().join("rpmbuild");
     let spec = s.dir.write(
         &format!("{name}-{version}.spec"),
@@ -88,7 +88,7 @@ fn publish(s: &Sandbox, name: &str, version: &str) {
 }
 
 /// The installed `version-release` of `name` in the sandbox's database.
-fn installed(s: &Sandbox, name: &str) -> Option<String> {
+pub(super) fn installed(s: &Sandbox, name: &str) -> Option<String> {
     let out = s.tool(
         "/usr/bin/rpm",
         &["-q", "--qf", "%{VERSION}-%{RELEASE}", name],
@@ -136,7 +136,7 @@ fn host_rpm() -> (String, Vec<PathBuf>) {
     (String::from_utf8_lossy(&qa.stdout).into_owned(), files)
 }
 
-fn graph(s: &Sandbox, body: &str) -> PathBuf {
+pub(super) fn graph(s: &Sandbox, body: &str) -> PathBuf {
     s.dir
         .write("g.yaml", &format!("graph: pkgs\nresources:\n{body}"))
 }

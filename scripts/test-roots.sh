@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Makes the root file systems some tests chroot into, when missing; safe to
+# run again (a root already made is kept, so its packages stay the same
+# from run to run).
+#
+# dnf5-root: dnf 5 and rpm 6, for pkg's dnf 5 tests
+# (tests/it/kinds/pkg_dnf5.rs). No Debian release but sid packages dnf5, and
+# it needs sid's C++ and rpm libraries, so this is a minimal sid made by
+# debootstrap; the tests make it look like Fedora in a mount namespace of
+# their own and never change it. About 60 MB to download, 300 MB on disk.
+#
+# Where: $MGMT_TEST_ROOTS, default /var/cache/mgmt-tests (the tests read
+# the same variable, with the same default).
+set -euo pipefail
+
+roots="${MGMT_TEST_ROOTS:-/var/cache/mgmt-tests}"
+mirror="${MGMT_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# Bumped when what a root holds changes, so that an old one is made again.
+version=2
+
+make_root() {
+  local name=$1 suite=$2 include=$3
+  local dest="$roots/$name"
+  if [ "$(cat "$dest/.mgmt-test-root" 2>/dev/null)" = "$version" ]; then
+    return 0
+  fi
+  if [ "$(id -u)" != 0 ]; then
+    echo "test-roots: $dest is missing; run as root (debootstrap needs it)" >&2
+    exit 1
+  fi
+  if ! command -v debootstrap >/dev/null; then
+    echo "test-roots: installing debootstrap" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap </dev/null >/dev/null
+  fi
+  echo "test-roots: making $dest ($suite with $include, from $mirror; about a minute)" >&2
+  mkdir -p "$roots"
+  local tmp
+  tmp="$(mktemp -d "$roots/.$name.XXXXXX")"
+  # Nothing half-made is left behind, whatever stops this.
+  trap 'rm -rf --one-file-system "$tmp"' EXIT
+  if ! debootstrap --variant=minbase --include="$include" "$suite" "$tmp/root" "$mirror" >"$tmp/log" 2>&1; then
+    tail -20 "$tmp/log" >&2
+    echo "test-roots: debootstrap of $suite failed (log above); check that $mirror is reachable" >&2
+    exit 1
+  fi
+  rm -rf "$tmp/root/var/cache/apt/archives/"*.deb
+  # Where dnf 5 keeps its history: made here so that a test can bind an
+  # empty directory over it.
+  mkdir -p "$tmp/root/usr/lib/sysimage"
+  echo "$version" >"$tmp/root/.mgmt-test-root"
+  rm -rf --one-file-system "$dest"
+  mv "$tmp/root" "$dest"
+  rm -rf "$tmp"
+  trap - EXIT
+}
+
+make_root dnf5-root sid dnf5,rpm
