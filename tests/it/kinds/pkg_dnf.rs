@@ -25,20 +25,27 @@ fn sandbox() -> Sandbox {
     ] {
         s.empty(dir);
     }
+    fedora_etc(&s, &etc, "40");
+    // Debian's rpm keeps its database in ~/.rpmdb; Fedora's is system-wide.
+    std::fs::create_dir_all(etc.join("rpm")).unwrap();
+    std::fs::write(etc.join("rpm/macros"), "%_dbpath /var/lib/rpm\n").unwrap();
+    s
+}
+
+/// Makes the sandbox's copy of `/etc` (at `etc`) say Fedora `version`,
+/// with one repository, local and empty until [`publish`] fills it.
+pub(super) fn fedora_etc(s: &Sandbox, etc: &Path, version: &str) {
     let release = etc.join("os-release");
     // Debian's is a symlink into /usr/lib; the sandbox's is its own file.
     let _ = std::fs::remove_file(&release);
     std::fs::write(
         &release,
-        "NAME=\"Fedora Linux\"\nID=fedora\nVERSION_ID=40\n",
+        format!("NAME=\"Fedora Linux\"\nID=fedora\nVERSION_ID={version}\n"),
     )
     .unwrap();
-    // Debian's rpm keeps its database in ~/.rpmdb; Fedora's is system-wide.
-    std::fs::create_dir_all(etc.join("rpm")).unwrap();
-    std::fs::write(etc.join("rpm/macros"), "%_dbpath /var/lib/rpm\n").unwrap();
     // No fedora-release package to read the release from.
     std::fs::create_dir_all(etc.join("dnf/vars")).unwrap();
-    std::fs::write(etc.join("dnf/vars/releasever"), "40\n").unwrap();
+    std::fs::write(etc.join("dnf/vars/releasever"), format!("{version}\n")).unwrap();
     let repos = etc.join("yum.repos.d");
     let _ = std::fs::remove_dir_all(&repos);
     std::fs::create_dir(&repos).unwrap();
@@ -52,7 +59,6 @@ fn sandbox() -> Sandbox {
         ),
     )
     .unwrap();
-    s
 }
 
 /// Builds `name` at `version` (release 1) into the repository, re-indexed.
@@ -98,25 +104,61 @@ pub(super) fn installed(s: &Sandbox, name: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// How the tests read one dnf back.
+pub(super) struct Flavour {
+    /// The dnf binary in the sandbox, and its name in mgmt's messages.
+    pub tool: &'static str,
+    pub name: &'static str,
+    /// `history info`'s line before the altered packages, and how many
+    /// lines follow it before them (dnf 5 has a header row).
+    pub altered: (&'static str, usize),
+    /// What the history calls a removal.
+    pub removed: &'static str,
+    /// The epoch the history writes in a version (dnf 5: `0:`).
+    pub epoch: &'static str,
+}
+
+pub(super) const DNF4: Flavour = Flavour {
+    tool: "/usr/bin/dnf",
+    name: "dnf",
+    altered: ("Packages Altered:", 0),
+    removed: "Removed",
+    epoch: "",
+};
+
+impl Flavour {
+    /// The history's line for `action` of the test package `name` at `vr`.
+    pub fn line(&self, action: &str, name: &str, vr: &str) -> String {
+        format!("{action} {name}-{}{vr}.noarch", self.epoch)
+    }
+}
+
 /// dnf's history in the sandbox: each transaction's altered packages as
-/// `action nevra` (from `dnf history info`), oldest first.
-fn history(s: &Sandbox) -> Vec<Vec<String>> {
-    let list = s.tool("/usr/bin/dnf", &["-q", "history", "list"]);
+/// `action nevra` (from `history info`), oldest first.
+pub(super) fn history(s: &Sandbox, f: &Flavour) -> Vec<Vec<String>> {
+    let list = s.tool(f.tool, &["-q", "history", "list"]);
     assert!(list.status.success(), "{list:?}");
+    // dnf 4 puts `|` between the columns, dnf 5 spaces.
     let mut ids: Vec<u32> = String::from_utf8_lossy(&list.stdout)
         .lines()
-        .filter_map(|l| l.split('|').next()?.trim().parse().ok())
+        .filter_map(|l| {
+            l.split(|c: char| c == '|' || c.is_whitespace())
+                .find(|t| !t.is_empty())?
+                .parse()
+                .ok()
+        })
         .collect();
     ids.sort();
     ids.iter()
         .map(|id| {
-            let info = s.tool("/usr/bin/dnf", &["-q", "history", "info", &id.to_string()]);
+            let info = s.tool(f.tool, &["-q", "history", "info", &id.to_string()]);
             assert!(info.status.success(), "{info:?}");
             String::from_utf8_lossy(&info.stdout)
                 .lines()
-                .skip_while(|l| !l.starts_with("Packages Altered:"))
-                .skip(1)
+                .skip_while(|l| !l.starts_with(f.altered.0))
+                .skip(1 + f.altered.1)
                 .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+                .filter(|l| !l.is_empty())
                 .collect()
         })
         .collect()
@@ -141,70 +183,49 @@ pub(super) fn graph(s: &Sandbox, body: &str) -> PathBuf {
         .write("g.yaml", &format!("graph: pkgs\nresources:\n{body}"))
 }
 
-// See: #16 (three packages reach dnf in one transaction; second run changes nothing)
-#[test]
-fn packages_go_to_dnf_in_one_transaction_and_a_second_run_changes_nothing() {
-    let host = host_rpm();
-    let s = sandbox();
+/// Three packages in one transaction and nothing the second time; then a
+/// removal and two upgrades (one a pin's) in one more; then a pin back, a
+/// downgrade, and nothing again. Returns the first run's log.
+pub(super) fn one_transaction_each_time(s: &Sandbox, f: &Flavour) -> String {
+    let converged = |out: &crate::util::Output, changed: usize| {
+        let want = format!("converged: 3 resources, {changed} changed, 0 failed");
+        assert!(out.stderr.contains(&want), "{want} in {}", out.stderr);
+    };
     for p in ["mgmtit-a", "mgmtit-b", "mgmtit-c"] {
-        publish(&s, p, "1.0");
+        publish(s, p, "1.0");
     }
     let g = graph(
-        &s,
-        r#"  pkg:
-  - name: mgmtit-a
-  - name: mgmtit-b
-    state: newest
-  - name: mgmtit-c
-    version: "1.0-1"
-"#,
+        s,
+        "  pkg:\n  - name: mgmtit-a\n  - name: mgmtit-b\n    state: newest\n  - name: mgmtit-c\n    version: \"1.0-1\"\n",
     );
     let first = s.run(&g, &[]);
     assert_eq!(first.code, 0, "{}", first.stderr);
     for p in ["mgmtit-a", "mgmtit-b", "mgmtit-c"] {
-        assert_eq!(installed(&s, p).as_deref(), Some("1.0-1"), "{p}");
+        assert_eq!(installed(s, p).as_deref(), Some("1.0-1"), "{p}");
         assert!(s.path("/srv/mgmt-it").join(p).is_file(), "{p}'s file");
     }
-    let h = history(&s);
-    assert_eq!(h.len(), 1, "one dnf transaction: {h:?}");
+    let h = history(s, f);
+    assert_eq!(h.len(), 1, "one transaction: {h:?}");
     for p in ["mgmtit-a", "mgmtit-b", "mgmtit-c"] {
-        let line = format!("Install {p}-1.0-1.noarch");
+        let line = f.line("Install", p, "1.0-1");
         assert!(h[0].contains(&line), "{line} in {:?}", h[0]);
     }
-    assert!(
-        first
-            .stderr
-            .contains("pkg[mgmtit-a,mgmtit-b,mgmtit-c]: install mgmtit-b 1.0-1"),
-        "{}",
-        first.stderr
-    );
-    assert!(
-        first
-            .stderr
-            .contains("converged: 3 resources, 1 changed, 0 failed"),
-        "{}",
-        first.stderr
-    );
-    assert!(s.read("/var/log/dnf.rpm.log").contains("mgmtit-c"));
+    let needle = "pkg[mgmtit-a,mgmtit-b,mgmtit-c]: install mgmtit-b 1.0-1";
+    assert!(first.stderr.contains(needle), "{}", first.stderr);
+    converged(&first, 1);
 
     let second = s.run(&g, &[]);
     assert_eq!(second.code, 0, "{}", second.stderr);
-    assert!(
-        second
-            .stderr
-            .contains("converged: 3 resources, 0 changed, 0 failed"),
-        "{}",
-        second.stderr
-    );
-    assert_eq!(history(&s).len(), 1, "no dnf transaction the second time");
+    converged(&second, 0);
+    assert_eq!(history(s, f).len(), 1, "no transaction the second time");
 
     // A newer b and c, a removed, c pinned to the newer: again one
     // transaction for the removal and both upgrades.
-    publish(&s, "mgmtit-b", "2.0");
-    publish(&s, "mgmtit-c", "2.0");
+    publish(s, "mgmtit-b", "2.0");
+    publish(s, "mgmtit-c", "2.0");
     let pinned = |c: &str| {
         graph(
-            &s,
+            s,
             &format!(
                 "  pkg:\n  - name: mgmtit-a\n    state: absent\n  - name: mgmtit-b\n    state: newest\n  - name: mgmtit-c\n    version: \"{c}\"\n"
             ),
@@ -212,9 +233,9 @@ fn packages_go_to_dnf_in_one_transaction_and_a_second_run_changes_nothing() {
     };
     let third = s.run(&pinned("2.0"), &[]);
     assert_eq!(third.code, 0, "{}", third.stderr);
-    assert_eq!(installed(&s, "mgmtit-a"), None);
-    assert_eq!(installed(&s, "mgmtit-b").as_deref(), Some("2.0-1"));
-    assert_eq!(installed(&s, "mgmtit-c").as_deref(), Some("2.0-1"));
+    assert_eq!(installed(s, "mgmtit-a"), None);
+    assert_eq!(installed(s, "mgmtit-b").as_deref(), Some("2.0-1"));
+    assert_eq!(installed(s, "mgmtit-c").as_deref(), Some("2.0-1"));
     for needle in [
         "remove mgmtit-a 1.0-1",
         "change mgmtit-b from 1.0-1 to 2.0-1",
@@ -226,37 +247,37 @@ fn packages_go_to_dnf_in_one_transaction_and_a_second_run_changes_nothing() {
             third.stderr
         );
     }
-    let h = history(&s);
-    assert_eq!(h.len(), 2, "one more dnf transaction: {h:?}");
+    let h = history(s, f);
+    assert_eq!(h.len(), 2, "one more transaction: {h:?}");
     for line in [
-        "Removed mgmtit-a-1.0-1.noarch",
-        "Upgrade mgmtit-b-2.0-1.noarch",
-        "Upgrade mgmtit-c-2.0-1.noarch",
+        f.line(f.removed, "mgmtit-a", "1.0-1"),
+        f.line("Upgrade", "mgmtit-b", "2.0-1"),
+        f.line("Upgrade", "mgmtit-c", "2.0-1"),
     ] {
-        assert!(h[1].iter().any(|l| l == line), "{line} in {:?}", h[1]);
+        assert!(h[1].contains(&line), "{line} in {:?}", h[1]);
     }
 
     // c pinned back to 1.0 (no release: any release of it): a downgrade.
     let fourth = s.run(&pinned("1.0"), &[]);
     assert_eq!(fourth.code, 0, "{}", fourth.stderr);
-    assert_eq!(installed(&s, "mgmtit-c").as_deref(), Some("1.0-1"));
-    let h = history(&s);
-    assert_eq!(h.len(), 3, "one more dnf transaction: {h:?}");
-    assert!(
-        h[2].iter().any(|l| l == "Downgrade mgmtit-c-1.0-1.noarch"),
-        "{:?}",
-        h[2]
-    );
+    assert_eq!(installed(s, "mgmtit-c").as_deref(), Some("1.0-1"));
+    let h = history(s, f);
+    assert_eq!(h.len(), 3, "one more transaction: {h:?}");
+    let line = f.line("Downgrade", "mgmtit-c", "1.0-1");
+    assert!(h[2].contains(&line), "{line} in {:?}", h[2]);
     let fifth = s.run(&pinned("1.0"), &[]);
-    assert!(
-        fifth
-            .stderr
-            .contains("converged: 3 resources, 0 changed, 0 failed"),
-        "{}",
-        fifth.stderr
-    );
-    assert_eq!(history(&s).len(), 3);
+    converged(&fifth, 0);
+    assert_eq!(history(s, f).len(), 3);
+    first.stderr
+}
 
+// See: #16 (three packages reach dnf in one transaction; second run changes nothing)
+#[test]
+fn packages_go_to_dnf_in_one_transaction_and_a_second_run_changes_nothing() {
+    let host = host_rpm();
+    let s = sandbox();
+    one_transaction_each_time(&s, &DNF4);
+    assert!(s.read("/var/log/dnf.rpm.log").contains("mgmtit-c"));
     assert!(
         !Path::new("/srv/mgmt-it").exists(),
         "the real /srv untouched"
@@ -264,18 +285,16 @@ fn packages_go_to_dnf_in_one_transaction_and_a_second_run_changes_nothing() {
     assert_eq!(host_rpm(), host, "the machine's rpm database untouched");
 }
 
-// See: #16 (--noop says what dnf would do and changes nothing)
-#[test]
-fn dnf_noop_says_what_it_would_change_and_changes_nothing() {
-    let s = sandbox();
-    publish(&s, "mgmtit-a", "1.0");
-    publish(&s, "mgmtit-b", "1.0");
-    let g = graph(&s, "  pkg:\n  - name: mgmtit-b\n");
+/// `--noop` says what it would install and remove, and changes nothing.
+pub(super) fn noop_changes_nothing(s: &Sandbox, f: &Flavour) {
+    publish(s, "mgmtit-a", "1.0");
+    publish(s, "mgmtit-b", "1.0");
+    let g = graph(s, "  pkg:\n  - name: mgmtit-b\n");
     let first = s.run(&g, &[]);
     assert_eq!(first.code, 0, "{}", first.stderr);
-    publish(&s, "mgmtit-b", "2.0");
+    publish(s, "mgmtit-b", "2.0");
     let g = graph(
-        &s,
+        s,
         "  pkg:\n  - name: mgmtit-a\n  - name: mgmtit-b\n    state: absent\n",
     );
     let out = s.run(&g, &["--noop"]);
@@ -286,31 +305,41 @@ fn dnf_noop_says_what_it_would_change_and_changes_nothing() {
     ] {
         assert!(out.stderr.contains(needle), "{needle} in {}", out.stderr);
     }
-    assert_eq!(installed(&s, "mgmtit-a"), None);
-    assert_eq!(installed(&s, "mgmtit-b").as_deref(), Some("1.0-1"));
-    assert_eq!(history(&s).len(), 1, "only the first run's transaction");
+    assert_eq!(installed(s, "mgmtit-a"), None);
+    assert_eq!(installed(s, "mgmtit-b").as_deref(), Some("1.0-1"));
+    let h = history(s, f);
+    assert_eq!(h.len(), 1, "only the first run's transaction: {h:?}");
+}
+
+/// Packages no repository offers, or not at the pinned version, are named,
+/// and nothing changes, not even the one that could be installed.
+pub(super) fn a_missing_package_is_named(s: &Sandbox, f: &Flavour) {
+    publish(s, "mgmtit-a", "1.0");
+    let g = graph(
+        s,
+        "  pkg:\n  - name: mgmtit-a\n  - name: mgmtit-nosuch\n  - name: mgmtit-c\n    version: \"9.9\"\n",
+    );
+    let out = s.run(&g, &[]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let needle = format!(
+        "package mgmtit-nosuch, mgmtit-c-9.9 not found: {} knows no installable version",
+        f.name
+    );
+    assert!(out.stderr.contains(&needle), "{needle} in {}", out.stderr);
+    assert_eq!(installed(s, "mgmtit-a"), None, "nothing half-done");
+    assert!(history(s, f).is_empty());
+}
+
+// See: #16 (--noop says what dnf would do and changes nothing)
+#[test]
+fn dnf_noop_says_what_it_would_change_and_changes_nothing() {
+    noop_changes_nothing(&sandbox(), &DNF4);
 }
 
 // See: #16 (a package no repository offers, or not at the pinned version: named)
 #[test]
 fn a_package_dnf_cannot_find_is_named_and_nothing_changes() {
-    let s = sandbox();
-    publish(&s, "mgmtit-a", "1.0");
-    let g = graph(
-        &s,
-        "  pkg:\n  - name: mgmtit-a\n  - name: mgmtit-nosuch\n  - name: mgmtit-c\n    version: \"9.9\"\n",
-    );
-    let out = s.run(&g, &[]);
-    assert_eq!(out.code, 1, "{}", out.stderr);
-    assert!(
-        out.stderr.contains(
-            "package mgmtit-nosuch, mgmtit-c-9.9 not found: dnf knows no installable version"
-        ),
-        "{}",
-        out.stderr
-    );
-    assert_eq!(installed(&s, "mgmtit-a"), None, "nothing half-done");
-    assert!(history(&s).is_empty());
+    a_missing_package_is_named(&sandbox(), &DNF4);
 }
 
 // See: #16 (dnf's lock or rpm's transaction lock held: an error naming the packages)
