@@ -6,8 +6,8 @@
 # dnf5-root: dnf 5 and rpm 6, for pkg's dnf 5 tests
 # (tests/it/kinds/pkg_dnf5.rs). No Debian release but sid packages dnf5, and
 # it needs sid's C++ and rpm libraries, so this is a minimal sid made by
-# debootstrap; the tests make it look like Fedora in a mount namespace of
-# their own and never change it. About 60 MB to download, 300 MB on disk.
+# debootstrap, with dnf a link to dnf5 as on Fedora 41 on; the tests make
+# it look like Fedora in a mount namespace of their own and never change it. About 60 MB to download, 300 MB on disk.
 #
 # Where: $MGMT_TEST_ROOTS, default /var/cache/mgmt-tests (the tests read
 # the same variable, with the same default).
@@ -16,7 +16,7 @@ set -euo pipefail
 roots="${MGMT_TEST_ROOTS:-/var/cache/mgmt-tests}"
 mirror="${MGMT_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 # Bumped when what a root holds changes, so that an old one is made again.
-version=2
+version=3
 
 make_root() {
   local name=$1 suite=$2 include=$3
@@ -47,6 +47,9 @@ make_root() {
   # Where dnf 5 keeps its history: made here so that a test can bind an
   # empty directory over it.
   mkdir -p "$tmp/root/usr/lib/sysimage"
+  # Fedora's dnf5 package (41 on) makes dnf a link to dnf5; Debian's
+  # makes no dnf.
+  ln -s dnf5 "$tmp/root/usr/bin/dnf"
   echo "$version" >"$tmp/root/.mgmt-test-root"
   rm -rf --one-file-system "$dest"
   mv "$tmp/root" "$dest"

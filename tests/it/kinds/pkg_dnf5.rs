@@ -1,13 +1,13 @@
 //! `pkg`'s rpm/dnf backend (issue #16) against the real dnf 5 and rpm 6,
 //! which only Debian sid packages: the run is chrooted into the minimal
 //! sid that `scripts/test-roots.sh` makes (`$MGMT_TEST_ROOTS/dnf5-root`),
-//! in a mount namespace where that root looks like a Fedora host with
-//! `dnf5` (no `dnf` link, as on a host where dnf 5 came in beside
-//! nothing): a copy of its `/etc` whose `os-release` says `ID=fedora` and
-//! whose one repository is local, and empty `/var/lib/rpm`, `/var/lib/dnf`,
-//! `/usr/lib/sysimage`, `/var/cache`, `/var/log`, `/run`, `/root` and
-//! `/srv` of its own, so the root itself is never changed. The packages
-//! are the dnf 4 tests' tiny noarch rpms (`pkg_dnf.rs`).
+//! in a mount namespace where that root looks like a Fedora 41 (or newer)
+//! host, whose `dnf` is a link to `dnf5`: a copy of its `/etc` whose
+//! `os-release` says `ID=fedora` and whose one repository is local, and
+//! empty `/var/lib/rpm`, `/var/lib/dnf`, `/usr/lib/sysimage`, `/var/cache`,
+//! `/var/log`, `/run`, `/root` and `/srv` of its own, so the root itself is
+//! never changed. The packages are the dnf 4 tests' tiny noarch rpms
+//! (`pkg_dnf.rs`).
 
 use std::path::PathBuf;
 
@@ -33,7 +33,8 @@ fn dnf5_root() -> PathBuf {
 
 fn sandbox() -> Sandbox {
     let root = dnf5_root();
-    assert!(!root.join("usr/bin/dnf").exists(), "dnf5 alone, no dnf");
+    let dnf = std::fs::read_link(root.join("usr/bin/dnf")).ok();
+    assert_eq!(dnf, Some(PathBuf::from("dnf5")), "dnf a link to dnf5");
     let mut s = Sandbox::chrooted(root);
     let etc = s.copy("/etc");
     for dir in [
