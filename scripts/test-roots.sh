@@ -18,10 +18,23 @@ mirror="${MGMT_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 # Bumped when what a root holds changes, so that an old one is made again.
 version=3
 
+# The tests run what is in these roots as root: refuse a place someone
+# else could have written to.
+trusted() {
+  local path=$1 owner mode
+  read -r owner mode < <(stat -c '%u %a' "$path")
+  if [ "$owner" != 0 ] || [ $((8#$mode & 8#022)) != 0 ]; then
+    echo "test-roots: $path is owned by uid $owner with mode $mode: it must be root's and writable by root only (remove it, or set MGMT_TEST_ROOTS)" >&2
+    exit 1
+  fi
+}
+
 make_root() {
   local name=$1 suite=$2 include=$3
   local dest="$roots/$name"
+  if [ -d "$roots" ]; then trusted "$roots"; fi
   if [ "$(cat "$dest/.mgmt-test-root" 2>/dev/null)" = "$version" ]; then
+    trusted "$dest"
     return 0
   fi
   if [ "$(id -u)" != 0 ]; then
@@ -33,7 +46,8 @@ make_root() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap </dev/null >/dev/null
   fi
   echo "test-roots: making $dest ($suite with $include, from $mirror; about a minute)" >&2
-  mkdir -p "$roots"
+  mkdir -p -m 0755 "$roots"
+  trusted "$roots"
   local tmp
   tmp="$(mktemp -d "$roots/.$name.XXXXXX")"
   # Nothing half-made is left behind, whatever stops this.
