@@ -9,6 +9,7 @@
 //! never changed. The packages are the dnf 4 tests' tiny noarch rpms
 //! (`pkg_dnf.rs`).
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use super::pkg_dnf::{
@@ -112,5 +113,70 @@ fn a_held_dnf5_or_rpm_lock_is_an_error_naming_the_packages_and_the_holder() {
     }
     let out = s.run(&g, &[]);
     assert_eq!(out.code, 0, "once the locks are free: {}", out.stderr);
+    assert_eq!(installed(&s, "mgmtit-a").as_deref(), Some("1.0-1"));
+}
+
+/// A process of nobody's holding a read lock on `file` (opened by root and
+/// handed down as its stdin, as a world-readable lock file lets anyone
+/// open it) until dropped.
+struct NobodysLock(std::process::Child);
+
+impl NobodysLock {
+    fn hold(file: &std::path::Path) -> NobodysLock {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let (uid, gid) = crate::util::hostile::nobody();
+        let lock = std::fs::File::open(file).expect("open the lock file");
+        let script = "import fcntl,signal\nfcntl.lockf(0,fcntl.LOCK_SH)\nprint('held',flush=True)\nsignal.pause()";
+        let mut child = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", script])
+            .current_dir("/")
+            .uid(uid)
+            .gid(gid)
+            .stdin(lock)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 as nobody");
+        let mut line = String::new();
+        let out = child.stdout.take().expect("stdout");
+        std::io::BufReader::new(out).read_line(&mut line).unwrap();
+        let held = NobodysLock(child);
+        assert_eq!(line.trim(), "held", "nobody's lock");
+        held
+    }
+}
+
+impl Drop for NobodysLock {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+// See: #16 (a held lock is an error naming the packages), #13 (a local
+// user): dnf 5's lock file is world-readable on Fedora, so any user can
+// hold a read lock on it, and dnf 5 would wait for as long as they do.
+// A run while nobody holds one ends at once, naming nobody's process, and
+// installs once it is let go.
+#[test]
+fn a_read_lock_nobody_holds_on_dnf5s_lock_ends_the_run_naming_it() {
+    let s = sandbox();
+    publish(&s, "mgmtit-a", "1.0");
+    let g = graph(&s, "  pkg:\n  - name: mgmtit-a\n");
+    let file = s.path("/var/lib/dnf/system-repo.lock");
+    std::fs::write(&file, "").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o664)).unwrap();
+    let held = NobodysLock::hold(&file);
+    let out = s.run(&g, &[]);
+    let needle = format!(
+        "packages mgmtit-a: /var/lib/dnf/system-repo.lock is locked by process {}",
+        held.0.id()
+    );
+    drop(held);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains(&needle), "{needle} in {}", out.stderr);
+    assert_eq!(installed(&s, "mgmtit-a"), None);
+    let out = s.run(&g, &[]);
+    assert_eq!(out.code, 0, "once nobody lets go: {}", out.stderr);
     assert_eq!(installed(&s, "mgmtit-a").as_deref(), Some("1.0-1"));
 }
