@@ -403,22 +403,28 @@ async fn apply_do(steps: &[Step], ctx: &Ctx) -> Result<(), ResourceError> {
     if ran.ok() {
         return Ok(());
     }
-    // rpm's lock taken meanwhile fails the transaction with a word on the
-    // log only ("Rpm transaction failed"): the lock says why.
-    let why = match held_lock(LOCKS) {
+    Err(ResourceError::Failed(format!(
+        "cannot apply packages {}: dnf5 do exited with code {}: {}{}",
+        names.join(", "),
+        ran.code,
+        ran.tail(),
+        do_failed_why(&ran.stderr, held_lock(LOCKS))
+    )))
+}
+
+/// What to add to a failed `dnf5 do`'s error: the lock `held` now, if any
+/// (rpm's lock taken meanwhile fails the transaction with a word on dnf's
+/// log only, "Rpm transaction failed"), or a hint when this dnf5 is one
+/// from before the `do` command.
+fn do_failed_why(stderr: &str, held: Option<String>) -> String {
+    match held {
         Some(held) => format!("; {held}{}", super::LOCK_HINT),
-        None if ran.stderr.contains("Unknown argument \"do\"") => {
-            " (hint: this dnf5 has no `do` command, which dnf5 5.2.17 and newer have: upgrade dnf5)"
+        None if stderr.contains("Unknown argument \"do\"") => {
+            " (hint: this dnf5 is older than its `do` command, which pkg needs for one transaction: upgrade dnf5 first)"
                 .to_owned()
         }
         None => String::new(),
-    };
-    Err(ResourceError::Failed(format!(
-        "cannot apply packages {}: dnf5 do exited with code {}: {}{why}",
-        names.join(", "),
-        ran.code,
-        ran.tail()
-    )))
+    }
 }
 
 #[cfg(test)]
@@ -487,6 +493,19 @@ mod tests {
             ]
         );
         assert_eq!(step_names(&steps), ["a-1.0", "b", "c"]);
+    }
+
+    #[test]
+    fn a_failed_do_names_the_lock_held_or_an_old_dnf5() {
+        // What dnf5 says of a command it does not have (seen with
+        // `dnf5 nosuchcmd`), for `do`.
+        let old = "Unknown argument \"do\" for command \"dnf5\". Add \"--help\" for more information about the arguments.";
+        assert!(do_failed_why(old, None).contains("upgrade dnf5 first"));
+        let held = Some("/var/lib/rpm/.rpm.lock is locked by process 7".to_owned());
+        let why = do_failed_why("Transaction failed: Rpm transaction failed.", held);
+        assert!(why.starts_with("; /var/lib/rpm/.rpm.lock is locked by process 7"));
+        assert!(why.contains("holds the lock"));
+        assert_eq!(do_failed_why("No match for argument: x", None), "");
     }
 
     #[test]
