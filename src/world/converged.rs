@@ -165,9 +165,11 @@ pub(super) struct Keys<T> {
     pub value: (watch::Receiver<T>, fn(&T) -> String),
     /// Written with the first write of each lease, never again.
     pub fixed: Vec<(String, String)>,
-    /// How long the very first write waits for the value to change (a
-    /// one-shot run converges moments after it starts: its first write
-    /// then says so, and no second one follows); zero: not at all.
+    /// How long the very first write waits for the value to leave its
+    /// default (a one-shot run converges moments after it starts: its
+    /// first write then says so, and no second one follows); zero: not at
+    /// all. A value that left its default before the lease was granted
+    /// is written at once.
     pub first_wait: Duration,
     /// Set before the stop to leave the lease to lapse (its TTL, or the
     /// store's end) instead of revoking it: when the whole run stops, a
@@ -179,7 +181,7 @@ pub(super) struct Keys<T> {
 /// Publishes `keys` until `cancel` (or until the value's channel closes,
 /// e.g. the engine is gone), then revokes the lease, which deletes them,
 /// unless `keys.lapse` is set.
-pub(super) async fn publish<L: Leases, T: Send + Sync>(
+pub(super) async fn publish<L: Leases, T: Send + Sync + Default>(
     mut leases: L,
     mut keys: Keys<T>,
     ttl: i64,
@@ -238,7 +240,7 @@ pub(super) fn converged_value(status: &Status) -> String {
 /// Runs one session: writes the key on every change of its value (the
 /// fixed keys with the first write) and keeps the lease alive, until it is
 /// stopped or lost.
-async fn serve<L: Leases, T: Send + Sync>(
+async fn serve<L: Leases, T: Send + Sync + Default>(
     leases: &mut L,
     session: &mut L::Session,
     keys: &mut Keys<T>,
@@ -256,11 +258,13 @@ async fn serve<L: Leases, T: Send + Sync>(
     let (converged, render) = (&mut keys.value.0, keys.value.1);
     let first_wait = std::mem::take(&mut keys.first_wait);
     if !first_wait.is_zero() {
-        let first = render(&converged.borrow());
+        // From the default, not from the value now: the engine may have
+        // converged while the lease was being granted.
+        let unsettled = render(&T::default());
         tokio::select! {
             biased; // a stop wins over anything else ready
             _ = cancel.cancelled() => return End::Stopped,
-            _ = converged.wait_for(|v| render(v) != first) => {}
+            _ = converged.wait_for(|v| render(v) != unsettled) => {}
             _ = tokio::time::sleep(first_wait) => {}
         }
     }
@@ -484,16 +488,28 @@ mod tests {
     // is written when the wait is over.
     #[tokio::test(start_paused = true)]
     async fn the_first_write_waits_a_moment_for_the_value_to_change() {
-        for flips in [true, false] {
+        // When the engine converges: a moment after the publisher starts,
+        // before it does (its first poll, or the lease's grant, came after
+        // the engine's status changed), or not within the wait.
+        #[derive(PartialEq)]
+        enum Flip {
+            After,
+            Before,
+            Never,
+        }
+        for flip in [Flip::After, Flip::Before, Flip::Never] {
             let fake = Fake::new(true, 0);
             let (log, put) = (fake.log.clone(), fake.put.clone());
             let (status_tx, status) = watch::channel(Status::default());
             let cancel = CancellationToken::new();
             let mut k = keys(status);
             k.first_wait = Duration::from_millis(250);
+            if flip == Flip::Before {
+                status_tx.send_modify(|s| s.converged = true);
+            }
             let t0 = tokio::time::Instant::now();
             let task = tokio::spawn(publish(fake, k, 10, cancel.clone()));
-            if flips {
+            if flip == Flip::After {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 status_tx.send_modify(|s| s.converged = true);
             }
@@ -502,12 +518,12 @@ mod tests {
             cancel.cancel();
             task.await.expect("publisher");
             let puts: Vec<(String, i64)> = lock(&log).puts.clone();
-            if flips {
-                assert_eq!(puts, [("true+F".to_owned(), 1)]);
-                assert!(waited < Duration::from_millis(250), "{waited:?}");
-            } else {
+            if flip == Flip::Never {
                 assert_eq!(puts, [("false+F".to_owned(), 1)]);
                 assert!(waited >= Duration::from_millis(250), "{waited:?}");
+            } else {
+                assert_eq!(puts, [("true+F".to_owned(), 1)]);
+                assert!(waited < Duration::from_millis(250), "{waited:?}");
             }
         }
     }
