@@ -163,7 +163,8 @@ async fn query(
     dnf.lock_free("read", &shown)?;
     let mut all = words(["-q"]);
     if !*refreshed && !ctx.noop {
-        tracing::info!("{}: reading the repositories (dnf --refresh)", ctx.id);
+        let program = dnf.program();
+        tracing::info!("{}: reading the repositories ({program} --refresh)", ctx.id);
         all.push("--refresh".into());
         *refreshed = true;
     }
