@@ -475,10 +475,11 @@ fn audit_of(cfg: &Config) -> Option<crate::audit::Audit> {
     })
 }
 
-/// What the embedded store served during the run, in one line.
+/// What the embedded store served during the run, in one line, and what
+/// it held at the end (the last hosts' keys, left to lapse with it).
 fn log_store_stats(s: &crate::store::Stats) {
     tracing::info!(
-        "store: {} puts, {} ranges, {} txns, {} deletes, {} watch events sent; {} keys, {} leases, about {} KiB at revision {}",
+        "store: {} puts, {} ranges, {} txns, {} deletes, {} watch events sent; {} keys and {} leases left at the end, about {} KiB at revision {}",
         s.puts,
         s.ranges,
         s.txns,
