@@ -4,10 +4,11 @@
 # from run to run).
 #
 # dnf5-root: dnf 5 and rpm 6, for pkg's dnf 5 tests
-# (tests/it/kinds/pkg_dnf5.rs). No Debian release but sid packages dnf5, and
-# it needs sid's C++ and rpm libraries, so this is a minimal sid made by
-# debootstrap, with dnf a link to dnf5 as on Fedora 41 on; the tests make
-# it look like Fedora in a mount namespace of their own and never change it. About 60 MB to download, 300 MB on disk.
+# (tests/it/kinds/pkg_dnf5.rs). No Debian release but sid packages dnf5,
+# and it needs sid's C++ and rpm libraries, so this is a minimal sid made
+# by debootstrap, with dnf a link to dnf5 as on Fedora 41 on; the tests
+# make it look like Fedora in a mount namespace of their own and never
+# change it. About 60 MB to download, 315 MB on disk.
 #
 # Where: $MGMT_TEST_ROOTS, default /var/cache/mgmt-tests (the tests read
 # the same variable, with the same default).
