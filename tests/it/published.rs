@@ -226,8 +226,7 @@ fn a_db_master_that_goes_is_dropped_from_the_others_files() {
 #[test]
 fn a_db_master_stopping_with_the_run_stays_in_the_others_files() {
     use crate::remote_run::mgmt_children;
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
+    use nix::sys::signal::Signal;
     let fleet = crate::util::sshd::SshdFleet::start(2);
     let d = Dir::new();
     let seen = d.p("seen");
@@ -238,7 +237,7 @@ fn a_db_master_stopping_with_the_run_stays_in_the_others_files() {
     let read = || std::fs::read_to_string(&seen).unwrap_or_default();
     let child = |host: &str| mgmt_children(host).first().copied().expect("a child");
     let (master, webhost) = (child("dbhost"), child("webhost"));
-    kill(Pid::from_raw(webhost), Signal::SIGSTOP).expect("freeze the web host's child");
+    let frozen = crate::util::Frozen::new(webhost);
     p.signal(Signal::SIGINT);
     assert!(
         crate::util::eventually(Duration::from_secs(60), || crate::util::gone(master)),
@@ -248,7 +247,7 @@ fn a_db_master_stopping_with_the_run_stays_in_the_others_files() {
         .into_iter()
         .map(|(k, _, _)| k)
         .collect();
-    kill(Pid::from_raw(webhost), Signal::SIGCONT).expect("resume the web host's child");
+    drop(frozen); // the web host's child resumes
     assert!(
         facts.contains(&"/_mgmt/facts/dbhost".to_owned()),
         "the db-master's record went with its stop: {facts:?}\n{}",

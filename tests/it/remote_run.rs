@@ -624,10 +624,18 @@ pub(crate) fn run_files_go(home: &Path) -> bool {
 fn a_second_interrupt_exits_at_once() {
     let (fleet, _d, mut p) = noop_run(1, &[]);
     assert!(child_runs(fleet.ip(1)));
+    // The child frozen, so that the first ^C's orderly stop cannot end
+    // before the second ^C (a noop child stops within milliseconds).
+    let child = mgmt_children(fleet.ip(1))
+        .first()
+        .copied()
+        .expect("a child");
+    let frozen = crate::util::Frozen::new(child);
     p.signal(nix::sys::signal::Signal::SIGINT);
     p.wait_line("] stopping", LIMIT);
     p.signal(nix::sys::signal::Signal::SIGINT);
     assert_eq!(p.wait(LIMIT), 130, "{}", p.lines_so_far().join("\n"));
+    drop(frozen);
     assert!(children_gone(fleet.ip(1)), "the child outlived its link");
 }
 

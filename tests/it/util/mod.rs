@@ -334,6 +334,25 @@ pub fn listener_args() -> Vec<String> {
     ]
 }
 
+/// A process frozen (SIGSTOP) until this is dropped (SIGCONT), so that a
+/// test failing meanwhile leaves nothing frozen behind.
+pub struct Frozen(i32);
+
+impl Frozen {
+    pub fn new(pid: i32) -> Frozen {
+        use nix::sys::signal::{kill, Signal};
+        kill(nix::unistd::Pid::from_raw(pid), Signal::SIGSTOP).expect("freeze a process");
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        let _ = kill(nix::unistd::Pid::from_raw(self.0), Signal::SIGCONT);
+    }
+}
+
 /// Whether process `pid` is gone, or a zombie waiting to be reaped (which
 /// runs nothing any more).
 pub fn gone(pid: i32) -> bool {
