@@ -19,6 +19,7 @@ use super::host;
 use super::plan::Plan;
 use super::rolling::{RollMode, Rolling};
 use super::shared::{ChildFlags, HostEvent, Shared};
+use super::source::Source;
 use super::stagger::Stagger;
 use crate::fswatch::PathWatch;
 use crate::graph;
@@ -100,7 +101,7 @@ pub async fn run(plan: Plan, w: Wiring, cancel: CancellationToken) -> Vec<Summar
     let mut watchers = JoinSet::new();
     let mut graphs = Vec::new();
     for f in &plan.files {
-        let (tx, rx) = watch::channel(Arc::new(f.text.clone()));
+        let (tx, rx) = watch::channel(Source::new(f.text.clone()));
         if !w.flags.no_watch {
             match PathWatch::new(&f.path) {
                 Ok(pw) => {
@@ -241,7 +242,7 @@ async fn follow_file(
     path: std::path::PathBuf,
     mut last: String,
     mut watch: PathWatch,
-    tx: watch::Sender<Arc<String>>,
+    tx: watch::Sender<Arc<Source>>,
 ) {
     let label = path.display().to_string();
     loop {
@@ -261,7 +262,7 @@ async fn follow_file(
         match graph::parse_str(&text, &label) {
             Ok(_) => {
                 tracing::info!("{label}: changed; sending it to its hosts");
-                if tx.send(Arc::new(text)).is_err() {
+                if tx.send(Source::new(text)).is_err() {
                     return;
                 }
             }

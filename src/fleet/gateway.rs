@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::place::{self, Placed};
 use super::plan::GatewayPlan;
 use super::shared::{HostEvent, Shared, GRACE_PER_HOST, STDIN_GRACE};
+use super::source::Source;
 use super::supervise::{self, common_args, words, Launch, Synced};
 use crate::ssh::OutputLine;
 use crate::ui::inventory::OwnedAnswer;
@@ -78,7 +79,7 @@ impl Below {
 pub async fn run(
     shared: Arc<Shared>,
     gw: GatewayPlan,
-    graphs: Vec<watch::Receiver<Arc<String>>>,
+    graphs: Vec<watch::Receiver<Arc<Source>>>,
     (events, turns): (
         mpsc::Sender<HostEvent>,
         Option<mpsc::UnboundedReceiver<String>>,
@@ -149,7 +150,7 @@ pub(crate) async fn facts(
         .files
         .iter()
         .filter_map(|&f| shared.plan.files.get(f))
-        .map(|f| watch::channel(Arc::new(f.text.clone())).1)
+        .map(|f| watch::channel(Source::new(f.text.clone())).1)
         .collect();
     let p = place(shared, gw, &graphs, cancel).await?;
     let got = facts_below(shared, gw, &p, cancel).await;
@@ -235,7 +236,7 @@ async fn facts_below(
 async fn place(
     shared: &Shared,
     gw: &GatewayPlan,
-    graphs: &[watch::Receiver<Arc<String>>],
+    graphs: &[watch::Receiver<Arc<Source>>],
     cancel: &CancellationToken,
 ) -> Result<Placed, String> {
     let slot = place::setup_permit(shared, &gw.name, cancel).await?;
@@ -259,7 +260,7 @@ async fn put(shared: &Shared, p: &Placed, name: &str, data: &[u8]) -> Result<(),
         .map_err(|e| place::explain(&e))
 }
 
-fn synced_file(i: usize, source: watch::Receiver<Arc<String>>, gw: &GatewayPlan) -> Synced {
+fn synced_file(i: usize, source: watch::Receiver<Arc<Source>>, gw: &GatewayPlan) -> Synced {
     Synced {
         name: format!("g{i}.yaml"),
         source,
@@ -274,7 +275,7 @@ async fn supervise(
     gw: &GatewayPlan,
     p: &Placed,
     (graphs, turns): (
-        Vec<watch::Receiver<Arc<String>>>,
+        Vec<watch::Receiver<Arc<Source>>>,
         Option<mpsc::UnboundedReceiver<String>>,
     ),
     events: &mpsc::Sender<HostEvent>,

@@ -33,6 +33,7 @@ use super::place::{
 };
 use super::plan::HostPlan;
 use super::shared::{HostEvent, Shared, STDIN_GRACE};
+use super::source::Source;
 use super::supervise::{common_args, link_up, run_child, supervise, words, Launch, Linked, Synced};
 use crate::link::rundir::GRAPH_NAME;
 use crate::ssh::sftp::SftpSlot;
@@ -46,7 +47,7 @@ use crate::ui::{RowResult, Stage, SummaryRow};
 pub async fn run(
     shared: Arc<Shared>,
     host: HostPlan,
-    graph: watch::Receiver<Arc<String>>,
+    graph: watch::Receiver<Arc<Source>>,
     events: mpsc::Sender<HostEvent>,
     cancel: CancellationToken,
 ) -> SummaryRow {

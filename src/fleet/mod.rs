@@ -18,6 +18,8 @@
 //! - [`rolling`]: `--rolling`'s turns: at most N hosts of the tree
 //!   applying at once, in the plan's order, and `--max-fail`.
 //! - [`shared`]: what every host task shares, and what each reports back.
+//! - [`source`]: one version of a graph file, with the text its hosts are
+//!   sent and what they may read, worked out once for all of them.
 //! - [`stagger`]: the first wave of copies spread over time, so that the
 //!   waves after it do not set up all at once on an idle uplink.
 //!
@@ -37,5 +39,6 @@ pub mod place;
 pub mod plan;
 pub mod rolling;
 pub mod shared;
+pub mod source;
 pub mod stagger;
 pub mod supervise;

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::place::{explain, replace_binary, Placed};
 use super::shared::{HostEvent, Shared, STOP_GRACE};
+use super::source::Source;
 use crate::ssh::launch::VERIFY_FAILED_EXIT;
 use crate::ssh::session::KillSignal;
 use crate::ssh::tunnel::{ReverseTunnel, TunnelSecret};
@@ -29,16 +30,16 @@ use crate::ui::{RowResult, Stage, SummaryRow};
 pub(crate) struct Synced {
     /// Its name in the per-run directory.
     pub name: String,
-    pub source: watch::Receiver<Arc<String>>,
+    pub source: watch::Receiver<Arc<Source>>,
     /// For a gateway: the `via:` hops still ahead, written into the text.
     pub rest: Option<Vec<String>>,
 }
 
 impl Synced {
     /// The text to put on the host; `None` if it cannot be rewritten.
-    pub fn text(&self) -> Option<String> {
-        let text = self.source.borrow().clone();
-        super::plan::host_text(&text, self.rest.as_deref())
+    pub fn text(&self) -> Option<Arc<str>> {
+        let source = self.source.borrow().clone();
+        source.for_host(self.rest.as_deref())
     }
 }
 
@@ -379,38 +380,12 @@ fn changes(synced: &[Synced]) -> futures::stream::SelectAll<BoxStream<'static, u
     }))
 }
 
-/// The prefixes the `collect:` of each synced graph reads (their current
-/// texts; one that does not parse reads nothing), every host's `kv` values
-/// for a graph whose templates read `values()` (#15: they have a root of
-/// their own, so this reads no other export), and every host's exports for
-/// a graph whose `collect:` globs are templated (known only once rendered
-/// on the host).
+/// What the children of the synced graphs read beyond their own keys, as
+/// their current texts say ([`Source::scope`]).
 fn read_scope(synced: &[Synced]) -> Vec<String> {
     synced
         .iter()
-        .filter_map(|s| {
-            let text = s.source.borrow();
-            let g = crate::graph::parse_str(&text, &s.name).ok()?;
-            let mut scope = crate::world::collect_prefixes(&g);
-            let templated = g.collect.iter().any(|c| {
-                c.hostname
-                    .as_deref()
-                    .is_some_and(crate::graph::template::is_template)
-            });
-            if crate::graph::template::reads_values(&text) {
-                scope.push(crate::world::VALUES.to_owned());
-            }
-            if crate::graph::template::reads_hosts(&text) {
-                // Every host's published facts and graph name (#20).
-                scope.push(crate::world::FACTS.to_owned());
-            }
-            if templated {
-                scope.push(crate::world::EXPORTED.to_owned());
-                scope.push(crate::world::VALUES.to_owned());
-            }
-            Some(scope)
-        })
-        .flatten()
+        .flat_map(|s| s.source.borrow().scope().to_vec())
         .collect()
 }
 
@@ -530,30 +505,5 @@ async fn bridge(
             }
         });
         while checks.try_join_next().is_some() {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn synced(text: &str) -> Synced {
-        let (_tx, source) = watch::channel(Arc::new(text.to_owned()));
-        Synced {
-            name: "g.yaml".into(),
-            source,
-            rest: None,
-        }
-    }
-
-    // See: #13, #15 (a graph that reads values() reads every host's values,
-    // not every host's exports)
-    #[test]
-    fn reading_values_opens_the_values_not_the_exports() {
-        let g = "graph: g\nresources:\n  file:\n  - name: f\n    path: /tmp/f\n    content: \"{{ values('peer') | join(',') }}\"\n";
-        let scope = read_scope(&[synced(g)]);
-        assert_eq!(scope, vec![crate::world::VALUES.to_owned()]);
-        let plain = "graph: g\nresources:\n  noop:\n  - name: n\n";
-        assert!(read_scope(&[synced(plain)]).is_empty());
     }
 }
