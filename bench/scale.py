@@ -19,7 +19,10 @@ Usage: bench/scale.py --bin MGMT --sizes 10,100,1000,10000 [--png FILE]
        [--workdir DIR]
 --via G puts the same hosts behind G emulated gateways (each runs the real
 `mgmt run --remote` in-process) and runs both layouts side by side;
---layouts flat (or gateways) runs only one of them. --perf PREFIX attaches
+--layouts flat (or gateways) runs only one of them. --layouts one-file puts
+every host in one graph file, as a role is written: the same ten resources
+(named by `{{ host.name }}`), each host collecting the values of the first
+nine (`hostname: "127.30.0.?"`). --perf PREFIX attaches
 `perf record -g` to each initiator (PREFIX-<hosts>-<layout>-<case>.data;
 use a build with symbols: see README, "The cost curve").
 """
@@ -67,6 +70,25 @@ def write_graphs(d, n, first, gateways):
             f.write(text)
         files.append(path)
     return files
+
+
+def write_one_file(d, n, first):
+    """Every host in one graph file (a role): the same ten resources,
+    named by template, and the values of the first nine hosts collected."""
+    res = "".join(
+        '  - name: f%d\n    path: /tmp/f%d\n    content: "{{ host.name }} f%d\\n"\n' % (k, k, k)
+        for k in range(1, 10)
+    )
+    res += ('  - name: "@@v-{{ host.name }}"\n    path: "/tmp/v-{{ host.name }}"\n'
+            '    content: "value of {{ host.name }}\\n"\n')
+    lines = ["graph: role", "resources:", "  file:", res.rstrip("\n"),
+             "collect:", "- kind: file", '  hostname: "%s?"' % addr(first, 0)[:-1],
+             "  pattern: /tmp/", "remote:"]
+    lines += ["- ssh://root@%s:%d" % (addr(first, i), PORT) for i in range(n)]
+    path = os.path.join(d, "role.yaml")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return [path]
 
 
 def proc_cpu(pid):
@@ -182,7 +204,10 @@ def bench_size(args, n, layout):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
                     os.path.join(work, "key")], check=True)
     first = (30 << 16) + 1
-    files = write_graphs(work, n, first, gateways)
+    if layout == "one-file":
+        files = write_one_file(work, n, first)
+    else:
+        files = write_graphs(work, n, first, gateways)
     emu = Emulator(args, work, n + gateways, first)
     rows = []
     try:
@@ -269,7 +294,7 @@ def main():
     ap.add_argument("--bin", required=True)
     ap.add_argument("--sizes", default="10,100,1000,10000")
     ap.add_argument("--via", type=int, default=0, help="also run behind this many gateways")
-    ap.add_argument("--layouts", help="comma-separated: flat, gateways (default: flat, and gateways with --via)")
+    ap.add_argument("--layouts", help="comma-separated: flat, gateways, one-file (default: flat, and gateways with --via)")
     ap.add_argument("--perf", metavar="PREFIX", help="perf record each initiator into PREFIX-*.data")
     ap.add_argument("--cold-max", type=int, default=0, help="skip cold runs above this size")
     ap.add_argument("--cconns", type=int, default=64)

@@ -8,7 +8,8 @@
 # cold then warm caches. Writes docs/scale.json and docs/scale.png.
 #
 # Knobs: MGMT_BIN (default target/x86_64-unknown-linux-musl/release/mgmt),
-# COLD_MAX (skip cold runs above this many hosts; default none),
+# COLD_MAX (skip cold runs above this many hosts; default none), LAYOUTS
+# (comma-separated: flat, gateways, one-file; default flat,gateways),
 # WORKDIR (default /tmp). Needs root (open-files limits), ssh-keygen,
 # python3 and python3-matplotlib (installed with apt if missing).
 set -euo pipefail
@@ -34,5 +35,5 @@ if [ "$(cat /proc/sys/fs/inotify/max_user_watches)" -lt "$need" ]; then
   sysctl -qw fs.inotify.max_user_watches=$need
 fi
 exec "$PY" "$HERE/bench/scale.py" --bin "$BIN" --sizes "$SIZES" --via "$G" \
-  --cold-max "${COLD_MAX:-0}" --workdir "${WORKDIR:-/tmp}" \
+  --cold-max "${COLD_MAX:-0}" --workdir "${WORKDIR:-/tmp}" ${LAYOUTS:+--layouts "$LAYOUTS"} \
   --json "$HERE/docs/scale.json" --png "$HERE/docs/scale.png"
