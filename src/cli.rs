@@ -36,6 +36,7 @@ pub enum Command {
 
 /// Flags of `mgmt facts`.
 #[derive(Debug, Args, Clone)]
+#[group(skip)]
 pub struct FactsArgs {
     /// A graph file whose `remote:` hosts to ask (repeatable); none: this
     /// machine. Nothing of the graph is applied.
@@ -104,6 +105,7 @@ pub struct FactsArgs {
 
 /// Flags of `mgmt emulate`.
 #[derive(Debug, Args, Clone)]
+#[group(skip)]
 pub struct EmulateArgs {
     /// How many hosts to emulate.
     #[arg(long, value_name = "N")]
@@ -155,6 +157,7 @@ pub struct EmulateArgs {
 
 /// Flags of `mgmt run`.
 #[derive(Debug, Args, Clone)]
+#[group(skip)]
 pub struct RunArgs {
     /// The graph file to apply on this host.
     #[arg(
