@@ -28,7 +28,7 @@ fn verbose_fleet(hosts: usize) -> SshdFleet {
 /// sshd logged during the run, once it logged the end of every connection
 /// the run opened (its log reaches the test through a pipe, later).
 fn run_logged(fleet: &SshdFleet, g: &Path, extra: &[&str]) -> (i32, String, String) {
-    let before = fleet.log().len();
+    let before = settled_len(fleet);
     let out = run(&mut remote_cmd(fleet, &[g], extra), LIMIT);
     let log = format!("{}\n{}", out.stdout, out.stderr);
     let sshd = logged_since(fleet, before, &log);
@@ -38,11 +38,7 @@ fn run_logged(fleet: &SshdFleet, g: &Path, extra: &[&str]) -> (i32, String, Stri
 /// What sshd logged from `before` on, once it logged the end of every
 /// connection opened since; `log` (mgmt's) is shown if it never does.
 fn logged_since(fleet: &SshdFleet, before: usize, log: &str) -> String {
-    let ended = |s: &str| {
-        let opened = count(s, "Connection from ");
-        let closed = count(s, "Disconnected from user ") + count(s, "Connection closed by ");
-        opened > 0 && closed == opened
-    };
+    let ended = |s: &str| count(s, "Connection from ") > 0 && balanced(s);
     let done = eventually(Duration::from_secs(30), || ended(&fleet.log()[before..]));
     let sshd = fleet.log()[before..].to_owned();
     assert!(
@@ -50,6 +46,25 @@ fn logged_since(fleet: &SshdFleet, before: usize, log: &str) -> String {
         "sshd did not log the end of every connection:\n{sshd}\n{log}"
     );
     sshd
+}
+
+/// Whether sshd logged the end of every connection it logged in `s`.
+fn balanced(s: &str) -> bool {
+    let closed = count(s, "Disconnected from user ") + count(s, "Connection closed by ");
+    closed == count(s, "Connection from ")
+}
+
+/// The length of sshd's log once it logged the end of every connection so
+/// far: an offset that no earlier connection's lines straddle (the end of
+/// a run's last connection can reach the log after the run returned).
+fn settled_len(fleet: &SshdFleet) -> usize {
+    let done = eventually(Duration::from_secs(30), || balanced(&fleet.log()));
+    let log = fleet.log();
+    assert!(
+        done,
+        "sshd did not log the end of an earlier connection:\n{log}"
+    );
+    log.len()
 }
 
 fn count(log: &str, what: &str) -> usize {
@@ -307,7 +322,7 @@ fn an_edit_reaches_a_host_started_warm() {
     let fleet = verbose_fleet(1);
     let d = Dir::new();
     let (g, target) = cache_live(&fleet, &d);
-    let before = fleet.log().len();
+    let before = settled_len(&fleet);
     let mut p = start_live(&fleet, &g, &target);
     // The running child holds its graph in memory, not on the disk.
     let run_dir = fleet.home(1).join(".cache/mgmt/run");
