@@ -9,7 +9,7 @@ use std::path::Path;
 
 use crate::remote_run::LIMIT;
 use crate::util::sshd::{FleetOptions, SshdFleet};
-use crate::util::{mgmt, run, Dir, Output};
+use crate::util::{eventually, mgmt, run, Dir, Output};
 
 /// A run of `g` with `HOME=home` and nothing else to authenticate with.
 fn run_home(home: &Path, g: &Path) -> Output {
@@ -56,7 +56,7 @@ fn the_default_ed25519_key_in_the_home_logs_in() {
     );
     // sshd itself saw the public key log in.
     assert!(
-        fleet.log().contains("Accepted publickey for root"),
+        sshd_logged(&fleet, "Accepted publickey for root"),
         "{}",
         fleet.log()
     );
@@ -83,6 +83,14 @@ fn marker_graph(d: &Dir, marker: &Path, url: &str) -> std::path::PathBuf {
     )
 }
 
+/// Whether sshd's log says `what` (its lines reach the test through a
+/// pipe, so possibly after the run returned).
+fn sshd_logged(fleet: &SshdFleet, what: &str) -> bool {
+    eventually(std::time::Duration::from_secs(10), || {
+        fleet.log().contains(what)
+    })
+}
+
 /// The marker graph ran, and sshd says it took a password.
 fn logged_in_with_a_password(fleet: &SshdFleet, marker: &Path) {
     assert_eq!(
@@ -90,7 +98,7 @@ fn logged_in_with_a_password(fleet: &SshdFleet, marker: &Path) {
         Some("in\n")
     );
     assert!(
-        fleet.log().contains("Accepted password for root"),
+        sshd_logged(fleet, "Accepted password for root"),
         "{}",
         fleet.log()
     );
