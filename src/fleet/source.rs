@@ -31,11 +31,6 @@ impl Source {
         })
     }
 
-    /// The text as read.
-    pub fn text(&self) -> &str {
-        &self.text
-    }
-
     /// The text to put on a host: for a leaf (`rest: None`) the one text
     /// every leaf of this version gets, for a gateway its own (its `via:`
     /// hops still ahead); `None` if it cannot be rewritten.
